@@ -1,0 +1,307 @@
+"""Curvature operators: ``GGN``, ``Hessian``, ``EmpiricalFisher`` and the damped ``G + λI``.
+
+An operator is built at the current parameters on a batch (or a list of minibatches). It runs the
+forward pass once per chunk and caches what its products need (``cache=True``), so ``G @ v`` costs
+one ``J v`` plus one ``Jᵀ u`` per chunk for the GGN. With ``cache=False`` nothing is kept between
+products (each product redoes each chunk's forward pass): slower, but the memory of one chunk.
+
+Vectors are flat 1-D tensors of length ``G.dim``, or lists/dicts of tensors shaped like the
+parameters; the answer comes back in the same form. The curvature includes ``weight_decay · I``
+from the problem's L2 term (it is part of the objective's curvature, Martens 2010 §2.6 code).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hessfree.curvature.diagonal import fisher_diagonal
+from hessfree.curvature.problem import Chunk, Problem, as_chunks
+from hessfree.curvature.products import (
+    BACKENDS,
+    ChunkProduct,
+    fisher_chunk,
+    ggn_chunk,
+    hessian_chunk,
+)
+from hessfree.vectors import ParamLayout
+
+__all__ = ["CurvatureOperator", "GGN", "Hessian", "EmpiricalFisher", "DampedOperator",
+           "resolve_backend"]
+
+Vector = Tensor | list[Tensor] | dict[str, Tensor]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Pick the ``J v`` backend. ``"auto"`` is the double-backward trick on every device.
+
+    Measured on this project's 2-core CPU (``benchmarks/bench_products.py``, RESULTS.md): the cached
+    double-backward product costs about 1.2 gradients, ``linearize``'s set-up about 10. No GPU
+    measurement exists yet, so the GPU default is the same until one says otherwise.
+    """
+    if backend == "auto":
+        return "double-backward"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+class CurvatureOperator:
+    """Base class: a symmetric curvature matrix at fixed parameters, applied by products.
+
+    Args:
+        problem: the :class:`~hessfree.Problem` (model, loss, weight decay).
+        batch: ``(inputs, targets)`` or a list of such minibatches (accumulated exactly).
+        params: ``{name: tensor}`` (or a list) at which to evaluate; ``None``: the module's
+            trainable parameters. The operator is valid for these values only.
+        backend: ``"auto"``, ``"double-backward"`` or ``"forward"`` (see :func:`resolve_backend`).
+        cache: keep each chunk's graphs between products (fast) or recompute them (lean).
+        check: reject Dropout/BatchNorm in training mode and non-deterministic forward passes.
+    """
+
+    #: short name of the matrix, used in messages and saved files
+    kind = "curvature"
+
+    def __init__(self, problem: Problem, batch: Any, params: Any = None,
+                 backend: str = "auto", cache: bool = True, check: bool = True) -> None:
+        if not isinstance(problem, Problem):
+            raise TypeError(f"problem: expected a hessfree.Problem, got {type(problem).__name__}")
+        self.problem = problem
+        self.params = problem.resolve_params(params)
+        self.layout = ParamLayout.from_params(self.params)
+        self.chunks: list[Chunk] = as_chunks(batch)
+        self.n_cases = sum(c.n for c in self.chunks)
+        self.scale = problem.loss.scale_for(self.n_cases)
+        self.backend = resolve_backend(backend, self.layout.device)
+        self.cache = bool(cache)
+        self.products = 0
+        if check:
+            problem.check_modes()
+            problem.check_deterministic(self.params, self.chunks[0])
+        self._theta = torch.cat([p.detach().reshape(-1) for p in self.params.values()])
+        self._cached: list[ChunkProduct] = []
+        self._setup()
+
+    # -- construction -------------------------------------------------------------------------
+    def _build(self, chunk: Chunk) -> ChunkProduct:
+        raise NotImplementedError
+
+    def _setup(self) -> None:
+        value = 0.0
+        grad: Tensor | None = None
+        for chunk in self.chunks:
+            cp = self._build(chunk)
+            value += float(cp.value)
+            flat_g = torch.cat([g.reshape(-1) for g in cp.grad])
+            grad = flat_g if grad is None else grad.add_(flat_g)
+            if self.cache:
+                self._cached.append(cp)
+        assert grad is not None
+        wd = self.problem.weight_decay
+        if wd:
+            grad.add_(self._theta, alpha=wd)
+        self.value: float = value + self.problem.decay_value(self._theta)
+        self.grad: Tensor = grad
+
+    def _chunk_products(self) -> Any:
+        if self.cache:
+            return iter(self._cached)
+        return (self._build(c) for c in self.chunks)
+
+    # -- shape ---------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Number of parameters (the matrix is ``dim × dim``)."""
+        return self.layout.numel
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(dim, dim)``."""
+        return (self.dim, self.dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of vectors the operator takes."""
+        return self.layout.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of vectors the operator takes."""
+        return self.layout.device
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(dim={self.dim}, cases={self.n_cases}, "
+                f"chunks={len(self.chunks)}, backend={self.backend!r})")
+
+    # -- products ------------------------------------------------------------------------------
+    def _mv_flat(self, v: Tensor, structural: float = 0.0) -> Tensor:
+        parts = list(self.layout.split(v).values())
+        out: Tensor | None = None
+        for cp in self._chunk_products():
+            res = torch.cat([r.reshape(-1) for r in cp.mv(parts, structural)])
+            out = res if out is None else out.add_(res)
+        assert out is not None
+        wd = self.problem.weight_decay
+        if wd:
+            out.add_(v, alpha=wd)
+        self.products += 1
+        return out
+
+    def mv(self, v: Vector) -> Vector:
+        """The product with ``v`` (flat tensor, list or dict; answered in the same form)."""
+        flat, fmt = self.layout.to_flat(v, "v")
+        return self.layout.like(self._mv_flat(flat), fmt)
+
+    def __matmul__(self, v: Vector) -> Vector:
+        return self.mv(v)
+
+    def damped(self, lam: float) -> DampedOperator:
+        """The operator ``self + λI`` (Tikhonov damping, Martens 2010 §4.1)."""
+        return DampedOperator(self, lam)
+
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out)."""
+        return _to_scipy(self)
+
+    def dense(self, max_dim: int = 20_000) -> Tensor:
+        """The full matrix, one product per column (small models: tests and studies)."""
+        return _dense(self, max_dim)
+
+
+def _to_scipy(op: Any) -> Any:
+    from scipy.sparse.linalg import LinearOperator
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        v = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
+        out = op._mv_flat(v.to(device=op.device, dtype=op.dtype))
+        return out.detach().to("cpu", torch.float64).numpy()
+
+    return LinearOperator(op.shape, matvec=matvec, rmatvec=matvec, dtype=np.float64)
+
+
+def _dense(op: Any, max_dim: int) -> Tensor:
+    if op.dim > max_dim:
+        raise ValueError(
+            f"max_dim: the operator has {op.dim} rows, more than max_dim={max_dim}; a dense "
+            "matrix is meant for small models"
+        )
+    cols = []
+    eye = torch.zeros(op.dim, dtype=op.dtype, device=op.device)
+    for i in range(op.dim):
+        eye[i] = 1
+        cols.append(op._mv_flat(eye).clone())
+        eye[i] = 0
+    return torch.stack(cols, dim=1)
+
+
+class GGN(CurvatureOperator):
+    """Generalized Gauss-Newton matrix ``G = Jᵀ H_L J`` (Schraudolph 2002; Martens 2010 §4.2).
+
+    PSD for matching losses. ``structural_damping=μ > 0`` (Martens & Sutskever 2011) makes
+    :meth:`damped` add ``μλ · J_aᵀ D J_a`` on the hidden pre-activations that the model returns
+    from ``forward(inputs, return_hidden=True)``; ``G @ v`` itself stays undamped.
+    """
+
+    kind = "ggn"
+
+    def __init__(self, problem: Problem, batch: Any, params: Any = None, backend: str = "auto",
+                 cache: bool = True, check: bool = True, structural_damping: float = 0.0) -> None:
+        if not isinstance(structural_damping, (int, float)) or not (
+                math.isfinite(structural_damping) and structural_damping >= 0):
+            raise ValueError(
+                f"structural_damping: expected a finite number >= 0, got {structural_damping!r}"
+            )
+        self.structural_damping = float(structural_damping)
+        super().__init__(problem, batch, params, backend, cache, check)
+
+    def _build(self, chunk: Chunk) -> ChunkProduct:
+        try:
+            return ggn_chunk(self.problem, self.params, chunk, self.scale, self.backend,
+                             structural=self.structural_damping > 0)
+        except TypeError as err:
+            if self.structural_damping > 0 and "return_hidden" in str(err):
+                raise ValueError(
+                    "structural_damping: the model's forward does not accept return_hidden=True; "
+                    "structural damping needs a model that exposes its hidden pre-activations"
+                ) from err
+            raise
+
+    def structural_mv(self, v: Tensor) -> Tensor:
+        """``J_aᵀ D J_a v`` alone (flat), the structural-damping matrix without μλ."""
+        if self.structural_damping <= 0:
+            raise ValueError("structural_damping: the operator was built without it (μ = 0)")
+        return self._mv_flat(v, 1.0) - self._mv_flat(v, 0.0)
+
+
+class Hessian(CurvatureOperator):
+    """Hessian of the objective; may be indefinite (Martens 2010 §4.2: prefer the GGN)."""
+
+    kind = "hessian"
+
+    def _build(self, chunk: Chunk) -> ChunkProduct:
+        return hessian_chunk(self.problem, self.params, chunk, self.scale, self.backend)
+
+
+class EmpiricalFisher(CurvatureOperator):
+    """Empirical Fisher ``s Σ_i ∇l_i ∇l_iᵀ`` (``s = 1/N`` for ``mean``) plus weight decay.
+
+    Its diagonal (:meth:`diagonal`) is Martens' preconditioner statistic (papers.md §2.5).
+    """
+
+    kind = "fisher"
+
+    def _build(self, chunk: Chunk) -> ChunkProduct:
+        return fisher_chunk(self.problem, self.params, chunk, self.scale, self.backend)
+
+    def diagonal(self, chunk_size: int | None = None, method: str = "auto") -> Tensor:
+        """Exact diagonal (flat), from per-case gradients: see :func:`fisher_diagonal`."""
+        return fisher_diagonal(self.problem, self.params, self.chunks, chunk_size, method)
+
+
+class DampedOperator:
+    """``A + λI`` (plus ``μλ S`` structural damping when ``A`` is a GGN built with ``μ > 0``).
+
+    Args:
+        base: the undamped operator.
+        lam: the damping λ >= 0.
+    """
+
+    def __init__(self, base: CurvatureOperator, lam: float) -> None:
+        if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"lam: expected a finite damping >= 0, got {lam!r}")
+        self.base = base
+        self.lam = float(lam)
+        self.structural = getattr(base, "structural_damping", 0.0) * self.lam
+
+    dim = property(lambda self: self.base.dim, doc="Number of parameters.")
+    shape = property(lambda self: self.base.shape, doc="``(dim, dim)``.")
+    dtype = property(lambda self: self.base.dtype, doc="dtype of vectors.")
+    device = property(lambda self: self.base.device, doc="Device of vectors.")
+    layout = property(lambda self: self.base.layout, doc="Parameter layout.")
+
+    def __repr__(self) -> str:
+        return f"DampedOperator({self.base!r}, lam={self.lam:g})"
+
+    def _mv_flat(self, v: Tensor) -> Tensor:
+        return self.base._mv_flat(v, self.structural).add_(v, alpha=self.lam)
+
+    def mv(self, v: Vector) -> Vector:
+        """The product with ``v`` (flat tensor, list or dict; answered in the same form)."""
+        flat, fmt = self.base.layout.to_flat(v, "v")
+        return self.base.layout.like(self._mv_flat(flat), fmt)
+
+    def __matmul__(self, v: Vector) -> Vector:
+        return self.mv(v)
+
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out)."""
+        return _to_scipy(self)
+
+    def dense(self, max_dim: int = 20_000) -> Tensor:
+        """The full damped matrix (small models)."""
+        return _dense(self, max_dim)
+

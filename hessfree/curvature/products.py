@@ -1,0 +1,267 @@
+"""Curvature-vector products on one chunk of data: pure factories, no optimizer logic.
+
+Each factory runs the forward pass once at the given parameters and returns a :class:`ChunkProduct`
+holding the (scaled) loss, its gradient from the same pass, and ``mv(v, structural)`` — the
+product of the chunk's curvature with a list of tensors shaped like the parameters.
+
+Two backends compute the Jacobian-vector products ``J v`` (design card; both tested):
+
+* ``"double-backward"`` (reverse-over-reverse): keep the forward graph and build the vector-Jacobian
+  graph ``g(w) = Jᵀ w`` once with ``create_graph=True``; since ``g`` is linear in ``w``,
+  ``J v = d(g·v)/dw`` is one backward pass through that cached graph. Seeding ``w`` with ``dL/dz``
+  makes ``g`` the loss gradient, so the set-up costs one forward and one backward pass.
+* ``"forward"`` (forward mode): ``torch.func.linearize`` traces the JVP once (expensive set-up,
+  cheap products) and ``torch.func.vjp`` keeps the reverse graph for ``Jᵀ u``.
+
+The GGN product is ``Jᵀ (H_L (J v))`` with ``H_L`` in closed form (Martens 2010 §2.1; Schraudolph
+2002); the empirical Fisher product is ``Σ_i s ∇l_i (∇l_iᵀ v)``, computed as
+``Jᵀ (s e ⊙ ⟨e, J v⟩_case)`` without per-case gradients; the Hessian product differentiates the
+gradient graph (reverse-over-reverse) or linearizes the gradient (forward-over-reverse).
+
+Structural damping (Martens & Sutskever 2011; papers.md §3.1): when the model exposes hidden
+pre-activations ``a`` (``forward(..., return_hidden=True) -> (outputs, a)``), the GGN factory can
+add ``μλ · J_aᵀ D J_a`` with ``D = s·f'(a)`` the Hessian of the matching loss of the hidden nonlinearity
+``f`` (tanh: ``1 - tanh(a)²``), in the same backward pass as the GGN product.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hessfree.curvature.losses import LossState
+from hessfree.curvature.problem import Chunk, Problem
+
+__all__ = [
+    "BACKENDS",
+    "ChunkProduct",
+    "ggn_chunk",
+    "fisher_chunk",
+    "hessian_chunk",
+    "hidden_curvature",
+]
+
+BACKENDS = ("double-backward", "forward")
+Tensors = list[Tensor]
+
+
+@dataclass
+class ChunkProduct:
+    """What one chunk contributes: loss, gradient, and its curvature-vector product.
+
+    Attributes:
+        value: the chunk's scaled loss (0-d tensor, no graph).
+        grad: the chunk's scaled loss gradient, one tensor per parameter.
+        mv: ``(v, structural) -> curvature·v`` for ``v`` a list shaped like the parameters;
+            ``structural`` is the weight of the structural-damping term (0: none).
+        state: the loss state at the outputs (gradient and ``H_L``).
+    """
+
+    value: Tensor
+    grad: Tensors
+    mv: Callable[[Tensors, float], Tensors]
+    state: LossState
+
+
+def _leaves(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {n: p.detach().requires_grad_(True) for n, p in params.items()}
+
+
+def _grad(outputs: Any, inputs: Tensors, grad_outputs: Any, **kw: Any) -> Tensors:
+    return list(torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True,
+                                    materialize_grads=True, **kw))
+
+
+def hidden_curvature(problem: Problem, hidden: Tensor, scale: float) -> Tensor:
+    """``D``: the matching-loss Hessian of the hidden units at pre-activations ``hidden``.
+
+    The nonlinearity is the model's ``hidden_nonlinearity`` attribute (default ``"tanh"``):
+    tanh gives ``1 - tanh(a)²``, logistic ``σ(a)(1 - σ(a))``, linear ``1`` (Martens & Sutskever
+    2011; Sutskever's HF-RNN code). Scaled like the loss (``1/N`` for ``mean``).
+    """
+    kind = getattr(problem.model, "hidden_nonlinearity", "tanh")
+    a = hidden.detach()
+    if kind == "tanh":
+        d = 1 - torch.tanh(a).square()
+    elif kind == "logistic":
+        s = torch.sigmoid(a)
+        d = s * (1 - s)
+    elif kind == "linear":
+        d = torch.ones_like(a)
+    else:
+        raise ValueError(
+            f"model.hidden_nonlinearity: expected 'tanh', 'logistic' or 'linear', got {kind!r}"
+        )
+    return d * scale
+
+
+def _split_outputs(problem: Problem, res: Any, chunk: Chunk, hidden: bool) -> tuple[Tensor, Any]:
+    if hidden:
+        if not (isinstance(res, tuple) and len(res) == 2):
+            raise ValueError(
+                "model: structural damping needs forward(inputs, return_hidden=True) to return "
+                "(outputs, hidden_preactivations)"
+            )
+        out, hid = res
+    else:
+        out, hid = res, None
+    return problem.check_outputs(out, chunk), hid
+
+
+class _DoubleBackwardJ:
+    """``J`` at one chunk by the double-backward trick over cached graphs."""
+
+    def __init__(self, problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
+                 scale: float, hidden: bool) -> None:
+        leaves = _leaves(params)
+        self.plist = list(leaves.values())
+        with torch.enable_grad():
+            res = problem.forward(leaves, chunk.inputs, return_hidden=hidden)
+            self.out, self.hid = _split_outputs(problem, res, chunk, hidden)
+            self.state = problem.loss.prepare(self.out, chunk.targets, scale)
+            # g(w) = Jᵀ w is linear in w; seeded with dL/dz it is the gradient.
+            self.w = [self.state.grad.clone().requires_grad_(True)]
+            outs = [self.out]
+            if hidden:
+                self.w.append(torch.zeros_like(self.hid).requires_grad_(True))
+                outs.append(self.hid)
+            g = _grad(outs, self.plist, self.w, create_graph=True)
+        self.grad = [t.detach() for t in g]
+        self._live = [i for i, t in enumerate(g) if t.requires_grad]
+        self._g = [g[i] for i in self._live]
+
+    def jvp(self, v: Tensors, hidden: bool = False) -> Tensors:
+        """``[J_out v]`` (and ``J_hidden v`` when ``hidden``)."""
+        ws = self.w if hidden else self.w[:1]
+        if not self._g:
+            return [torch.zeros_like(w) for w in ws]
+        return _grad(self._g, ws, [v[i] for i in self._live], retain_graph=True)
+
+    def vjp(self, us: Tensors) -> Tensors:
+        """``Jᵀ u`` for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
+        outs = [self.out, self.hid][: len(us)]
+        return _grad(outs, self.plist, us, retain_graph=True)
+
+
+class _ForwardJ:
+    """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``."""
+
+    def __init__(self, problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
+                 scale: float, hidden: bool) -> None:
+        prim = {n: p.detach() for n, p in params.items()}
+        self.names = list(prim)
+
+        def f(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
+            out, hid = _split_outputs(problem, problem.forward(p, chunk.inputs, hidden), chunk,
+                                      hidden)
+            return (out, hid) if hidden else (out,)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # fx const-folding noise in linearize
+            outs, self._jvp = torch.func.linearize(f, prim)
+        _, self._vjp = torch.func.vjp(f, prim)
+        self.out = outs[0]
+        self.hid = outs[1] if hidden else None
+        self.state = problem.loss.prepare(self.out, chunk.targets, scale)
+        zeros = [torch.zeros_like(o) for o in outs[1:]]
+        self.grad = self.vjp([self.state.grad, *zeros])
+
+    def jvp(self, v: Tensors, hidden: bool = False) -> Tensors:
+        """``[J_out v]`` (and ``J_hidden v`` when ``hidden``)."""
+        res = self._jvp(dict(zip(self.names, v)))
+        return list(res) if hidden else [res[0]]
+
+    def vjp(self, us: Tensors) -> Tensors:
+        """``Jᵀ u`` for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
+        if self.hid is not None and len(us) == 1:
+            us = [us[0], torch.zeros_like(self.hid)]
+        (res,) = self._vjp(tuple(us))
+        return [res[n] for n in self.names]
+
+
+def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
+               backend: str, hidden: bool) -> _DoubleBackwardJ | _ForwardJ:
+    if backend == "double-backward":
+        return _DoubleBackwardJ(problem, params, chunk, scale, hidden)
+    if backend == "forward":
+        return _ForwardJ(problem, params, chunk, scale, hidden)
+    raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
+
+
+def ggn_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
+              backend: str = "double-backward", structural: bool = False) -> ChunkProduct:
+    """Generalized Gauss-Newton ``Jᵀ H_L J`` on one chunk (plus the structural term if asked)."""
+    lin = _linearize(problem, params, chunk, scale, backend, structural)
+    d_hid = hidden_curvature(problem, lin.hid, scale) if structural else None
+
+    def mv(v: Tensors, weight: float = 0.0) -> Tensors:
+        if weight and d_hid is not None:
+            jv_out, jv_hid = lin.jvp(v, hidden=True)
+            return lin.vjp([lin.state.hvp(jv_out), jv_hid * d_hid * weight])
+        (jv_out,) = lin.jvp(v)
+        return lin.vjp([lin.state.hvp(jv_out)])
+
+    return ChunkProduct(lin.state.value, lin.grad, mv, lin.state)
+
+
+def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
+                 backend: str = "double-backward") -> ChunkProduct:
+    """Empirical Fisher ``s Σ_i ∇l_i ∇l_iᵀ`` on one chunk, as ``Jᵀ (s e ⊙ ⟨e, J v⟩_case)``."""
+    lin = _linearize(problem, params, chunk, scale, backend, False)
+    g = lin.state.grad  # = s · e
+    n = g.shape[0]
+
+    def mv(v: Tensors, weight: float = 0.0) -> Tensors:
+        (jv,) = lin.jvp(v)
+        coef = (g * jv).reshape(n, -1).sum(1) / lin.state.scale  # s ⟨e, Jv⟩ per case
+        return lin.vjp([g * coef.view((n,) + (1,) * (g.dim() - 1))])
+
+    return ChunkProduct(lin.state.value, lin.grad, mv, lin.state)
+
+
+def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
+                  backend: str = "double-backward") -> ChunkProduct:
+    """Hessian of the chunk's scaled loss: reverse-over-reverse or forward-over-reverse."""
+    if backend == "double-backward":
+        leaves = _leaves(params)
+        plist = list(leaves.values())
+        with torch.enable_grad():
+            out = problem.check_outputs(problem.forward(leaves, chunk.inputs), chunk)
+            value = problem.loss.value(out, chunk.targets, scale)
+            g = _grad(value, plist, None, create_graph=True)
+        live = [i for i, t in enumerate(g) if t.requires_grad]
+
+        def mv(v: Tensors, weight: float = 0.0) -> Tensors:
+            if not live:
+                return [torch.zeros_like(p) for p in plist]
+            return _grad([g[i] for i in live], plist, [v[i] for i in live], retain_graph=True)
+
+    elif backend == "forward":
+        prim = {n: p.detach() for n, p in params.items()}
+        names = list(prim)
+
+        def loss_of(p: dict[str, Tensor], check: bool = False) -> Tensor:
+            out = problem.check_outputs(problem.forward(p, chunk.inputs), chunk)
+            return problem.loss.value(out, chunk.targets, scale, check)
+
+        with torch.no_grad():
+            value = loss_of(prim, check=True)
+        gfun = torch.func.grad(loss_of)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            gdict, hvp = torch.func.linearize(gfun, prim)
+        g = [gdict[n] for n in names]
+
+        def mv(v: Tensors, weight: float = 0.0) -> Tensors:
+            res = hvp(dict(zip(names, v)))
+            return [res[n] for n in names]
+
+    else:
+        raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
+    state = LossState(value.detach(), torch.empty(0), scale, lambda u: u)
+    return ChunkProduct(value.detach(), [t.detach() for t in g], mv, state)

@@ -1,0 +1,1 @@
+"""hessfree.hf."""
