@@ -1,0 +1,109 @@
+"""Which CG iterates to keep for CG-backtracking (Martens 2010 §4.6, ``conjgrad_1.m``).
+
+A storage policy is any object with ``grid(limit) -> frozenset[int]``: the iteration indices
+``1 <= i <= limit`` at which ``solve`` keeps a copy of x_i. The last iterate is always kept in
+addition, whatever the policy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, Union
+
+__all__ = ["Every", "Geometric", "Never", "StorePolicy", "as_store_policy"]
+
+
+class StorePolicy(Protocol):
+    """Iteration indices at which to keep a copy of x_i."""
+
+    def grid(self, limit: int) -> frozenset[int]:  # pragma: no cover - protocol
+        """Indices in ``1..limit`` to keep."""
+        ...
+
+
+@dataclass(frozen=True)
+class Geometric:
+    """Martens' geometric grid: keep x_i at i = ⌈first·ratioʲ⌉, j = 0, 1, ...
+
+    ``conjgrad_1.m``: ``inext = 5; imult = 1.3``; store when ``i == ceil(inext)``, then
+    ``inext = inext*imult`` (same double arithmetic here). Where ⌈·⌉ repeats (small ``first``
+    or ``ratio``) the index is kept once and the grid moves on; Martens' ``==`` test would stall
+    at the repeat and store nothing more. For the defaults (5, 7, 9, 11, 15, 19, 25, 32, ...) the
+    two agree.
+
+    Args:
+        ratio: growth factor, > 1 (``imult = 1.3``).
+        first: first grid value, > 0 (``inext = 5``).
+    """
+
+    ratio: float = 1.3
+    first: float = 5
+
+    def __post_init__(self) -> None:
+        """Check the constants."""
+        if not (isinstance(self.ratio, (int, float)) and self.ratio > 1):
+            raise ValueError(f"Geometric.ratio: expected a number > 1, got {self.ratio!r}")
+        if not (isinstance(self.first, (int, float)) and 0 < self.first < math.inf):
+            raise ValueError(f"Geometric.first: expected a finite number > 0, got {self.first!r}")
+
+    def grid(self, limit: int) -> frozenset[int]:
+        """Indices ⌈first·ratioʲ⌉ <= limit (deduplicated)."""
+        out = set()
+        nxt = float(self.first)
+        while math.ceil(nxt) <= limit:
+            out.add(math.ceil(nxt))
+            nxt *= self.ratio
+        return frozenset(out)
+
+
+@dataclass(frozen=True)
+class Every:
+    """Keep every ``step``-th iterate (x_step, x_2step, ...); ``Every()`` keeps them all.
+
+    Args:
+        step: spacing, >= 1.
+    """
+
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        """Check ``step``."""
+        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
+            raise ValueError(f"Every.step: expected an integer >= 1, got {self.step!r}")
+
+    def grid(self, limit: int) -> frozenset[int]:
+        """Indices step, 2·step, ... <= limit."""
+        return frozenset(range(self.step, limit + 1, self.step))
+
+
+@dataclass(frozen=True)
+class Never:
+    """Keep no intermediate iterate (only the last one, which ``solve`` always keeps)."""
+
+    def grid(self, limit: int) -> frozenset[int]:
+        """No indices."""
+        return frozenset()
+
+
+StoreSpec = Union[StorePolicy, bool, None]
+
+
+def as_store_policy(store: StoreSpec) -> StorePolicy:
+    """Turn the ``store`` argument of ``solve`` into a policy.
+
+    ``None`` or ``True`` give Martens' ``Geometric(1.3, first=5)``; ``False`` gives ``Never()``.
+
+    Raises:
+        TypeError: ``store`` is not a policy, a bool or None.
+    """
+    if store is None or store is True:
+        return Geometric()
+    if store is False:
+        return Never()
+    if callable(getattr(store, "grid", None)):
+        return store
+    raise TypeError(
+        "store: expected a storage policy (Geometric, Every, Never), a bool or None, "
+        f"got {type(store).__name__}"
+    )
