@@ -62,9 +62,9 @@ def test_chunked_equals_concatenated(kind, reduction):
     assert abs(problem.value(problem.parameters(), chunks) - full.value) < 1e-12
 
 
-@pytest.mark.parametrize("backend", ["double-backward", "forward"])
+@pytest.mark.parametrize("backend", ["double-backward", "forward", "sequential"])
 def test_uncached_equals_cached(backend):
-    problem, (x, t) = _problem("rnn", "mse", n=8)
+    problem, (x, t) = _problem("mlp" if backend == "sequential" else "rnn", "mse", n=8)
     chunks = [(x[:5], t[:5]), (x[5:], t[5:])]
     a = hessfree.GGN(problem, chunks, backend=backend)
     b = hessfree.GGN(problem, chunks, backend=backend, cache=False)
@@ -153,3 +153,35 @@ def test_operator_counts_products():
         G @ v
     G.damped(1.0) @ v
     assert G.products == 4
+
+
+@pytest.mark.parametrize("make", [
+    lambda: hessfree.models.DeepAutoencoder([6, 5, 2, 5, 6]),
+    lambda: hessfree.models.MLP([5, 4, 3], "tanh"),
+    lambda: hessfree.models.MLP([5, 4, 4, 3], "relu", output="linear"),
+    lambda: hessfree.models.DeepAutoencoder([6, 4, 2, 4, 6], output="linear"),
+], ids=["ae", "mlp-tanh", "mlp-relu", "ae-linear-out"])
+def test_package_models_use_the_sequential_backend(make):
+    torch.manual_seed(0)
+    model = make().double()
+    x = torch.randn(7, model.sizes[0], dtype=torch.float64)
+    t = torch.rand(7, model.sizes[-1], dtype=torch.float64)
+    problem = hessfree.Problem(model, hessfree.losses.BCEWithLogits(), weight_decay=0.01)
+    auto = hessfree.GGN(problem, (x, t))
+    generic = hessfree.GGN(problem, (x, t), backend="double-backward")
+    assert auto.backend == "sequential"
+    assert rel_err(auto.dense(), generic.dense()) < 1e-13
+    assert rel_err(auto.grad, generic.grad) < 1e-14 and abs(auto.value - generic.value) < 1e-14
+    fa = hessfree.EmpiricalFisher(problem, (x, t))
+    fg = hessfree.EmpiricalFisher(problem, (x, t), backend="double-backward")
+    assert fa.backend == "sequential" and rel_err(fa.dense(), fg.dense()) < 1e-13
+
+
+def test_frozen_parameter_falls_back_to_autodiff():
+    torch.manual_seed(0)
+    model = hessfree.models.MLP([5, 4, 3], "tanh").double()
+    model.layers[0].bias.requires_grad_(False)
+    problem = hessfree.Problem(model, hessfree.losses.MSE())
+    G = hessfree.GGN(problem, (torch.randn(6, 5, dtype=torch.float64),
+                               torch.randn(6, 3, dtype=torch.float64)))
+    assert G.backend == "double-backward" and G.dim == 4 * 5 + 3 * 4 + 3

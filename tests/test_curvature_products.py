@@ -10,12 +10,17 @@ BACKENDS = ("double-backward", "forward")
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
+SEQUENTIAL = ("mlp", "autoencoder")  # nn.Sequential of Linear and elementwise units
+
+
 def _operators(problem, batch, backend):
-    return {
+    ops = {
         "ggn": hessfree.GGN(problem, batch, backend=backend),
-        "hessian": hessfree.Hessian(problem, batch, backend=backend),
         "fisher": hessfree.EmpiricalFisher(problem, batch, backend=backend),
     }
+    if backend != "sequential":
+        ops["hessian"] = hessfree.Hessian(problem, batch, backend=backend)
+    return ops
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -31,7 +36,8 @@ def test_products_match_dense_reference(model_name, loss_name, reduction, dtype)
     mats = {"ggn": ref.ggn(), "hessian": ref.hessian(), "fisher": ref.fisher()}
     g = torch.Generator().manual_seed(seed + 1)
     V = torch.randn(ref.theta.numel(), 3, generator=g, dtype=torch.float64)
-    for backend in BACKENDS:
+    backends = BACKENDS + (("sequential",) if model_name in SEQUENTIAL else ())
+    for backend in backends:
         for kind, op in _operators(problem, batch, backend).items():
             got = torch.stack([op @ V[:, j].to(dtype) for j in range(3)], 1)
             assert got.dtype == dtype
@@ -43,10 +49,17 @@ def test_products_match_dense_reference(model_name, loss_name, reduction, dtype)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ("sequential", "auto"))
 def test_dense_equals_reference_ggn(model_name, backend):
     model, loss, batch = make_case(model_name, "bce", "mean", torch.float64, seed=3)
-    G = hessfree.GGN(hessfree.Problem(model, loss), batch, backend=backend)
+    problem = hessfree.Problem(model, loss)
+    if backend == "sequential" and model_name not in SEQUENTIAL:
+        with pytest.raises(ValueError, match="backend: 'sequential' needs an nn.Sequential"):
+            hessfree.GGN(problem, batch, backend=backend)
+        return
+    G = hessfree.GGN(problem, batch, backend=backend)
+    if backend == "auto":
+        assert G.backend == ("sequential" if model_name in SEQUENTIAL else "double-backward")
     ref = Reference(model, "bce", "mean", batch).ggn()
     assert rel_err(G.dense(), ref) < 1e-12
 

@@ -28,6 +28,7 @@ from hessfree.curvature.products import (
     ggn_chunk,
     hessian_chunk,
 )
+from hessfree.curvature.sequential import applies
 from hessfree.vectors import ParamLayout
 
 __all__ = ["CurvatureOperator", "GGN", "Hessian", "EmpiricalFisher", "DampedOperator",
@@ -36,14 +37,19 @@ __all__ = ["CurvatureOperator", "GGN", "Hessian", "EmpiricalFisher", "DampedOper
 Vector = Tensor | list[Tensor] | dict[str, Tensor]
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Pick the ``J v`` backend. ``"auto"`` is the double-backward trick on every device.
+def resolve_backend(backend: str, problem: Problem, params: dict[str, Tensor],
+                    chunks: list[Chunk], structural: bool = False, kind: str = "ggn") -> str:
+    """Pick the ``J v`` backend.
 
-    Measured on this project's 2-core CPU (``benchmarks/bench_products.py``, RESULTS.md): the cached
-    double-backward product costs about 1.2 gradients, ``linearize``'s set-up about 10. No GPU
-    measurement exists yet, so the GPU default is the same until one says otherwise.
+    ``"auto"``: the analytic ``"sequential"`` backend where it applies (GGN and Fisher of an
+    ``nn.Sequential`` MLP without structural damping), else ``"double-backward"``. Measured on this
+    project's 2-core CPU (``benchmarks/bench_products.py``, RESULTS.md): the cached double-backward
+    GGN product costs about 1.1-1.2 gradients and ``linearize``'s set-up about 9; the sequential
+    backend is faster still. No GPU measurement exists yet, so the GPU default is the same.
     """
     if backend == "auto":
+        if kind != "hessian" and not structural and applies(problem, params, chunks):
+            return "sequential"
         return "double-backward"
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
@@ -76,7 +82,8 @@ class CurvatureOperator:
         self.chunks: list[Chunk] = as_chunks(batch)
         self.n_cases = sum(c.n for c in self.chunks)
         self.scale = problem.loss.scale_for(self.n_cases)
-        self.backend = resolve_backend(backend, self.layout.device)
+        self.backend = resolve_backend(backend, problem, self.params, self.chunks,
+                                       getattr(self, "structural_damping", 0.0) > 0, self.kind)
         self.cache = bool(cache)
         self.products = 0
         if check:
@@ -96,8 +103,7 @@ class CurvatureOperator:
         for chunk in self.chunks:
             cp = self._build(chunk)
             value += float(cp.value)
-            flat_g = torch.cat([g.reshape(-1) for g in cp.grad])
-            grad = flat_g if grad is None else grad.add_(flat_g)
+            grad = cp.grad.clone() if grad is None else grad.add_(cp.grad)
             if self.cache:
                 self._cached.append(cp)
         assert grad is not None
@@ -142,7 +148,7 @@ class CurvatureOperator:
         parts = list(self.layout.split(v).values())
         out: Tensor | None = None
         for cp in self._chunk_products():
-            res = torch.cat([r.reshape(-1) for r in cp.mv(parts, structural)])
+            res = cp.mv(parts, structural)
             out = res if out is None else out.add_(res)
         assert out is not None
         wd = self.problem.weight_decay

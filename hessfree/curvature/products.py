@@ -4,7 +4,8 @@ Each factory runs the forward pass once at the given parameters and returns a :c
 holding the (scaled) loss, its gradient from the same pass, and ``mv(v, structural)`` — the
 product of the chunk's curvature with a list of tensors shaped like the parameters.
 
-Two backends compute the Jacobian-vector products ``J v`` (design card; both tested):
+Three backends compute the Jacobian-vector products ``J v`` (all tested against dense
+matrices):
 
 * ``"double-backward"`` (reverse-over-reverse): keep the forward graph and build the vector-Jacobian
   graph ``g(w) = Jᵀ w`` once with ``create_graph=True``; since ``g`` is linear in ``w``,
@@ -12,6 +13,8 @@ Two backends compute the Jacobian-vector products ``J v`` (design card; both tes
   makes ``g`` the loss gradient, so the set-up costs one forward and one backward pass.
 * ``"forward"`` (forward mode): ``torch.func.linearize`` traces the JVP once (expensive set-up,
   cheap products) and ``torch.func.vjp`` keeps the reverse graph for ``Jᵀ u``.
+* ``"sequential"``: analytic R-operator passes for ``nn.Sequential`` stacks of ``Linear`` and
+  elementwise units (:mod:`hessfree.curvature.sequential`), the fastest where it applies.
 
 The GGN product is ``Jᵀ (H_L (J v))`` with ``H_L`` in closed form (Martens 2010 §2.1; Schraudolph
 2002); the empirical Fisher product is ``Σ_i s ∇l_i (∇l_iᵀ v)``, computed as
@@ -20,8 +23,8 @@ gradient graph (reverse-over-reverse) or linearizes the gradient (forward-over-r
 
 Structural damping (Martens & Sutskever 2011; papers.md §3.1): when the model exposes hidden
 pre-activations ``a`` (``forward(..., return_hidden=True) -> (outputs, a)``), the GGN factory can
-add ``μλ · J_aᵀ D J_a`` with ``D = s·f'(a)`` the Hessian of the matching loss of the hidden nonlinearity
-``f`` (tanh: ``1 - tanh(a)²``), in the same backward pass as the GGN product.
+add ``μλ · J_aᵀ D J_a`` with ``D = s·f'(a)`` the Hessian of the matching loss of the hidden
+nonlinearity ``f`` (tanh: ``1 - tanh(a)²``), in the same backward pass as the GGN product.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch import Tensor
 
 from hessfree.curvature.losses import LossState
 from hessfree.curvature.problem import Chunk, Problem
+from hessfree.curvature.sequential import SequentialJ, sequential_layers
 
 __all__ = [
     "BACKENDS",
@@ -46,7 +50,7 @@ __all__ = [
     "hidden_curvature",
 ]
 
-BACKENDS = ("double-backward", "forward")
+BACKENDS = ("double-backward", "forward", "sequential")
 Tensors = list[Tensor]
 
 
@@ -56,20 +60,24 @@ class ChunkProduct:
 
     Attributes:
         value: the chunk's scaled loss (0-d tensor, no graph).
-        grad: the chunk's scaled loss gradient, one tensor per parameter.
-        mv: ``(v, structural) -> curvature·v`` for ``v`` a list shaped like the parameters;
-            ``structural`` is the weight of the structural-damping term (0: none).
+        grad: the chunk's scaled loss gradient, flat.
+        mv: ``(v, structural) -> curvature·v`` (flat) for ``v`` a list shaped like the
+            parameters; ``structural`` is the weight of the structural-damping term (0: none).
         state: the loss state at the outputs (gradient and ``H_L``).
     """
 
     value: Tensor
-    grad: Tensors
-    mv: Callable[[Tensors, float], Tensors]
+    grad: Tensor
+    mv: Callable[[Tensors, float], Tensor]
     state: LossState
 
 
 def _leaves(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {n: p.detach().requires_grad_(True) for n, p in params.items()}
+
+
+def _flat(ts: Tensors) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
 
 
 def _grad(outputs: Any, inputs: Tensors, grad_outputs: Any, **kw: Any) -> Tensors:
@@ -125,13 +133,13 @@ class _DoubleBackwardJ:
             self.out, self.hid = _split_outputs(problem, res, chunk, hidden)
             self.state = problem.loss.prepare(self.out, chunk.targets, scale)
             # g(w) = Jᵀ w is linear in w; seeded with dL/dz it is the gradient.
-            self.w = [self.state.grad.clone().requires_grad_(True)]
+            self.w = [self.state.grad.detach().requires_grad_(True)]  # an alias, no copy
             outs = [self.out]
             if hidden:
                 self.w.append(torch.zeros_like(self.hid).requires_grad_(True))
                 outs.append(self.hid)
             g = _grad(outs, self.plist, self.w, create_graph=True)
-        self.grad = [t.detach() for t in g]
+        self.grad = _flat([t.detach() for t in g])
         self._live = [i for i, t in enumerate(g) if t.requires_grad]
         self._g = [g[i] for i in self._live]
 
@@ -142,10 +150,10 @@ class _DoubleBackwardJ:
             return [torch.zeros_like(w) for w in ws]
         return _grad(self._g, ws, [v[i] for i in self._live], retain_graph=True)
 
-    def vjp(self, us: Tensors) -> Tensors:
-        """``Jᵀ u`` for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
+    def vjp(self, us: Tensors) -> Tensor:
+        """``Jᵀ u`` (flat) for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
         outs = [self.out, self.hid][: len(us)]
-        return _grad(outs, self.plist, us, retain_graph=True)
+        return _flat(_grad(outs, self.plist, us, retain_graph=True))
 
 
 class _ForwardJ:
@@ -176,16 +184,25 @@ class _ForwardJ:
         res = self._jvp(dict(zip(self.names, v)))
         return list(res) if hidden else [res[0]]
 
-    def vjp(self, us: Tensors) -> Tensors:
-        """``Jᵀ u`` for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
+    def vjp(self, us: Tensors) -> Tensor:
+        """``Jᵀ u`` (flat) for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
         if self.hid is not None and len(us) == 1:
             us = [us[0], torch.zeros_like(self.hid)]
         (res,) = self._vjp(tuple(us))
-        return [res[n] for n in self.names]
+        return _flat([res[n] for n in self.names])
 
 
 def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
-               backend: str, hidden: bool) -> _DoubleBackwardJ | _ForwardJ:
+               backend: str, hidden: bool) -> Any:
+    if backend == "sequential":
+        layers = sequential_layers(problem, params)
+        if layers is None or hidden or not isinstance(chunk.inputs, Tensor):
+            raise ValueError(
+                "backend: 'sequential' needs an nn.Sequential of Linear and elementwise units "
+                "(Sigmoid, Tanh, ReLU, Identity), all parameters trained, tensor inputs and no "
+                "structural damping; use 'double-backward' or 'auto'"
+            )
+        return SequentialJ(problem, params, layers, chunk, scale)
     if backend == "double-backward":
         return _DoubleBackwardJ(problem, params, chunk, scale, hidden)
     if backend == "forward":
@@ -199,7 +216,7 @@ def ggn_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scal
     lin = _linearize(problem, params, chunk, scale, backend, structural)
     d_hid = hidden_curvature(problem, lin.hid, scale) if structural else None
 
-    def mv(v: Tensors, weight: float = 0.0) -> Tensors:
+    def mv(v: Tensors, weight: float = 0.0) -> Tensor:
         if weight and d_hid is not None:
             jv_out, jv_hid = lin.jvp(v, hidden=True)
             return lin.vjp([lin.state.hvp(jv_out), jv_hid * d_hid * weight])
@@ -216,7 +233,7 @@ def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, s
     g = lin.state.grad  # = s · e
     n = g.shape[0]
 
-    def mv(v: Tensors, weight: float = 0.0) -> Tensors:
+    def mv(v: Tensors, weight: float = 0.0) -> Tensor:
         (jv,) = lin.jvp(v)
         coef = (g * jv).reshape(n, -1).sum(1) / lin.state.scale  # s ⟨e, Jv⟩ per case
         return lin.vjp([g * coef.view((n,) + (1,) * (g.dim() - 1))])
@@ -236,10 +253,11 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
             g = _grad(value, plist, None, create_graph=True)
         live = [i for i, t in enumerate(g) if t.requires_grad]
 
-        def mv(v: Tensors, weight: float = 0.0) -> Tensors:
+        def mv(v: Tensors, weight: float = 0.0) -> Tensor:
             if not live:
-                return [torch.zeros_like(p) for p in plist]
-            return _grad([g[i] for i in live], plist, [v[i] for i in live], retain_graph=True)
+                return _flat([torch.zeros_like(p) for p in plist])
+            return _flat(_grad([g[i] for i in live], plist, [v[i] for i in live],
+                               retain_graph=True))
 
     elif backend == "forward":
         prim = {n: p.detach() for n, p in params.items()}
@@ -257,11 +275,13 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
             gdict, hvp = torch.func.linearize(gfun, prim)
         g = [gdict[n] for n in names]
 
-        def mv(v: Tensors, weight: float = 0.0) -> Tensors:
+        def mv(v: Tensors, weight: float = 0.0) -> Tensor:
             res = hvp(dict(zip(names, v)))
-            return [res[n] for n in names]
+            return _flat([res[n] for n in names])
 
     else:
-        raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
+        raise ValueError(
+            f"backend: the Hessian supports 'double-backward' and 'forward', got {backend!r}"
+        )
     state = LossState(value.detach(), torch.empty(0), scale, lambda u: u)
-    return ChunkProduct(value.detach(), [t.detach() for t in g], mv, state)
+    return ChunkProduct(value.detach(), _flat([t.detach() for t in g]), mv, state)

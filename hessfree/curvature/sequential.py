@@ -1,0 +1,170 @@
+"""Analytic ``J v`` / ``Jᵀ u`` for ``nn.Sequential`` stacks of ``Linear`` and elementwise units.
+
+The R-operator forward pass and the backward pass of Martens' HFDemo ``computeGV`` (papers.md
+§2.1; Pearlmutter 1994), written once for any layer sizes with plain torch ops, so it runs on any
+device and dtype. It applies when the model is an ``nn.Sequential`` (its own ``forward``) whose
+children are ``nn.Linear`` or elementwise units (Sigmoid, Tanh, ReLU, Identity), or a model that
+declares such a chain through ``curvature_layers()``, and every parameter is trained.
+
+Why a third backend: generic autodiff spends a third of a GGN product outside matrix products
+(re-deriving ``f'(z)``, accumulating gradient contributions, concatenating results; measured in
+``benchmarks/bench_products.py``). Here the forward pass caches each ``Linear`` input and each
+unit's ``f'(z)`` (no autograd graph), ``W·Ry + V·y + V_b`` is fused into two ``addmm``, and
+parameter gradients are written straight into the flat result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from hessfree.curvature.losses import LossState
+from hessfree.curvature.problem import Chunk, Problem
+
+__all__ = ["SequentialJ", "applies", "sequential_layers"]
+
+#: elementwise units: module type -> name
+_UNIT_NAMES = {nn.Sigmoid: "logistic", nn.Tanh: "tanh", nn.ReLU: "relu", nn.Identity: "linear"}
+_UNIT_FUNCS = {"logistic": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
+               "linear": lambda z: z}
+Layer = nn.Linear | str
+
+
+def _declared_layers(model: nn.Module) -> list[Layer] | None:
+    """Call-order layers: an ``nn.Sequential``'s children, or ``model.curvature_layers()``.
+
+    The protocol: a model whose forward pass is exactly a chain of ``nn.Linear`` modules and
+    elementwise units may define ``curvature_layers()`` returning that chain as a list of
+    ``nn.Linear`` modules and unit names (``"logistic"``, ``"tanh"``, ``"relu"``,
+    ``"linear"``), e.g. :class:`hessfree.models.FeedForward`.
+    """
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
+        out: list[Layer] = []
+        for m in model:
+            if isinstance(m, nn.Linear):
+                out.append(m)
+            elif type(m) in _UNIT_NAMES:
+                out.append(_UNIT_NAMES[type(m)])
+            else:
+                return None
+        return out
+    declared = getattr(model, "curvature_layers", None)
+    return list(declared()) if callable(declared) else None
+
+
+def sequential_layers(problem: Problem, params: Mapping[str, Tensor]) -> list[Layer] | None:
+    """The layer chain when the analytic backend applies to ``problem`` at ``params``, else None.
+
+    It applies when the chain is ``Linear`` modules and units, each unit follows a ``Linear``
+    (one ``f'(z)`` per ``Linear`` output), and the parameters are exactly the ``Linear``
+    weights and biases, in chain order.
+    """
+    model = problem.model
+    if not isinstance(model, nn.Module):
+        return None
+    layers = _declared_layers(model)
+    if not layers or not isinstance(layers[0], nn.Linear):
+        return None
+    if any(not isinstance(m, nn.Linear) and m not in _UNIT_FUNCS for m in layers):
+        return None
+    units = [m for m in layers if m != "linear"]
+    if any(isinstance(a, str) and isinstance(b, str) for a, b in zip(units, units[1:])):
+        return None
+    names = {id(p): n for n, p in model.named_parameters()}
+    expected = [names.get(id(p)) for m in layers if isinstance(m, nn.Linear)
+                for p in m.parameters(recurse=False)]
+    if list(params) != expected:
+        return None
+    return layers
+
+
+def applies(problem: Problem, params: Mapping[str, Tensor], chunks: list[Chunk]) -> bool:
+    """Whether the analytic backend can serve ``problem`` on these chunks."""
+    return (sequential_layers(problem, params) is not None
+            and all(isinstance(c.inputs, Tensor) for c in chunks))
+
+
+def _derivative(unit: str, y: Tensor, z: Tensor) -> Tensor | None:
+    """``f'(z)`` from the unit's output ``y`` (None for the identity)."""
+    if unit == "logistic":
+        return y * (1 - y)
+    if unit == "tanh":
+        return 1 - y * y
+    if unit == "relu":
+        return (z > 0).to(z.dtype)
+    return None
+
+
+class SequentialJ:
+    """``J`` of an ``nn.Sequential`` MLP at one chunk, by cached analytic passes.
+
+    Same interface as the autodiff linearizations in :mod:`hessfree.curvature.products`:
+    ``out``, ``hid`` (None), ``state``, ``grad`` (flat), ``jvp(v)``, ``vjp(us)`` (flat).
+    """
+
+    hid = None
+
+    def __init__(self, problem: Problem, params: Mapping[str, Tensor], layers: list[Layer],
+                 chunk: Chunk, scale: float) -> None:
+        plist = [p.detach() for p in params.values()]
+        self.dim = sum(p.numel() for p in plist)
+        self.dtype, self.device = plist[0].dtype, plist[0].device
+        # per Linear: (weight, bias, input y, f'(z) of the unit after it or None, offsets)
+        self.blocks: list[dict] = []
+        y = chunk.inputs
+        offset, k = 0, 0
+        with torch.no_grad():
+            for m in layers:
+                if isinstance(m, nn.Linear):
+                    w = plist[k]
+                    b = plist[k + 1] if m.bias is not None else None
+                    k += 1 if b is None else 2
+                    blk = {"w": w, "b": b, "x": y, "d": None, "w_off": offset}
+                    offset += w.numel()
+                    blk["b_off"] = offset
+                    offset += 0 if b is None else b.numel()
+                    self.blocks.append(blk)
+                    y = torch.addmm(b, y, w.T) if b is not None else y @ w.T
+                elif m != "linear":
+                    z = y
+                    y = _UNIT_FUNCS[m](z)
+                    self.blocks[-1]["d"] = _derivative(m, y, z)
+        self.out = problem.check_outputs(y, chunk)
+        self.state: LossState = problem.loss.prepare(self.out, chunk.targets, scale)
+        self.grad = self.vjp([self.state.grad])
+
+    def jvp(self, v: list[Tensor], hidden: bool = False) -> list[Tensor]:
+        """``[J v]``: the R-operator forward pass (Pearlmutter 1994; Martens' ``computeGV``)."""
+        it = iter(v)
+        rz: Tensor | None = None
+        for i, blk in enumerate(self.blocks):
+            vw = next(it)
+            vb = next(it) if blk["b"] is not None else None
+            out = torch.addmm(vb, blk["x"], vw.T) if vb is not None else blk["x"] @ vw.T
+            if rz is not None:  # the chunk's inputs carry no tangent
+                out.addmm_(rz, blk["w"].T)
+            if blk["d"] is not None:
+                out.mul_(blk["d"])
+            rz = out
+        assert rz is not None
+        return [rz]
+
+    def vjp(self, us: list[Tensor]) -> Tensor:
+        """``Jᵀ u`` as one flat vector: the backward pass, results written in place."""
+        res = torch.empty(self.dim, dtype=self.dtype, device=self.device)
+        delta = us[0]
+        for i in range(len(self.blocks) - 1, -1, -1):
+            blk = self.blocks[i]
+            w = blk["w"]
+            torch.mm(delta.T, blk["x"], out=res[blk["w_off"]: blk["w_off"] + w.numel()]
+                     .view(w.shape))
+            if blk["b"] is not None:
+                torch.sum(delta, 0, out=res[blk["b_off"]: blk["b_off"] + blk["b"].numel()])
+            if i > 0:
+                delta = delta @ w
+                prev = self.blocks[i - 1]["d"]
+                if prev is not None:
+                    delta.mul_(prev)
+        return res

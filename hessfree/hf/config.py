@@ -1,0 +1,228 @@
+"""``HFConfig``: every setting of the HF driver, with its paper value as default.
+
+Sources (see ``reference/papers.md``): Martens (2010) and his HFDemo code ``nnet_train_2.m`` /
+``conjgrad_1.m`` (§2.2-2.6), Sutskever's HF-RNN code (§3.1), Sutskever et al. (2013) A.6 (§1.7).
+Earlier ports changed several of these silently (anchors.md §10); here each is a named field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from hessfree.hf.schedules import schedule_from_dict, schedule_to_dict
+
+__all__ = ["HFConfig"]
+
+_SCHEDULABLE = ("learning_rate", "cg_decay", "cg_max_iters")
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    """Settings of :class:`hessfree.HessianFree`; defaults are Martens' (2010, HFDemo code).
+
+    Attributes:
+        initial_lambda: initial Tikhonov damping λ; HFDemo ``initlambda = 45`` (λ is added to the
+            curvature of the *mean* loss, as here; papers.md §2.2).
+        lambda_min: lower bound on λ (none in Martens' code: 0).
+        lambda_max: upper bound on λ (none in Martens' code: infinity).
+        lm_lower: ρ below this raises λ; 1/4 (Martens 2010 §4.1; HFDemo).
+        lm_upper: ρ above this lowers λ; 3/4.
+        lm_boost: factor raising λ; 3/2 (HFDemo ``boost = 1/drop``).
+        lm_drop: factor lowering λ; 2/3 (HFDemo ``drop``).
+        rho_damped: ρ's denominator uses the damped model; False as in HFDemo ("disabling the
+            damping when computing rho is something I'm not 100% sure about").
+        rho_after_backtracking: ρ uses the CG-backtracked step (HFDemo) rather than the last
+            CG iterate (ltatzel's port).
+        curvature: ``"ggn"`` (Gauss-Newton, Martens 2010 §4.2; "the other choices probably won't
+            work") or ``"hessian"``.
+        backend: curvature-product backend (``hessfree.GGN``'s ``backend``).
+        structural_damping: μ; adds μλ times the hidden-unit Gauss-Newton term to the curvature
+            CG sees (Martens & Sutskever 2011; Sutskever's code: μ = 0.03, relative to λ).
+            0 switches it off.
+        cg_max_iters: CG iteration cap, 250 ("the ICML paper had maxiters=250 for everything");
+            int or schedule.
+        cg_eps: Martens' relative-progress tolerance, 5e-4 (``conjgrad_1.m``).
+        cg_min_gap: minimum progress window, 10 (``mingap``).
+        cg_gap_ratio: progress window as a fraction of i, 0.1 (``gapratio``).
+        cg_fixed_iters: run exactly ``cg_max_iters`` iterations, no progress test (the momentum-
+            like variant, Sutskever et al. 2013 A.6: 50 CG steps per update).
+        cg_decay: hot-start decay ζ: CG starts from ζ times the previous (last, not backtracked)
+            CG solution; 0.95 (HFDemo, "not in the paper ... can help a lot"); float or schedule.
+        cg_store_first: first stored iterate for backtracking, 5 (``inext = 5``).
+        cg_store_ratio: growth of the stored-iterate grid, 1.3 (``imult = 1.3``).
+        backtracking: CG-backtracking over the stored iterates (Martens 2010 §4.6); switch.
+        backtrack_batch: ``"curvature"`` (the issue's choice) or ``"gradient"`` (HFDemo's "full
+            training set version") batch for the backtracking objective.
+        preconditioner: diagonal empirical-Fisher preconditioner (Martens 2010 §4.7); switch.
+        precond_exponent: its exponent, 0.75 (HFDemo ``(grad2 + λ + weightcost).^(3/4)``).
+        precond_batch: ``"gradient"`` (HFDemo: per-case gradients of the full training set) or
+            ``"curvature"``.
+        line_search: Armijo backtracking line search on the gradient batch; switch.
+        ls_c: sufficient-decrease constant, 1e-2 (HFDemo ``c = 10^(-2)``).
+        ls_shrink: step shrink factor, 0.8 (HFDemo ``rate = 0.8*rate``).
+        ls_max_tries: reductions before the step is rejected, 60 (HFDemo).
+        learning_rate: step size when the line search is off; 1 (Sutskever et al. 2013 A.6);
+            float or schedule.
+        reject_worse: without a line search, reject a step that raises the curvature-batch
+            objective (with one, Armijo decides).
+    """
+
+    initial_lambda: float = 45.0
+    lambda_min: float = 0.0
+    lambda_max: float = math.inf
+    lm_lower: float = 0.25
+    lm_upper: float = 0.75
+    lm_boost: float = 1.5
+    lm_drop: float = 2.0 / 3.0
+    rho_damped: bool = False
+    rho_after_backtracking: bool = True
+    curvature: str = "ggn"
+    backend: str = "auto"
+    structural_damping: float = 0.0
+    cg_max_iters: Any = 250
+    cg_eps: float = 5e-4
+    cg_min_gap: int = 10
+    cg_gap_ratio: float = 0.1
+    cg_fixed_iters: bool = False
+    cg_decay: Any = 0.95
+    cg_store_first: int = 5
+    cg_store_ratio: float = 1.3
+    backtracking: bool = True
+    backtrack_batch: str = "curvature"
+    preconditioner: bool = True
+    precond_exponent: float = 0.75
+    precond_batch: str = "gradient"
+    line_search: bool = True
+    ls_c: float = 1e-2
+    ls_shrink: float = 0.8
+    ls_max_tries: int = 60
+    learning_rate: Any = 1.0
+    reject_worse: bool = True
+
+    def __post_init__(self) -> None:
+        """Validate every field; raise ``ValueError`` naming the field."""
+        _check(self)
+
+    # -- presets ------------------------------------------------------------------------------
+    @classmethod
+    def martens2010(cls, **overrides: Any) -> HFConfig:
+        """Martens (2010) as in his HFDemo code: every default above."""
+        return cls(**overrides)
+
+    @classmethod
+    def momentum_like(cls, **overrides: Any) -> HFConfig:
+        """The momentum-like HF of Sutskever et al. (2013, §5, A.6).
+
+        No line search, learning rate 1 (decay it with a schedule late in training), a fixed
+        number of CG steps per update (50), hot-start decay ζ = 0.95 to be raised by a schedule
+        (e.g. ``Ramp(0.95, 0.999, ...)``), gradient on the current minibatch only (the trainer's
+        job). A.6 does not say whether CG-backtracking was kept; it is off here, so the update is
+        the hot-started CG iterate, as in the paper's analogy with NAG (UNCONFIRMED).
+        """
+        base = dict(line_search=False, learning_rate=1.0, cg_fixed_iters=True, cg_max_iters=50,
+                    cg_decay=0.95, backtracking=False, reject_worse=False)
+        base.update(overrides)
+        return cls(**base)
+
+    def replace(self, **changes: Any) -> HFConfig:
+        """A copy with ``changes`` applied (validated)."""
+        return replace(self, **changes)
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (schedules as ``{"schedule": name, ...}``)."""
+        d = asdict(self)
+        for name in _SCHEDULABLE:
+            d[name] = schedule_to_dict(getattr(self, name))
+        return d
+
+    def to_json(self) -> str:
+        """``to_dict`` as JSON (infinity written as the string "inf")."""
+        d = self.to_dict()
+        for k, v in d.items():
+            if isinstance(v, float) and math.isinf(v):
+                d[k] = "inf" if v > 0 else "-inf"
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HFConfig:
+        """Inverse of :meth:`to_dict` / :meth:`to_json` (unknown keys raise)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"config: unknown fields {unknown}; known: {sorted(names)}")
+        kw = {}
+        for k, v in d.items():
+            if v in ("inf", "-inf"):
+                v = float(v)
+            kw[k] = schedule_from_dict(v) if k in _SCHEDULABLE else v
+        return cls(**kw)
+
+
+def _positive(cfg: HFConfig, name: str, strict: bool = True) -> None:
+    v = getattr(cfg, name)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    if not ok or (v <= 0 if strict else v < 0):
+        raise ValueError(f"{name}: expected a number {'>' if strict else '>='} 0, got {v!r}")
+
+
+def _schedulable(cfg: HFConfig, name: str, lo: float, hi: float, integer: bool = False) -> None:
+    v = getattr(cfg, name)
+    if callable(v):
+        return
+    kind = int if integer else (int, float)
+    if isinstance(v, bool) or not isinstance(v, kind) or not (lo <= v <= hi):
+        raise ValueError(f"{name}: expected a {'integer' if integer else 'number'} in "
+                         f"[{lo}, {hi}] or a schedule t -> value, got {v!r}")
+
+
+def _check(cfg: HFConfig) -> None:
+    for name in ("initial_lambda", "lambda_min", "structural_damping"):
+        _positive(cfg, name, strict=False)
+    for name in ("lm_boost", "cg_eps", "cg_store_ratio", "precond_exponent", "ls_c"):
+        _positive(cfg, name)
+    if cfg.lambda_max < cfg.lambda_min:
+        raise ValueError(f"lambda_max: expected >= lambda_min ({cfg.lambda_min}), "
+                         f"got {cfg.lambda_max}")
+    if not cfg.lambda_min <= cfg.initial_lambda <= cfg.lambda_max:
+        raise ValueError("initial_lambda: expected within [lambda_min, lambda_max]")
+    if not 0 < cfg.lm_lower <= cfg.lm_upper:
+        raise ValueError(f"lm_lower/lm_upper: expected 0 < lm_lower <= lm_upper, got "
+                         f"{cfg.lm_lower} and {cfg.lm_upper}")
+    if cfg.lm_boost <= 1:
+        raise ValueError(f"lm_boost: expected > 1, got {cfg.lm_boost}")
+    if not 0 < cfg.lm_drop < 1:
+        raise ValueError(f"lm_drop: expected in (0, 1), got {cfg.lm_drop}")
+    if cfg.cg_store_ratio <= 1:
+        raise ValueError(f"cg_store_ratio: expected > 1, got {cfg.cg_store_ratio}")
+    if not 0 < cfg.ls_shrink < 1:
+        raise ValueError(f"ls_shrink: expected in (0, 1), got {cfg.ls_shrink}")
+    if not 0 < cfg.ls_c < 1:
+        raise ValueError(f"ls_c: expected in (0, 1), got {cfg.ls_c}")
+    for name in ("cg_min_gap", "cg_store_first", "ls_max_tries"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    _schedulable(cfg, "cg_decay", 0.0, 1.0)
+    _schedulable(cfg, "cg_max_iters", 1, 100_000, integer=True)
+    _schedulable(cfg, "learning_rate", 0.0, math.inf)
+    if not 0 < cfg.cg_gap_ratio <= 1:
+        raise ValueError(f"cg_gap_ratio: expected in (0, 1], got {cfg.cg_gap_ratio}")
+    if cfg.curvature not in ("ggn", "hessian"):
+        raise ValueError(f"curvature: expected 'ggn' or 'hessian', got {cfg.curvature!r}")
+    if cfg.curvature == "hessian" and cfg.structural_damping:
+        raise ValueError("structural_damping: only defined for curvature='ggn'")
+    for name in ("backtrack_batch", "precond_batch"):
+        if getattr(cfg, name) not in ("gradient", "curvature"):
+            raise ValueError(f"{name}: expected 'gradient' or 'curvature', got "
+                             f"{getattr(cfg, name)!r}")
+    for name in ("rho_damped", "rho_after_backtracking", "cg_fixed_iters", "backtracking",
+                 "preconditioner", "line_search", "reject_worse"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name}: expected True or False, got {getattr(cfg, name)!r}")
+    if cfg.backend not in ("auto", "double-backward", "forward", "sequential"):
+        raise ValueError(f"backend: expected 'auto', 'double-backward', 'forward' or "
+                         f"'sequential', got {cfg.backend!r}")
