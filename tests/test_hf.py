@@ -236,9 +236,12 @@ def test_momentum_like_fixed_cg_steps_and_learning_rate_schedule():
     assert [s.step_size for s in stats] == [1.0, 1.0, 1.0, 0.5]  # min(1, 1/(t - 1))
     assert [s.cg_decay for s in stats] == pytest.approx([0.5, 0.7, 0.9, 0.9])
     assert all(s.ls_evals == 0 for s in stats)
-    # with α = 1 the objective after the step is known from the CG-iterate evaluation;
-    # with α = 0.5 nothing evaluated it
-    assert all(math.isfinite(s.loss_after) for s in stats[:3]) and math.isnan(stats[3].loss_after)
+    # reject_worse evaluates every step on its (minibatch) batch, so loss_after is known ...
+    assert all(s.loss_after <= s.loss_before for s in stats)
+    # ... and without it nothing evaluates the step at α = 0.5
+    opt = HessianFree(problem, config=cfg.replace(reject_worse=False))
+    opt.t = 3
+    assert math.isnan(opt.step((x[:16], x[:16])).loss_after)
 
 
 def test_hessian_curvature_on_logistic_regression():
@@ -296,3 +299,47 @@ def test_stepstats_is_a_complete_record():
     assert s.seconds >= parts and s.seconds_cg > 0 and 0 < s.seconds_products < s.seconds
     with pytest.raises(Exception):
         s.loss_before = 0.0  # frozen
+
+
+def _ae_with_sparse_init():
+    """64-32-8-32-64 logistic autoencoder, sparse init, on binary patterns of a 4-d latent."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(512, 4, generator=g, dtype=F64) @ torch.randn(4, 64, generator=g,
+                                                                   dtype=F64) > 0).double()
+    model = hessfree.models.DeepAutoencoder([64, 32, 8, 32, 64]).double()
+    hessfree.models.init.sparse_init_(model, generator=torch.Generator().manual_seed(0))
+    return model, hessfree.Problem(model, hessfree.losses.BCEWithLogits(), weight_decay=1e-5), x
+
+
+def test_deep_autoencoder_training_both_presets_and_sgd():
+    """Measured (seed 0): Martens 76.6 -> 8.4 in 12 steps; momentum-like -> 5.8 in 40 minibatch
+    steps; full-batch SGD, best of 4 learning rates, 35.9 after 40 steps. Per gradient-equivalent
+    SGD is competitive on this small problem (benchmarks/RESULTS.md), so only per-step speed is
+    asserted here."""
+    model, problem, x = _ae_with_sparse_init()
+    f0 = problem.value(problem.parameters(), (x, x))
+    opt = HessianFree(problem, config=HFConfig.martens2010(initial_lambda=1.0))
+    for i in range(12):
+        opt.step((x, x), (x[i % 4 * 128:(i % 4 + 1) * 128],) * 2)
+    f_martens = problem.value(problem.parameters(), (x, x))
+    assert f_martens < f0 / 6
+
+    model, problem, x = _ae_with_sparse_init()
+    opt = HessianFree(problem, config=HFConfig.momentum_like(initial_lambda=1.0, cg_max_iters=25))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(40):
+        idx = torch.randint(0, 512, (128,), generator=g)
+        opt.step((x[idx], x[idx]))
+    f_momentum = problem.value(problem.parameters(), (x, x))
+    assert f_momentum < f0 / 8
+
+    best_sgd = math.inf
+    for lr in (0.1, 0.3, 1.0, 3.0):
+        model, problem, x = _ae_with_sparse_init()
+        sgd = hessfree.SGD(model.parameters(), lr=lr)
+        for _ in range(40):
+            sgd.zero_grad()
+            problem.loss(model(x), x).backward()
+            sgd.step()
+        best_sgd = min(best_sgd, problem.value(problem.parameters(), (x, x)))
+    assert best_sgd > 3 * max(f_martens, f_momentum)

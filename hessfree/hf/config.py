@@ -120,10 +120,12 @@ class HFConfig:
         number of CG steps per update (50), hot-start decay ζ = 0.95 to be raised by a schedule
         (e.g. ``Ramp(0.95, 0.999, ...)``), gradient on the current minibatch only (the trainer's
         job). A.6 does not say whether CG-backtracking was kept; it is off here, so the update is
-        the hot-started CG iterate, as in the paper's analogy with NAG (UNCONFIRMED).
+        the hot-started CG iterate, as in the paper's analogy with NAG (UNCONFIRMED). A step that
+        raises the objective on its minibatch is still rejected (``reject_worse``; the value is
+        already computed for ρ, so this costs nothing): without it one bad update can undo a run.
         """
         base = dict(line_search=False, learning_rate=1.0, cg_fixed_iters=True, cg_max_iters=50,
-                    cg_decay=0.95, backtracking=False, reject_worse=False)
+                    cg_decay=0.95, backtracking=False, reject_worse=True)
         base.update(overrides)
         return cls(**base)
 
