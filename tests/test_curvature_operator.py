@@ -185,3 +185,16 @@ def test_frozen_parameter_falls_back_to_autodiff():
     G = hessfree.GGN(problem, (torch.randn(6, 5, dtype=torch.float64),
                                torch.randn(6, 3, dtype=torch.float64)))
     assert G.backend == "double-backward" and G.dim == 4 * 5 + 3 * 4 + 3
+
+
+@pytest.mark.parametrize("backend", ["double-backward", "forward", "sequential"])
+def test_operator_survives_in_place_parameter_updates(backend):
+    problem, batch = _problem("mlp", "mse")
+    G = hessfree.GGN(problem, batch, backend=backend)
+    v = torch.randn(G.dim, dtype=torch.float64)
+    before = G @ v
+    with torch.no_grad():
+        for p in problem.model.parameters():
+            p.mul_(1.5)
+    assert torch.equal(G @ v, before)
+    assert rel_err(hessfree.GGN(problem, batch, backend=backend) @ v, before) > 1e-3

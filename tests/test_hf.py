@@ -343,3 +343,34 @@ def test_deep_autoencoder_training_both_presets_and_sgd():
             sgd.step()
         best_sgd = min(best_sgd, problem.value(problem.parameters(), (x, x)))
     assert best_sgd > 3 * max(f_martens, f_momentum)
+
+
+def test_structural_damping_reaches_the_cg_operator(monkeypatch):
+    torch.manual_seed(0)
+    rnn = hessfree.models.TanhRNN(2, n_hidden=6, n_out=1).double()
+    x = torch.randn(16, 5, 2, dtype=F64)
+    t = x[:, :, :1].cumsum(1) * 0.3
+    problem = hessfree.Problem(rnn, hessfree.losses.MSE())
+    cfg = HFConfig(initial_lambda=2.0, structural_damping=0.03, preconditioner=False)
+    opt = HessianFree(problem, config=cfg)
+    seen = []
+    real_solve = hessfree.cg.solve
+
+    def spy(A, b, **kw):
+        seen.append(A.op)
+        return real_solve(A, b, **kw)
+
+    monkeypatch.setattr("hessfree.hf.optimizer.cg.solve", spy)
+    stats = [opt.step((x, t)) for _ in range(8)]
+    damped = seen[0]
+    assert damped.base.structural_damping == 0.03 and damped.structural == pytest.approx(0.06)
+    v = torch.randn(damped.dim, dtype=F64)
+    S_v = damped.base.structural_mv(v)
+    assert S_v.norm() > 0
+    expected = damped.base @ v + 2.0 * v + 0.06 * S_v
+    assert rel_err_flat(damped @ v, expected) < 1e-12
+    assert stats[-1].loss_after < 0.5 * stats[0].loss_before
+
+
+def rel_err_flat(a, b):
+    return float((a - b).norm() / b.norm())

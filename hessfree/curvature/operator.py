@@ -63,7 +63,8 @@ class CurvatureOperator:
         problem: the :class:`~hessfree.Problem` (model, loss, weight decay).
         batch: ``(inputs, targets)`` or a list of such minibatches (accumulated exactly).
         params: ``{name: tensor}`` (or a list) at which to evaluate; ``None``: the module's
-            trainable parameters. The operator is valid for these values only.
+            trainable parameters. The operator keeps a copy: it stays the curvature at these
+            values even after the live parameters change.
         backend: ``"auto"``, ``"double-backward"`` or ``"forward"`` (see :func:`resolve_backend`).
         cache: keep each chunk's graphs between products (fast) or recompute them (lean).
         check: reject Dropout/BatchNorm in training mode and non-deterministic forward passes.
@@ -77,7 +78,8 @@ class CurvatureOperator:
         if not isinstance(problem, Problem):
             raise TypeError(f"problem: expected a hessfree.Problem, got {type(problem).__name__}")
         self.problem = problem
-        self.params = problem.resolve_params(params)
+        # a snapshot: the operator stays valid (and exact) after the live parameters move
+        self.params = {n: p.detach().clone() for n, p in problem.resolve_params(params).items()}
         self.layout = ParamLayout.from_params(self.params)
         self.chunks: list[Chunk] = as_chunks(batch)
         self.n_cases = sum(c.n for c in self.chunks)
