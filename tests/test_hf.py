@@ -207,7 +207,11 @@ def test_curvature_batch_none_uses_the_gradient_batch():
     b = HessianFree(hessfree.Problem(model_b, problem.loss, weight_decay=1e-4),
                     config=HFConfig(initial_lambda=1.0))
     sa, sb = a.step((x, x)), b.step((x, x), (x, x))
-    assert sa.gradients == 2 and sb.gradients == 3  # one pass saved (set-up gives the gradient)
+    # same batch: the set-up gives the gradient, the diagonal takes one pass; separate batches:
+    # set-up, and gradient + diagonal fused in one pass (charged one extra forward); and the
+    # line search cannot reuse the backtracking objective of another batch (one more forward)
+    assert (sa.gradients, sb.gradients) == (2, 2)
+    assert sb.forwards == sa.forwards + 2 and sa.ls_evals == 0 and sb.ls_evals == 1
     assert sa.loss_after == pytest.approx(sb.loss_after, rel=1e-12)
 
 
@@ -293,7 +297,8 @@ def test_stepstats_is_a_complete_record():
     d = s.as_dict()
     assert set(d) == set(StepStats.field_names())
     assert s.products == s.cg_iters + 1  # CG from a cold start, plus one product for ρ
-    assert s.product_cases == 16 * s.products and s.grad_cases == 64 + 16 + 64
+    assert s.product_cases == 16 * s.products and s.grad_cases == 16 + 64
+    assert s.forward_cases == 64 + 16 * s.backtrack_evals + 64 * s.ls_evals
     parts = s.seconds_setup + s.seconds_precond + s.seconds_cg + s.seconds_backtrack \
         + s.seconds_linesearch + s.seconds_gradient
     assert s.seconds >= parts and s.seconds_cg > 0 and 0 < s.seconds_products < s.seconds

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from hessfree.curvature.losses import LossState
 from hessfree.curvature.problem import Chunk, Problem
 
-__all__ = ["SequentialJ", "applies", "sequential_layers"]
+__all__ = ["SequentialJ", "applies", "sequential_layers", "value_grad_diagonal"]
 
 #: elementwise units: module type -> name
 _UNIT_NAMES = {nn.Sigmoid: "logistic", nn.Tanh: "tanh", nn.ReLU: "relu", nn.Identity: "linear"}
@@ -107,7 +107,7 @@ class SequentialJ:
     hid = None
 
     def __init__(self, problem: Problem, params: Mapping[str, Tensor], layers: list[Layer],
-                 chunk: Chunk, scale: float) -> None:
+                 chunk: Chunk, scale: float, grad: bool = True) -> None:
         plist = [p.detach() for p in params.values()]
         self.dim = sum(p.numel() for p in plist)
         self.dtype, self.device = plist[0].dtype, plist[0].device
@@ -133,7 +133,8 @@ class SequentialJ:
                     self.blocks[-1]["d"] = _derivative(m, y, z)
         self.out = problem.check_outputs(y, chunk)
         self.state: LossState = problem.loss.prepare(self.out, chunk.targets, scale)
-        self.grad = self.vjp([self.state.grad])
+        if grad:
+            self.grad = self.vjp([self.state.grad])
 
     def jvp(self, v: list[Tensor], hidden: bool = False) -> list[Tensor]:
         """``[J v]``: the R-operator forward pass (Pearlmutter 1994; Martens' ``computeGV``)."""
@@ -151,20 +152,60 @@ class SequentialJ:
         assert rz is not None
         return [rz]
 
-    def vjp(self, us: list[Tensor]) -> Tensor:
-        """``Jᵀ u`` as one flat vector: the backward pass, results written in place."""
+    def vjp(self, us: list[Tensor], squares: Tensor | None = None) -> Tensor:
+        """``Jᵀ u`` as one flat vector: the backward pass, results written in place.
+
+        With ``squares`` (a flat buffer), also add ``Σ_i (δ_i x_iᵀ)² = (δ²)ᵀ(x²)`` per layer
+        into it: the per-case squared gradients of the rows of ``u`` (Martens' ``grad2``).
+        """
         res = torch.empty(self.dim, dtype=self.dtype, device=self.device)
         delta = us[0]
         for i in range(len(self.blocks) - 1, -1, -1):
             blk = self.blocks[i]
             w = blk["w"]
-            torch.mm(delta.T, blk["x"], out=res[blk["w_off"]: blk["w_off"] + w.numel()]
-                     .view(w.shape))
+            w_sl = slice(blk["w_off"], blk["w_off"] + w.numel())
+            torch.mm(delta.T, blk["x"], out=res[w_sl].view(w.shape))
+            if squares is not None:
+                d2 = delta.square()
+                squares[w_sl].view(w.shape).addmm_(d2.T, blk["x"].square())
             if blk["b"] is not None:
-                torch.sum(delta, 0, out=res[blk["b_off"]: blk["b_off"] + blk["b"].numel()])
+                b_sl = slice(blk["b_off"], blk["b_off"] + blk["b"].numel())
+                torch.sum(delta, 0, out=res[b_sl])
+                if squares is not None:
+                    squares[b_sl] += d2.sum(0)
             if i > 0:
                 delta = delta @ w
                 prev = self.blocks[i - 1]["d"]
                 if prev is not None:
                     delta.mul_(prev)
         return res
+
+
+def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], chunks: list[Chunk],
+                        ) -> tuple[float, Tensor, Tensor] | None:
+    """Objective, flat gradient and exact diagonal empirical Fisher in one pass, or None.
+
+    One forward and one backward pass per chunk, plus one ``(δ²)ᵀ(x²)`` matmul per layer:
+    HFDemo computes ``grad2`` alongside the gradient the same way (papers.md §2.5). Weight decay
+    is included in all three. None when the analytic backend does not apply.
+    """
+    layers = sequential_layers(problem, params)
+    if layers is None or not all(isinstance(c.inputs, Tensor) for c in chunks):
+        return None
+    scale = problem.loss.scale_for(sum(c.n for c in chunks))
+    value, grad, squares = 0.0, None, None
+    for chunk in chunks:
+        lin = SequentialJ(problem, params, layers, chunk, scale, grad=False)
+        if squares is None:
+            squares = torch.zeros(lin.dim, dtype=lin.dtype, device=lin.device)
+        g = lin.vjp([lin.state.grad], squares)
+        grad = g if grad is None else grad.add_(g)
+        value += float(lin.state.value)
+    assert grad is not None and squares is not None
+    diag = squares.div_(scale)  # δ carry the factor s: s Σ_i (δ_i/s)² x_i² = Σ δ² x² / s
+    if problem.weight_decay:
+        theta = torch.cat([p.detach().reshape(-1) for p in params.values()])
+        grad.add_(theta, alpha=problem.weight_decay)
+        diag.add_(problem.weight_decay)
+        value += problem.decay_value(theta)
+    return value, grad, diag

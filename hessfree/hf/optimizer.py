@@ -27,6 +27,7 @@ from hessfree import cg
 from hessfree.curvature import GGN, Hessian, Problem
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.problem import as_chunks
+from hessfree.curvature.sequential import value_grad_diagonal
 from hessfree.hf.backtrack import Backtracked, cg_backtrack
 from hessfree.hf.config import HFConfig
 from hessfree.hf.damping import lm_update, reduction_ratio
@@ -164,13 +165,11 @@ class HessianFree:
         G = self._operator(theta, curv_batch)
         tally.add("gradient", n_curv)
         tally.seconds["setup"] = time.perf_counter() - t0
+        diag = None
         if same:
             f0, g = G.value, G.grad
         else:
-            t0 = time.perf_counter()
-            f0, g = self.problem.value_and_grad(theta, grad_batch)
-            tally.add("gradient", n_grad)
-            tally.seconds["gradient"] = time.perf_counter() - t0
+            f0, g, diag = self._gradient(theta, grad_batch, n_grad, tally)
         rec.update(loss_before=f0, curv_loss_before=G.value, grad_norm=float(g.norm()))
         if not (_finite(f0) and _finite(g)):
             return self._finish(rec, tally, t_start, "non-finite gradient")
@@ -178,7 +177,7 @@ class HessianFree:
             return self._finish(rec, tally, t_start, "non-finite curvature")
         M = self._preconditioner(theta, grad_batch if cfg.precond_batch == "gradient"
                                  else curv_batch, n_grad if cfg.precond_batch == "gradient"
-                                 else n_curv, tally)
+                                 else n_curv, tally, diag)
         res = self._cg(G, g, M, tally, n_curv, rec)
         bt_batch, n_bt, f_ref = ((grad_batch, n_grad, f0) if cfg.backtrack_batch == "gradient"
                                  else (curv_batch, n_curv, G.value))
@@ -205,13 +204,35 @@ class HessianFree:
             rec["step_norm"] = abs(alpha) * float(bt.step.norm())
         return self._finish(rec, tally, t_start, reason or ACCEPTED)
 
-    def _preconditioner(self, theta: dict[str, Tensor], batch: Any, cases: int, tally: _Tally
-                        ) -> Tensor | None:
+    def _gradient(self, theta: dict[str, Tensor], batch: Any, cases: int, tally: _Tally
+                  ) -> tuple[float, Tensor, Tensor | None]:
+        """Objective and gradient on the gradient batch (and the diagonal EF when fused).
+
+        With the preconditioner on the gradient batch and a model the analytic backend serves,
+        the diagonal comes from the same pass, as HFDemo computes ``grad2``.
+        """
+        t0 = time.perf_counter()
+        fused = None
+        if self.config.preconditioner and self.config.precond_batch == "gradient":
+            fused = value_grad_diagonal(self.problem, theta, as_chunks(batch))
+        if fused is None:
+            f0, g = self.problem.value_and_grad(theta, batch)
+            diag = None
+        else:
+            f0, g, diag = fused
+            tally.add("forward", cases)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
+        tally.add("gradient", cases)
+        tally.seconds["gradient"] = time.perf_counter() - t0
+        return f0, g, diag
+
+    def _preconditioner(self, theta: dict[str, Tensor], batch: Any, cases: int, tally: _Tally,
+                        diag: Tensor | None = None) -> Tensor | None:
         if not self.config.preconditioner:
             return None
         t0 = time.perf_counter()
-        diag = fisher_diagonal(self.problem, theta, as_chunks(batch))
-        tally.add("gradient", cases)
+        if diag is None:
+            diag = fisher_diagonal(self.problem, theta, as_chunks(batch))
+            tally.add("gradient", cases)
         M = inverse_preconditioner(diag, self.lam, self.config.precond_exponent)
         tally.seconds["precond"] = time.perf_counter() - t0
         return M if _finite(M) else None
