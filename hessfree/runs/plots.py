@@ -1,0 +1,170 @@
+"""Plots of runs read from their results files (HF against NAG, at equal steps, time or cost).
+
+matplotlib is imported inside the functions (the ``[plot]`` extra) and used through its Agg canvas
+directly, so plotting never changes the caller's pyplot backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hessfree.runs.results import RunResults, read_results
+
+__all__ = ["X_AXES", "Y_AXES", "plot_runs"]
+
+log = logging.getLogger(__name__)
+
+#: x choice -> axis label
+X_AXES = {"steps": "steps", "seconds": "seconds", "grad-equiv": "gradient-equivalents"}
+#: y choice -> (table, candidate columns in order of preference, axis label)
+Y_AXES = {
+    "train_error": ("eval", ("train_error",), "train error"),
+    "test_error": ("eval", ("test_error",), "test error"),
+    "loss": ("steps", ("loss_after", "loss"), "loss"),
+    "lambda": ("steps", ("lambda_after",), "damping λ"),
+    "cg_iters": ("steps", ("cg_iters",), "CG iterations"),
+}
+_EVAL_X = {"steps": "step", "seconds": "seconds", "grad-equiv": "grad_equiv"}
+
+
+def _steps_x(res: RunResults, x: str) -> np.ndarray | None:
+    """The x values of ``/steps`` rows, or None if the run lacks what ``x`` needs."""
+    s = res.steps
+    n = len(next(iter(s.values()), ()))
+    if x == "steps":
+        return s["step"].astype(np.float64) if "step" in s else np.arange(1.0, n + 1)
+    if x == "seconds":
+        return np.cumsum(s["seconds"]) if "seconds" in s else None
+    if "grad_equiv" in s:
+        return np.cumsum(s["grad_equiv"])
+    if not all(k in s for k in ("grad_cases", "product_cases", "forward_cases")):
+        return None
+    per_step = s["grad_cases"] + s["product_cases"] + s["forward_cases"] / 3.0
+    return np.cumsum(per_step) / float(res.attrs.get("n_train", 1))
+
+
+def _series(res: RunResults, x: str, y: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(x, y)`` of one run with non-finite points dropped, or None if it lacks a field."""
+    table, candidates, _ = Y_AXES[y]
+    columns = res.table(table)
+    ycol = next((c for c in candidates if c in columns), None)
+    if ycol is None:
+        return None
+    if table == "eval":
+        xs = columns.get(_EVAL_X[x])
+        xs = None if xs is None else xs.astype(np.float64)
+    else:
+        xs = _steps_x(res, x)
+    if xs is None:
+        return None
+    ys = columns[ycol].astype(np.float64)
+    keep = np.isfinite(xs) & np.isfinite(ys)
+    return xs[keep], ys[keep]
+
+
+def _labels(runs: Sequence[RunResults], labels: Sequence[str] | None) -> list[str]:
+    """Given labels, or the ``optimizer`` attributes made unique by the run's folder or index."""
+    if labels is not None:
+        if len(labels) != len(runs):
+            raise ValueError(f"labels: expected {len(runs)} labels (one per path), "
+                             f"got {len(labels)}")
+        return [str(label) for label in labels]
+    out = [str(r.attrs.get("optimizer", r.path.stem)) for r in runs]
+    if len(set(out)) < len(out):
+        out = [f"{label} ({r.path.parent.name})" if out.count(label) > 1 else label
+               for label, r in zip(out, runs)]
+    if len(set(out)) < len(out):
+        out = [f"{label} #{k + 1}" if out.count(label) > 1 else label
+               for k, label in enumerate(out)]
+    return out
+
+
+def _figure(curves: list[tuple[str, np.ndarray, np.ndarray]], x: str, y: str,
+            title: str | None) -> Any:
+    """An Agg-backed ``Figure`` with one line per curve; log y when every value is positive."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, xs, ys in curves:
+        ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
+    values = np.concatenate([ys for _, _, ys in curves])
+    if values.size and np.all(values > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel(X_AXES[x])
+    ax.set_ylabel(Y_AXES[y][2])
+    ax.set_title(title if title is not None else f"{Y_AXES[y][2]} against {X_AXES[x]}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _save_atomic(fig: Any, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
+def plot_runs(paths: Sequence[str | os.PathLike], x: str = "steps", y: str = "train_error",
+              out: str | os.PathLike = "fig.png", title: str | None = None,
+              labels: Sequence[str] | None = None) -> Path:
+    """Draw several runs on one figure and write it as a PNG.
+
+    Errors come from ``/eval`` (x from its ``step``, ``seconds``, ``grad_equiv`` columns); per-step
+    fields from ``/steps`` (``loss`` is ``loss_after`` when present, else ``loss``; ``lambda`` is
+    ``lambda_after``), with x the ``step`` column, the cumulative ``seconds``, or the cumulative
+    gradient-equivalents (a ``grad_equiv`` column, else ``grad_cases + product_cases +
+    forward_cases / 3``, divided by the ``n_train`` root attribute when the run has one).
+
+    Args:
+        paths: results files.
+        x: ``"steps"``, ``"seconds"`` or ``"grad-equiv"``.
+        y: ``"train_error"``, ``"test_error"``, ``"loss"``, ``"lambda"`` or ``"cg_iters"``.
+        out: the PNG to write (atomically: a temporary file moved into place).
+        title: the figure title (default: y against x).
+        labels: one legend label per path (default: each run's ``optimizer`` attribute, made
+            unique by its folder name).
+
+    Returns:
+        The path of the PNG.
+
+    Raises:
+        ValueError: an unknown ``x`` or ``y``, no paths, or no run has the fields to plot (a run
+            that lacks them is skipped with a logged warning).
+    """
+    if x not in X_AXES:
+        raise ValueError(f"x: expected one of {sorted(X_AXES)}, got {x!r}")
+    if y not in Y_AXES:
+        raise ValueError(f"y: expected one of {sorted(Y_AXES)}, got {y!r}")
+    if not paths:
+        raise ValueError("paths: expected at least one results file")
+    runs = [read_results(p) for p in paths]
+    curves = []
+    for label, res in zip(_labels(runs, labels), runs):
+        series = _series(res, x, y)
+        if series is None or not len(series[0]):
+            log.warning("%s: no data for %s against %s; skipping this run", res.path, y, x)
+        else:
+            curves.append((label, *series))
+    if not curves:
+        raise ValueError(f"no run has the fields to plot y={y!r} against x={x!r}: "
+                         f"{[os.fspath(p) for p in paths]}")
+    out = Path(out)
+    _save_atomic(_figure(curves, x, y, title), out)
+    return out

@@ -1,0 +1,170 @@
+"""The command line end to end, in a temporary folder: train, compare, plot, report, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hessfree.runs.cli import main
+from hessfree.runs.results import read_results
+
+SMALL_AE = ["--set", "n_train=256", "--set", "n_test=64"]
+SMALL_HF = SMALL_AE + ["--set", "grad_chunk=128", "--set", "cg_max_iters=8",
+                       "--set", "initial_lambda=1.0"]
+SMALL_RNN = ["--set", "T=20", "--set", "n_hidden=8", "--set", "grad_cases=64",
+             "--set", "curv_cases=32", "--set", "cg_max_iters=8", "--set", "n_test=64",
+             "--set", "n_train=64"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def train(capsys, tmp_path, *argv):
+    code, out, err = run(capsys, "train", *argv, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    path = Path(out.strip().splitlines()[-1])
+    assert path.is_file() and path.name == "results.h5"
+    return path
+
+
+def test_list(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    for name in ("curves-ae", "mnist-ae", "faces-ae", "addition", "memorization-20bit",
+                 "mnist-mlp", "toy-quartic", "sequence-reversal"):
+        assert name in out
+    assert "hf, hf-momentum, nag, cm, sgd" in out
+
+
+def test_train_curves_hf_and_nag_then_plot_and_report(capsys, tmp_path):
+    hf = train(capsys, tmp_path, "curves-ae", "--optimizer", "hf", "--steps", 3,
+               "--eval-every", 1, *SMALL_HF)
+    nag = train(capsys, tmp_path, "curves-ae", "--optimizer", "nag", "--steps", 20,
+                "--eval-every", 10, *SMALL_AE, "--set", "batch_size=32")
+    r = read_results(hf)
+    assert r.attrs["experiment"] == "curves-ae" and r.attrs["optimizer"] == "hf"
+    assert len(r.steps["step"]) == 3 and list(r.eval["step"]) == [0, 1, 2, 3]
+    assert np.all(np.isfinite(r.eval["train_error"]))
+    assert r.eval["train_error"][-1] < r.eval["train_error"][0]
+    assert set(r.params("final")) and r.attrs["status"] == "finished"
+    n = read_results(nag)
+    assert len(n.steps["step"]) == 20 and len(n.eval["step"]) == 3
+    for x, y in (("steps", "train_error"), ("grad-equiv", "test_error"), ("seconds", "loss"),
+                 ("steps", "lambda")):
+        out_png = tmp_path / f"{x}-{y}.png"
+        code, out, err = run(capsys, "plot", hf, nag, "--x", x, "--y", y, "--out", out_png)
+        assert code == 0, err
+        data = out_png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    code, out, _ = run(capsys, "report", hf, nag)
+    assert code == 0 and "curves-ae" in out and "0.11" in out and "0.096" in out
+
+
+def test_train_rnn_task_with_hf(capsys, tmp_path):
+    path = train(capsys, tmp_path, "addition", "--optimizer", "hf", "--steps", 2,
+                 "--eval-every", 2, *SMALL_RNN)
+    r = read_results(path)
+    assert len(r.steps["step"]) == 2 and 0 <= r.eval["train_error"][-1] <= 1
+    assert np.all(r.steps["cg_iters"] > 0)
+
+
+def test_saved_quadratic_and_compare(capsys, tmp_path):
+    path = train(capsys, tmp_path, "curves-ae", "--optimizer", "hf", "--steps", 2,
+                 "--save-quadratics-every", 1, *SMALL_HF)
+    with h5py.File(path, "r") as f:
+        assert sorted(f["quadratics"].keys(), key=int) == ["0", "1"]
+    png = tmp_path / "cmp.png"
+    code, out, err = run(capsys, "compare", f"{path}:quadratics/1", "--iters", 20, "--plot", png)
+    assert code == 0, err
+    assert "cg" in out and "nag" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_gives_the_same_trajectory(capsys, tmp_path):
+    args = ["toy-quartic", "--optimizer", "nag", "--eval-every", 2, "--checkpoint-every", 3]
+    full = train(capsys, tmp_path / "a", *args, "--steps", 8)
+    part = train(capsys, tmp_path / "b", *args, "--steps", 5)  # checkpoint at 3, end at 5
+    resumed = train(capsys, tmp_path / "c", *args, "--steps", 8, "--resume", part.parent)
+    assert resumed == part
+    a, b = read_results(full), read_results(resumed)
+    for k in a.steps:
+        if k != "seconds":
+            np.testing.assert_array_equal(a.steps[k], b.steps[k], err_msg=k)
+    np.testing.assert_array_equal(a.eval["train_error"], b.eval["train_error"])
+    for k, v in a.params("final").items():
+        np.testing.assert_array_equal(v, b.params("final")[k])
+
+
+def test_resume_hf_continues_from_its_checkpoint(capsys, tmp_path):
+    args = ["curves-ae", "--optimizer", "hf-momentum", *SMALL_AE, "--set", "cg_max_iters=8",
+            "--set", "initial_lambda=1.0", "--set", "batch_divisor=4",
+            "--eval-every", 2, "--checkpoint-every", 2]
+    full = train(capsys, tmp_path / "a", *args, "--steps", 4)
+    part = train(capsys, tmp_path / "b", *args, "--steps", 3)
+    train(capsys, tmp_path / "c", *args, "--steps", 4, "--resume", part)
+    a, b = read_results(full), read_results(part)
+    assert len(b.steps["step"]) == 4
+    for k in ("loss_before", "lambda_after", "cg_iters", "rho"):
+        np.testing.assert_array_equal(a.steps[k], b.steps[k], err_msg=k)
+
+
+def test_killed_run_leaves_a_readable_file(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hessfree", "train", "toy-quartic", "--optimizer", "sgd",
+         "--steps", "10000000", "--eval-every", "1000", "--out", str(tmp_path), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    files = []
+    while time.time() < deadline and not files:
+        files = list(tmp_path.glob("*/*/results.h5"))
+        time.sleep(0.2)
+    time.sleep(1.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert files
+    r = read_results(files[0])
+    n = len(r.steps["step"])
+    assert n > 10
+    np.testing.assert_array_equal(r.steps["step"], np.arange(n))
+    assert np.all(np.isfinite(r.steps["loss"]))
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "nope"], "experiment: unknown 'nope'; valid: "),
+    (["train", "toy-quartic", "--optimizer", "adam", "--steps", "1"], "--optimizer: unknown"),
+    (["train", "toy-quartic", "--steps", "1", "--set", "bogus=1"], "--set: unknown key(s)"),
+    (["train", "toy-quartic", "--optimizer", "nag", "--steps", "1", "--set", "lr=fast"],
+     "--set lr: expected float"),
+    (["train", "toy-quartic", "--steps", "1", "--set", "lr"], "--set: expected KEY=VALUE"),
+    (["train", "toy-quartic"], "budget: give --steps, --seconds or --budget"),
+    (["train", "toy-quartic", "--steps", "1", "--device", "cuda"], "--device cuda"),
+    (["train", "toy-quartic", "--steps", "1", "--dtype", "float16"], "--dtype"),
+    (["plot", "missing.h5"], "results: no such file"),
+    (["report", "missing.h5"], "results: no such file"),
+    (["compare", "missing.h5"], "quadratic: no such file"),
+    (["train", "toy-quartic", "--steps", "1", "--resume", "nowhere"], "--resume: no results.h5"),
+])
+def test_bad_input_one_line_exit_2(capsys, tmp_path, argv, needle):
+    if "--device" in argv:
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+    code, out, err = run(capsys, *argv, *(["--out", tmp_path] if argv[0] == "train" else []))
+    assert code == 2
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unreadable_results_file(capsys, tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an hdf5 file")
+    code, _, err = run(capsys, "report", bad)
+    assert code == 2 and len(err.strip().splitlines()) == 1
