@@ -3,8 +3,17 @@
 The public API is re-exported here; see the README for a tour.
 """
 
-from hessfree import cg, models, momentum, vectors
-from hessfree.curvature import (
+import os as _os
+import sys as _sys
+
+# scipy/numpy's OpenBLAS threads spin between calls and take the cores from torch, which does the
+# heavy work here: measured 2.6x slower CG/Lanczos through to_scipy() on 2 cores
+# (benchmarks/RESULTS.md). Default them to one thread unless the user decided otherwise.
+if "numpy" not in _sys.modules:
+    _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from hessfree import cg, models, momentum, quadratic, vectors  # noqa: E402
+from hessfree.curvature import (  # noqa: E402
     GGN,
     CurvatureOperator,
     DampedOperator,
@@ -13,8 +22,16 @@ from hessfree.curvature import (
     Problem,
     losses,
 )
-from hessfree.hf import HessianFree, HFConfig, StepStats
-from hessfree.momentum import CM, NAG, SGD, ConstantSchedule, RNNSchedule, SutskeverSchedule
+from hessfree.hf import HessianFree, HFConfig, StepStats  # noqa: E402
+from hessfree.momentum import (  # noqa: E402
+    CM,
+    NAG,
+    SGD,
+    ConstantSchedule,
+    RNNSchedule,
+    SutskeverSchedule,
+)
+from hessfree.quadratic import Quadratic  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -31,6 +48,7 @@ __all__ = [
     "Hessian",
     "HessianFree",
     "Problem",
+    "Quadratic",
     "RNNSchedule",
     "StepStats",
     "SutskeverSchedule",
@@ -39,5 +57,6 @@ __all__ = [
     "losses",
     "models",
     "momentum",
+    "quadratic",
     "vectors",
 ]

@@ -1,0 +1,283 @@
+"""CG against NAG, CM and gradient descent on one quadratic (Sutskever et al. 2013 §5, Fig. 5).
+
+Every method starts from ``x_0 = 0`` and spends one curvature product per iteration, so iteration
+``k`` costs ``k`` products for all of them:
+
+* CG: :func:`hessfree.cg.solve` on ``(G + λI) x = −g``, no preconditioner, ``stop=[]`` (only the
+  cap); its φ_k is ``q(x_k) − q(0) = q(x_k)`` (papers.md §1.8: CG initialised from zero).
+* NAG, CM (Sutskever et al. 2013 Eq. 1-4) and GD with ε = 1/L, L the largest eigenvalue of
+  ``G + λI`` by Lanczos (its products are reported apart, not charged to the methods).
+  On a quadratic the gradient is ``(G + λI)x + g``; the recursions keep ``A x`` and ``A v`` up to
+  date (``A v_{t+1} = μ A v_t − ε A ∇``), so the one product per iteration is ``A ∇`` and
+  ``q(x_k) = gᵀx_k + ½ x_kᵀ(A x_k)`` is known at every k without extra products. With
+  ``check=True`` one more product per method recomputes ``q`` at the last iterate directly (the
+  drift is in ``Comparison.final_check``; those products are reported apart too).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from hessfree import cg
+from hessfree.quadratic.core import Quadratic, value_from
+
+__all__ = ["MU_GRID", "METHODS", "Comparison", "compare", "largest_eigenvalue", "sutskever_mu"]
+
+#: the fixed momentum constants tried when ``mu`` is a grid (best final q wins)
+MU_GRID = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
+METHODS = ("cg", "nag", "cm", "gd")
+#: the k at which :meth:`Comparison.table` reports by default (Fig. 5 truncates CG at 120)
+TABLE_KS = (10, 20, 50, 120, 250)
+
+
+def sutskever_mu(t: int, mu_max: float) -> float:
+    """μ_t = min(1 − 2^(−1 − log2(⌊t/250⌋ + 1)), μ_max) (Sutskever et al. 2013 Eq. 5).
+
+    That is ``1 − 1/(2(⌊t/250⌋ + 1))``: 0.5 for t < 250, 0.75 for t < 500, 5/6 for t < 750,
+    ... Over the 250 products of one HF-sized comparison it is the constant 0.5 (a warm-up meant
+    for training runs of many thousands of steps), which makes it nearly useless here: a fixed μ
+    from a grid is the fairer opponent for CG.
+    """
+    return min(1.0 - 0.5 / (t // 250 + 1), mu_max)  # 2^(−1 − log2(j + 1)) = 1 / (2(j + 1))
+
+
+def largest_eigenvalue(q: Quadratic, tol: float = 1e-6) -> tuple[float, int]:
+    """L = λ_max(G + λI) by Lanczos (``scipy.sparse.linalg.eigsh``, k=1, "LA"); (L, products).
+
+    On a CPU, scipy's OpenBLAS threads spin between its calls and slow the torch products in
+    between (2-3x measured on 2 cores, ``benchmarks/results/cg.md``): run with
+    ``OPENBLAS_NUM_THREADS=1`` when the products are on the CPU.
+    """
+    start = q.products
+    if q.dim < 3:
+        lam = float(np.linalg.eigvalsh(q.dense().double().cpu().numpy())[-1])
+    else:
+        from scipy.sparse.linalg import eigsh
+
+        v0 = np.random.default_rng(0).standard_normal(q.dim)
+        lam = float(eigsh(q.to_scipy(), k=1, which="LA", tol=tol, v0=v0,
+                          return_eigenvectors=False)[0])
+    return lam, q.products - start
+
+
+def _momentum(q: Quadratic, iters: int, eps: float, mu: Callable[[int], float],
+              nesterov: bool) -> tuple[np.ndarray, torch.Tensor]:
+    """NAG (Eq. 3-4) or CM (Eq. 1-2) from zero; q(x_k) for k = 0..iters and x_iters."""
+    g = q.g
+    x, v, ax, av = (torch.zeros_like(g) for _ in range(4))
+    values = np.full(iters + 1, np.nan)
+    values[0] = 0.0
+    for t in range(iters):
+        m = float(mu(t))
+        grad = ax + g  # ∇q(x_t)
+        if nesterov:
+            grad.add_(av, alpha=m)  # ∇q(x_t + μ v_t)
+        u = q.matvec(grad)
+        v.mul_(m).add_(grad, alpha=-eps)
+        av.mul_(m).add_(u, alpha=-eps)
+        x.add_(v)
+        ax.add_(av)
+        values[t + 1] = value_from(g, x, ax)
+        if not math.isfinite(values[t + 1]):
+            break  # diverged: the rest stays NaN and costs nothing
+    return values, x
+
+
+def _cg(q: Quadratic, iters: int) -> tuple[np.ndarray, torch.Tensor, str, int]:
+    phis: list[float] = []
+    res = cg.solve(q, q.b, stop=[], max_iters=iters, store=False,
+                   callback=lambda i, x, phi: phis.append(phi))
+    values = np.full(iters + 1, phis[-1])  # CG stopped early (converged): x stays
+    values[: len(phis)] = phis
+    return values, res.x, res.reason, res.products
+
+
+def _mu_candidates(mu: object, mu_max: float) -> tuple[list[Callable[[int], float]], list[object]]:
+    if isinstance(mu, str):
+        if mu != "schedule":
+            raise ValueError(f"mu: expected a number, a grid of numbers or 'schedule', got {mu!r}")
+        return [lambda t: sutskever_mu(t, mu_max)], [f"schedule(mu_max={mu_max:g})"]
+    grid = [mu] if isinstance(mu, (int, float)) else list(mu)  # type: ignore[call-overload]
+    if not grid:
+        raise ValueError("mu: expected at least one value")
+    for m in grid:
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
+            raise ValueError(f"mu: expected momentum constants in [0, 1), got {m!r}")
+    return [(lambda t, m=float(m): m) for m in grid], [float(m) for m in grid]
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` found. ``values[m][k]`` is q(x_k) of method m after k products.
+
+    Attributes:
+        values: q(x_k), k = 0..iters, per method (float64 arrays; NaN after a divergence).
+        products: curvature products each method used (``iters``; CG fewer if it converged).
+        iters: the product budget per method.
+        dim: the quadratic's dimension.
+        L: the largest eigenvalue of G + λI used for ε = 1/L; L_products: its Lanczos cost.
+        eps: the learning rate 1/L of NAG, CM and GD.
+        mu: the μ each momentum method used (a float, or the schedule's description).
+        mu_search: final q for every μ tried, per momentum method (grid mode).
+        tuning_products: products of the grid runs that were not kept.
+        q_star: the minimum of q when known (dense quadratics or given), else None.
+        cg_reason: why CG stopped.
+        final_check: per method, |q tracked − q direct| / max(|q direct|, tiny) at the last iterate.
+        check_products: products spent on ``final_check``.
+        seconds: wall time of each reported run.
+    """
+
+    values: dict[str, np.ndarray]
+    products: dict[str, int]
+    iters: int
+    dim: int
+    L: float = math.nan
+    L_products: int = 0
+    eps: float = math.nan
+    mu: dict[str, object] = field(default_factory=dict)
+    mu_search: dict[str, dict[float, float]] = field(default_factory=dict)
+    tuning_products: int = 0
+    q_star: float | None = None
+    cg_reason: str | None = None
+    final_check: dict[str, float] = field(default_factory=dict)
+    check_products: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods compared, in order."""
+        return tuple(self.values)
+
+    def default_ks(self) -> tuple[int, ...]:
+        """:data:`TABLE_KS` up to ``iters``, and ``iters`` itself."""
+        ks = [k for k in TABLE_KS if k < self.iters]
+        return tuple(ks + [self.iters])
+
+    def table(self, ks: Sequence[int] | None = None) -> list[tuple[str, list[float]]]:
+        """Rows ``(method, [q(x_k) for k in ks])``; ``ks`` default :meth:`default_ks`."""
+        ks = self.default_ks() if ks is None else tuple(ks)
+        for k in ks:
+            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.iters:
+                raise ValueError(f"ks: expected integers in [0, {self.iters}] (iters), got {k!r}")
+        return [(m, [float(v[k]) for k in ks]) for m, v in self.values.items()]
+
+    def format(self, ks: Sequence[int] | None = None) -> str:
+        """A plain-text report: set-up, then q (and q − q* when known) at each k."""
+        ks = self.default_ks() if ks is None else tuple(ks)
+        lines = [f"quadratic of dimension {self.dim}; {self.iters} products per method"]
+        if math.isfinite(self.L):
+            lines.append(f"L = {self.L:.6g} (Lanczos, {self.L_products} products, not charged); "
+                         f"eps = 1/L = {self.eps:.6g}")
+        for m, mu in self.mu.items():
+            lines.append(f"mu[{m}] = {mu}")
+        if self.tuning_products:
+            lines.append(f"mu grid: {self.tuning_products} further products (not charged)")
+        if self.cg_reason is not None:
+            lines.append(f"CG stopped: {self.cg_reason} after {self.products['cg']} products")
+        star = self.q_star
+        head = "method |" + "|".join(f"{'k=' + str(k):>14s}" for k in ks)
+        lines += [f"q(x_k){'  (q - q* below)' if star is not None else ''}", head]
+        for m, row in self.table(ks):
+            lines.append(f"{m:6s} |" + "|".join(f"{v:14.7g}" for v in row))
+            if star is not None:
+                lines.append(f"{'':6s} |" + "|".join(f"{v - star:14.3e}" for v in row))
+        return "\n".join(lines)
+
+
+def _check_args(q: Quadratic, iters: int, methods: Sequence[str]) -> tuple[str, ...]:
+    if not isinstance(q, Quadratic):
+        raise TypeError(f"q: expected a hessfree.Quadratic, got {type(q).__name__}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters: expected an integer >= 1, got {iters!r}")
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    bad = [m for m in methods if m not in METHODS]
+    if not methods or bad or len(set(methods)) != len(methods):
+        raise ValueError(f"methods: expected distinct names from {METHODS}, got {methods!r}")
+    return methods
+
+
+def _first_order(q: Quadratic, method: str, iters: int, eps: float, mu: object, mu_max: float,
+                 out: Comparison) -> torch.Tensor:
+    """Run NAG, CM or GD (GD: μ = 0); record the best μ of the grid; return x_iters."""
+    if method == "gd":
+        fns, labels = [lambda t: 0.0], [0.0]
+    else:
+        fns, labels = _mu_candidates(mu, mu_max)
+    best: tuple[float, np.ndarray, torch.Tensor, object, float] | None = None
+    search = {}
+    for fn, label in zip(fns, labels):
+        t0 = time.perf_counter()
+        values, x = _momentum(q, iters, eps, fn, nesterov=method == "nag")
+        secs = time.perf_counter() - t0
+        final = values[-1] if math.isfinite(values[-1]) else math.inf
+        search[label] = float(values[-1])
+        if best is None or final < best[0]:
+            best = (final, values, x, label, secs)
+    assert best is not None
+    _, out.values[method], x, label, out.seconds[method] = best
+    out.products[method] = iters
+    if method != "gd":
+        out.mu[method] = label
+        if len(fns) > 1:
+            out.mu_search[method] = search  # type: ignore[assignment]
+            out.tuning_products += (len(fns) - 1) * iters
+    return x
+
+
+def compare(q: Quadratic, iters: int = 250, methods: Sequence[str] = METHODS,
+            mu: float | Sequence[float] | str = MU_GRID, mu_max: float = 0.999,
+            L: float | None = None, lanczos_tol: float = 1e-6, q_star: float | None = None,
+            check: bool = True) -> Comparison:
+    """Compare CG, NAG, CM and GD on ``q`` at equal products (Sutskever et al. 2013 §5, Fig. 5).
+
+    Args:
+        q: the quadratic (e.g. one saved in the middle of an HF run on CURVES).
+        iters: curvature products per method (Fig. 5 truncates CG at 120; HF uses <= 250).
+        methods: any of ``"cg"``, ``"nag"``, ``"cm"``, ``"gd"``.
+        mu: NAG/CM momentum: a constant, a grid of constants (each method keeps the one with the
+            best final q; default :data:`MU_GRID`), or ``"schedule"`` for :func:`sutskever_mu`
+            (constant 0.5 below 250 iterations: see there).
+        mu_max: cap of the schedule.
+        L: the largest eigenvalue of G + λI if known; None: Lanczos, reported in ``L_products``.
+        lanczos_tol: relative tolerance of the Lanczos estimate.
+        q_star: the minimum of q if known; None: computed for dense quadratics.
+        check: recompute q at each method's last iterate with one product (reported apart).
+
+    Returns:
+        A :class:`Comparison`.
+    """
+    methods = _check_args(q, iters, methods)
+    out = Comparison(values={}, products={}, iters=iters, dim=q.dim)
+    if any(m != "cg" for m in methods):
+        if L is None:
+            out.L, out.L_products = largest_eigenvalue(q, lanczos_tol)
+        else:
+            out.L = float(L)
+        if not (math.isfinite(out.L) and out.L > 0):
+            raise ValueError(f"L: expected a finite largest eigenvalue > 0, got {out.L!r}")
+        out.eps = 1.0 / out.L
+    finals: dict[str, torch.Tensor] = {}
+    for m in methods:
+        if m == "cg":
+            t0 = time.perf_counter()
+            out.values[m], finals[m], out.cg_reason, out.products[m] = _cg(q, iters)
+            out.seconds[m] = time.perf_counter() - t0
+        else:
+            finals[m] = _first_order(q, m, iters, out.eps, mu, mu_max, out)
+    if check:
+        start = q.products
+        for m, x in finals.items():
+            direct = q.value(x)
+            out.final_check[m] = float(abs(out.values[m][-1] - direct) / max(abs(direct), 1e-300))
+        out.check_products = q.products - start
+    if q_star is None and q.is_dense:
+        A, b = q.dense().double(), q.b.double()
+        q_star = -0.5 * float(torch.dot(b, torch.linalg.solve(A, b)))
+    out.q_star = q_star
+    return out

@@ -1,0 +1,241 @@
+"""The local quadratic model of one HF step: ``q(p) = gᵀp + ½ pᵀ(G + λI)p`` (Martens 2010 §3-4).
+
+Two kinds of :class:`Quadratic`:
+
+* *operator-backed*: ``Quadratic(G, g, lam)`` with ``G`` an undamped curvature operator
+  (``hessfree.GGN(...)``, ``Hessian``, ``EmpiricalFisher``) at the step's parameters θ. The
+  curvature is ``G.damped(lam)``: ``G + λI``, plus ``μλS`` when ``G`` is a GGN built with
+  ``structural_damping=μ`` (Martens & Sutskever 2011).
+* *dense*: ``Quadratic.from_dense(A, b)`` with an explicit symmetric matrix. **Sign convention**
+  (that of CG, :func:`hessfree.cg.solve`): ``q(p) = −bᵀp + ½ pᵀAp``, so ``b = −g`` and the
+  minimiser solves ``A p = b``. ``A`` is the whole (already damped) curvature; ``lam`` is 0.
+
+Either way ``q.g`` is the gradient ``∇q(0)``, ``q @ p`` the curvature times ``p`` and ``q.b`` the
+right-hand side ``−g`` that CG is given. Vectors are flat 1-D tensors of length ``q.dim`` with the
+quadratic's dtype and device (operator-backed ones also take lists or dicts shaped like θ).
+Every product goes through :meth:`Quadratic.matvec`, which counts them in ``q.products``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hessfree.curvature.operator import CurvatureOperator, DampedOperator
+
+__all__ = ["Quadratic", "check_lam"]
+
+
+def check_lam(lam: object, name: str = "lam") -> float:
+    """``lam`` as a float, required finite and > 0 (the damping of an HF quadratic)."""
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a positive number (the damping λ), got {lam!r}")
+    if not (math.isfinite(float(lam)) and float(lam) > 0):
+        raise ValueError(
+            f"{name}: expected a finite damping λ > 0 (G + λI must be positive definite), "
+            f"got {lam!r}"
+        )
+    return float(lam)
+
+
+def _check_dense(A: object) -> Tensor:
+    if not isinstance(A, Tensor):
+        raise TypeError(f"A: expected a square 2-D tensor, got {type(A).__name__}")
+    if A.dim() != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
+        raise ValueError(f"A: expected a non-empty square 2-D tensor, got shape {tuple(A.shape)}")
+    if not A.is_floating_point():
+        raise ValueError(f"A: expected a floating-point dtype, got {A.dtype}")
+    if not bool(torch.isfinite(A).all()):
+        raise ValueError("A: expected finite entries, got NaN or infinity")
+    scale = float(A.abs().max())
+    tol = 100 * torch.finfo(A.dtype).eps * max(scale, 1e-300)
+    asym = float((A - A.T).abs().max())
+    if asym > tol:
+        raise ValueError(
+            f"A: expected a symmetric matrix, got max |A - Aᵀ| = {asym:.3g} (tolerance "
+            f"{tol:.3g}); symmetrise it with (A + A.T) / 2 if that is what you mean"
+        )
+    return A.detach()
+
+
+def _check_flat(v: object, name: str, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{name}: expected a 1-D tensor of length {n}, got {type(v).__name__}")
+    if v.dim() != 1 or v.numel() != n:
+        raise ValueError(f"{name}: expected a 1-D tensor of length {n}, got shape {tuple(v.shape)}")
+    if v.dtype != dtype or v.device != device:
+        raise ValueError(
+            f"{name}: expected dtype {dtype} on {device} (the quadratic's), "
+            f"got {v.dtype} on {v.device}"
+        )
+    return v.detach()
+
+
+class Quadratic:
+    """``q(p) = gᵀp + ½ pᵀ(G + λI)p``, the model HF minimises by CG (Martens 2010 §3).
+
+    Args:
+        operator: the *undamped* curvature operator at θ (e.g. ``hessfree.GGN(problem, batch)``).
+        g: the gradient at θ (flat, or a list/dict shaped like θ); in HF it often comes from a
+            different (larger) batch than the curvature, so it is passed explicitly (``G.grad`` is
+            the gradient on the curvature batch).
+        lam: the damping λ > 0.
+
+    Attributes:
+        g: the gradient, flat. ``b = −g`` is the right-hand side CG is given.
+        lam: λ (0 for dense quadratics, whose ``A`` already holds any damping).
+        operator: the undamped operator (None for dense ones); ``A``: the dense matrix or None.
+        attrs: metadata read from a file (``experiment``, ``model_spec``, caller attributes).
+        products: number of curvature products taken through this object.
+    """
+
+    def __init__(self, operator: CurvatureOperator, g: Any, lam: float) -> None:
+        if isinstance(operator, DampedOperator):
+            raise TypeError(
+                "operator: expected the undamped operator (e.g. hessfree.GGN(...)) and lam "
+                "separately, got a DampedOperator; pass its .base and .lam"
+            )
+        if not isinstance(operator, CurvatureOperator):
+            raise TypeError(
+                "operator: expected a hessfree curvature operator (GGN, Hessian, "
+                "EmpiricalFisher); for an explicit matrix use Quadratic.from_dense(A, b), got "
+                f"{type(operator).__name__}"
+            )
+        self.lam = check_lam(lam)
+        flat, _ = operator.layout.to_flat(g, "g")
+        if not bool(torch.isfinite(flat).all()):
+            raise ValueError("g: expected finite values, got NaN or infinity")
+        self.operator: CurvatureOperator | None = operator
+        self.A: Tensor | None = None
+        self._damped: DampedOperator | None = operator.damped(self.lam)
+        self.g = flat.detach()
+        self.attrs: dict[str, Any] = {}
+        self.products = 0
+
+    @classmethod
+    def from_dense(cls, A: Tensor, b: Tensor) -> Quadratic:
+        """An explicit quadratic ``q(p) = −bᵀp + ½ pᵀAp`` (so ``g = −b``; CG's convention).
+
+        Args:
+            A: symmetric square floating-point matrix (the whole curvature, damping included).
+            b: 1-D tensor of length ``A.shape[0]`` with ``A``'s dtype and device.
+        """
+        A = _check_dense(A)
+        b = _check_flat(b, "b", A.shape[0], A.dtype, A.device)
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError("b: expected finite values, got NaN or infinity")
+        q = cls.__new__(cls)
+        q.operator, q._damped, q.A = None, None, A
+        q.g, q.lam, q.attrs, q.products = -b, 0.0, {}, 0
+        return q
+
+    # -- shape ---------------------------------------------------------------------------------
+    @property
+    def is_dense(self) -> bool:
+        """Whether the curvature is an explicit matrix (``from_dense``)."""
+        return self.A is not None
+
+    @property
+    def dim(self) -> int:
+        """Length of ``p``."""
+        return self.g.numel()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(dim, dim)``, so CG and scipy see a square operator."""
+        return (self.dim, self.dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of vectors."""
+        return self.g.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of vectors."""
+        return self.g.device
+
+    @property
+    def b(self) -> Tensor:
+        """The right-hand side ``−g`` (CG minimises ``½ pᵀAp − bᵀp``, the same q)."""
+        return -self.g
+
+    def __repr__(self) -> str:
+        what = "dense" if self.is_dense else repr(self.operator)
+        return f"Quadratic({what}, dim={self.dim}, lam={self.lam:g}, dtype={self.dtype})"
+
+    # -- products and values -------------------------------------------------------------------
+    def _flat(self, p: Any, name: str) -> Tensor:
+        if self.operator is not None and not isinstance(p, Tensor):
+            flat, _ = self.operator.layout.to_flat(p, name)
+            return flat.detach()
+        return _check_flat(p, name, self.dim, self.dtype, self.device)
+
+    def matvec(self, p: Tensor) -> Tensor:
+        """``(G + λI) p`` for a checked flat ``p`` (one product, counted)."""
+        self.products += 1
+        if self.A is not None:
+            return self.A @ p
+        assert self._damped is not None
+        return self._damped.mv(p)
+
+    def __matmul__(self, p: Any) -> Tensor:
+        return self.matvec(self._flat(p, "p"))
+
+    def grad(self, p: Any) -> Tensor:
+        """``∇q(p) = (G + λI)p + g`` (flat; one product)."""
+        return self.matvec(self._flat(p, "p")).add_(self.g)
+
+    def value(self, p: Any) -> float:
+        """``q(p) = gᵀp + ½ pᵀ(G + λI)p`` (one product; dot products in float64)."""
+        flat = self._flat(p, "p")
+        ap = self.matvec(flat)
+        return value_from(self.g, flat, ap)
+
+    def dense(self, max_dim: int = 20_000) -> Tensor:
+        """The damped curvature as a matrix (dense ones: ``A``; else one product per column)."""
+        if self.A is not None:
+            return self.A
+        assert self._damped is not None
+        self.products += self.dim
+        return self._damped.dense(max_dim)
+
+    def minimizer(self, max_dim: int = 20_000) -> Tensor:
+        """``p* = −(G + λI)⁻¹ g`` by ``torch.linalg.solve`` on :meth:`dense` (small ones only)."""
+        return torch.linalg.solve(self.dense(max_dim), self.b)
+
+    def to_scipy(self) -> Any:
+        """A float64 ``scipy.sparse.linalg.LinearOperator`` of ``G + λI`` (products counted)."""
+        from scipy.sparse.linalg import LinearOperator
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            v = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
+            out = self.matvec(v.to(device=self.device, dtype=self.dtype))
+            return out.detach().to("cpu", torch.float64).numpy()
+
+        return LinearOperator(self.shape, matvec=mv, rmatvec=mv, dtype=np.float64)
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, path_or_group: Any, **attrs: Any) -> None:
+        """Write this quadratic to HDF5 (see :func:`hessfree.quadratic.io.save`)."""
+        from hessfree.quadratic.io import save
+
+        save(self, path_or_group, **attrs)
+
+    @classmethod
+    def load(cls, path_or_group: Any, model: Any = None, loss: Any = None,
+             device: Any = None) -> Quadratic:
+        """Rebuild a saved quadratic (see :func:`hessfree.quadratic.io.load`)."""
+        from hessfree.quadratic.io import load
+
+        return load(path_or_group, model=model, loss=loss, device=device)
+
+
+def value_from(g: Tensor, p: Tensor, ap: Tensor) -> float:
+    """``gᵀp + ½ pᵀ(Ap)`` from a product already taken (float64 dot products)."""
+    p64 = p.double()
+    return float(torch.dot(g.double(), p64) + 0.5 * torch.dot(p64, ap.double()))
