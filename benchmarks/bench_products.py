@@ -212,7 +212,8 @@ def main() -> None:
     print(f"|{'-' * 60}|{'-' * 10}|{'-' * 12}|")
     for k, s in t.items():
         print(f"| {k:58s} | {s * 1e3:8.2f} | {s / ref:10.2f} |")
-    for ours in ("GGN product, auto = sequential (cached)", "GGN product, double-backward (cached)"):
+    for ours in ("GGN product, auto = sequential (cached)",
+                 "GGN product, double-backward (cached)"):
         for peer in ("curvlinops GGNLinearOperator @ v", "backpack ggn_vector_product"):
             if peer in t:
                 print(f"{ours} is {t[peer] / t[ours]:.2f}x faster than {peer}")
