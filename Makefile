@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo check-products test test-fast lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,7 +12,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# The main job: two minutes of Hessian-free training on the built-in CURVES data, then a plot.
 demo: $(VENV)/.installed
+	@R=$$($(PY) -m hessfree train curves-ae --optimizer hf --seconds 120 --eval-every 2 \
+		--out runs) && echo "results: $$R" && \
+	$(PY) -m hessfree plot $$R --x seconds --y train_error --out runs/demo.png && \
+	$(PY) -m hessfree report $$R
+
+# G@v on a small autoencoder against the dense Jᵀ H_L J from torch.func.
+check-products: $(VENV)/.installed
 	$(PY) -m hessfree demo
 
 lint: $(VENV)/.installed

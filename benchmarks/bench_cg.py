@@ -43,27 +43,6 @@ from torch import nn
 import hessfree
 from hessfree import cg
 
-SIZES = [784, 400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400, 784]
-
-
-def sequential_curves() -> nn.Module:
-    """The CURVES layers as an nn.Sequential (logistic hidden units, linear code)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(SIZES) - 2 and b != 6:
-            layers.append(nn.Sigmoid())
-    return nn.Sequential(*layers)
-
-
-def curves_model() -> nn.Module:
-    """hessfree.models.curves_autoencoder() when present, else the same nn.Sequential."""
-    try:
-        from hessfree.models import curves_autoencoder
-    except ImportError:
-        return sequential_curves()
-    return curves_autoencoder()
-
 
 def curves_data(n: int) -> tuple[torch.Tensor, str]:
     try:
@@ -76,7 +55,7 @@ def curves_data(n: int) -> tuple[torch.Tensor, str]:
 def warm_model(data: torch.Tensor, batch: int, steps: int, seed: int = 0) -> nn.Module:
     """The CURVES autoencoder after ``steps`` Adam steps (lr 1e-3) on minibatches of ``data``."""
     torch.manual_seed(seed)
-    model = curves_model()
+    model = hessfree.models.curves_autoencoder()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss = hessfree.losses.BCEWithLogits()
     for _ in range(steps):

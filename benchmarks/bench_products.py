@@ -29,26 +29,10 @@ from torch import nn
 
 import hessfree
 
-SIZES = [784, 400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400, 784]
-
-
-def curves_autoencoder() -> nn.Module:
-    """The CURVES autoencoder (from hessfree.models when present, else the same layers here)."""
-    try:
-        from hessfree.models import curves_autoencoder as make
-    except ImportError:
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < len(SIZES) - 2 and b != 6:
-                layers.append(nn.Sigmoid())
-        return nn.Sequential(*layers)
-    return make()
-
 
 def setup(batch: int, seed: int = 0):
     torch.manual_seed(seed)
-    model = curves_autoencoder()
+    model = hessfree.models.curves_autoencoder()
     x = torch.rand(batch, 784)
     problem = hessfree.Problem(model, hessfree.losses.BCEWithLogits())
     return model, x, problem

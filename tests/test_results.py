@@ -385,3 +385,16 @@ def test_schema_written_in_module_docstring():
     for part in ("schema_version", "/steps/<field>", "/eval/<field>", "/params/<name>",
                  "/quadratics/<k>", "json_attrs", "SIGKILL"):
         assert part in doc, part
+
+
+def test_a_live_run_can_be_read_while_it_is_written(tmp_path):
+    from hessfree.runs.results import ResultsWriter, read_results
+
+    path = tmp_path / "live.h5"
+    with ResultsWriter(path, {"experiment": "e", "optimizer": "o"}) as w:
+        for k in range(3):
+            w.append_step({"step": k, "loss": 1.0 / (k + 1)})
+        r = read_results(path)  # the writer still holds the file open
+        assert list(r.steps["step"]) == [0, 1, 2]
+        w.append_step({"step": 3, "loss": 0.25})
+    assert list(read_results(path).steps["step"]) == [0, 1, 2, 3]

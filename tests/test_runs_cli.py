@@ -168,3 +168,44 @@ def test_unreadable_results_file(capsys, tmp_path):
     bad.write_bytes(b"not an hdf5 file")
     code, _, err = run(capsys, "report", bad)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_momentum_like_switches_to_the_classic_phase(capsys, tmp_path):
+    path = train(capsys, tmp_path, "curves-ae", "--optimizer", "hf-momentum", "--steps", 4,
+                 *SMALL_AE, "--set", "batch_divisor=8", "--set", "cg_max_iters=3",
+                 "--set", "classic_step=2", "--set", "classic_cg_iters=5",
+                 "--set", "classic_weight_decay=0", "--set", "initial_lambda=1.0",
+                 "--set", "grad_chunk=100")
+    r = read_results(path)
+    assert list(r.steps["cg_iters"]) == [3, 3, 5, 5]
+    assert list(r.steps["cg_decay"]) == pytest.approx([0.95, 0.95, 0.995, 0.995])
+    # minibatch of 256/8 = 32 cases (its gradient, then per-case gradients for the
+    # preconditioner), then the whole training set for the gradient (in chunks)
+    assert list(r.steps["grad_cases"][:2]) == [2 * 32, 2 * 32]
+    assert all(g >= 256 for g in r.steps["grad_cases"][2:])
+
+
+def test_user_registered_experiment(capsys, tmp_path):
+    import torch
+    from torch import nn
+
+    import hessfree
+    from hessfree.runs import experiments
+
+    @experiments.register
+    def tiny_regression():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 3, generator=g)
+        y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+        return experiments.Experiment(
+            name="tiny-regression", description="user experiment",
+            data=lambda s, seed: experiments.Dataset((x, y), (x, y)),
+            model=lambda s, gen: nn.Linear(3, 1), loss=lambda s: hessfree.losses.MSE(),
+            error=lambda m, b, s: float(((m(b[0]) - b[1]) ** 2).mean()), error_name="mse",
+            settings={"data": {}, "nag": {"weight_decay": 0.0, "batch_size": 16, "lr": 0.05,
+                                          "mu_max": 0.9, "final_mu": 0.9, "final_steps": 0}})
+
+    assert "tiny-regression" in experiments.names()
+    path = train(capsys, tmp_path, "tiny-regression", "--optimizer", "nag", "--steps", 60)
+    r = read_results(path)
+    assert r.eval["train_error"][-1] < 0.01 * r.eval["train_error"][0]

@@ -72,7 +72,22 @@ class LossState:
         return self.grad / self.scale
 
 
-class MatchingLoss:
+class _Reduced:
+    """A loss with a per-case reduction: ``mean`` (``1/N`` of the sum) or ``sum``."""
+
+    reduction: str
+
+    def _set_reduction(self, reduction: str, what: str = "reduction") -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{what}: expected 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+
+    def scale_for(self, n_cases: int) -> float:
+        """Factor applied to the summed per-case losses of ``n_cases`` cases."""
+        return 1.0 / n_cases if self.reduction == "mean" else 1.0
+
+
+class MatchingLoss(_Reduced):
     """Base class of the closed-form matching losses.
 
     Args:
@@ -83,16 +98,10 @@ class MatchingLoss:
     name = "loss"
 
     def __init__(self, reduction: str = "mean") -> None:
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
-        self.reduction = reduction
+        self._set_reduction(reduction)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
-
-    def scale_for(self, n_cases: int) -> float:
-        """Factor applied to the summed per-case losses of ``n_cases`` cases."""
-        return 1.0 / n_cases if self.reduction == "mean" else 1.0
 
     def __call__(self, outputs: Tensor, targets: Any) -> Tensor:
         """The loss, differentiable (twice) with respect to ``outputs``."""
@@ -266,7 +275,7 @@ class CrossEntropy(MatchingLoss):
         return LossState(value, grad, scale, hvp)
 
 
-class AutodiffLoss:
+class AutodiffLoss(_Reduced):
     """Any callable ``loss(outputs, targets) -> scalar``, with ``H_L u`` by double backward.
 
     The reduction is read from the callable's ``reduction`` attribute when it has one (torch
@@ -278,19 +287,10 @@ class AutodiffLoss:
 
     def __init__(self, fn: Callable[[Tensor, Any], Tensor]) -> None:
         self.fn = fn
-        reduction = getattr(fn, "reduction", "mean")
-        if reduction not in REDUCTIONS:
-            raise ValueError(
-                f"loss: reduction must be 'mean' or 'sum' for curvature products, got {reduction!r}"
-            )
-        self.reduction = reduction
+        self._set_reduction(getattr(fn, "reduction", "mean"), "loss: reduction (of a generic loss)")
 
     def __repr__(self) -> str:
         return f"AutodiffLoss({self.fn!r})"
-
-    def scale_for(self, n_cases: int) -> float:
-        """Factor applied to the summed per-case losses of ``n_cases`` cases."""
-        return 1.0 / n_cases if self.reduction == "mean" else 1.0
 
     def __call__(self, outputs: Tensor, targets: Any) -> Tensor:
         """The wrapped loss."""

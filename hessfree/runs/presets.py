@@ -32,12 +32,15 @@ def momentum_hf_settings(**over: Any) -> dict[str, Any]:
     """The momentum-like HF settings (Sutskever et al. 2013 A.6).
 
     Minibatch = 1/``batch_divisor`` of the data, 50 CG steps, ζ 0.95 raised to ``decay_final``
-    and ε = ``lr_scale``/(t − ``switch_step``) after the switch.
+    and ε = ``lr_scale``/(t − ``switch_step``) after the switch. ``classic_step > 0`` switches to
+    A.6's last phase there: gradient on the whole training set, ``classic_cg_iters`` CG steps,
+    ζ = ``classic_decay``, ε = 1, and weight decay ``classic_weight_decay`` if >= 0.
     """
     base = {k: v for k, v in HFConfig.momentum_like().to_dict().items()
             if not isinstance(v, dict)}
     return {**base, "weight_decay": 0.0, "batch_divisor": 16, "decay_final": 0.999,
-            "switch_step": 4000, "lr_scale": 500.0, **over}
+            "switch_step": 4000, "lr_scale": 500.0, "classic_step": 0, "classic_cg_iters": 200,
+            "classic_decay": 0.995, "classic_weight_decay": -1.0, "grad_chunk": 5000, **over}
 
 
 def momentum_settings(**over: Any) -> dict[str, Any]:

@@ -123,7 +123,9 @@ def _open(path: str | os.PathLike, mode: str) -> h5py.File:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{where}: no such results file")
     try:
-        f = h5py.File(path, mode)
+        # no HDF5 file lock, so a live run can be read and plotted while it is written (readers
+        # only trust rows committed through ``n_rows``; ``mode="new"`` never overwrites a file)
+        f = h5py.File(path, mode, locking=False)
     except OSError as e:
         raise ResultsError(f"{where}: cannot open as HDF5 ({e})") from e
     version = f.attrs.get("schema_version", -1)
@@ -290,7 +292,7 @@ class ResultsWriter:
                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         own.update({"git_commit": git_commit()} if git_commit() else {})
         try:
-            f = h5py.File(self.path, "x")  # fails if the file exists
+            f = h5py.File(self.path, "x", locking=False)  # fails if the file exists
         except FileExistsError:
             raise FileExistsError(f"{self.path}: a results file already exists; use mode='append' "
                                   "to resume it or choose another path") from None

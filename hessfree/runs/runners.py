@@ -65,6 +65,9 @@ def _step_seed(seed: int, step: int, role: int) -> int:
 
 
 class _Base:
+    opt: Any
+    sampler: EpochSampler | None
+
     def __init__(self, problem: Problem, data: Dataset, settings: dict, seed: int) -> None:
         self.problem, self.data, self.settings, self.seed = problem, data, settings, seed
         self.t = 0
@@ -75,6 +78,18 @@ class _Base:
             return self.data.fresh(size, _step_seed(self.seed, self.t, role))
         idx = sampler.next().to(self._device())
         return take(self.data.train[0], idx), take(self.data.train[1], idx)
+
+    def state_dict(self) -> dict:
+        """Optimizer state (λ and CG hot start, or velocities), step and sampler state."""
+        return {"opt": self.opt.state_dict(), "t": self.t,
+                "sampler": self.sampler.state_dict() if self.sampler else None}
+
+    def load_state_dict(self, s: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.opt.load_state_dict(s["opt"])
+        self.t = int(s["t"])
+        if self.sampler is not None and s.get("sampler"):
+            self.sampler.load_state_dict(s["sampler"])
 
     def _device(self) -> torch.device:
         return next(iter(self.problem.resolve_params().values())).device \
@@ -97,15 +112,41 @@ class HFRunner(_Base):
         self.config = HFConfig(**fields)
         self.opt = HessianFree(problem, config=self.config)
         self.sampler: EpochSampler | None = None
+        self.classic: HFConfig | None = None
         if variant == "hf-momentum" and data.fresh is None:
             size = settings.get("batch_size") or max(1, self.n_train // settings["batch_divisor"])
             self.sampler = EpochSampler(self.n_train, size, seed)
+            if settings.get("classic_step", 0) > 0:
+                self.classic = self._classic_config(fields)
+                self._chunks = self._partition(max(1, self.n_train // size))
         elif variant == "hf" and data.fresh is None:
-            self._chunks = self._partition()
+            self._chunks = self._partition(int(self.settings["numchunks"]))
 
-    def _partition(self) -> list[Any]:
+    def _classic_config(self, fields: dict) -> HFConfig:
+        """The config of A.6's last phase ("a more traditional version of HF", Martens 2010).
+
+        Gradient on the whole training set, learning rate back to 1, many CG steps (200 per
+        update, ζ = 0.995 for CURVES).
+        """
+        s = self.settings
+        base = {k: v for k, v in fields.items() if k not in ("cg_decay", "learning_rate")}
+        return HFConfig(**{**base, "cg_max_iters": int(s["classic_cg_iters"]),
+                           "cg_decay": float(s["classic_decay"]), "learning_rate": 1.0})
+
+    def _in_classic_phase(self) -> bool:
+        return self.classic is not None and self.t >= self.settings["classic_step"]
+
+    def _enter_phase(self) -> None:
+        """Switch to the classic setting once ``classic_step`` is reached (idempotent)."""
+        if self._in_classic_phase() and self.opt.config is not self.classic:
+            self.opt.config = self.classic
+            wd = float(self.settings.get("classic_weight_decay", -1.0))
+            if wd >= 0:
+                self.problem.weight_decay = wd
+
+    def _partition(self, numchunks: int) -> list[Any]:
         """Fixed curvature chunks (a seeded permutation cut in ``numchunks`` pieces)."""
-        k = max(1, int(self.settings["numchunks"]))
+        k = max(1, numchunks)
         perm = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(self.seed))
         perm = perm.to(self._device())
         size = self.n_train // k
@@ -115,14 +156,14 @@ class HFRunner(_Base):
     def batches(self) -> tuple[Any, Any]:
         """This step's gradient and curvature batches (curvature None: the same batch)."""
         s = self.settings
-        if self.variant == "hf-momentum":
+        if self.variant == "hf-momentum" and not self._in_classic_phase():
             size = s.get("batch_size") or max(1, self.n_train // s["batch_divisor"])
             return self._minibatch(self.sampler, size, 0), None  # type: ignore[arg-type]
         if self.data.fresh is not None:
             return (self.data.fresh(s["grad_cases"], _step_seed(self.seed, self.t, 0)),
                     self.data.fresh(s["curv_cases"], _step_seed(self.seed, self.t, 1)))
         x, y = self.data.train
-        c = int(s["grad_chunk"])
+        c = int(s.get("grad_chunk", 5000))
         grad = [(take(x, slice(i, i + c)), take(y, slice(i, i + c)))
                 for i in range(0, self.n_train, c)]
         return grad, self._chunks[self.t % len(self._chunks)]
@@ -133,6 +174,7 @@ class HFRunner(_Base):
         ``before(grad_batch, curvature_batch)`` is called with this step's batches before the
         step (e.g. to save its quadratic) without drawing them twice.
         """
+        self._enter_phase()
         grad_batch, curv_batch = self.batches()
         if before is not None:
             before(grad_batch, curv_batch)
@@ -141,18 +183,6 @@ class HFRunner(_Base):
         row = stats.as_dict()
         row["grad_equiv"] = stats.grad_equivalents / self.n_train
         return row
-
-    def state_dict(self) -> dict:
-        """Optimizer and sampler state."""
-        return {"opt": self.opt.state_dict(), "t": self.t,
-                "sampler": self.sampler.state_dict() if self.sampler else None}
-
-    def load_state_dict(self, s: dict) -> None:
-        """Restore :meth:`state_dict`."""
-        self.opt.load_state_dict(s["opt"])
-        self.t = int(s["t"])
-        if self.sampler is not None and s.get("sampler"):
-            self.sampler.load_state_dict(s["sampler"])
 
     def postfix(self, row: dict) -> dict:
         """What the progress bar shows."""
@@ -206,18 +236,6 @@ class MomentumRunner(_Base):
         return {"step": self.t - 1, "loss": value, "mu": mu, "lr": float(self.settings["lr"]),
                 "accepted": ok, "grad_cases": n, "grad_equiv": n / self.n_train,
                 "seconds": time.perf_counter() - t0}
-
-    def state_dict(self) -> dict:
-        """Optimizer (velocities, counters) and sampler state."""
-        return {"opt": self.opt.state_dict(), "t": self.t,
-                "sampler": self.sampler.state_dict() if self.sampler else None}
-
-    def load_state_dict(self, s: dict) -> None:
-        """Restore :meth:`state_dict`."""
-        self.opt.load_state_dict(s["opt"])
-        self.t = int(s["t"])
-        if self.sampler is not None and s.get("sampler"):
-            self.sampler.load_state_dict(s["sampler"])
 
     def postfix(self, row: dict) -> dict:
         """What the progress bar shows."""
