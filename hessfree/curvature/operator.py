@@ -42,15 +42,19 @@ def resolve_backend(backend: str, problem: Problem, params: dict[str, Tensor],
     """Pick the ``J v`` backend.
 
     ``"auto"``: the analytic ``"sequential"`` backend where it applies (GGN and Fisher of an
-    ``nn.Sequential`` MLP without structural damping), else ``"double-backward"``. Measured on this
-    project's 2-core CPU (``benchmarks/bench_products.py``, RESULTS.md): the cached double-backward
-    GGN product costs about 1.1-1.2 gradients and ``linearize``'s set-up about 9; the sequential
-    backend is faster still. No GPU measurement exists yet, so the GPU default is the same.
+    ``nn.Sequential`` MLP without structural damping); with structural damping ``"forward"``;
+    else ``"double-backward"``. Measured on this project's 2-core CPU (``benchmarks/
+    bench_products.py``, RESULTS.md): the cached double-backward GGN product costs about 1.1-1.2
+    gradients and ``linearize``'s set-up about 9; the sequential backend is faster still. With
+    structural damping (the RNN of the pathological tasks, T = 88, 1000 sequences) the
+    double-backward product costs 9.6 gradients (the stacked hidden pre-activations cost T
+    full-size zero fills in double backward) and the forward one 1.4, after a set-up of about 20
+    gradients that one HF step's CG run repays. No GPU measurement exists yet.
     """
     if backend == "auto":
         if kind != "hessian" and not structural and applies(problem, params, chunks):
             return "sequential"
-        return "double-backward"
+        return "forward" if structural and kind != "hessian" else "double-backward"
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
     return backend

@@ -156,17 +156,19 @@ class TanhRNN(nn.Module):
             h = u.new_zeros(u.shape[0], self.n_hidden)
         else:
             h = self.h0.expand(u.shape[0], self.n_hidden)
-        pre, states = [], []
-        for t in range(u.shape[1]):
-            a = u[:, t] + h @ w_hh_t
+        idx = self._step_index(u.shape[1])
+        wanted = None if idx is None else set(idx.tolist())
+        pre, outs = [], {}
+        # unbind and per-step outputs, not u[:, t] and a stack of hidden states: indexing and
+        # stacking (N, T, H) tensors costs T full-size zero fills in (double) backward
+        for t, u_t in enumerate(u.unbind(1)):
+            a = u_t + h @ w_hh_t
             h = torch.tanh(a)
             pre.append(a)
-            states.append(h)
-        hs = torch.stack(states, dim=1)
-        idx = self._step_index(u.shape[1])
-        if idx is not None:
-            hs = hs.index_select(1, idx.to(hs.device))
-        out = torch.matmul(hs, self.W_out.T) + self.b_out
+            if wanted is None or t in wanted:
+                outs[t] = torch.addmm(self.b_out, h, self.W_out.T)
+        order = range(u.shape[1]) if idx is None else idx.tolist()
+        out = torch.stack([outs[t] for t in order], dim=1)
         if return_hidden:
             return out, torch.stack(pre, dim=1)
         return out
