@@ -209,3 +209,15 @@ def test_user_registered_experiment(capsys, tmp_path):
     path = train(capsys, tmp_path, "tiny-regression", "--optimizer", "nag", "--steps", 60)
     r = read_results(path)
     assert r.eval["train_error"][-1] < 0.01 * r.eval["train_error"][0]
+
+
+@pytest.mark.parametrize("budget", [["--seconds", "0.05"], ["--budget", "0.3"],
+                                    ["--steps", "3"]])
+def test_progress_bar_survives_an_overshot_budget(capsys, tmp_path, budget):
+    """The last step passes the seconds/grad-equiv total; the bar (not quiet) must still close."""
+    code, out, err = run(capsys, "train", "toy-quartic", "--optimizer", "nag", *budget,
+                         "--out", tmp_path)
+    assert code == 0, err
+    path = Path(out.strip().splitlines()[-1])
+    assert len(read_results(path).steps["step"]) >= 1
+    assert "toy-quartic nag" in err  # the bar was drawn on stderr

@@ -247,7 +247,8 @@ def train(spec: RunSpec) -> Path:
             if run.step % spec.checkpoint_every == 0 or run.done():
                 _save_checkpoint(ckpt, run.checkpoint_state())
             if bar is not None:
-                bar.update(_progress_units(spec, row))
+                # never past the total: tqdm drops an overshot total, breaking our bar_format
+                bar.update(min(_progress_units(spec, row), max(0.0, bar.total - bar.n)))
                 bar.set_postfix(run.runner.postfix(row), refresh=False)
         writer.save_params("final", {k: v.detach().cpu() for k, v in
                                      run.model.state_dict().items()})
