@@ -317,15 +317,20 @@ def _ae_with_sparse_init():
 
 
 def test_deep_autoencoder_training_both_presets_and_sgd():
-    """Measured (seed 0): Martens 76.6 -> 8.4 in 12 steps; momentum-like -> 5.8 in 40 minibatch
-    steps; full-batch SGD, best of 4 learning rates, 35.9 after 40 steps. Per gradient-equivalent
-    SGD is competitive on this small problem (benchmarks/RESULTS.md), so only per-step speed is
-    asserted here."""
+    """HF against full-batch SGD at equal cost in gradient-equivalents (StepStats' count).
+
+    Measured (seed 0, float64): Martens 75.4 -> 8.72 in 12 steps costing 125.7 gradients of the
+    512-case set; SGD with the same 126 gradients, lr in {0.1, 0.3, 1, 3}: 20.4, 17.1 (best,
+    inside the grid), 55.6, 204; NAG (μ 0.9) did worse still (38.6 at best). Momentum-like
+    preset: -> 5.8 in 40 minibatch steps.
+    """
     model, problem, x = _ae_with_sparse_init()
     f0 = problem.value(problem.parameters(), (x, x))
     opt = HessianFree(problem, config=HFConfig.martens2010(initial_lambda=1.0))
+    cost = 0.0
     for i in range(12):
-        opt.step((x, x), (x[i % 4 * 128:(i % 4 + 1) * 128],) * 2)
+        s = opt.step((x, x), (x[i % 4 * 128:(i % 4 + 1) * 128],) * 2)
+        cost += s.grad_equivalents / len(x)
     f_martens = problem.value(problem.parameters(), (x, x))
     assert f_martens < f0 / 6
 
@@ -338,16 +343,18 @@ def test_deep_autoencoder_training_both_presets_and_sgd():
     f_momentum = problem.value(problem.parameters(), (x, x))
     assert f_momentum < f0 / 8
 
-    best_sgd = math.inf
+    sgd_final = {}
     for lr in (0.1, 0.3, 1.0, 3.0):
         model, problem, x = _ae_with_sparse_init()
         sgd = hessfree.SGD(model.parameters(), lr=lr)
-        for _ in range(40):
+        for _ in range(round(cost)):  # one full-batch gradient = one gradient-equivalent
             sgd.zero_grad()
             problem.loss(model(x), x).backward()
             sgd.step()
-        best_sgd = min(best_sgd, problem.value(problem.parameters(), (x, x)))
-    assert best_sgd > 3 * max(f_martens, f_momentum)
+        sgd_final[lr] = problem.value(problem.parameters(), (x, x))
+    best = min(sgd_final, key=sgd_final.get)
+    assert best not in (0.1, 3.0), sgd_final  # the best rate is inside the grid
+    assert sgd_final[best] > 1.5 * f_martens, (sgd_final, f_martens)  # measured ratio 1.96
 
 
 def test_structural_damping_reaches_the_cg_operator(monkeypatch):

@@ -35,12 +35,10 @@ import datetime
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -48,99 +46,29 @@ import h5py
 import numpy as np
 import torch
 
+from hessfree.runs.h5file import (
+    FORMAT,
+    SCHEMA_VERSION,
+    ResultsError,
+    _open,
+    _read_attrs,
+    _write_attrs,
+    git_commit,
+)
+
 __all__ = ["FORMAT", "SCHEMA_VERSION", "ResultsError", "ResultsWriter", "RunRecord", "RunResults",
            "benchmark_row_write", "list_runs", "read_results"]
 
 log = logging.getLogger(__name__)
 
-#: version of the layout written here; the reader accepts versions up to this one
-SCHEMA_VERSION = 1
-FORMAT = "hessfree.results"
 TABLES = ("steps", "eval")
 _CHUNK_ROWS = 1024  # 8 KiB float64 chunks: few chunk allocations and index splits in a long run
-_OWN_ATTRS = frozenset({"format", "schema_version", "hessfree_version", "created",
-                        "torch_version", "json_attrs"})
 _DTYPES = {"f": np.dtype(np.float64), "i": np.dtype(np.int64), "b": np.dtype(bool),
            "O": h5py.string_dtype("utf-8")}
 _KIND_NAMES = {"f": "float", "i": "int", "b": "bool", "O": "str"}
 _KIND_TYPES = (("b", (bool, np.bool_)), ("i", (int, np.integer)), ("f", (float, np.floating)),
                ("O", str))  # bool before int: bool is an int
 _ONE = h5py.h5s.create_simple((1,))
-
-
-class ResultsError(ValueError):
-    """A file that is not a (readable) hessfree results file, or a misuse of one."""
-
-
-# -- attributes --------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The ``HEAD`` commit of the checkout holding the package, or None (never raises)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
-
-
-def _encode_attr(name: str, value: Any) -> tuple[Any, bool]:
-    """An attribute value as HDF5 stores it, and whether it was JSON-encoded."""
-    value = value.item() if isinstance(value, np.generic) else value
-    if name == "config" and isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as e:
-            raise ValueError(f"attribute 'config': a string config must be JSON ({e})") from None
-    if isinstance(value, (str, bool, int, float)):
-        return (str(value) if isinstance(value, str) else value), False  # str(): TorchVersion
-    try:
-        return json.dumps(value), True
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"attribute {name!r}: expected str/int/float/bool or a JSON-serialisable "
-                        f"value, got {type(value).__name__} ({e})") from None
-
-
-def _write_attrs(f: h5py.File, attrs: Mapping[str, Any], own: bool = False) -> None:
-    json_names = set(json.loads(f.attrs.get("json_attrs", "[]")))
-    for name, value in attrs.items():
-        if not own and name in _OWN_ATTRS:
-            raise ValueError(f"attribute {name!r} is written by ResultsWriter itself")
-        f.attrs[name], is_json = _encode_attr(name, value)
-        (json_names.add if is_json else json_names.discard)(name)
-    f.attrs["json_attrs"] = json.dumps(sorted(json_names))
-
-
-def _read_attrs(f: h5py.File) -> dict[str, Any]:
-    json_names = set(json.loads(f.attrs.get("json_attrs", "[]")))
-    items = ((k, v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items())
-    return {k: json.loads(v) if k in json_names else v for k, v in items if k != "json_attrs"}
-
-
-def _open(path: str | os.PathLike, mode: str) -> h5py.File:
-    """Open a results file (``"r"`` or ``"r+"``) after checking its format and schema version."""
-    where = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: no such results file")
-    try:
-        # no HDF5 file lock, so a live run can be read and plotted while it is written (readers
-        # only trust rows committed through ``n_rows``; ``mode="new"`` never overwrites a file)
-        f = h5py.File(path, mode, locking=False)
-    except OSError as e:
-        raise ResultsError(f"{where}: cannot open as HDF5 ({e})") from e
-    version = f.attrs.get("schema_version", -1)
-    problem = None
-    if f.attrs.get("format") != FORMAT:
-        problem = f"not a hessfree results file (no root attribute format = {FORMAT!r})"
-    elif version > SCHEMA_VERSION:
-        problem = (f"results schema version {version} is newer than this hessfree reads (up to "
-                   f"{SCHEMA_VERSION}); upgrade the hessfree package to read it")
-    elif mode != "r" and version != SCHEMA_VERSION:
-        problem = f"cannot append to schema version {version} (this writes {SCHEMA_VERSION})"
-    if problem:
-        f.close()
-        raise ResultsError(f"{where}: {problem}")
-    return f
 
 
 # -- tables ------------------------------------------------------------------------------------
