@@ -151,6 +151,16 @@ class FunctionPreconditioner:
         return z.detach()
 
 
+def check_like(v: Tensor, name: str, like: Tensor, shape_hint: str = "(like b)") -> None:
+    """``v`` must have the shape, dtype and device of ``like`` (errors name ``name``)."""
+    if v.shape != like.shape:
+        raise ValueError(f"{name}: expected a 1-D tensor of length {like.numel()} {shape_hint}, "
+                         f"got shape {tuple(v.shape)}")
+    if v.dtype != like.dtype or v.device != like.device:
+        raise ValueError(f"{name}: expected dtype {like.dtype} on {like.device} (like b), "
+                         f"got {v.dtype} on {v.device}")
+
+
 def as_preconditioner(
     M: Tensor | Callable[[Tensor], Tensor] | None, like: Tensor
 ) -> Preconditioner | None:
@@ -164,16 +174,8 @@ def as_preconditioner(
     if M is None:
         return None
     if isinstance(M, Tensor):
-        if M.shape != like.shape:
-            raise ValueError(
-                f"M: expected a 1-D tensor of length {like.numel()} (the inverse of a diagonal "
-                f"preconditioner, z = M * r) or a callable r -> z, got shape {tuple(M.shape)}"
-            )
-        if M.dtype != like.dtype or M.device != like.device:
-            raise ValueError(
-                f"M: expected dtype {like.dtype} on {like.device} (like b), "
-                f"got {M.dtype} on {M.device}"
-            )
+        check_like(M, "M", like, "(the inverse of a diagonal preconditioner, z = M * r) or a "
+                   "callable r -> z")
         if not bool(((M > 0) & torch.isfinite(M)).all()):
             raise ValueError("M: expected positive, finite entries (an inverse diagonal)")
         return DiagonalPreconditioner(M.detach())

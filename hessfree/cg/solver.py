@@ -37,6 +37,7 @@ from hessfree.cg.operators import (
     Preconditioner,
     as_operator,
     as_preconditioner,
+    check_like,
     checked_matmul,
 )
 from hessfree.cg.stopping import (
@@ -174,16 +175,7 @@ def _check_vector(v: object, name: str, like: Tensor | None) -> Tensor:
         if not v.is_floating_point():
             raise ValueError(f"{name}: expected a floating-point dtype, got {v.dtype}")
     else:
-        if v.shape != like.shape:
-            raise ValueError(
-                f"{name}: expected a 1-D tensor of length {like.numel()} (like b), "
-                f"got shape {tuple(v.shape)}"
-            )
-        if v.dtype != like.dtype or v.device != like.device:
-            raise ValueError(
-                f"{name}: expected dtype {like.dtype} on {like.device} (like b), "
-                f"got {v.dtype} on {v.device}"
-            )
+        check_like(v, name, like)
     if not bool(torch.isfinite(v).all()):
         raise ValueError(f"{name}: expected finite values, got NaN or infinity")
     return v.detach()
