@@ -35,6 +35,17 @@ from hessfree.quadratic import Quadratic  # noqa: E402
 
 __version__ = "0.1.0"
 
+_LAZY = ("data", "hf", "runs")  # imported on first use (``hessfree.data.curves(...)``)
+
+
+def __getattr__(name: str) -> object:
+    """Import the ``data``, ``hf`` and ``runs`` subpackages on first attribute access."""
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"hessfree.{name}")
+    raise AttributeError(f"module 'hessfree' has no attribute {name!r}")
+
 __all__ = [
     "CM",
     "GGN",
@@ -54,6 +65,7 @@ __all__ = [
     "SutskeverSchedule",
     "__version__",
     "cg",
+    "data",
     "losses",
     "models",
     "momentum",

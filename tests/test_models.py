@@ -183,3 +183,18 @@ def test_bad_calls():
         reconstruction_error(model, torch.rand(12, dtype=torch.float64))
     with pytest.raises(TypeError, match="model"):
         reconstruction_error(torch.nn.Linear(12, 12), torch.rand(3, 12))
+
+
+def test_subpackages_reachable_from_a_bare_import():
+    """``import hessfree`` then ``hessfree.data.curves`` (the README quick start), fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import hessfree, sys; assert 'hessfree.data' not in sys.modules; "
+            "x, _ = hessfree.data.curves(n_train=3, n_test=1); assert x.shape == (3, 784); "
+            "assert hessfree.runs.__name__ == 'hessfree.runs'; "
+            "assert callable(hessfree.hf.HessianFree)\n"
+            "try:\n    hessfree.nope\nexcept AttributeError as e:\n    assert 'nope' in str(e)\n"
+            "else:\n    raise SystemExit('no AttributeError')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
