@@ -81,6 +81,18 @@ def as_operator(A: OperatorLike) -> LinearOperator:
     )
 
 
+def _checked_result(out: object, like: Tensor, what: str) -> Tensor:
+    """``out`` detached, after checking it is a tensor shaped, typed and placed like ``like``."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{what} returned {type(out).__name__}, expected a Tensor")
+    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(
+            f"{what} returned shape {tuple(out.shape)}, {out.dtype} on {out.device}; "
+            f"expected shape {tuple(like.shape)}, {like.dtype} on {like.device}"
+        )
+    return out.detach()
+
+
 def checked_matmul(A: LinearOperator, v: Tensor) -> Tensor:
     """``A @ v``, checked to be a tensor shaped, typed and placed like ``v`` (detached).
 
@@ -88,15 +100,7 @@ def checked_matmul(A: LinearOperator, v: Tensor) -> Tensor:
         TypeError: the product is not a tensor.
         ValueError: the product has the wrong shape, dtype or device.
     """
-    out = A @ v
-    if not isinstance(out, Tensor):
-        raise TypeError(f"A: `A @ v` returned {type(out).__name__}, expected a Tensor")
-    if out.shape != v.shape or out.dtype != v.dtype or out.device != v.device:
-        raise ValueError(
-            f"A: `A @ v` returned shape {tuple(out.shape)}, {out.dtype} on {out.device}; "
-            f"expected shape {tuple(v.shape)}, {v.dtype} on {v.device}"
-        )
-    return out.detach()
+    return _checked_result(A @ v, v, "A: `A @ v`")
 
 
 class Preconditioner(Protocol):
@@ -140,15 +144,7 @@ class FunctionPreconditioner:
 
     def apply(self, r: Tensor, out: Tensor | None) -> Tensor:
         """Return ``fn(r)`` (``out`` is ignored)."""
-        z = self.fn(r)
-        if not isinstance(z, Tensor):
-            raise TypeError(f"M: M(r) returned {type(z).__name__}, expected a Tensor")
-        if z.shape != r.shape or z.dtype != r.dtype or z.device != r.device:
-            raise ValueError(
-                f"M: M(r) returned shape {tuple(z.shape)}, {z.dtype} on {z.device}; "
-                f"expected shape {tuple(r.shape)}, {r.dtype} on {r.device}"
-            )
-        return z.detach()
+        return _checked_result(self.fn(r), r, "M: M(r)")
 
 
 def check_like(v: Tensor, name: str, like: Tensor, shape_hint: str = "(like b)") -> None:
