@@ -3,17 +3,8 @@
 The public API is re-exported here; see the README for a tour.
 """
 
-import os as _os
-import sys as _sys
-
-# scipy/numpy's OpenBLAS threads spin between calls and take the cores from torch, which does the
-# heavy work here: measured 2.6x slower CG/Lanczos through to_scipy() on 2 cores
-# (benchmarks/RESULTS.md). Default them to one thread unless the user decided otherwise.
-if "numpy" not in _sys.modules:
-    _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-from hessfree import cg, models, momentum, quadratic, vectors  # noqa: E402
-from hessfree.curvature import (  # noqa: E402
+from hessfree import cg, models, momentum, quadratic, schedules, vectors
+from hessfree.curvature import (
     GGN,
     CurvatureOperator,
     DampedOperator,
@@ -22,24 +13,18 @@ from hessfree.curvature import (  # noqa: E402
     Problem,
     losses,
 )
-from hessfree.hf import HessianFree, HFConfig, StepStats  # noqa: E402
-from hessfree.momentum import (  # noqa: E402
-    CM,
-    NAG,
-    SGD,
-    ConstantSchedule,
-    RNNSchedule,
-    SutskeverSchedule,
-)
-from hessfree.quadratic import Quadratic  # noqa: E402
+from hessfree.hf import BatchSpec, HessianFree, HFConfig, Phase, PhaseSchedule, StepStats
+from hessfree.momentum import CM, NAG, SGD
+from hessfree.quadratic import Quadratic
+from hessfree.schedules import RNNSchedule, SutskeverSchedule
 
 __version__ = "0.1.0"
 
-_LAZY = ("data", "hf", "runs")  # imported on first use (``hessfree.data.curves(...)``)
+_LAZY = ("data", "runs")  # imported on first use (``hessfree.data.curves(...)``)
 
 
 def __getattr__(name: str) -> object:
-    """Import the ``data``, ``hf`` and ``runs`` subpackages on first attribute access."""
+    """Import the ``data`` and ``runs`` subpackages on first attribute access."""
     if name in _LAZY:
         import importlib
 
@@ -48,10 +33,12 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "CM",
+    "BatchSpec",
     "GGN",
     "NAG",
+    "Phase",
+    "PhaseSchedule",
     "SGD",
-    "ConstantSchedule",
     "CurvatureOperator",
     "DampedOperator",
     "EmpiricalFisher",
@@ -70,5 +57,6 @@ __all__ = [
     "models",
     "momentum",
     "quadratic",
+    "schedules",
     "vectors",
 ]

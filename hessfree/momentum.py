@@ -23,124 +23,29 @@ With ``v_0 = 0``, ``φ_0 = θ_0``. The true iterate is ``θ_t = φ_t − μ_t v_
 ``torch.optim.SGD(nesterov=True)``, whose buffer is ``b = −v/ε``; CM is ``SGD(momentum=μ)``
 with the same buffer relation.
 
-Schedules (plain picklable callables ``t -> μ_t``): :class:`SutskeverSchedule` (Eq. 5 and the
-low-momentum final phase, papers.md §1.2), :class:`RNNSchedule` (§4, papers.md §1.6),
-:class:`ConstantSchedule`.
+μ schedules (``t -> μ_t``) live in :mod:`hessfree.schedules`: :class:`SutskeverSchedule` (Eq. 5
+and the low-momentum final phase), :class:`RNNSchedule` (§4), :class:`Constant`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["CM", "NAG", "SGD", "ConstantSchedule", "RNNSchedule", "SutskeverSchedule"]
+from hessfree import _checks, schedules
+from hessfree.schedules import Constant
 
-
-def _check_mu(value: Any, arg: str) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{arg}: expected a momentum coefficient in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_count(value: Any, arg: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{arg}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class ConstantSchedule:
-    """``μ_t = mu`` for every ``t``."""
-
-    mu: float
-
-    def __post_init__(self) -> None:
-        _check_mu(self.mu, "mu")
-
-    def __call__(self, t: int) -> float:
-        """μ at update ``t``."""
-        _check_count(t, "t")
-        return float(self.mu)
-
-
-@dataclass(frozen=True)
-class SutskeverSchedule:
-    """Eq. 5 of Sutskever et al. (2013): ``μ_t = min(1 − 2^(−1 − log2(⌊t/250⌋ + 1)), μ_max)``.
-
-    Equivalently ``1 − 1/(2(k + 1))`` with ``k = ⌊t/warm⌋``: 0.5, 0.75, ..., 0.9 at t = 1000,
-    0.99 at 12,250, 0.999 at 124,750 (papers.md §1.2). When ``total_steps`` is given, μ is
-    reduced to ``final_mu`` (0.9) during the last ``final_steps`` (1000) updates, "without
-    reducing the learning rate" and "unless µ is 0": the final μ is ``min(μ_t, final_mu)``, so
-    μ is never raised (μ_max = 0 stays 0).
-
-    Args:
-        mu_max: the cap, chosen in the paper from {0.999, 0.995, 0.99, 0.9, 0}.
-        warm: updates per schedule stage (250).
-        final_mu: the momentum of the final phase (0.9).
-        final_steps: length of the final phase (1000).
-        total_steps: the run's number of updates; ``None``: no final phase.
-    """
-
-    mu_max: float
-    warm: int = 250
-    final_mu: float = 0.9
-    final_steps: int = 1000
-    total_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_mu(self.mu_max, "mu_max")
-        _check_count(self.warm, "warm", 1)
-        _check_mu(self.final_mu, "final_mu")
-        _check_count(self.final_steps, "final_steps")
-        if self.total_steps is not None:
-            _check_count(self.total_steps, "total_steps")
-
-    def __call__(self, t: int) -> float:
-        """μ at update ``t`` (``t = 0`` is the first update)."""
-        _check_count(t, "t")
-        k = t // self.warm
-        mu = min(1.0 - 0.5 / (k + 1), float(self.mu_max))  # 2^(-1-log2(k+1)) = 1/(2(k+1))
-        if self.total_steps is not None and t >= self.total_steps - self.final_steps:
-            mu = min(mu, float(self.final_mu))
-        return mu
-
-
-@dataclass(frozen=True)
-class RNNSchedule:
-    """Sutskever et al. (2013) §4: ``μ = 0.9`` for the first 1000 updates, then ``mu0``.
-
-    Args:
-        mu0: the momentum after the warm phase, in the paper from {0, 0.9, 0.98, 0.995}.
-        warm_mu: the momentum of the warm phase (0.9).
-        warm_steps: its length in updates (1000).
-    """
-
-    mu0: float
-    warm_mu: float = 0.9
-    warm_steps: int = 1000
-
-    def __post_init__(self) -> None:
-        _check_mu(self.mu0, "mu0")
-        _check_mu(self.warm_mu, "warm_mu")
-        _check_count(self.warm_steps, "warm_steps")
-
-    def __call__(self, t: int) -> float:
-        """μ at update ``t``."""
-        _check_count(t, "t")
-        return float(self.warm_mu if t < self.warm_steps else self.mu0)
+__all__ = ["CM", "NAG", "SGD"]
 
 
 def _as_schedule(schedule: Any) -> Callable[[int], float]:
     if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
-        return ConstantSchedule(_check_mu(schedule, "schedule"))
+        return Constant(_checks.probability(schedule, "schedule"))
     if not callable(schedule):
         raise TypeError(
             f"schedule: expected a number in [0, 1] or a callable t -> mu, got "
@@ -187,10 +92,7 @@ class CM(Optimizer):
         for key in ("lr", "schedule"):
             if key not in group:
                 group[key] = self.defaults[key]
-        lr = group["lr"]
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
-                math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
+        _checks.number(group["lr"], "lr", 0.0, strict_min=True)
         group["schedule"] = _as_schedule(group["schedule"])
         _mu(group["schedule"], 0)  # fail early on a schedule that cannot give μ_0
         super().add_param_group(group)
@@ -260,13 +162,22 @@ class CM(Optimizer):
                     p.copy_(value)
 
     def state_dict(self) -> dict[str, Any]:
-        """Torch's optimizer state plus the counters ``t`` and ``grads_used``."""
+        """Torch's optimizer state plus the counters ``t`` and ``grads_used``.
+
+        Schedules are stored in their JSON form (:func:`hessfree.schedules.to_dict`), so the
+        state is plain data (``torch.load(..., weights_only=True)`` reads it).
+        """
         state = super().state_dict()
+        for group in state["param_groups"]:
+            group["schedule"] = schedules.to_dict(group["schedule"])
         state["counters"] = {"t": self.t, "grads_used": self.grads_used}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore velocities, groups and counters saved by :meth:`state_dict`."""
+        """Restore velocities, groups and counters saved by :meth:`state_dict`.
+
+        A schedule saved as an arbitrary callable cannot be rebuilt: the group keeps its own.
+        """
         state = dict(state_dict)
         counters = state.pop("counters", None)
         if not isinstance(counters, dict) or not {"t", "grads_used"} <= set(counters):
@@ -274,10 +185,19 @@ class CM(Optimizer):
                 f"state_dict: expected a {type(self).__name__} state with 'counters' "
                 "{'t', 'grads_used'}"
             )
+        groups = []
+        for saved, current in zip(state.get("param_groups", []), self.param_groups):
+            group = dict(saved)
+            sched = group.get("schedule")
+            if isinstance(sched, dict):
+                group["schedule"] = current["schedule"] if sched.get("schedule") == "callable" \
+                    else schedules.from_dict(sched)
+            groups.append(group)
+        state["param_groups"] = groups or state.get("param_groups", [])
         super().load_state_dict(state)
-        self.t = _check_count(counters["t"], "state_dict['counters']['t']")
-        self.grads_used = _check_count(counters["grads_used"],
-                                       "state_dict['counters']['grads_used']")
+        self.t = _checks.integer(counters["t"], "state_dict['counters']['t']", minimum=0)
+        self.grads_used = _checks.integer(counters["grads_used"],
+                                          "state_dict['counters']['grads_used']", minimum=0)
 
 
 class NAG(CM):

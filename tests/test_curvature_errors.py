@@ -19,8 +19,10 @@ def test_vector_wrong_length_or_shape(ae):
     G = hessfree.GGN(problem, batch)
     with pytest.raises(ValueError, match=r"v: expected a flat 1-D tensor of length \d+"):
         G @ torch.zeros(G.dim + 1)
+    with pytest.raises(ValueError, match=rf"V: expected a tensor of shape \({G.dim}, k\)"):
+        G @ torch.zeros(2, G.dim)  # a block of columns is (dim, k)
     with pytest.raises(ValueError, match="v: expected a flat"):
-        G @ torch.zeros(2, G.dim)
+        G.matvec(torch.zeros(2, G.dim))
     with pytest.raises(ValueError, match=r"v\['0.weight'\]: expected shape"):
         G @ ([torch.zeros(3, 3)] + [torch.zeros(p.shape) for p in list(G.params.values())[1:]])
     with pytest.raises(ValueError, match="v: expected .* tensors"):

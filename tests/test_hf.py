@@ -11,7 +11,7 @@ from torch import nn
 
 import hessfree
 from hessfree.hf import HessianFree, HFConfig, StepStats, lm_update, reduction_ratio
-from hessfree.hf.schedules import Constant, InverseDecay, Piecewise, Ramp
+from hessfree.schedules import Constant, InverseDecay, Piecewise, Ramp
 
 F64 = torch.float64
 

@@ -10,7 +10,9 @@ import torch
 from torch.func import functional_call, grad
 
 from hessfree.models import MLP
-from hessfree.momentum import CM, NAG, SGD, ConstantSchedule, RNNSchedule, SutskeverSchedule
+from hessfree.momentum import CM, NAG, SGD
+from hessfree.schedules import Constant as ConstantSchedule
+from hessfree.schedules import RNNSchedule, SutskeverSchedule
 
 # ---------------------------------------------------------------------------------------------
 # schedules
@@ -74,7 +76,8 @@ def test_schedules_pickle():
     (lambda: SutskeverSchedule(0.9, final_mu=-0.1), "final_mu"),
     (lambda: SutskeverSchedule(0.9, total_steps=-1), "total_steps"),
     (lambda: RNNSchedule(float("nan")), "mu0"),
-    (lambda: ConstantSchedule(2.0), "mu"),
+    (lambda: CM([torch.zeros(1, requires_grad=True)], lr=0.1, schedule=ConstantSchedule(2.0)),
+     "schedule"),
     (lambda: SutskeverSchedule(0.9)(-1), "t"),
 ])
 def test_schedule_bad_input(make, match):

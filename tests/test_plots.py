@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hessfree.hf.stats import StepStats
-from hessfree.runs import plots
+from hessfree.runs import plots, rows
 from hessfree.runs.plots import plot_runs
 from hessfree.runs.results import ResultsWriter, read_results
 
@@ -17,16 +17,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def hf_row(i):
     values = {k: {"float": 1.0, "int": 1, "bool": True, "str": "accepted"}[t]
               for k, t in StepStats.__annotations__.items()}
-    values.update(step=i, loss_before=2.0 / (i + 1),
-                  loss_after=math.nan if i == 3 else 1.0 / (i + 1), lambda_after=10.0 * 0.7**i,
-                  cg_iters=5 + 3 * i, seconds=0.2,
+    values.update(step=i, loss_before=math.nan if i == 3 else 1.0 / (i + 1),
+                  lambda_after=10.0 * 0.7**i, cg_iters=5 + 3 * i, seconds=0.2,
                   grad_cases=100, product_cases=40 * (i + 1), forward_cases=30)
-    return StepStats(**values)
+    return rows.hf_row(StepStats(**values), 1000)
 
 
 def nag_row(i):
-    return {"step": i, "loss": 3.0 / (i + 2), "seconds": 0.01, "grad_cases": 100,
-            "product_cases": 0, "forward_cases": 0}
+    return rows.momentum_row(i, True, "accepted", 3.0 / (i + 2), 100, 1000, 0.01, 0.9, 0.01)
 
 
 def write(path, optimizer, row, n_steps, evals):
@@ -74,7 +72,7 @@ def test_every_axis_choice_writes_a_png(runs, tmp_path, x, y, caplog):
 def test_series_values(runs):
     hf, nag = (read_results(p) for p in runs)
     x, y = plots._series(hf, "seconds", "loss")
-    assert len(x) == 11  # the NaN loss_after of step 3 is dropped
+    assert len(x) == 11  # the NaN loss of step 3 is dropped
     np.testing.assert_allclose(x[:4], [0.2, 0.4, 0.6, 1.0])
     np.testing.assert_allclose(y[3], 1.0 / 5)
     x, y = plots._series(hf, "grad-equiv", "cg_iters")

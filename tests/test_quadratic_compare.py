@@ -16,8 +16,8 @@ from hessfree.quadratic import (
     largest_eigenvalue,
     plot,
     spectrum,
-    sutskever_mu,
 )
+from hessfree.schedules import SutskeverSchedule
 
 F64 = torch.float64
 
@@ -127,9 +127,9 @@ def test_momentum_against_direct_numpy_recursion(method, mu):
 def test_schedule():
     # 1 − 2^(−1 − log2(j + 1)) = 1 − 1/(2(j + 1)), j = ⌊t/250⌋
     ts = (0, 249, 250, 499, 500, 749, 750, 1000)
-    assert [sutskever_mu(t, 0.999) for t in ts] == \
+    assert [SutskeverSchedule(0.999)(t) for t in ts] == \
         pytest.approx([0.5, 0.5, 0.75, 0.75, 5 / 6, 5 / 6, 0.875, 0.9], rel=1e-15)
-    assert sutskever_mu(10**6, 0.99) == 0.99
+    assert SutskeverSchedule(0.99)(10**6) == 0.99
     q = rotated(np.logspace(0, 2, 10), 0)
     a = compare(q, iters=50, methods=("nag",), mu="schedule")
     b = compare(q, iters=50, methods=("nag",), mu=0.5)

@@ -113,7 +113,7 @@ def test_resume_hf_continues_from_its_checkpoint(capsys, tmp_path):
     train(capsys, tmp_path / "c", *args, "--steps", 4, "--resume", part)
     a, b = read_results(full), read_results(part)
     assert len(b.steps["step"]) == 4
-    for k in ("loss_before", "lambda_after", "cg_iters", "rho"):
+    for k in ("loss", "lambda_after", "cg_iters", "rho"):
         np.testing.assert_array_equal(a.steps[k], b.steps[k], err_msg=k)
 
 

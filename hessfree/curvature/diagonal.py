@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from hessfree.curvature.problem import Chunk, Problem
+from hessfree.batches import Chunk, take, unsqueeze
+from hessfree.curvature.problem import Problem
 
 __all__ = ["fisher_diagonal", "per_case_grad_sq", "linear_grad_sq"]
 
@@ -29,18 +30,6 @@ METHODS = ("auto", "vmap", "linear")
 
 #: default number of per-case gradients held at once: about 64 MiB of float32 numbers
 _BUDGET = 1 << 24
-
-
-def _take(x: Any, sl: slice) -> Any:
-    if isinstance(x, Tensor):
-        return x[sl]
-    return type(x)(_take(item, sl) for item in x)
-
-
-def _unsqueeze(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return x.unsqueeze(0)
-    return type(x)(_unsqueeze(item) for item in x)
 
 
 def per_case_grad_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
@@ -53,15 +42,15 @@ def per_case_grad_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chun
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
 
     def loss_i(p: dict[str, Tensor], x: Any, t: Any) -> Tensor:
-        out = problem.forward(p, _unsqueeze(x))
-        return problem.loss.per_case(out, _unsqueeze(t), check=False)[0]
+        out = problem.forward(p, unsqueeze(x))
+        return problem.loss.per_case(out, unsqueeze(t), check=False)[0]
 
     per_case = vmap(grad(loss_i), in_dims=(None, 0, 0))
     total = torch.zeros(dim, dtype=next(iter(prim.values())).dtype,
                         device=next(iter(prim.values())).device)
     for start in range(0, chunk.n, size):
         sl = slice(start, min(start + size, chunk.n))
-        g = per_case(prim, _take(chunk.inputs, sl), _take(chunk.targets, sl))
+        g = per_case(prim, take(chunk.inputs, sl), take(chunk.targets, sl))
         total += torch.cat([g[n].square().sum(0).reshape(-1) for n in prim])
     return total
 

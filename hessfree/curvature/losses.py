@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hessfree.batches import unsqueeze
+
 __all__ = [
     "MSE",
     "BCEWithLogits",
@@ -309,7 +311,7 @@ class AutodiffLoss(_Reduced):
     def per_case(self, outputs: Tensor, targets: Any, check: bool = True) -> Tensor:
         """Per-case losses, by applying the loss to one case at a time (vmap-friendly)."""
         def one(z: Tensor, t: Any) -> Tensor:
-            return self._scalar(z.unsqueeze(0), _unsqueeze(t))
+            return self._scalar(z.unsqueeze(0), unsqueeze(t))
 
         return torch.func.vmap(one)(outputs, targets)
 
@@ -327,12 +329,6 @@ class AutodiffLoss(_Reduced):
             return hu
 
         return LossState(value.detach(), grad.detach(), scale, hvp)
-
-
-def _unsqueeze(t: Any) -> Any:
-    if isinstance(t, Tensor):
-        return t.unsqueeze(0)
-    return type(t)(_unsqueeze(x) for x in t)
 
 
 LossLike = MatchingLoss | AutodiffLoss

@@ -12,15 +12,15 @@ from the problem's L2 term (it is part of the objective's curvature, Martens 201
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from hessfree import _checks
+from hessfree.batches import Chunk, as_chunks
 from hessfree.curvature.diagonal import fisher_diagonal
-from hessfree.curvature.problem import Chunk, Problem, as_chunks
+from hessfree.curvature.problem import Problem
 from hessfree.curvature.products import (
     BACKENDS,
     ChunkProduct,
@@ -29,13 +29,11 @@ from hessfree.curvature.products import (
     hessian_chunk,
 )
 from hessfree.curvature.sequential import applies
+from hessfree.linops import FlatOperator
 from hessfree.vectors import ParamLayout
 
 __all__ = ["CurvatureOperator", "GGN", "Hessian", "EmpiricalFisher", "DampedOperator",
            "resolve_backend"]
-
-Vector = Tensor | list[Tensor] | dict[str, Tensor]
-
 
 def resolve_backend(backend: str, problem: Problem, params: dict[str, Tensor],
                     chunks: list[Chunk], structural: bool = False, kind: str = "ggn") -> str:
@@ -60,7 +58,7 @@ def resolve_backend(backend: str, problem: Problem, params: dict[str, Tensor],
     return backend
 
 
-class CurvatureOperator:
+class CurvatureOperator(FlatOperator):
     """Base class: a symmetric curvature matrix at fixed parameters, applied by products.
 
     Args:
@@ -69,7 +67,8 @@ class CurvatureOperator:
         params: ``{name: tensor}`` (or a list) at which to evaluate; ``None``: the module's
             trainable parameters. The operator keeps a copy: it stays the curvature at these
             values even after the live parameters change.
-        backend: ``"auto"``, ``"double-backward"`` or ``"forward"`` (see :func:`resolve_backend`).
+        backend: ``"auto"``, ``"double-backward"``, ``"forward"`` or ``"sequential"`` (see
+            :func:`resolve_backend`).
         cache: keep each chunk's graphs between products (fast) or recompute them (lean).
         check: reject Dropout/BatchNorm in training mode and non-deterministic forward passes.
     """
@@ -90,7 +89,7 @@ class CurvatureOperator:
         self.scale = problem.loss.scale_for(self.n_cases)
         self.backend = resolve_backend(backend, problem, self.params, self.chunks,
                                        getattr(self, "structural_damping", 0.0) > 0, self.kind)
-        self.cache = bool(cache)
+        self.cache = _checks.boolean(cache, "cache")
         self.products = 0
         if check:
             problem.check_modes()
@@ -124,33 +123,13 @@ class CurvatureOperator:
             return iter(self._cached)
         return (self._build(c) for c in self.chunks)
 
-    # -- shape ---------------------------------------------------------------------------------
-    @property
-    def dim(self) -> int:
-        """Number of parameters (the matrix is ``dim × dim``)."""
-        return self.layout.numel
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(dim, dim)``."""
-        return (self.dim, self.dim)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of vectors the operator takes."""
-        return self.layout.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of vectors the operator takes."""
-        return self.layout.device
-
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(dim={self.dim}, cases={self.n_cases}, "
                 f"chunks={len(self.chunks)}, backend={self.backend!r})")
 
     # -- products ------------------------------------------------------------------------------
-    def _mv_flat(self, v: Tensor, structural: float = 0.0) -> Tensor:
+    def _product(self, v: Tensor, structural: float = 0.0) -> Tensor:
+        """The curvature (plus ``structural`` times the structural-damping term) times flat v."""
         parts = list(self.layout.split(v).values())
         out: Tensor | None = None
         for cp in self._chunk_products():
@@ -160,54 +139,14 @@ class CurvatureOperator:
         wd = self.problem.weight_decay
         if wd:
             out.add_(v, alpha=wd)
-        self.products += 1
         return out
 
-    def mv(self, v: Vector) -> Vector:
-        """The product with ``v`` (flat tensor, list or dict; answered in the same form)."""
-        flat, fmt = self.layout.to_flat(v, "v")
-        return self.layout.like(self._mv_flat(flat), fmt)
-
-    def __matmul__(self, v: Vector) -> Vector:
-        return self.mv(v)
+    def _apply(self, v: Tensor) -> Tensor:
+        return self._product(v)
 
     def damped(self, lam: float) -> DampedOperator:
         """The operator ``self + λI`` (Tikhonov damping, Martens 2010 §4.1)."""
         return DampedOperator(self, lam)
-
-    def to_scipy(self) -> Any:
-        """A ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out)."""
-        return _to_scipy(self)
-
-    def dense(self, max_dim: int = 20_000) -> Tensor:
-        """The full matrix, one product per column (small models: tests and studies)."""
-        return _dense(self, max_dim)
-
-
-def _to_scipy(op: Any) -> Any:
-    from scipy.sparse.linalg import LinearOperator
-
-    def matvec(x: np.ndarray) -> np.ndarray:
-        v = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-        out = op._mv_flat(v.to(device=op.device, dtype=op.dtype))
-        return out.detach().to("cpu", torch.float64).numpy()
-
-    return LinearOperator(op.shape, matvec=matvec, rmatvec=matvec, dtype=np.float64)
-
-
-def _dense(op: Any, max_dim: int) -> Tensor:
-    if op.dim > max_dim:
-        raise ValueError(
-            f"max_dim: the operator has {op.dim} rows, more than max_dim={max_dim}; a dense "
-            "matrix is meant for small models"
-        )
-    cols = []
-    eye = torch.zeros(op.dim, dtype=op.dtype, device=op.device)
-    for i in range(op.dim):
-        eye[i] = 1
-        cols.append(op._mv_flat(eye).clone())
-        eye[i] = 0
-    return torch.stack(cols, dim=1)
 
 
 class GGN(CurvatureOperator):
@@ -222,12 +161,7 @@ class GGN(CurvatureOperator):
 
     def __init__(self, problem: Problem, batch: Any, params: Any = None, backend: str = "auto",
                  cache: bool = True, check: bool = True, structural_damping: float = 0.0) -> None:
-        if not isinstance(structural_damping, (int, float)) or not (
-                math.isfinite(structural_damping) and structural_damping >= 0):
-            raise ValueError(
-                f"structural_damping: expected a finite number >= 0, got {structural_damping!r}"
-            )
-        self.structural_damping = float(structural_damping)
+        self.structural_damping = _checks.number(structural_damping, "structural_damping", 0.0)
         super().__init__(problem, batch, params, backend, cache, check)
 
     def _build(self, chunk: Chunk) -> ChunkProduct:
@@ -246,7 +180,8 @@ class GGN(CurvatureOperator):
         """``J_aᵀ D J_a v`` alone (flat), the structural-damping matrix without μλ."""
         if self.structural_damping <= 0:
             raise ValueError("structural_damping: the operator was built without it (μ = 0)")
-        return self._mv_flat(v, 1.0) - self._mv_flat(v, 0.0)
+        self.products += 2
+        return self._product(v, 1.0) - self._product(v, 0.0)
 
 
 class Hessian(CurvatureOperator):
@@ -274,7 +209,7 @@ class EmpiricalFisher(CurvatureOperator):
         return fisher_diagonal(self.problem, self.params, self.chunks, chunk_size, method)
 
 
-class DampedOperator:
+class DampedOperator(FlatOperator):
     """``A + λI`` (plus ``μλ S`` structural damping when ``A`` is a GGN built with ``μ > 0``).
 
     Args:
@@ -283,37 +218,15 @@ class DampedOperator:
     """
 
     def __init__(self, base: CurvatureOperator, lam: float) -> None:
-        if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"lam: expected a finite damping >= 0, got {lam!r}")
         self.base = base
-        self.lam = float(lam)
+        self.lam = _checks.number(lam, "lam", 0.0)
         self.structural = getattr(base, "structural_damping", 0.0) * self.lam
-
-    dim = property(lambda self: self.base.dim, doc="Number of parameters.")
-    shape = property(lambda self: self.base.shape, doc="``(dim, dim)``.")
-    dtype = property(lambda self: self.base.dtype, doc="dtype of vectors.")
-    device = property(lambda self: self.base.device, doc="Device of vectors.")
-    layout = property(lambda self: self.base.layout, doc="Parameter layout.")
+        self.layout = base.layout
+        self.products = 0
 
     def __repr__(self) -> str:
         return f"DampedOperator({self.base!r}, lam={self.lam:g})"
 
-    def _mv_flat(self, v: Tensor) -> Tensor:
-        return self.base._mv_flat(v, self.structural).add_(v, alpha=self.lam)
-
-    def mv(self, v: Vector) -> Vector:
-        """The product with ``v`` (flat tensor, list or dict; answered in the same form)."""
-        flat, fmt = self.base.layout.to_flat(v, "v")
-        return self.base.layout.like(self._mv_flat(flat), fmt)
-
-    def __matmul__(self, v: Vector) -> Vector:
-        return self.mv(v)
-
-    def to_scipy(self) -> Any:
-        """A ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out)."""
-        return _to_scipy(self)
-
-    def dense(self, max_dim: int = 20_000) -> Tensor:
-        """The full damped matrix (small models)."""
-        return _dense(self, max_dim)
-
+    def _apply(self, v: Tensor) -> Tensor:
+        self.base.products += 1
+        return self.base._product(v, self.structural).add_(v, alpha=self.lam)

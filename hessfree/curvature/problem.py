@@ -1,91 +1,27 @@
-"""``Problem``: a model, a matching loss and weight decay; batches and their checks.
+"""``Problem``: a model, a matching loss on its outputs and L2 weight decay.
 
-A batch is a tuple ``(inputs, targets)``; ``inputs`` may itself be a tuple of tensors (the model is
-then called as ``model(*inputs)``), ``targets`` may be ``(values, mask)`` (see
-:mod:`hessfree.curvature.losses`). A *list* of such tuples is a batch given in chunks: losses,
-gradients and curvature products are accumulated over the chunks with the weights of the
-concatenated batch (``mean``: each case weighs ``1/N_total``), so a curvature batch larger than
-memory works.
+The objective of every optimizer and operator in the package. Batches (``(inputs, targets)`` or
+a list of them, accumulated exactly) are described in :mod:`hessfree.batches`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from hessfree import _checks
+from hessfree.batches import Chunk, as_chunks, leaves, take
 from hessfree.curvature.losses import LossLike, as_loss, split_mask
 from hessfree.vectors import ParamLayout
 
-__all__ = ["Problem", "Chunk", "as_chunks"]
+__all__ = ["Problem"]
 
-Batch = tuple[Any, Any]
 #: modules whose training-mode forward pass is random (Dropout) or couples the cases (BatchNorm)
 _TRAIN_MODE_MODULES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One minibatch of a (possibly chunked) batch: inputs, targets and its number of cases."""
-
-    inputs: Any
-    targets: Any
-    n: int
-
-
-def _tensors(x: Any) -> list[Tensor]:
-    if isinstance(x, Tensor):
-        return [x]
-    if isinstance(x, (tuple, list)):
-        return [t for item in x for t in _tensors(item)]
-    if isinstance(x, Mapping):
-        return [t for item in x.values() for t in _tensors(item)]
-    return []
-
-
-def _all_finite(t: Tensor) -> bool:
-    """Whether ``t`` is all finite: a cheap sum first (NaN/Inf propagate), exact if in doubt."""
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
-
-
-def _check_chunk(batch: Any, where: str) -> Chunk:
-    if not isinstance(batch, tuple) or len(batch) != 2:
-        raise TypeError(
-            f"{where}: expected a tuple (inputs, targets) or a list of such tuples, "
-            f"got {type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, tuple) else "")
-        )
-    inputs, targets = batch
-    in_t, tg_t = _tensors(inputs), _tensors(targets)
-    if not in_t:
-        raise TypeError(f"{where}: inputs must be a tensor or a tuple of tensors")
-    if not tg_t:
-        raise TypeError(f"{where}: targets must be a tensor or a (values, mask) pair")
-    n = in_t[0].shape[0] if in_t[0].dim() else None
-    for t in in_t + tg_t:
-        if t.dim() == 0 or t.shape[0] != n:
-            raise ValueError(
-                f"{where}: every input and target tensor needs the number of cases as its first "
-                f"dimension ({n}); got shapes {[tuple(x.shape) for x in in_t + tg_t]}"
-            )
-        if t.is_floating_point() and not _all_finite(t):
-            raise ValueError(f"{where}: the batch contains non-finite values (NaN or Inf)")
-    if n == 0:
-        raise ValueError(f"{where}: the batch is empty")
-    return Chunk(inputs, targets, int(n))
-
-
-def as_chunks(batch: Any, where: str = "batch") -> list[Chunk]:
-    """Normalise a batch or a list of minibatches into checked :class:`Chunk` s."""
-    if isinstance(batch, list):
-        if not batch:
-            raise ValueError(f"{where}: the list of minibatches is empty")
-        return [_check_chunk(b, f"{where}[{i}]") for i, b in enumerate(batch)]
-    return [_check_chunk(batch, where)]
 
 
 class Problem:
@@ -109,11 +45,17 @@ class Problem:
                 f"model: expected an nn.Module or a function f(params, inputs), got "
                 f"{type(model).__name__}"
             )
-        if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-            raise ValueError(f"weight_decay: expected a non-negative number, got {weight_decay!r}")
         self.model = model
         self.loss: LossLike = as_loss(loss)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = _checks.number(weight_decay, "weight_decay", 0.0)
+
+    def with_weight_decay(self, weight_decay: float) -> Problem:
+        """The same model and loss with another weight decay (a new ``Problem``).
+
+        HF's phase schedule uses it to change the objective explicitly ([S13 A.6] lowers the
+        weight decay in its last phase); the original problem is left as it is.
+        """
+        return Problem(self.model, self.loss, weight_decay)
 
     def __repr__(self) -> str:
         name = type(self.model).__name__ if isinstance(self.model, nn.Module) else "function"
@@ -192,11 +134,11 @@ class Problem:
                             n_probe: int = 4) -> None:
         """Run the forward pass twice on a few cases and raise if the outputs differ."""
         k = min(n_probe, chunk.n)
-        inputs = _slice(chunk.inputs, k)
+        inputs = take(chunk.inputs, slice(0, k))
         with torch.no_grad():
             a = self.forward(params, inputs)
             b = self.forward(params, inputs)
-        for x, y in zip(_tensors(a), _tensors(b)):
+        for x, y in zip(leaves(a), leaves(b)):
             if x.shape != y.shape or not bool(((x == y) | (x.isnan() & y.isnan())).all()):
                 raise ValueError(
                     "model: two forward passes on the same batch gave different outputs; the "
@@ -266,15 +208,3 @@ class Problem:
         grad.add_(flat, alpha=self.weight_decay)
         return value + self.decay_value(flat), grad
 
-
-def _slice(x: Any, k: int) -> Any:
-    if isinstance(x, Tensor):
-        return x[:k]
-    if isinstance(x, (tuple, list)):
-        return type(x)(_slice(item, k) for item in x)
-    return x
-
-
-def n_cases(batch: Any) -> int:
-    """Total number of cases in a batch or list of minibatches."""
-    return sum(c.n for c in as_chunks(batch))

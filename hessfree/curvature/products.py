@@ -37,8 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hessfree.batches import Chunk
 from hessfree.curvature.losses import LossState
-from hessfree.curvature.problem import Chunk, Problem
+from hessfree.curvature.problem import Problem
 from hessfree.curvature.sequential import SequentialJ, sequential_layers
 
 __all__ = [

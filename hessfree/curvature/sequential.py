@@ -20,8 +20,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from hessfree.batches import Chunk
 from hessfree.curvature.losses import LossState
-from hessfree.curvature.problem import Chunk, Problem
+from hessfree.curvature.problem import Problem
 
 __all__ = ["SequentialJ", "applies", "sequential_layers", "value_grad_diagonal"]
 

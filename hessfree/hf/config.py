@@ -12,11 +12,15 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from hessfree.hf.schedules import schedule_from_dict, schedule_to_dict
+from hessfree import _checks
+from hessfree import schedules as _schedules
+from hessfree.curvature.products import BACKENDS
 
 __all__ = ["HFConfig"]
 
 _SCHEDULABLE = ("learning_rate", "cg_decay", "cg_max_iters")
+#: the curvature matrices HF can use
+CURVATURES = ("ggn", "hessian")
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class HFConfig:
         """A JSON-friendly dict (schedules as ``{"schedule": name, ...}``)."""
         d = asdict(self)
         for name in _SCHEDULABLE:
-            d[name] = schedule_to_dict(getattr(self, name))
+            d[name] = _schedules.to_dict(getattr(self, name))
         return d
 
     def to_json(self) -> str:
@@ -160,71 +164,60 @@ class HFConfig:
         for k, v in d.items():
             if v in ("inf", "-inf"):
                 v = float(v)
-            kw[k] = schedule_from_dict(v) if k in _SCHEDULABLE else v
+            kw[k] = _schedules.from_dict(v) if k in _SCHEDULABLE else v
         return cls(**kw)
 
 
-def _positive(cfg: HFConfig, name: str, strict: bool = True) -> None:
-    v = getattr(cfg, name)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
-    if not ok or (v <= 0 if strict else v < 0):
-        raise ValueError(f"{name}: expected a number {'>' if strict else '>='} 0, got {v!r}")
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _schedulable(cfg: HFConfig, name: str, lo: float, hi: float, integer: bool = False) -> None:
     v = getattr(cfg, name)
     if callable(v):
         return
-    kind = int if integer else (int, float)
-    if isinstance(v, bool) or not isinstance(v, kind) or not (lo <= v <= hi):
-        raise ValueError(f"{name}: expected a {'integer' if integer else 'number'} in "
-                         f"[{lo}, {hi}] or a schedule t -> value, got {v!r}")
+    try:
+        if integer:
+            _checks.integer(v, name, int(lo), int(hi))
+        else:
+            _checks.number(v, name, lo, hi)
+    except ValueError:
+        raise ValueError(f"{name}: expected {'an integer' if integer else 'a number'} in "
+                         f"[{lo:g}, {hi:g}] or a schedule t -> value, got {v!r}") from None
 
 
 def _check(cfg: HFConfig) -> None:
     for name in ("initial_lambda", "lambda_min", "structural_damping"):
-        _positive(cfg, name, strict=False)
+        _checks.number(getattr(cfg, name), name, 0.0)
+    _checks.number(cfg.lambda_max, "lambda_max", 0.0, allow_inf=True)
     for name in ("lm_boost", "cg_eps", "cg_store_ratio", "precond_exponent", "ls_c"):
-        _positive(cfg, name)
+        _checks.number(getattr(cfg, name), name, 0.0, strict_min=True)
     if cfg.lambda_max < cfg.lambda_min:
         raise ValueError(f"lambda_max: expected >= lambda_min ({cfg.lambda_min}), "
                          f"got {cfg.lambda_max}")
     if not cfg.lambda_min <= cfg.initial_lambda <= cfg.lambda_max:
         raise ValueError("initial_lambda: expected within [lambda_min, lambda_max]")
-    if not 0 < cfg.lm_lower <= cfg.lm_upper:
-        raise ValueError(f"lm_lower/lm_upper: expected 0 < lm_lower <= lm_upper, got "
-                         f"{cfg.lm_lower} and {cfg.lm_upper}")
-    if cfg.lm_boost <= 1:
-        raise ValueError(f"lm_boost: expected > 1, got {cfg.lm_boost}")
-    if not 0 < cfg.lm_drop < 1:
-        raise ValueError(f"lm_drop: expected in (0, 1), got {cfg.lm_drop}")
-    if cfg.cg_store_ratio <= 1:
-        raise ValueError(f"cg_store_ratio: expected > 1, got {cfg.cg_store_ratio}")
-    if not 0 < cfg.ls_shrink < 1:
-        raise ValueError(f"ls_shrink: expected in (0, 1), got {cfg.ls_shrink}")
-    if not 0 < cfg.ls_c < 1:
-        raise ValueError(f"ls_c: expected in (0, 1), got {cfg.ls_c}")
+    lo, hi = cfg.lm_lower, cfg.lm_upper
+    if not (_real(lo) and _real(hi) and 0 < lo <= hi):
+        raise ValueError(f"lm_lower/lm_upper: expected 0 < lm_lower <= lm_upper, got {lo!r} and "
+                         f"{hi!r}")
+    _checks.number(cfg.lm_boost, "lm_boost", 1.0, strict_min=True)
+    _checks.number(cfg.lm_drop, "lm_drop", 0.0, 1.0, strict_min=True, strict_max=True)
+    _checks.number(cfg.cg_store_ratio, "cg_store_ratio", 1.0, strict_min=True)
+    _checks.number(cfg.ls_shrink, "ls_shrink", 0.0, 1.0, strict_min=True, strict_max=True)
+    _checks.number(cfg.ls_c, "ls_c", 0.0, 1.0, strict_min=True, strict_max=True)
     for name in ("cg_min_gap", "cg_store_first", "ls_max_tries"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+        _checks.integer(getattr(cfg, name), name, minimum=1)
     _schedulable(cfg, "cg_decay", 0.0, 1.0)
     _schedulable(cfg, "cg_max_iters", 1, 100_000, integer=True)
     _schedulable(cfg, "learning_rate", 0.0, math.inf)
-    if not 0 < cfg.cg_gap_ratio <= 1:
-        raise ValueError(f"cg_gap_ratio: expected in (0, 1], got {cfg.cg_gap_ratio}")
-    if cfg.curvature not in ("ggn", "hessian"):
-        raise ValueError(f"curvature: expected 'ggn' or 'hessian', got {cfg.curvature!r}")
+    _checks.number(cfg.cg_gap_ratio, "cg_gap_ratio", 0.0, 1.0, strict_min=True)
+    _checks.choice(cfg.curvature, "curvature", CURVATURES)
     if cfg.curvature == "hessian" and cfg.structural_damping:
         raise ValueError("structural_damping: only defined for curvature='ggn'")
     for name in ("backtrack_batch", "precond_batch"):
-        if getattr(cfg, name) not in ("gradient", "curvature"):
-            raise ValueError(f"{name}: expected 'gradient' or 'curvature', got "
-                             f"{getattr(cfg, name)!r}")
+        _checks.choice(getattr(cfg, name), name, ("gradient", "curvature"))
     for name in ("rho_damped", "rho_after_backtracking", "cg_fixed_iters", "backtracking",
                  "preconditioner", "line_search", "reject_worse"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ValueError(f"{name}: expected True or False, got {getattr(cfg, name)!r}")
-    if cfg.backend not in ("auto", "double-backward", "forward", "sequential"):
-        raise ValueError(f"backend: expected 'auto', 'double-backward', 'forward' or "
-                         f"'sequential', got {cfg.backend!r}")
+        _checks.boolean(getattr(cfg, name), name)
+    _checks.choice(cfg.backend, "backend", ("auto", *BACKENDS))

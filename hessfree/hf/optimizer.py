@@ -1,81 +1,162 @@
 """``HessianFree``: Martens' (2010) Hessian-free optimizer, one outer step at a time.
 
-One step (``DESIGN.md``, "The data flow of one HF step"):
+One step (``docs/architecture.md``, "One HF step"; [M10 §4]):
 
-1. loss and gradient ``g`` on the gradient batch;
+1. loss and gradient ``g`` on the gradient batch (:meth:`HessianFree._gradient`);
 2. the curvature operator (GGN, or Hessian) on the curvature batch, one forward pass, cached;
-3. the diagonal preconditioner ``(diag EF + λ)^0.75`` (Martens 2010 §4.7);
+3. the diagonal preconditioner ``(diag EF + λ)^0.75`` ([M10 §4.7]);
 4. CG on ``(G + λI) p = −g`` from ``ζ`` times the previous CG solution (the last iterate, not the
-   backtracked one, as in HFDemo), Martens' stopping rule, stored iterates (§4.4-4.5);
-5. CG-backtracking over the stored iterates (§4.6);
-6. ρ = (f(θ+p) − f(θ)) / (q(p) − q(0)) and the Levenberg-Marquardt rule (§4.1);
-7. the Armijo line search on the gradient batch (or a fixed learning rate);
+   backtracked one, as in HFDemo), Martens' stopping rule, stored iterates ([M10 §4.4-4.5]);
+5. CG-backtracking over the stored iterates ([M10 §4.6]);
+6. ρ = (f(θ+p) − f(θ)) / (q(p) − q(0)) and the Levenberg-Marquardt rule ([M10 §4.1]);
+7. the step size: Armijo line search on the gradient batch, or a fixed learning rate
+   (:mod:`hessfree.hf.stepsize`);
 8. the parameters move in place — or, when anything is non-finite or the loss went up, the step
    is rejected: parameters stay bit-identical and λ is raised.
+
+The settings of a step come from the current :class:`~hessfree.hf.phases.Phase` of the
+optimizer's :class:`~hessfree.hf.phases.PhaseSchedule` (one phase unless given), which the
+optimizer advances by its own counters.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from hessfree import cg
+from hessfree._checks import is_finite
+from hessfree.batches import as_chunks, take
 from hessfree.curvature import GGN, Hessian, Problem
 from hessfree.curvature.diagonal import fisher_diagonal
-from hessfree.curvature.problem import as_chunks
 from hessfree.curvature.sequential import value_grad_diagonal
 from hessfree.hf.backtrack import Backtracked, cg_backtrack
 from hessfree.hf.config import HFConfig
 from hessfree.hf.damping import lm_update, reduction_ratio
-from hessfree.hf.linesearch import armijo
+from hessfree.hf.phases import Phase, PhaseSchedule
 from hessfree.hf.precondition import inverse_preconditioner
-from hessfree.hf.schedules import value_at
 from hessfree.hf.stats import ACCEPTED, StepStats
+from hessfree.hf.stepsize import StepSize, fixed_rate, line_search
+from hessfree.quadratic.core import Quadratic
+from hessfree.schedules import value_at
 from hessfree.vectors import ParamLayout
 
-__all__ = ["HessianFree"]
+__all__ = ["HessianFree", "STATE_VERSION"]
 
-STATE_VERSION = 1
-
-
-class _Tally:
-    """Costs and timings accumulated during one step."""
-
-    def __init__(self) -> None:
-        self.counts = dict(gradients=0, forwards=0, products=0, grad_cases=0, forward_cases=0,
-                           product_cases=0)
-        self.seconds = dict(gradient=0.0, precond=0.0, setup=0.0, cg=0.0, products=0.0,
-                            backtrack=0.0, linesearch=0.0)
-
-    def add(self, kind: str, cases: int, n: int = 1) -> None:
-        self.counts[kind + "s"] += n
-        self.counts[{"gradient": "grad", "forward": "forward", "product": "product"}[kind]
-                    + "_cases"] += n * cases
+#: version of :meth:`HessianFree.state_dict`; ``load_state_dict`` reads 1 and 2
+STATE_VERSION = 2
 
 
-class _TimedOperator:
-    """Wraps the damped operator CG uses: counts and times the products."""
+@dataclass
+class _StepRecord:
+    """What one step has found so far; frozen into :class:`StepStats` at the end.
 
-    def __init__(self, op: Any, tally: _Tally, cases: int) -> None:
-        self.op, self.tally, self.cases = op, tally, cases
+    Defaults are the values of a step that stopped before reaching a field.
+    """
+
+    step: int
+    phase: int
+    lambda_before: float
+    cg_decay: float
+    loss_before: float = math.nan
+    loss_after: float = math.nan
+    curv_loss_before: float = math.nan
+    curv_loss_after: float = math.nan
+    rho: float = math.nan
+    model_change: float = math.nan
+    cg_iters: int = 0
+    cg_reason: str = ""
+    backtrack_iter: int = -1
+    backtrack_evals: int = 0
+    step_size: float = 0.0
+    ls_evals: int = 0
+    grad_norm: float = math.nan
+    step_norm: float = 0.0
+    gradients: int = 0
+    forwards: int = 0
+    products: int = 0
+    grad_cases: int = 0
+    forward_cases: int = 0
+    product_cases: int = 0
+    seconds_gradient: float = 0.0
+    seconds_precond: float = 0.0
+    seconds_setup: float = 0.0
+    seconds_cg: float = 0.0
+    seconds_products: float = 0.0
+    seconds_backtrack: float = 0.0
+    seconds_linesearch: float = 0.0
+
+    def gradient(self, cases: int) -> None:
+        """Count a gradient evaluation (or its equivalent) over ``cases`` cases."""
+        self.gradients += 1
+        self.grad_cases += cases
+
+    def forward(self, cases: int) -> None:
+        """Count an objective evaluation over ``cases`` cases."""
+        self.forwards += 1
+        self.forward_cases += cases
+
+    def product(self, cases: int, seconds: float) -> None:
+        """Count a curvature product over ``cases`` cases and its time."""
+        self.products += 1
+        self.product_cases += cases
+        self.seconds_products += seconds
+
+    def freeze(self, reason: str, lambda_after: float, seconds: float) -> StepStats:
+        """The :class:`StepStats` of the step (a rejected step has step size and norm 0)."""
+        accepted = reason == ACCEPTED
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not accepted:
+            values["step_size"] = values["step_norm"] = 0.0
+        return StepStats(accepted=accepted, reason=reason, lambda_after=lambda_after,
+                         seconds=seconds, **values)
+
+
+class _CountedOperator:
+    """The damped operator CG uses, counting and timing its products in the step record."""
+
+    def __init__(self, op: Any, record: _StepRecord, cases: int) -> None:
+        self.op, self.record, self.cases = op, record, cases
         self.shape = op.shape
 
     def __matmul__(self, v: Tensor) -> Tensor:
         t0 = time.perf_counter()
-        out = self.op._mv_flat(v)
-        self.tally.seconds["products"] += time.perf_counter() - t0
-        self.tally.add("product", self.cases)
+        out = self.op.matvec(v)
+        self.record.product(self.cases, time.perf_counter() - t0)
         return out
 
 
-def _finite(x: float | Tensor) -> bool:
-    if isinstance(x, Tensor):
-        return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
-    return math.isfinite(x)
+class _Timer:
+    """``with _Timer(record, "seconds_cg"):`` adds the block's wall time to that field."""
+
+    def __init__(self, record: _StepRecord, name: str) -> None:
+        self.record, self.name = record, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        setattr(self.record, self.name,
+                getattr(self.record, self.name) + time.perf_counter() - self.t0)
+
+
+@dataclass
+class _Model:
+    """The local model of a step: curvature operator, objective and gradient at θ."""
+
+    G: GGN | Hessian
+    f0: float
+    g: Tensor
+    diag: Tensor | None
+    n_grad: int
+    n_curv: int
+    same: bool
 
 
 class HessianFree:
@@ -85,25 +166,75 @@ class HessianFree:
         problem: the :class:`~hessfree.Problem` (model, matching loss, weight decay).
         params: the tensors to optimise, updated in place (``None``: the module's trainable
             parameters, so the user's ``nn.Module`` sees the new values).
-        config: an :class:`HFConfig` (default: Martens 2010).
+        config: an :class:`HFConfig` (default: Martens 2010); the config of every phase that
+            does not set its own.
+        phases: a :class:`~hessfree.hf.phases.PhaseSchedule` (or a list of phases); default:
+            one unbounded phase with ``config``.
     """
 
-    def __init__(self, problem: Problem, params: Any = None, config: HFConfig | None = None
+    def __init__(self, problem: Problem, params: Any = None, config: HFConfig | None = None,
+                 phases: PhaseSchedule | list[Phase] | tuple[Phase, ...] | None = None
                  ) -> None:
         if not isinstance(problem, Problem):
             raise TypeError(f"problem: expected a hessfree.Problem, got {type(problem).__name__}")
         config = HFConfig() if config is None else config
         if not isinstance(config, HFConfig):
             raise TypeError(f"config: expected an HFConfig, got {type(config).__name__}")
+        if phases is None:
+            phases = PhaseSchedule.single()
+        elif isinstance(phases, (list, tuple)):
+            phases = PhaseSchedule(tuple(phases))
+        elif not isinstance(phases, PhaseSchedule):
+            raise TypeError(f"phases: expected a PhaseSchedule or a list of Phase, got "
+                            f"{type(phases).__name__}")
         self.problem = problem
-        self.config = config
+        self.base_config = config
+        self.schedule = phases
         self.params = problem.resolve_params(params)
         self.layout = ParamLayout.from_params(self.params)
-        self.lam = float(config.initial_lambda)
+        self.lam = float(self._config_of(0).initial_lambda)
         self.t = 0
-        self.x_prev = torch.zeros(self.layout.numel, dtype=self.layout.dtype,
-                                  device=self.layout.device)
+        self.cg_total = 0
+        self._phase = (0, 0, 0)  # (index, steps done in it, CG iterations done in it)
+        self._objectives: dict[int, Problem] = {}
+        #: the last CG solution (not the backtracked step): ζ times it starts the next CG
+        self.last_solution = torch.zeros(self.layout.numel, dtype=self.layout.dtype,
+                                         device=self.layout.device)
         self.history: list[StepStats] = []
+
+    # -- phases --------------------------------------------------------------------------------
+    def _config_of(self, index: int) -> HFConfig:
+        return self.schedule[index].config or self.base_config
+
+    @property
+    def phase_index(self) -> int:
+        """Index of the phase the next step runs in (advancing past finished phases)."""
+        index, steps, cg_steps = self._phase
+        while index + 1 < len(self.schedule) and self.schedule[index].done(steps, cg_steps):
+            index, steps, cg_steps = index + 1, 0, 0
+        self._phase = (index, steps, cg_steps)
+        return index
+
+    @property
+    def phase(self) -> Phase:
+        """The phase the next step runs in: its batches, config and objective."""
+        return self.schedule[self.phase_index]
+
+    @property
+    def config(self) -> HFConfig:
+        """The HFConfig of the next step (the current phase's)."""
+        return self._config_of(self.phase_index)
+
+    @property
+    def objective(self) -> Problem:
+        """The problem whose objective the next step minimises (the phase's weight decay)."""
+        index = self.phase_index
+        wd = self.schedule[index].weight_decay
+        if wd is None or wd == self.problem.weight_decay:
+            return self.problem
+        if index not in self._objectives:
+            self._objectives[index] = self.problem.with_weight_decay(wd)
+        return self._objectives[index]
 
     # -- helpers ------------------------------------------------------------------------------
     def _theta(self) -> dict[str, Tensor]:
@@ -114,17 +245,17 @@ class HessianFree:
         parts = self.layout.split(step)
         return {n: theta[n].add(parts[n], alpha=alpha) for n in theta}
 
-    def _objective(self, theta: dict[str, Tensor], batch: Any, tally: _Tally, cases: int,
-                   step: Tensor, alpha: float = 1.0) -> float:
-        tally.add("forward", cases)
-        return self.problem.value(self._at(theta, step, alpha), batch)
+    def _value(self, theta: dict[str, Tensor], batch: Any, record: _StepRecord, cases: int,
+               step: Tensor, alpha: float = 1.0) -> float:
+        record.forward(cases)
+        return self.objective.value(self._at(theta, step, alpha), batch)
 
     def _operator(self, theta: dict[str, Tensor], batch: Any) -> GGN | Hessian:
         cfg = self.config
         if cfg.curvature == "hessian":
-            return Hessian(self.problem, batch, params=theta, backend=cfg.backend
+            return Hessian(self.objective, batch, params=theta, backend=cfg.backend
                            if cfg.backend != "sequential" else "auto")
-        return GGN(self.problem, batch, params=theta, backend=cfg.backend,
+        return GGN(self.objective, batch, params=theta, backend=cfg.backend,
                    structural_damping=cfg.structural_damping)
 
     def _check_outputs(self, theta: dict[str, Tensor], grad_batch: Any, curv_batch: Any
@@ -134,15 +265,42 @@ class HessianFree:
         with torch.no_grad():
             for name, batch in (("grad_batch", grad_batch), ("curvature_batch", curv_batch)):
                 c = as_chunks(batch, name)[0]
-                x = c.inputs[:1] if isinstance(c.inputs, Tensor) else \
-                    type(c.inputs)(t[:1] for t in c.inputs)
-                units.append(self.problem.forward(theta, x).shape[-1])
+                units.append(self.objective.forward(theta, take(c.inputs, slice(0, 1)))
+                             .shape[-1])
         if units[0] != units[1]:
             raise ValueError(f"curvature_batch: the model gives {units[1]} output units on it but "
                              f"{units[0]} on grad_batch")
 
+    def _local_model(self, theta: dict[str, Tensor], grad_batch: Any, curvature_batch: Any,
+                     record: _StepRecord) -> _Model:
+        """Steps 1-2: the curvature operator and the objective and gradient at θ."""
+        same = curvature_batch is None
+        curv_batch = grad_batch if same else curvature_batch
+        n_grad = sum(c.n for c in as_chunks(grad_batch, "grad_batch"))
+        n_curv = n_grad if same else sum(c.n for c in as_chunks(curv_batch, "curvature_batch"))
+        if not same:
+            self._check_outputs(theta, grad_batch, curv_batch)
+        with _Timer(record, "seconds_setup"):
+            G = self._operator(theta, curv_batch)
+        record.gradient(n_curv)
+        if same:
+            return _Model(G, G.value, G.grad, None, n_grad, n_curv, True)
+        f0, g, diag = self._gradient(theta, grad_batch, n_grad, record)
+        return _Model(G, f0, g, diag, n_grad, n_curv, False)
+
+    def quadratic(self, grad_batch: Any, curvature_batch: Any = None) -> Quadratic:
+        """The quadratic ``q(p) = gᵀp + ½ pᵀ(G + λI)p`` the next step would solve by CG.
+
+        Built exactly as :meth:`step` builds it (current parameters, λ, phase config, curvature
+        and backend, structural damping, objective); it costs a gradient and an operator set-up.
+        """
+        record = _StepRecord(self.t, self.phase_index, self.lam, 0.0)
+        model = self._local_model(self._theta(), grad_batch, curvature_batch, record)
+        return Quadratic(model.G, model.g, self.lam)
+
     # -- the step -----------------------------------------------------------------------------
-    def step(self, grad_batch: Any, curvature_batch: Any = None) -> StepStats:
+    def step(self, grad_batch: Any, curvature_batch: Any = None,
+             on_quadratic: Callable[[Quadratic], None] | None = None) -> StepStats:
         """One outer HF iteration; updates the parameters in place and returns its record.
 
         Args:
@@ -150,118 +308,105 @@ class HessianFree:
                 gradient and the line search (Martens: the full training set).
             curvature_batch: the same form, for the curvature products and CG-backtracking
                 (Martens: 1/4 of CURVES); ``None``: the gradient batch.
+            on_quadratic: called with the step's :class:`~hessfree.Quadratic` (the one
+                :meth:`quadratic` would give) before CG runs, e.g. to save it.
         """
         t_start = time.perf_counter()
-        cfg, tally, theta = self.config, _Tally(), self._theta()
-        same = curvature_batch is None
-        curv_batch = grad_batch if same else curvature_batch
-        n_grad = sum(c.n for c in as_chunks(grad_batch, "grad_batch"))
-        n_curv = n_grad if same else sum(c.n for c in as_chunks(curv_batch, "curvature_batch"))
-        if not same:
-            self._check_outputs(theta, grad_batch, curv_batch)
-        rec = dict(step=self.t, lambda_before=self.lam, cg_decay=float(value_at(cfg.cg_decay,
-                                                                                  self.t)))
-        t0 = time.perf_counter()
-        G = self._operator(theta, curv_batch)
-        tally.add("gradient", n_curv)
-        tally.seconds["setup"] = time.perf_counter() - t0
-        diag = None
-        if same:
-            f0, g = G.value, G.grad
-        else:
-            f0, g, diag = self._gradient(theta, grad_batch, n_grad, tally)
-        rec.update(loss_before=f0, curv_loss_before=G.value, grad_norm=float(g.norm()))
-        if not (_finite(f0) and _finite(g)):
-            return self._finish(rec, tally, t_start, "non-finite gradient")
-        if not (_finite(G.value) and _finite(G.grad)):
-            return self._finish(rec, tally, t_start, "non-finite curvature")
-        M = self._preconditioner(theta, grad_batch if cfg.precond_batch == "gradient"
-                                 else curv_batch, n_grad if cfg.precond_batch == "gradient"
-                                 else n_curv, tally, diag)
-        res = self._cg(G, g, M, tally, n_curv, rec)
-        bt_batch, n_bt, f_ref = ((grad_batch, n_grad, f0) if cfg.backtrack_batch == "gradient"
-                                 else (curv_batch, n_curv, G.value))
-        t0 = time.perf_counter()
-        bt, last_value = self._backtrack(theta, res, bt_batch, n_bt, tally)
-        tally.seconds["backtrack"] = time.perf_counter() - t0
-        rec.update(backtrack_iter=bt.iteration, backtrack_evals=bt.evaluations,
-                   curv_loss_after=bt.value if cfg.backtrack_batch == "curvature" else math.nan)
+        cfg, theta = self.config, self._theta()
+        record = _StepRecord(self.t, self.phase_index, self.lam,
+                             float(value_at(cfg.cg_decay, self.t)))
+        m = self._local_model(theta, grad_batch, curvature_batch, record)
+        curv_batch = grad_batch if m.same else curvature_batch
+        record.loss_before, record.curv_loss_before = m.f0, m.G.value
+        record.grad_norm = float(m.g.norm())
+        if not (is_finite(m.f0) and is_finite(m.g)):
+            return self._finish(record, t_start, "non-finite gradient")
+        if not (is_finite(m.G.value) and is_finite(m.G.grad)):
+            return self._finish(record, t_start, "non-finite curvature")
+        if on_quadratic is not None:
+            on_quadratic(Quadratic(m.G, m.g, self.lam))
+        on_grad = cfg.precond_batch == "gradient"
+        M = self._preconditioner(theta, grad_batch if on_grad else curv_batch,
+                                 m.n_grad if on_grad else m.n_curv, record, m.diag)
+        res = self._cg(m.G, m.g, M, record, m.n_curv)
+        bt_batch, n_bt, f_ref = ((grad_batch, m.n_grad, m.f0) if cfg.backtrack_batch == "gradient"
+                                 else (curv_batch, m.n_curv, m.G.value))
+        with _Timer(record, "seconds_backtrack"):
+            bt, last_value = self._backtrack(theta, res, bt_batch, n_bt, record)
+        record.backtrack_iter, record.backtrack_evals = bt.iteration, bt.evaluations
+        record.curv_loss_after = bt.value if cfg.backtrack_batch == "curvature" else math.nan
         p_rho, f_rho = (bt.step, bt.value) if cfg.rho_after_backtracking else (res.x, last_value)
-        rec["model_change"] = self._model_change(G, g, p_rho, tally, n_curv)
-        rec["rho"] = reduction_ratio(f_rho, f_ref, rec["model_change"])
-        if not (_finite(bt.step) and _finite(bt.value)):
-            return self._finish(rec, tally, t_start, "non-finite step")
-        t0 = time.perf_counter()
-        alpha, f_after, reason = self._step_size(theta, bt, g, f0, grad_batch, n_grad,
-                                                 same or cfg.backtrack_batch == "gradient",
-                                                 G.value, curv_batch, n_curv, tally, rec)
-        tally.seconds["linesearch"] = time.perf_counter() - t0
-        rec.update(loss_after=f_after, step_size=alpha)
-        if reason is None:
+        record.model_change = self._model_change(m.G, m.g, p_rho, record, m.n_curv)
+        record.rho = reduction_ratio(f_rho, f_ref, record.model_change)
+        if not (is_finite(bt.step) and is_finite(bt.value)):
+            return self._finish(record, t_start, "non-finite step")
+        with _Timer(record, "seconds_linesearch"):
+            size = self._step_size(theta, bt, m, grad_batch, curv_batch, record)
+        record.loss_after, record.step_size = size.value, size.alpha
+        record.ls_evals = size.evaluations
+        if size.rejection is None:
             with torch.no_grad():
                 for n, d in self.layout.split(bt.step).items():
-                    self.params[n].add_(d, alpha=alpha)
-            rec["step_norm"] = abs(alpha) * float(bt.step.norm())
-        return self._finish(rec, tally, t_start, reason or ACCEPTED)
+                    self.params[n].add_(d, alpha=size.alpha)
+            record.step_norm = abs(size.alpha) * float(bt.step.norm())
+        return self._finish(record, t_start, size.rejection or ACCEPTED)
 
-    def _gradient(self, theta: dict[str, Tensor], batch: Any, cases: int, tally: _Tally
+    def _gradient(self, theta: dict[str, Tensor], batch: Any, cases: int, record: _StepRecord
                   ) -> tuple[float, Tensor, Tensor | None]:
         """Objective and gradient on the gradient batch (and the diagonal EF when fused).
 
         With the preconditioner on the gradient batch and a model the analytic backend serves,
         the diagonal comes from the same pass, as HFDemo computes ``grad2``.
         """
-        t0 = time.perf_counter()
-        fused = None
-        if self.config.preconditioner and self.config.precond_batch == "gradient":
-            fused = value_grad_diagonal(self.problem, theta, as_chunks(batch))
-        if fused is None:
-            f0, g = self.problem.value_and_grad(theta, batch)
-            diag = None
-        else:
-            f0, g, diag = fused
-            tally.add("forward", cases)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
-        tally.add("gradient", cases)
-        tally.seconds["gradient"] = time.perf_counter() - t0
+        with _Timer(record, "seconds_gradient"):
+            fused = None
+            if self.config.preconditioner and self.config.precond_batch == "gradient":
+                fused = value_grad_diagonal(self.objective, theta, as_chunks(batch))
+            if fused is None:
+                f0, g = self.objective.value_and_grad(theta, batch)
+                diag = None
+            else:
+                f0, g, diag = fused
+                record.forward(cases)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
+            record.gradient(cases)
         return f0, g, diag
 
-    def _preconditioner(self, theta: dict[str, Tensor], batch: Any, cases: int, tally: _Tally,
-                        diag: Tensor | None = None) -> Tensor | None:
+    def _preconditioner(self, theta: dict[str, Tensor], batch: Any, cases: int,
+                        record: _StepRecord, diag: Tensor | None = None) -> Tensor | None:
         if not self.config.preconditioner:
             return None
-        t0 = time.perf_counter()
-        if diag is None:
-            diag = fisher_diagonal(self.problem, theta, as_chunks(batch))
-            tally.add("gradient", cases)
-        M = inverse_preconditioner(diag, self.lam, self.config.precond_exponent)
-        tally.seconds["precond"] = time.perf_counter() - t0
-        return M if _finite(M) else None
+        with _Timer(record, "seconds_precond"):
+            if diag is None:
+                diag = fisher_diagonal(self.objective, theta, as_chunks(batch))
+                record.gradient(cases)
+            M = inverse_preconditioner(diag, self.lam, self.config.precond_exponent)
+        return M if is_finite(M) else None
 
-    def _cg(self, G: GGN | Hessian, g: Tensor, M: Tensor | None, tally: _Tally, cases: int,
-            rec: dict) -> cg.CGResult:
+    def _cg(self, G: GGN | Hessian, g: Tensor, M: Tensor | None, record: _StepRecord,
+            cases: int) -> cg.CGResult:
         cfg = self.config
-        zeta = rec["cg_decay"]
+        zeta = record.cg_decay
         max_iters = int(value_at(cfg.cg_max_iters, self.t))
         stop = [] if cfg.cg_fixed_iters else cg.MartensProgress(
             eps=cfg.cg_eps, min_gap=cfg.cg_min_gap, gap_ratio=cfg.cg_gap_ratio)
         store = cg.Geometric(cfg.cg_store_ratio, first=cfg.cg_store_first) \
             if cfg.backtracking else cg.Never()
-        A = _TimedOperator(G.damped(self.lam), tally, cases)
-        x0 = self.x_prev.mul(zeta) if zeta > 0 and bool(self.x_prev.any()) else None
-        t0 = time.perf_counter()
-        res = cg.solve(A, -g, x0=x0, M=M, stop=stop, max_iters=max_iters, store=store)
-        tally.seconds["cg"] = time.perf_counter() - t0
-        self.x_prev = res.x.clone()  # hot start from the last iterate (HFDemo: ch = chs{end})
-        rec.update(cg_iters=res.iters, cg_reason=res.reason)
+        A = _CountedOperator(G.damped(self.lam), record, cases)
+        x0 = self.last_solution.mul(zeta) if zeta > 0 and bool(self.last_solution.any()) \
+            else None
+        with _Timer(record, "seconds_cg"):
+            res = cg.solve(A, -g, x0=x0, M=M, stop=stop, max_iters=max_iters, store=store)
+        self.last_solution = res.x.clone()  # HFDemo: ch = chs{end}
+        record.cg_iters, record.cg_reason = res.iters, res.reason
         return res
 
     def _backtrack(self, theta: dict[str, Tensor], res: cg.CGResult, batch: Any, cases: int,
-                   tally: _Tally) -> tuple[Backtracked, float]:
+                   record: _StepRecord) -> tuple[Backtracked, float]:
         """The chosen step and the objective at the last CG iterate (for ρ before backtracking)."""
         values: dict[int, float] = {}
 
         def objective(step: Tensor) -> float:
-            f = self._objective(theta, batch, tally, cases, step)
+            f = self._value(theta, batch, record, cases, step)
             values[id(step)] = f
             return f
 
@@ -269,78 +414,108 @@ class HessianFree:
         bt = cg_backtrack(objective, iterates)
         return bt, values[id(iterates[-1][1])]
 
-    def _model_change(self, G: GGN | Hessian, g: Tensor, p: Tensor, tally: _Tally,
+    def _model_change(self, G: GGN | Hessian, g: Tensor, p: Tensor, record: _StepRecord,
                       cases: int) -> float:
         """q(p) − q(0) = gᵀp + ½ pᵀBp, B undamped (HFDemo) or damped; one product."""
         t0 = time.perf_counter()
         B = G.damped(self.lam) if self.config.rho_damped else G
-        Bp = B._mv_flat(p)
-        tally.seconds["products"] += time.perf_counter() - t0
-        tally.add("product", cases)
+        Bp = B.matvec(p)
+        record.product(cases, time.perf_counter() - t0)
         return float(torch.dot(g, p) + 0.5 * torch.dot(p, Bp))
 
-    def _step_size(self, theta: dict[str, Tensor], bt: Backtracked, g: Tensor, f0: float,
-                   grad_batch: Any, n_grad: int, bt_on_grad: bool, f_curv0: float,
-                   curv_batch: Any, n_curv: int, tally: _Tally, rec: dict
-                   ) -> tuple[float, float, str | None]:
-        """Step size, gradient-batch objective after it (NaN if unknown), rejection reason."""
+    def _step_size(self, theta: dict[str, Tensor], bt: Backtracked, m: _Model, grad_batch: Any,
+                   curv_batch: Any, record: _StepRecord) -> StepSize:
+        """The step-size policy of the config: line search, or a fixed rate."""
         cfg = self.config
+        bt_on_grad = m.same or cfg.backtrack_batch == "gradient"
         if cfg.line_search:
-            ls = armijo(lambda a: self._objective(theta, grad_batch, tally, n_grad, bt.step, a),
-                        f0, float(torch.dot(g, bt.step)), cfg.ls_c, cfg.ls_shrink,
-                        cfg.ls_max_tries, first_value=bt.value if bt_on_grad else None)
-            rec["ls_evals"] = ls.evaluations
-            return (ls.alpha, ls.value, None) if ls.accepted else \
-                (0.0, f0, "line search failed")
+            return line_search(
+                lambda a: self._value(theta, grad_batch, record, m.n_grad, bt.step, a),
+                m.f0, float(torch.dot(m.g, bt.step)), bt.value if bt_on_grad else None, cfg)
         alpha = float(value_at(cfg.learning_rate, self.t))
-        rec["ls_evals"] = 0
-        if not cfg.reject_worse:
-            return alpha, (bt.value if bt_on_grad and alpha == 1.0 else math.nan), None
-        if alpha == 1.0:
-            f_new, ref = bt.value, (f0 if bt_on_grad else f_curv0)
-        else:
-            f_new, ref = self._objective(theta, curv_batch, tally, n_curv, bt.step, alpha), f_curv0
-        if not (_finite(f_new) and f_new <= ref):
-            return 0.0, f0, "loss increased"
-        return alpha, (f_new if bt_on_grad else math.nan), None
 
-    def _finish(self, rec: dict, tally: _Tally, t_start: float, reason: str) -> StepStats:
+        def compare(a: float) -> tuple[float, float, bool]:
+            if a == 1.0:  # the backtracking already evaluated rate 1
+                return bt.value, (m.f0 if bt_on_grad else m.G.value), bt_on_grad
+            f_new = self._value(theta, curv_batch, record, m.n_curv, bt.step, a)
+            return f_new, m.G.value, m.same
+
+        known = bt.value if bt_on_grad and alpha == 1.0 else math.nan
+        return fixed_rate(alpha, cfg.reject_worse, m.f0, known, compare)
+
+    def _finish(self, record: _StepRecord, t_start: float, reason: str) -> StepStats:
         """λ update (raised on rejection), counters, the record."""
         accepted = reason == ACCEPTED
         # a rejected step counts as ρ = NaN: λ is raised once (HFDemo treats NaN like ρ < 1/4)
-        self.lam = lm_update(self.lam, rec.get("rho", math.nan) if accepted else math.nan,
-                             self.config)
-        defaults = dict(loss_after=math.nan, curv_loss_after=math.nan, rho=math.nan,
-                        model_change=math.nan, cg_iters=0, cg_reason="", backtrack_iter=-1,
-                        backtrack_evals=0, step_size=0.0, ls_evals=0, step_norm=0.0,
-                        grad_norm=math.nan, curv_loss_before=math.nan, loss_before=math.nan)
-        fields = {**defaults, **rec}
-        if not accepted:
-            fields["step_size"], fields["step_norm"] = 0.0, 0.0
-        stats = StepStats(
-            accepted=accepted, reason=reason, lambda_after=self.lam,
-            seconds=time.perf_counter() - t_start,
-            **{f"seconds_{k}": v for k, v in tally.seconds.items()}, **tally.counts,
-            **{k: (float(v) if isinstance(v, Tensor) else v) for k, v in fields.items()})
+        self.lam = lm_update(self.lam, record.rho if accepted else math.nan, self.config)
+        stats = record.freeze(reason, self.lam, time.perf_counter() - t_start)
+        index, steps, cg_steps = self._phase
+        self._phase = (index, steps + 1, cg_steps + stats.cg_iters)
+        self.cg_total += stats.cg_iters
         self.t += 1
         self.history.append(stats)
         return stats
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """λ, the CG hot-start vector, the step counter and the config: enough to resume."""
+        """Everything needed to resume exactly: λ, the CG hot start, the counters, the phases.
+
+        Version :data:`STATE_VERSION`; the phase schedule and base config are included and
+        checked by :meth:`load_state_dict`.
+        """
+        index, steps, cg_steps = self._phase
         return {"version": STATE_VERSION, "lam": self.lam, "step": self.t,
-                "x_prev": self.x_prev.clone(), "dim": self.layout.numel,
-                "config": self.config.to_dict()}
+                "cg_total": self.cg_total, "phase": [index, steps, cg_steps],
+                "last_solution": self.last_solution.clone(), "dim": self.layout.numel,
+                "config": self.base_config.to_dict(), "phases": self.schedule.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (the config stays the one this optimizer was built with)."""
-        missing = [k for k in ("lam", "step", "x_prev", "dim") if k not in state]
+        """Restore :meth:`state_dict`; refuse a state of another version, size, config or phases.
+
+        Version-1 states (before phases) hold ``x_prev`` for the hot start and no phase
+        counters; they load into a one-phase optimizer.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"state: expected a dict, got {type(state).__name__}")
+        missing = [k for k in ("version", "lam", "step", "dim") if k not in state]
         if missing:
             raise ValueError(f"state: missing entries {missing}")
-        if int(state["dim"]) != self.layout.numel or state["x_prev"].numel() != self.layout.numel:
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"state: version {version!r} is not one this hessfree reads "
+                             f"(1 or {STATE_VERSION})")
+        key = "x_prev" if version == 1 else "last_solution"
+        if key not in state:
+            raise ValueError(f"state: missing entries {[key]}")
+        if int(state["dim"]) != self.layout.numel or state[key].numel() != self.layout.numel:
             raise ValueError(f"state: saved for {int(state['dim'])} parameters, this optimizer "
                              f"has {self.layout.numel}")
+        self._check_same("config", state.get("config"), self.base_config.to_dict())
+        if version == 1:
+            if len(self.schedule) != 1:
+                raise ValueError("state: a version-1 state has no phases; this optimizer has "
+                                 f"{len(self.schedule)}")
+            phase = (0, int(state["step"]), 0)
+        else:
+            self._check_same("phases", state.get("phases"), self.schedule.to_dict())
+            phase = tuple(int(x) for x in state["phase"])
         self.lam = float(state["lam"])
         self.t = int(state["step"])
-        self.x_prev = state["x_prev"].detach().to(self.layout.device, self.layout.dtype).clone()
+        self.cg_total = int(state.get("cg_total", 0))
+        self._phase = phase  # type: ignore[assignment]
+        self.last_solution = state[key].detach().to(self.layout.device,
+                                                    self.layout.dtype).clone()
+
+    @staticmethod
+    def _check_same(name: str, saved: Any, ours: Any) -> None:
+        if saved is None:
+            return
+        if isinstance(saved, dict) and isinstance(ours, dict) and name == "config":
+            diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+            if diff:
+                raise ValueError(
+                    "state: saved with another config; differing fields: "
+                    + ", ".join(f"{k} (saved {saved.get(k)!r}, now {ours.get(k)!r})"
+                                for k in diff))
+        elif saved != ours:
+            raise ValueError(f"state: saved with other {name}: saved {saved!r}, now {ours!r}")

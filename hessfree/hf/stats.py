@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 __all__ = ["StepStats", "ACCEPTED", "REJECTIONS"]
@@ -22,14 +21,16 @@ REJECTIONS = (
 class StepStats:
     """What happened in one call of :meth:`hessfree.HessianFree.step`.
 
-    Losses are objectives (loss + weight decay). ``loss_*`` are on the gradient batch,
-    ``curv_loss_*`` on the curvature batch; ``loss_after`` is NaN when nothing evaluated it
-    (no line search). Costs count evaluations and the cases they covered, so runs with different
-    batch sizes compare in gradient-equivalents (a GGN product costs about one gradient,
-    ``benchmarks/RESULTS.md``; a forward pass about a third).
+    ``phase`` is the index of the optimizer's phase the step ran in
+    (:mod:`hessfree.hf.phases`). Losses are objectives (loss + weight decay). ``loss_*`` are
+    on the gradient batch, ``curv_loss_*`` on the curvature batch; ``loss_after`` is NaN when
+    nothing evaluated it (no line search). Costs count evaluations and the cases they covered,
+    so runs with different batch sizes compare in gradient-equivalents (a GGN product costs
+    about one gradient, ``benchmarks/RESULTS.md``; a forward pass about a third).
     """
 
     step: int
+    phase: int
     accepted: bool
     reason: str
     loss_before: float
@@ -77,7 +78,3 @@ class StepStats:
     def field_names(cls) -> tuple[str, ...]:
         """The column names, in order."""
         return tuple(f.name for f in fields(cls))
-
-    def is_finite(self) -> bool:
-        """Whether the losses that were evaluated are finite."""
-        return math.isfinite(self.loss_before) and math.isfinite(self.curv_loss_before)

@@ -20,7 +20,6 @@ from hessfree.quadratic.comparison import (
     Comparison,
     compare,
     largest_eigenvalue,
-    sutskever_mu,
 )
 from hessfree.quadratic.core import Quadratic
 from hessfree.quadratic.eigen import Spectrum, plot, spectrum
@@ -39,5 +38,4 @@ __all__ = [
     "plot",
     "save",
     "spectrum",
-    "sutskever_mu",
 ]

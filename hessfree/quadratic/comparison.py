@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from hessfree import cg
+from hessfree.linops import single_threaded_blas
 from hessfree.quadratic.core import Quadratic, value_from
+from hessfree.schedules import SutskeverSchedule
 
-__all__ = ["MU_GRID", "METHODS", "Comparison", "compare", "largest_eigenvalue", "sutskever_mu"]
+__all__ = ["MU_GRID", "METHODS", "Comparison", "compare", "largest_eigenvalue"]
 
 #: the fixed momentum constants tried when ``mu`` is a grid (best final q wins)
 MU_GRID = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
@@ -36,23 +38,11 @@ METHODS = ("cg", "nag", "cm", "gd")
 TABLE_KS = (10, 20, 50, 120, 250)
 
 
-def sutskever_mu(t: int, mu_max: float) -> float:
-    """μ_t = min(1 − 2^(−1 − log2(⌊t/250⌋ + 1)), μ_max) (Sutskever et al. 2013 Eq. 5).
-
-    That is ``1 − 1/(2(⌊t/250⌋ + 1))``: 0.5 for t < 250, 0.75 for t < 500, 5/6 for t < 750,
-    ... Over the 250 products of one HF-sized comparison it is the constant 0.5 (a warm-up meant
-    for training runs of many thousands of steps), which makes it nearly useless here: a fixed μ
-    from a grid is the fairer opponent for CG.
-    """
-    return min(1.0 - 0.5 / (t // 250 + 1), mu_max)  # 2^(−1 − log2(j + 1)) = 1 / (2(j + 1))
-
-
 def largest_eigenvalue(q: Quadratic, tol: float = 1e-6) -> tuple[float, int]:
     """L = λ_max(G + λI) by Lanczos (``scipy.sparse.linalg.eigsh``, k=1, "LA"); (L, products).
 
-    On a CPU, scipy's OpenBLAS threads spin between its calls and slow the torch products in
-    between (2-3x measured on 2 cores, ``benchmarks/results/cg.md``): run with
-    ``OPENBLAS_NUM_THREADS=1`` when the products are on the CPU.
+    scipy runs with one OpenBLAS thread (:func:`hessfree.linops.single_threaded_blas`): its
+    spinning threads would slow the torch products 2-3x on 2 cores (``benchmarks/results/cg.md``).
     """
     start = q.products
     if q.dim < 3:
@@ -61,8 +51,9 @@ def largest_eigenvalue(q: Quadratic, tol: float = 1e-6) -> tuple[float, int]:
         from scipy.sparse.linalg import eigsh
 
         v0 = np.random.default_rng(0).standard_normal(q.dim)
-        lam = float(eigsh(q.to_scipy(), k=1, which="LA", tol=tol, v0=v0,
-                          return_eigenvectors=False)[0])
+        with single_threaded_blas():
+            lam = float(eigsh(q.to_scipy(), k=1, which="LA", tol=tol, v0=v0,
+                              return_eigenvectors=False)[0])
     return lam, q.products - start
 
 
@@ -102,7 +93,10 @@ def _mu_candidates(mu: object, mu_max: float) -> tuple[list[Callable[[int], floa
     if isinstance(mu, str):
         if mu != "schedule":
             raise ValueError(f"mu: expected a number, a grid of numbers or 'schedule', got {mu!r}")
-        return [lambda t: sutskever_mu(t, mu_max)], [f"schedule(mu_max={mu_max:g})"]
+        # Eq. 5 over the 250 products of an HF-sized comparison is the constant 0.5 (a warm-up
+        # meant for training runs of many thousands of steps): a fixed μ from a grid is the
+        # fairer opponent for CG
+        return [SutskeverSchedule(mu_max)], [f"schedule(mu_max={mu_max:g})"]
     grid = [mu] if isinstance(mu, (int, float)) else list(mu)  # type: ignore[call-overload]
     if not grid:
         raise ValueError("mu: expected at least one value")
@@ -241,8 +235,9 @@ def compare(q: Quadratic, iters: int = 250, methods: Sequence[str] = METHODS,
         iters: curvature products per method (Fig. 5 truncates CG at 120; HF uses <= 250).
         methods: any of ``"cg"``, ``"nag"``, ``"cm"``, ``"gd"``.
         mu: NAG/CM momentum: a constant, a grid of constants (each method keeps the one with the
-            best final q; default :data:`MU_GRID`), or ``"schedule"`` for :func:`sutskever_mu`
-            (constant 0.5 below 250 iterations: see there).
+            best final q; default :data:`MU_GRID`), or ``"schedule"`` for Eq. 5
+            (:class:`~hessfree.schedules.SutskeverSchedule`: the constant 0.5 below 250
+            iterations).
         mu_max: cap of the schedule.
         L: the largest eigenvalue of G + λI if known; None: Lanczos, reported in ``L_products``.
         lanczos_tol: relative tolerance of the Lanczos estimate.

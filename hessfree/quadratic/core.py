@@ -18,28 +18,28 @@ Every product goes through :meth:`Quadratic.matvec`, which counts them in ``q.pr
 
 from __future__ import annotations
 
-import math
+import numbers
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from hessfree import _checks
 from hessfree.curvature.operator import CurvatureOperator, DampedOperator
+from hessfree.linops import FlatOperator
 
 __all__ = ["Quadratic", "check_lam"]
 
 
 def check_lam(lam: object, name: str = "lam") -> float:
     """``lam`` as a float, required finite and > 0 (the damping of an HF quadratic)."""
-    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)):
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise TypeError(f"{name}: expected a positive number (the damping λ), got {lam!r}")
-    if not (math.isfinite(float(lam)) and float(lam) > 0):
-        raise ValueError(
-            f"{name}: expected a finite damping λ > 0 (G + λI must be positive definite), "
-            f"got {lam!r}"
-        )
-    return float(lam)
+    try:
+        return _checks.number(lam, name, 0.0, strict_min=True)
+    except ValueError:
+        raise ValueError(f"{name}: expected a finite damping λ > 0 (G + λI must be positive "
+                         f"definite), got {lam!r}") from None
 
 
 def _check_dense(A: object) -> Tensor:
@@ -75,7 +75,7 @@ def _check_flat(v: object, name: str, n: int, dtype: torch.dtype, device: torch.
     return v.detach()
 
 
-class Quadratic:
+class Quadratic(FlatOperator):
     """``q(p) = gᵀp + ½ pᵀ(G + λI)p``, the model HF minimises by CG (Martens 2010 §3).
 
     Args:
@@ -110,6 +110,7 @@ class Quadratic:
         if not bool(torch.isfinite(flat).all()):
             raise ValueError("g: expected finite values, got NaN or infinity")
         self.operator: CurvatureOperator | None = operator
+        self.layout = operator.layout
         self.A: Tensor | None = None
         self._damped: DampedOperator | None = operator.damped(self.lam)
         self.g = flat.detach()
@@ -129,7 +130,7 @@ class Quadratic:
         if not bool(torch.isfinite(b).all()):
             raise ValueError("b: expected finite values, got NaN or infinity")
         q = cls.__new__(cls)
-        q.operator, q._damped, q.A = None, None, A
+        q.operator, q._damped, q.A, q.layout = None, None, A, None
         q.g, q.lam, q.attrs, q.products = -b, 0.0, {}, 0
         return q
 
@@ -143,11 +144,6 @@ class Quadratic:
     def dim(self) -> int:
         """Length of ``p``."""
         return self.g.numel()
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(dim, dim)``, so CG and scipy see a square operator."""
-        return (self.dim, self.dim)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -175,15 +171,22 @@ class Quadratic:
             return flat.detach()
         return _check_flat(p, name, self.dim, self.dtype, self.device)
 
-    def matvec(self, p: Tensor) -> Tensor:
-        """``(G + λI) p`` for a checked flat ``p`` (one product, counted)."""
-        self.products += 1
+    def _apply(self, p: Tensor) -> Tensor:
+        """``(G + λI) p`` (the curvature of q)."""
         if self.A is not None:
             return self.A @ p
         assert self._damped is not None
-        return self._damped.mv(p)
+        return self._damped._apply(p)
+
+    def _apply_block(self, P: Tensor) -> Tensor:
+        if self.A is not None:
+            return self.A @ P
+        assert self._damped is not None
+        return self._damped._apply_block(P)
 
     def __matmul__(self, p: Any) -> Tensor:
+        if isinstance(p, Tensor) and p.dim() == 2:
+            return self.matmat(p)
         return self.matvec(self._flat(p, "p"))
 
     def grad(self, p: Any) -> Tensor:
@@ -196,28 +199,15 @@ class Quadratic:
         ap = self.matvec(flat)
         return value_from(self.g, flat, ap)
 
-    def dense(self, max_dim: int = 20_000) -> Tensor:
+    def dense(self, max_dim: int = 20_000, block: int = 64) -> Tensor:
         """The damped curvature as a matrix (dense ones: ``A``; else one product per column)."""
         if self.A is not None:
             return self.A
-        assert self._damped is not None
-        self.products += self.dim
-        return self._damped.dense(max_dim)
+        return super().dense(max_dim, block)
 
     def minimizer(self, max_dim: int = 20_000) -> Tensor:
         """``p* = −(G + λI)⁻¹ g`` by ``torch.linalg.solve`` on :meth:`dense` (small ones only)."""
         return torch.linalg.solve(self.dense(max_dim), self.b)
-
-    def to_scipy(self) -> Any:
-        """A float64 ``scipy.sparse.linalg.LinearOperator`` of ``G + λI`` (products counted)."""
-        from scipy.sparse.linalg import LinearOperator
-
-        def mv(x: np.ndarray) -> np.ndarray:
-            v = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-            out = self.matvec(v.to(device=self.device, dtype=self.dtype))
-            return out.detach().to("cpu", torch.float64).numpy()
-
-        return LinearOperator(self.shape, matvec=mv, rmatvec=mv, dtype=np.float64)
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, path_or_group: Any, **attrs: Any) -> None:
@@ -228,11 +218,12 @@ class Quadratic:
 
     @classmethod
     def load(cls, path_or_group: Any, model: Any = None, loss: Any = None,
-             device: Any = None) -> Quadratic:
+             device: Any = None, build_model: Any = None) -> Quadratic:
         """Rebuild a saved quadratic (see :func:`hessfree.quadratic.io.load`)."""
         from hessfree.quadratic.io import load
 
-        return load(path_or_group, model=model, loss=loss, device=device)
+        return load(path_or_group, model=model, loss=loss, device=device,
+                    build_model=build_model)
 
 
 def value_from(g: Tensor, p: Tensor, ap: Tensor) -> float:

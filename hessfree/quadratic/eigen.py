@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hessfree.linops import single_threaded_blas
 from hessfree.quadratic.comparison import Comparison
 from hessfree.quadratic.core import Quadratic
 
@@ -52,7 +53,8 @@ def _eigsh(op: Any, **kw: Any) -> np.ndarray:
     from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
     try:
-        return eigsh(op, which="LA", **kw)
+        with single_threaded_blas():
+            return eigsh(op, which="LA", **kw)
     except ArpackNoConvergence as err:
         raise RuntimeError(
             f"spectrum: Lanczos did not converge ({err}); pass a larger tol, ncv or maxiter"
@@ -68,8 +70,8 @@ def spectrum(q: Quadratic, k: int = 6, tol: float = 1e-8, ncv: int | None = None
     ``which="LA"``; the smallest as ``λ_max − (the largest of λ_max·I − A)``, so both ends are
     accurate to about ``tol·λ_max``. The small end of a GGN is a tight cluster at λ (plus weight
     decay; a GGN of rank < dim has λ as a multiple eigenvalue), which Lanczos resolves slowly:
-    it costs far more products than the large end. On a CPU, run with
-    ``OPENBLAS_NUM_THREADS=1`` (see :func:`~hessfree.quadratic.largest_eigenvalue`).
+    it costs far more products than the large end. scipy runs with one OpenBLAS thread
+    (:func:`hessfree.linops.single_threaded_blas`).
 
     Args:
         q: the quadratic.

@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import h5py
@@ -216,15 +217,17 @@ def _read_attrs(group: h5py.Group) -> dict[str, Any]:
 
 
 def load(path_or_group: Any, model: Any = None, loss: Any = None, device: Any = None,
-         ) -> Quadratic:
+         build_model: Callable[[str, Any], Any] | None = None) -> Quadratic:
     """Rebuild a quadratic written by :func:`save` (the operator at the saved θ).
 
     Args:
         path_or_group: a file path (its root group) or an ``h5py.Group``.
         model: the ``nn.Module`` (parameter names and shapes must match the file; its parameters
-            are not modified: the saved θ is passed as ``params=``) or pure function. None: built
-            by ``hessfree.runs.experiments.build_model(experiment, model_spec)`` when the file
-            names an experiment. Not needed for dense quadratics.
+            are not modified: the saved θ is passed as ``params=``) or pure function. Not needed
+            for dense quadratics.
+        build_model: when ``model`` is None, ``build_model(experiment, model_spec)`` builds it
+            from what the file records (``hessfree.runs.experiments.build_model`` does this for
+            the registered experiments; the CLI passes it).
         loss: required when the file says ``loss="custom"``; otherwise overrides the saved loss.
         device: where to rebuild; None: the saved device.
 
@@ -233,16 +236,17 @@ def load(path_or_group: Any, model: Any = None, loss: Any = None, device: Any = 
             non-positive λ, parameters that do not match ``model``, a custom loss and no ``loss``.
     """
     if isinstance(path_or_group, h5py.Group):
-        return _load_group(path_or_group, model, loss, device)
+        return _load_group(path_or_group, model, loss, device, build_model)
     if not isinstance(path_or_group, (str, os.PathLike)):
         raise TypeError(
             f"path_or_group: expected a path or an h5py.Group, got {type(path_or_group).__name__}"
         )
     with h5py.File(path_or_group, "r") as f:
-        return _load_group(f, model, loss, device)
+        return _load_group(f, model, loss, device, build_model)
 
 
-def _load_group(group: h5py.Group, model: Any, loss: Any, device: Any) -> Quadratic:
+def _load_group(group: h5py.Group, model: Any, loss: Any, device: Any,
+                build_model: Callable[[str, Any], Any] | None) -> Quadratic:
     _check_version(group)
     dev = _resolve_device(group, device)
     kind = attr(group, "kind", str)
@@ -251,30 +255,21 @@ def _load_group(group: h5py.Group, model: Any, loss: Any, device: Any) -> Quadra
         b = read_tensor(member(group, "b", h5py.Dataset), dev)
         q = Quadratic.from_dense(A, b)
     elif kind == "operator":
-        q = _load_operator(group, model, loss, dev)
+        q = _load_operator(group, model, loss, dev, build_model)
     else:
         raise ValueError(f"{group.name!r}: attribute 'kind' is malformed: got {kind!r}")
     q.attrs = _read_attrs(group)
     return q
 
 
-def _build_model(group: h5py.Group) -> Any:
-    if "experiment" not in group.attrs:
-        raise ValueError(
-            "model: required; the file names no experiment to build the model from, so pass "
-            "your nn.Module (or function) as model="
-        )
-    experiment = attr(group, "experiment", str)
+def _build_model(group: h5py.Group, build_model: Callable[[str, Any], Any] | None) -> Any:
+    if "experiment" not in group.attrs or build_model is None:
+        named = (f"it names experiment {attr(group, 'experiment', str)!r}; pass "
+                 "build_model=hessfree.runs.experiments.build_model to rebuild that model, or"
+                 if "experiment" in group.attrs else "the file names no experiment, so")
+        raise ValueError(f"model: required; {named} pass your nn.Module (or function) as model=")
     spec = json_attr(group, "model_spec") if "model_spec" in group.attrs else None
-    try:
-        from hessfree.runs.experiments import build_model
-    except ImportError as err:
-        raise ValueError(
-            f"model: the file names experiment {experiment!r}, but "
-            "hessfree.runs.experiments.build_model is not available in this version; pass "
-            "model= (an nn.Module with the saved parameter names and shapes)"
-        ) from err
-    return build_model(experiment, spec)
+    return build_model(attr(group, "experiment", str), spec)
 
 
 def _build_loss(group: h5py.Group, loss: Any) -> Any:
@@ -311,7 +306,8 @@ def _check_params(model: Any, theta: dict[str, Tensor]) -> None:
             )
 
 
-def _load_operator(group: h5py.Group, model: Any, loss: Any, dev: torch.device) -> Quadratic:
+def _load_operator(group: h5py.Group, model: Any, loss: Any, dev: torch.device,
+                   build_model: Callable[[str, Any], Any] | None) -> Quadratic:
     lam = check_lam(attr(group, "lam", (int, float)), "lam (in the file)")
     names = json_attr(group, "param_names")
     theta_g = member(group, "theta", h5py.Group)
@@ -328,7 +324,7 @@ def _load_operator(group: h5py.Group, model: Any, loss: Any, dev: torch.device) 
         batch.append(tuple(read_tree(member(chunk, part, h5py.HLObject), dev)
                            for part in ("inputs", "targets")))
     g = read_tensor(member(group, "g", h5py.Dataset), dev)
-    model = _build_model(group) if model is None else model
+    model = _build_model(group, build_model) if model is None else model
     _check_params(model, theta)
     problem = Problem(model, _build_loss(group, loss), attr(group, "weight_decay", (int, float)))
     kw: dict[str, Any] = {"backend": attr(group, "backend", str),

@@ -124,6 +124,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import h5py
 
     from hessfree import quadratic
+    from hessfree.runs import experiments
 
     path, group = _split_quadratic_arg(args.quadratic)
     if not Path(path).is_file():
@@ -132,7 +133,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if group is None:
             groups = sorted(f["quadratics"].keys(), key=int) if "quadratics" in f else []
             group = f"quadratics/{groups[len(groups) // 2]}" if groups else "/"
-        q = quadratic.Quadratic.load(f[group])
+        q = quadratic.Quadratic.load(f[group], build_model=experiments.build_model)
     result = quadratic.compare(q, iters=args.iters)
     print(f"{path}:{group}")
     print(result.format())

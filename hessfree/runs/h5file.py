@@ -1,4 +1,10 @@
-"""Opening a results file and its root attributes (the schema is in ``hessfree.runs.results``)."""
+"""Opening a results file and reading or writing its root attributes.
+
+The layout of a results file is documented in :mod:`hessfree.runs.results`; this module owns
+the file-level parts: the format marker and schema version check on opening, and the encoding of
+root attributes (numbers and strings as they are, anything else as JSON listed in
+``json_attrs``).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-#: version of the layout written here; the reader accepts versions up to this one
-SCHEMA_VERSION = 1
+#: version of the layout written here; the reader accepts versions up to this one (version 1
+#: files, written before the shared row schema, are upgraded on reading)
+SCHEMA_VERSION = 2
 FORMAT = "hessfree.results"
+__all__ = ["FORMAT", "SCHEMA_VERSION", "ResultsError", "git_commit", "open_results",
+           "read_attrs", "write_attrs"]
+
 _OWN_ATTRS = frozenset({"format", "schema_version", "hessfree_version", "created",
                         "torch_version", "json_attrs"})
 
@@ -53,7 +63,8 @@ def _encode_attr(name: str, value: Any) -> tuple[Any, bool]:
                         f"value, got {type(value).__name__} ({e})") from None
 
 
-def _write_attrs(f: h5py.File, attrs: Mapping[str, Any], own: bool = False) -> None:
+def write_attrs(f: h5py.File, attrs: Mapping[str, Any], own: bool = False) -> None:
+    """Write root attributes (``own``: also the ones the writer reserves for itself)."""
     json_names = set(json.loads(f.attrs.get("json_attrs", "[]")))
     for name, value in attrs.items():
         if not own and name in _OWN_ATTRS:
@@ -63,13 +74,14 @@ def _write_attrs(f: h5py.File, attrs: Mapping[str, Any], own: bool = False) -> N
     f.attrs["json_attrs"] = json.dumps(sorted(json_names))
 
 
-def _read_attrs(f: h5py.File) -> dict[str, Any]:
+def read_attrs(f: h5py.File) -> dict[str, Any]:
+    """Root attributes, JSON ones decoded."""
     json_names = set(json.loads(f.attrs.get("json_attrs", "[]")))
     items = ((k, v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items())
     return {k: json.loads(v) if k in json_names else v for k, v in items if k != "json_attrs"}
 
 
-def _open(path: str | os.PathLike, mode: str) -> h5py.File:
+def open_results(path: str | os.PathLike, mode: str) -> h5py.File:
     """Open a results file (``"r"`` or ``"r+"``) after checking its format and schema version."""
     where = os.fspath(path)
     if not os.path.isfile(path):
@@ -87,7 +99,7 @@ def _open(path: str | os.PathLike, mode: str) -> h5py.File:
     elif version > SCHEMA_VERSION:
         problem = (f"results schema version {version} is newer than this hessfree reads (up to "
                    f"{SCHEMA_VERSION}); upgrade the hessfree package to read it")
-    elif mode != "r" and version != SCHEMA_VERSION:
+    elif mode != "r" and version != SCHEMA_VERSION:  # resuming a run of an older version
         problem = f"cannot append to schema version {version} (this writes {SCHEMA_VERSION})"
     if problem:
         f.close()

@@ -23,48 +23,40 @@ log = logging.getLogger(__name__)
 
 #: x choice -> axis label
 X_AXES = {"steps": "steps", "seconds": "seconds", "grad-equiv": "gradient-equivalents"}
-#: y choice -> (table, candidate columns in order of preference, axis label)
+#: y choice -> (table, column, axis label); the columns of :mod:`hessfree.runs.rows`
 Y_AXES = {
-    "train_error": ("eval", ("train_error",), "train error"),
-    "test_error": ("eval", ("test_error",), "test error"),
-    "loss": ("steps", ("loss_after", "loss"), "loss"),
-    "lambda": ("steps", ("lambda_after",), "damping λ"),
-    "cg_iters": ("steps", ("cg_iters",), "CG iterations"),
+    "train_error": ("eval", "train_error", "train error"),
+    "test_error": ("eval", "test_error", "test error"),
+    "loss": ("steps", "loss", "objective on the update's batch"),
+    "lambda": ("steps", "lambda_after", "damping λ"),
+    "cg_iters": ("steps", "cg_iters", "CG iterations"),
 }
 _EVAL_X = {"steps": "step", "seconds": "seconds", "grad-equiv": "grad_equiv"}
 
 
 def _steps_x(res: RunResults, x: str) -> np.ndarray | None:
-    """The x values of ``/steps`` rows, or None if the run lacks what ``x`` needs."""
+    """The x values of ``/steps`` rows (shared columns), or None if the run has no rows."""
     s = res.steps
-    n = len(next(iter(s.values()), ()))
-    if x == "steps":
-        return s["step"].astype(np.float64) if "step" in s else np.arange(1.0, n + 1)
-    if x == "seconds":
-        return np.cumsum(s["seconds"]) if "seconds" in s else None
-    if "grad_equiv" in s:
-        return np.cumsum(s["grad_equiv"])
-    if not all(k in s for k in ("grad_cases", "product_cases", "forward_cases")):
+    if "step" not in s:
         return None
-    per_step = s["grad_cases"] + s["product_cases"] + s["forward_cases"] / 3.0
-    return np.cumsum(per_step) / float(res.attrs.get("n_train", 1))
+    if x == "steps":
+        return s["step"].astype(np.float64)
+    return np.cumsum(s["seconds" if x == "seconds" else "grad_equiv"])
 
 
 def _series(res: RunResults, x: str, y: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(x, y)`` of one run with non-finite points dropped, or None if it lacks a field."""
-    table, candidates, _ = Y_AXES[y]
+    """``(x, y)`` of one run with non-finite points dropped, or None if it lacks the column."""
+    table, column, _ = Y_AXES[y]
     columns = res.table(table)
-    ycol = next((c for c in candidates if c in columns), None)
-    if ycol is None:
-        return None
+    if column not in columns:
+        return None  # e.g. λ of a NAG run
     if table == "eval":
-        xs = columns.get(_EVAL_X[x])
-        xs = None if xs is None else xs.astype(np.float64)
+        xs = columns[_EVAL_X[x]].astype(np.float64)
     else:
         xs = _steps_x(res, x)
     if xs is None:
         return None
-    ys = columns[ycol].astype(np.float64)
+    ys = columns[column].astype(np.float64)
     keep = np.isfinite(xs) & np.isfinite(ys)
     return xs[keep], ys[keep]
 
@@ -127,10 +119,9 @@ def plot_runs(paths: Sequence[str | os.PathLike], x: str = "steps", y: str = "tr
     """Draw several runs on one figure and write it as a PNG.
 
     Errors come from ``/eval`` (x from its ``step``, ``seconds``, ``grad_equiv`` columns); per-step
-    fields from ``/steps`` (``loss`` is ``loss_after`` when present, else ``loss``; ``lambda`` is
-    ``lambda_after``), with x the ``step`` column, the cumulative ``seconds``, or the cumulative
-    gradient-equivalents (a ``grad_equiv`` column, else ``grad_cases + product_cases +
-    forward_cases / 3``, divided by the ``n_train`` root attribute when the run has one).
+    fields from ``/steps`` (``loss``: the objective before each update; ``lambda``:
+    ``lambda_after``, HF only), with x the ``step`` column, the cumulative ``seconds`` or the
+    cumulative ``grad_equiv`` (the shared columns of :mod:`hessfree.runs.rows`).
 
     Args:
         paths: results files.

@@ -1,6 +1,6 @@
 """One HDF5 file per run: its schema, writer and reader (DESIGN.md "Results in HDF5").
 
-Schema version 1 (``runs/<experiment>/<optimizer>-<timestamp>/results.h5``; the trainer picks the
+Schema version 2 (``runs/<experiment>/<optimizer>-<timestamp>/results.h5``; the trainer picks the
 path):
 
 - root attributes: ``format = "hessfree.results"``, ``schema_version`` (int), ``hessfree_version``,
@@ -12,7 +12,10 @@ path):
 - ``/steps/<field>``: one resizable, chunked 1-D dataset per field (maxshape None), one row per
   outer step. The first row fixes the fields (their order is the group attribute ``fields``, JSON)
   and dtypes: float64, int64, bool, or variable-length UTF-8 strings. Every later row must have the
-  same fields. HF rows are ``StepStats.as_dict()``; NAG/SGD rows have their own fields.
+  same fields. The trainer's rows follow :mod:`hessfree.runs.rows`: columns shared by every
+  optimizer (``step``, ``accepted``, ``reason``, ``loss``, ``grad_equiv``, ``seconds``), then the
+  optimizer's own. Version-1 files (before the shared schema: HF's ``loss`` was ``loss_before``,
+  momentum rows had no ``reason``) are upgraded by the reader.
 - ``/eval/<field>``: rows at evaluation points (``step``, ``seconds``, ``grad_equiv``,
   ``train_error``, ...), stored like ``/steps``.
 - ``/params/<name>`` (``final``, ``checkpoint_<k>``): one dataset per tensor, named by its
@@ -35,8 +38,6 @@ import datetime
 import json
 import logging
 import os
-import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,14 +51,14 @@ from hessfree.runs.h5file import (
     FORMAT,
     SCHEMA_VERSION,
     ResultsError,
-    _open,
-    _read_attrs,
-    _write_attrs,
     git_commit,
+    open_results,
+    read_attrs,
+    write_attrs,
 )
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "ResultsError", "ResultsWriter", "RunRecord", "RunResults",
-           "benchmark_row_write", "list_runs", "read_results"]
+           "list_runs", "read_results"]
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +200,11 @@ class ResultsWriter:
         self.path = Path(path)
         if mode not in ("new", "append"):
             raise ValueError(f"mode: expected 'new' or 'append', got {mode!r}")
-        self._f = self._create(dict(attrs or {})) if mode == "new" else _open(self.path, "r+")
+        self._f = (self._create(dict(attrs or {})) if mode == "new"
+                   else open_results(self.path, "r+"))
         try:
             if mode == "append":
-                _write_attrs(self._f, attrs or {})
+                write_attrs(self._f, attrs or {})
             self._tables = {name: _Table(self._f.require_group(name)) for name in TABLES}
             self._f.flush()
         except BaseException:
@@ -225,8 +227,8 @@ class ResultsWriter:
             raise FileExistsError(f"{self.path}: a results file already exists; use mode='append' "
                                   "to resume it or choose another path") from None
         try:
-            _write_attrs(f, own, own=True)
-            _write_attrs(f, {"config": {}, **attrs})
+            write_attrs(f, own, own=True)
+            write_attrs(f, {"config": {}, **attrs})
         except BaseException:
             f.close()
             os.remove(self.path)
@@ -298,7 +300,7 @@ class ResultsWriter:
 
     def set_attrs(self, **attrs: Any) -> None:
         """Set or update root attributes (e.g. a final ``status``) and flush."""
-        _write_attrs(self.file, attrs)
+        write_attrs(self.file, attrs)
         self._f.flush()
 
     def close(self) -> None:
@@ -333,18 +335,30 @@ class RunResults:
 
     def params(self, name: str = "final") -> dict[str, np.ndarray]:
         """The tensors of ``/params/<name>`` as numpy arrays, in their saved order."""
-        with _open(self.path, "r") as f:
+        with open_results(self.path, "r") as f:
             group = f.get(f"params/{name}")
             if group is None:
                 raise KeyError(f"{self.path}: no /params/{name}; saved: {self.param_sets}")
             return {key: group[key][()] for key in json.loads(group.attrs["names"])}
 
 
+def _upgrade_v1(steps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Version-1 step columns in the shared row schema (``loss``, ``reason``)."""
+    if "loss_before" in steps and "loss" not in steps:
+        steps = {("loss" if k == "loss_before" else k): v for k, v in steps.items()}
+    if "reason" not in steps and "accepted" in steps:
+        steps["reason"] = np.where(steps["accepted"], "accepted", "non-finite gradient")
+    return steps
+
+
 def read_results(path: str | os.PathLike) -> RunResults:
     """Read a results file (ResultsError if it is not one, or of a newer schema version)."""
-    with _open(path, "r") as f:
+    with open_results(path, "r") as f:
         params, quads = f.get("params", {}), f.get("quadratics", {})
-        return RunResults(Path(path), _read_attrs(f), _read_table(f.get("steps")),
+        steps = _read_table(f.get("steps"))
+        if int(f.attrs.get("schema_version", SCHEMA_VERSION)) < 2:
+            steps = _upgrade_v1(steps)
+        return RunResults(Path(path), read_attrs(f), steps,
                           _read_table(f.get("eval")), [k for k in params if k[0] != "."],
                           sorted(quads, key=lambda k: (len(k), k)))
 
@@ -362,7 +376,7 @@ class RunRecord:
 
 
 def _record(path: Path) -> RunRecord:
-    with _open(path, "r") as f:
+    with open_results(path, "r") as f:
         steps, ev = f.get("steps"), f.get("eval")
         n, n_eval = (_table_len(g) if g is not None else 0 for g in (steps, ev))
         final = float(ev["train_error"][n_eval - 1]) if n_eval and "train_error" in ev else None
@@ -381,18 +395,3 @@ def list_runs(folder: str | os.PathLike) -> list[RunRecord]:
         except (ResultsError, OSError, KeyError) as e:
             log.warning("skipping %s: %s", path, e)
     return sorted(records, key=lambda r: (r.created, str(r.path)))
-
-
-def benchmark_row_write(n: int = 1000) -> float:
-    """Milliseconds to append (and flush) one ``StepStats``-shaped row, averaged over ``n`` rows."""
-    from hessfree.hf.stats import StepStats
-
-    samples = {"float": 0.5, "int": 7, "bool": True, "str": "accepted"}
-    row = {f: samples[str(t)] for f, t in StepStats.__annotations__.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        with ResultsWriter(Path(tmp, "results.h5"), {"experiment": "b", "optimizer": "hf"}) as w:
-            w.append_step(row)  # creates the columns
-            start = time.perf_counter()
-            for _ in range(n):
-                w.append_step(row)
-            return (time.perf_counter() - start) / n * 1e3

@@ -1,254 +1,211 @@
-"""One outer step of each optimizer family behind one interface, with reproducible batch streams.
+"""One update of each optimizer family behind one :class:`Runner` protocol.
 
-* ``hf``: Martens (2010) — gradient on the whole training set (in chunks of ``grad_chunk``
-  cases), curvature on one of ``numchunks`` fixed chunks, cycled (HFDemo, papers.md §2.6); for
-  generated tasks, fresh batches of ``grad_cases`` / ``curv_cases`` every step (Sutskever's code).
-* ``hf-momentum``: Sutskever et al. (2013) A.6 — gradient and curvature on the current minibatch
-  (1/``batch_divisor`` of the data), 50 CG steps, ζ raised and ε decayed after ``switch_step``.
-* ``nag``/``cm``/``sgd``: Sutskever et al. (2013) Eq. 1-4 with the Eq. 5 schedule (or the RNN
-  schedule), minibatches of ``batch_size``.
+* :class:`HFRunner` (``hf``, ``hf-momentum``): a :class:`~hessfree.HessianFree` with the phase
+  schedule of its settings (Martens: one phase, [M10]; momentum-like: the phases of
+  [S13 A.6]); each update draws the batches its current phase asks for.
+* :class:`MomentumRunner` (``nag``, ``cm``, ``sgd``): the ``torch.optim`` optimizers of
+  :mod:`hessfree.momentum` ([S13 Eq. 1-5]) on minibatches; an update whose loss or gradient is
+  not finite is rejected (the parameters and velocities stay as they were).
 
-Every runner returns one row (a dict) per step, including its cost in gradient-equivalents of the
-training set (``grad_equiv``: single-case gradients / n_train, products counted as gradients,
-forward passes as a third), and has ``state_dict``/``load_state_dict`` for exact resumption.
+Every runner returns one row per update in the schema of :mod:`hessfree.runs.rows`, evaluates
+its model where the optimizer's iterate is (NAG: at θ, not at the look-ahead point), names the
+objective its next update minimises, and saves and restores its whole state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ContextManager, Protocol
 
 import torch
-from torch import Tensor
 
 from hessfree import momentum
+from hessfree._checks import all_finite
 from hessfree.curvature import Problem
-from hessfree.hf import HessianFree, HFConfig
-from hessfree.hf.schedules import InverseDecay, Piecewise
-from hessfree.runs.experiments import Dataset, take
+from hessfree.hf import HessianFree
+from hessfree.quadratic import Quadratic
+from hessfree.runs.batching import CURVATURE, GRADIENT, BatchDrawer
+from hessfree.runs.experiment import Dataset
+from hessfree.runs.rows import hf_row, momentum_row
+from hessfree.runs.settings import GRAD_CHUNK, HFSettings, MomentumHFSettings, MomentumSettings
+from hessfree.schedules import Constant
 
-__all__ = ["EpochSampler", "HFRunner", "MomentumRunner", "make_runner"]
+__all__ = ["HFRunner", "MomentumRunner", "Runner", "make_runner"]
+
+QuadraticHook = Callable[[Quadratic], None]
 
 
-class EpochSampler:
-    """Minibatch indices from a seeded random permutation per epoch (state saved exactly)."""
+class Runner(Protocol):
+    """What the trainer needs from an optimizer family."""
 
-    def __init__(self, n: int, batch: int, seed: int) -> None:
-        if batch < 1:
-            raise ValueError(f"batch_size: expected >= 1, got {batch}")
-        self.n, self.batch = n, min(batch, n)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(n, generator=self.gen)
-        self.pos = 0
+    #: the optimizer's name (``hf``, ``nag``, ...)
+    optimizer: str
 
-    def next(self) -> Tensor:
-        """The next minibatch's indices (a new permutation when the epoch is used up)."""
-        if self.pos + self.batch > self.n:
-            self.perm = torch.randperm(self.n, generator=self.gen)
-            self.pos = 0
-        idx = self.perm[self.pos:self.pos + self.batch]
-        self.pos += self.batch
-        return idx
+    @property
+    def t(self) -> int:
+        """Updates taken."""
 
-    def state_dict(self) -> dict:
-        """Generator state, permutation and position."""
-        return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+    @property
+    def objective(self) -> Problem:
+        """The problem the next update minimises (evaluated as ``train_loss``)."""
 
-    def load_state_dict(self, s: dict) -> None:
+    def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
+        """One update; its row (:mod:`hessfree.runs.rows`)."""
+
+    def evaluation_context(self) -> ContextManager[None]:
+        """A context in which the model holds the iterate to evaluate."""
+
+    def postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        """What the progress bar shows after ``row``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        self.gen.set_state(s["gen"])
-        self.perm, self.pos = s["perm"].clone(), int(s["pos"])
 
 
-def _step_seed(seed: int, step: int, role: int) -> int:
-    return (seed * 1_000_003 + step * 7919 + role) % (2**31 - 1)
+class HFRunner:
+    """``hf`` and ``hf-momentum`` updates (module docstring).
 
+    Args:
+        optimizer: ``"hf"`` or ``"hf-momentum"``.
+        problem: the objective (model, loss, weight decay).
+        data: the run's data.
+        settings: :class:`HFSettings` or :class:`MomentumHFSettings`.
+        seed: seeds the batch streams.
+    """
 
-class _Base:
-    opt: Any
-    sampler: EpochSampler | None
-
-    def __init__(self, problem: Problem, data: Dataset, settings: dict, seed: int) -> None:
-        self.problem, self.data, self.settings, self.seed = problem, data, settings, seed
-        self.t = 0
+    def __init__(self, optimizer: str, problem: Problem, data: Dataset,
+                 settings: HFSettings | MomentumHFSettings, seed: int) -> None:
+        self.optimizer = optimizer
         self.n_train = data.n_train
+        self.schedule = settings.phases(self.n_train, data.fresh is not None)
+        self.opt = HessianFree(problem, config=settings.config, phases=self.schedule)
+        self.drawer = BatchDrawer(data, seed, settings.grad_chunk)
 
-    def _minibatch(self, sampler: EpochSampler, size: int, role: int) -> Any:
-        if self.data.fresh is not None:
-            return self.data.fresh(size, _step_seed(self.seed, self.t, role))
-        idx = sampler.next().to(self._device())
-        return take(self.data.train[0], idx), take(self.data.train[1], idx)
+    @property
+    def t(self) -> int:
+        """Updates taken."""
+        return self.opt.t
 
-    def state_dict(self) -> dict:
-        """Optimizer state (λ and CG hot start, or velocities), step and sampler state."""
-        return {"opt": self.opt.state_dict(), "t": self.t,
-                "sampler": self.sampler.state_dict() if self.sampler else None}
-
-    def load_state_dict(self, s: dict) -> None:
-        """Restore :meth:`state_dict`."""
-        self.opt.load_state_dict(s["opt"])
-        self.t = int(s["t"])
-        if self.sampler is not None and s.get("sampler"):
-            self.sampler.load_state_dict(s["sampler"])
-
-    def _device(self) -> torch.device:
-        return next(iter(self.problem.resolve_params().values())).device \
-            if self.problem.is_module else torch.device("cpu")
-
-
-class HFRunner(_Base):
-    """``hf`` and ``hf-momentum`` steps."""
-
-    def __init__(self, problem: Problem, data: Dataset, settings: dict, seed: int,
-                 variant: str) -> None:
-        super().__init__(problem, data, settings, seed)
-        self.variant = variant
-        fields = {k: settings[k] for k in HFConfig().to_dict() if k in settings}
-        if variant == "hf-momentum":
-            fields["cg_decay"] = Piecewise((settings["switch_step"],),
-                                           (settings["cg_decay"], settings["decay_final"]))
-            fields["learning_rate"] = InverseDecay(settings["lr_scale"], settings["switch_step"],
-                                                   float(settings["learning_rate"]))
-        self.config = HFConfig(**fields)
-        self.opt = HessianFree(problem, config=self.config)
-        self.sampler: EpochSampler | None = None
-        self.classic: HFConfig | None = None
-        if variant == "hf-momentum" and data.fresh is None:
-            size = settings.get("batch_size") or max(1, self.n_train // settings["batch_divisor"])
-            self.sampler = EpochSampler(self.n_train, size, seed)
-            if settings.get("classic_step", 0) > 0:
-                self.classic = self._classic_config(fields)
-                self._chunks = self._partition(max(1, self.n_train // size))
-        elif variant == "hf" and data.fresh is None:
-            self._chunks = self._partition(int(self.settings["numchunks"]))
-
-    def _classic_config(self, fields: dict) -> HFConfig:
-        """The config of A.6's last phase ("a more traditional version of HF", Martens 2010).
-
-        Gradient on the whole training set, learning rate back to 1, many CG steps (200 per
-        update, ζ = 0.995 for CURVES).
-        """
-        s = self.settings
-        base = {k: v for k, v in fields.items() if k not in ("cg_decay", "learning_rate")}
-        return HFConfig(**{**base, "cg_max_iters": int(s["classic_cg_iters"]),
-                           "cg_decay": float(s["classic_decay"]), "learning_rate": 1.0})
-
-    def _in_classic_phase(self) -> bool:
-        return self.classic is not None and self.t >= self.settings["classic_step"]
-
-    def _enter_phase(self) -> None:
-        """Switch to the classic setting once ``classic_step`` is reached (idempotent)."""
-        if self._in_classic_phase() and self.opt.config is not self.classic:
-            self.opt.config = self.classic
-            wd = float(self.settings.get("classic_weight_decay", -1.0))
-            if wd >= 0:
-                self.problem.weight_decay = wd
-
-    def _partition(self, numchunks: int) -> list[Any]:
-        """Fixed curvature chunks (a seeded permutation cut in ``numchunks`` pieces)."""
-        k = max(1, numchunks)
-        perm = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(self.seed))
-        perm = perm.to(self._device())
-        size = self.n_train // k
-        return [(take(self.data.train[0], perm[i * size:(i + 1) * size]),
-                 take(self.data.train[1], perm[i * size:(i + 1) * size])) for i in range(k)]
+    @property
+    def objective(self) -> Problem:
+        """The problem of the current phase."""
+        return self.opt.objective
 
     def batches(self) -> tuple[Any, Any]:
-        """This step's gradient and curvature batches (curvature None: the same batch)."""
-        s = self.settings
-        if self.variant == "hf-momentum" and not self._in_classic_phase():
-            size = s.get("batch_size") or max(1, self.n_train // s["batch_divisor"])
-            return self._minibatch(self.sampler, size, 0), None  # type: ignore[arg-type]
-        if self.data.fresh is not None:
-            return (self.data.fresh(s["grad_cases"], _step_seed(self.seed, self.t, 0)),
-                    self.data.fresh(s["curv_cases"], _step_seed(self.seed, self.t, 1)))
-        x, y = self.data.train
-        c = int(s.get("grad_chunk", 5000))
-        grad = [(take(x, slice(i, i + c)), take(y, slice(i, i + c)))
-                for i in range(0, self.n_train, c)]
-        return grad, self._chunks[self.t % len(self._chunks)]
+        """The gradient and curvature batches of the next update (curvature None: the same)."""
+        phase = self.opt.phase
+        return (self.drawer.draw(phase.gradient, self.t, GRADIENT),
+                self.drawer.draw(phase.curvature, self.t, CURVATURE))
 
-    def step(self, before: Any = None) -> dict[str, Any]:
-        """One HF outer step; the ``StepStats`` fields plus ``grad_equiv``.
-
-        ``before(grad_batch, curvature_batch)`` is called with this step's batches before the
-        step (e.g. to save its quadratic) without drawing them twice.
-        """
-        self._enter_phase()
+    def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
+        """One HF update; its row."""
         grad_batch, curv_batch = self.batches()
-        if before is not None:
-            before(grad_batch, curv_batch)
-        stats = self.opt.step(grad_batch, curv_batch)
-        self.t += 1
-        row = stats.as_dict()
-        row["grad_equiv"] = stats.grad_equivalents / self.n_train
-        return row
+        stats = self.opt.step(grad_batch, curv_batch, on_quadratic=on_quadratic)
+        return hf_row(stats, self.n_train)
 
-    def postfix(self, row: dict) -> dict:
-        """What the progress bar shows."""
-        return {"loss": f"{row['loss_before']:.4g}", "lam": f"{row['lambda_after']:.3g}",
-                "cg": row["cg_iters"]}
+    def evaluation_context(self) -> ContextManager[None]:
+        """HF's parameters are its iterate."""
+        return contextlib.nullcontext()
+
+    def postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        """Loss, λ and CG iterations."""
+        return {"loss": f"{row['loss']:.4g}", "lam": f"{row['lambda_after']:.3g}",
+                "cg": str(row["cg_iters"])}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state and the batch streams'."""
+        return {"opt": self.opt.state_dict(), "batches": self.drawer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.opt.load_state_dict(state["opt"])
+        self.drawer.load_state_dict(state["batches"])
 
 
-class MomentumRunner(_Base):
-    """``nag``, ``cm`` and ``sgd`` steps (the ``torch.optim`` optimizers of hessfree.momentum)."""
+class MomentumRunner:
+    """``nag``, ``cm`` and ``sgd`` updates (module docstring).
 
-    def __init__(self, problem: Problem, data: Dataset, settings: dict, seed: int, kind: str,
-                 total_steps: int | None) -> None:
-        super().__init__(problem, data, settings, seed)
-        self.kind = kind
-        self.schedule = self._schedule(settings, kind, total_steps)
+    Args:
+        optimizer: ``"nag"``, ``"cm"`` or ``"sgd"``.
+        problem: the objective.
+        data: the run's data.
+        settings: :class:`MomentumSettings`.
+        seed: seeds the minibatch stream.
+        total_steps: the run's length in updates when known (Eq. 5's final low-μ phase).
+    """
+
+    def __init__(self, optimizer: str, problem: Problem, data: Dataset,
+                 settings: MomentumSettings, seed: int, total_steps: int | None) -> None:
+        self.optimizer = optimizer
+        self.problem = problem
+        self.settings = settings
+        self.n_train = data.n_train
+        self.schedule = Constant(0.0) if optimizer == "sgd" else settings.mu_schedule(total_steps)
         self.params = problem.resolve_params()
         plist = list(self.params.values())
-        if kind == "sgd":
-            self.opt: Any = momentum.SGD(plist, lr=settings["lr"])
+        if optimizer == "sgd":
+            self.opt: momentum.CM = momentum.SGD(plist, lr=settings.lr)
         else:
-            cls = momentum.NAG if kind == "nag" else momentum.CM
-            self.opt = cls(plist, lr=settings["lr"], schedule=self.schedule)
-        self.sampler = None if data.fresh is not None else \
-            EpochSampler(self.n_train, settings["batch_size"], seed)
+            cls = momentum.NAG if optimizer == "nag" else momentum.CM
+            self.opt = cls(plist, lr=settings.lr, schedule=self.schedule)
+        self.drawer = BatchDrawer(data, seed, GRAD_CHUNK)
+        self._t = 0
 
-    @staticmethod
-    def _schedule(s: dict, kind: str, total_steps: int | None) -> Any:
-        if kind == "sgd":
-            return momentum.ConstantSchedule(0.0)
-        if "mu0" in s:  # RNN schedule (Sutskever et al. 2013 §4)
-            return momentum.RNNSchedule(s["mu0"], warm_steps=s["warm_steps"])
-        if s.get("constant_mu"):
-            return momentum.ConstantSchedule(s["mu_max"])
-        return momentum.SutskeverSchedule(s["mu_max"], final_mu=s["final_mu"],
-                                          final_steps=s["final_steps"], total_steps=total_steps)
+    @property
+    def t(self) -> int:
+        """Updates taken (rejected ones included)."""
+        return self._t
 
-    def step(self, before: Any = None) -> dict[str, Any]:
-        """One update on a minibatch; its row: loss, μ, ε, cost, seconds."""
+    @property
+    def objective(self) -> Problem:
+        """The problem (momentum methods have no phases)."""
+        return self.problem
+
+    def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
+        """One update on a minibatch; its row."""
         t0 = time.perf_counter()
-        batch = self._minibatch(self.sampler, self.settings["batch_size"], 0)  # type: ignore
+        n = self.settings.batch_size
+        batch = self.drawer.minibatch(self._t, n, GRADIENT)
         value, grad = self.problem.value_and_grad(self.params, batch)
-        ok = bool(torch.isfinite(grad).all()) and value == value
-        mu = float(self.schedule(self.t))
+        ok = all_finite(grad) and value == value and abs(value) != float("inf")
+        mu = float(self.schedule(self._t))
         if ok:
-            for p, g in zip(self.params.values(), torch.split(grad, [p.numel() for p in
-                                                                    self.params.values()])):
+            sizes = [p.numel() for p in self.params.values()]
+            for p, g in zip(self.params.values(), torch.split(grad, sizes)):
                 p.grad = g.view(p.shape)
             self.opt.step()
-        n = self.settings["batch_size"]
-        self.t += 1
-        return {"step": self.t - 1, "loss": value, "mu": mu, "lr": float(self.settings["lr"]),
-                "accepted": ok, "grad_cases": n, "grad_equiv": n / self.n_train,
-                "seconds": time.perf_counter() - t0}
+        self._t += 1
+        return momentum_row(self._t - 1, ok, "accepted" if ok else "non-finite gradient", value,
+                            n, self.n_train, time.perf_counter() - t0, mu,
+                            float(self.settings.lr))
 
-    def postfix(self, row: dict) -> dict:
-        """What the progress bar shows."""
-        return {"loss": f"{row['loss']:.4g}", "mu": f"{row['mu']:.3f}"}
-
-    def evaluation_context(self) -> Any:
+    def evaluation_context(self) -> ContextManager[None]:
         """NAG holds the look-ahead point; evaluate at the true iterate θ."""
         return self.opt.at_true_params()
 
+    def postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        """Loss and μ."""
+        return {"loss": f"{row['loss']:.4g}", "mu": f"{row['mu']:.3f}"}
 
-def make_runner(optimizer: str, problem: Problem, data: Dataset, settings: dict, seed: int,
+    def state_dict(self) -> dict[str, Any]:
+        """Velocities, counters and the minibatch stream."""
+        return {"opt": self.opt.state_dict(), "t": self._t, "batches": self.drawer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.opt.load_state_dict(state["opt"])
+        self._t = int(state["t"])
+        self.drawer.load_state_dict(state["batches"])
+
+
+def make_runner(optimizer: str, problem: Problem, data: Dataset, settings: Any, seed: int,
                 total_steps: int | None = None) -> HFRunner | MomentumRunner:
-    """The runner for ``optimizer`` (one of ``hessfree.runs.experiments.OPTIMIZERS``)."""
+    """The runner of ``optimizer`` with its settings record."""
     if optimizer in ("hf", "hf-momentum"):
-        return HFRunner(problem, data, settings, seed, optimizer)
-    return MomentumRunner(problem, data, settings, seed, optimizer, total_steps)
+        return HFRunner(optimizer, problem, data, settings, seed)
+    return MomentumRunner(optimizer, problem, data, settings, seed, total_steps)

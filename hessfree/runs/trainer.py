@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +20,19 @@ from typing import Any
 
 import torch
 
-from hessfree.curvature import GGN, Problem
-from hessfree.runs import experiments
-from hessfree.runs.experiments import Experiment, take
+from hessfree import batches
+from hessfree.curvature import Problem
+from hessfree.quadratic import Quadratic
+from hessfree.runs import checkpoint, experiments
+from hessfree.runs.experiment import Experiment
 from hessfree.runs.results import ResultsWriter, read_results
-from hessfree.runs.runners import HFRunner, make_runner
+from hessfree.runs.runners import HFRunner, Runner, make_runner
+from hessfree.runs.settings import GRAD_CHUNK, flat, from_flat, record_for
 
-__all__ = ["RunSpec", "final_error", "resolve_device", "train"]
+__all__ = ["DTYPES", "RunSpec", "resolve_device", "train"]
 
 log = logging.getLogger("hessfree.train")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
 @dataclass
 class RunSpec:
     """Everything ``hessfree train`` takes.
@@ -85,21 +84,28 @@ def resolve_device(name: str) -> torch.device:
 class _Run:
     """The state of one training run (built fresh or from a checkpoint)."""
 
-    def __init__(self, spec: RunSpec, settings: dict, exp: Experiment) -> None:
-        self.spec, self.settings, self.exp = spec, settings, exp
+    def __init__(self, spec: RunSpec, exp: Experiment, data_settings: Any, opt_settings: Any
+                 ) -> None:
+        self.spec, self.exp = spec, exp
+        self.data_settings, self.opt_settings = data_settings, opt_settings
         self.device = resolve_device(spec.device)
         if spec.dtype not in DTYPES:
             raise ValueError(f"--dtype: expected one of {sorted(DTYPES)}, got {spec.dtype!r}")
         self.dtype = DTYPES[spec.dtype]
-        self.data = exp.data(settings, spec.seed).to(self.device, self.dtype)
+        self.data = exp.data(data_settings, spec.seed).to(self.device, self.dtype)
         gen = torch.Generator().manual_seed(spec.seed)
-        self.model = exp.model(settings, gen).to(self.device, self.dtype)
-        self.problem = Problem(self.model, exp.loss(settings),
-                               weight_decay=float(settings.get("weight_decay", 0.0)))
-        self.runner = make_runner(spec.optimizer, self.problem, self.data, settings, spec.seed,
-                                  spec.steps)
+        self.model = exp.model(data_settings, gen).to(self.device, self.dtype)
+        self.problem = Problem(self.model, exp.loss(data_settings),
+                               weight_decay=opt_settings.weight_decay)
+        self.runner: Runner = make_runner(spec.optimizer, self.problem, self.data, opt_settings,
+                                          spec.seed, spec.steps)
         self.step = self.n_evals = 0
         self.seconds = self.grad_equiv = 0.0
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Data and optimizer settings as one flat dict (the results' ``config``)."""
+        return {**flat(self.data_settings), **flat(self.opt_settings)}
 
     def done(self) -> bool:
         s = self.spec
@@ -108,15 +114,15 @@ class _Run:
                 or (s.budget is not None and self.grad_equiv >= s.budget))
 
     def evaluate(self) -> dict[str, Any]:
-        ctx = getattr(self.runner, "evaluation_context", None)
-        with (ctx() if ctx else _null()):
-            n = int(self.settings.get("eval_cases", 0)) or None
-            train = self.data.train if n is None else (take(self.data.train[0], slice(0, n)),
-                                                      take(self.data.train[1], slice(0, n)))
+        with self.runner.evaluation_context():
+            n = self.data_settings.eval_cases or None
+            train = self.data.train if n is None else batches.split(self.data.train, n)[0]
+            objective = self.runner.objective
             row = {"step": self.step, "seconds": self.seconds, "grad_equiv": self.grad_equiv,
-                   "train_error": self.exp.error(self.model, train, self.settings),
-                   "test_error": self.exp.error(self.model, self.data.test, self.settings),
-                   "train_loss": self.problem.value(self.problem.parameters(), _chunked(train))}
+                   "train_error": self.exp.error(self.model, train, self.data_settings),
+                   "test_error": self.exp.error(self.model, self.data.test, self.data_settings),
+                   "train_loss": objective.value(objective.parameters(),
+                                                 batches.split(train, GRAD_CHUNK))}
         self.n_evals += 1
         return row
 
@@ -124,7 +130,9 @@ class _Run:
         return {"model": self.model.state_dict(), "runner": self.runner.state_dict(),
                 "step": self.step, "n_evals": self.n_evals, "seconds": self.seconds,
                 "grad_equiv": self.grad_equiv, "spec": dataclasses.asdict(self.spec),
-                "settings": self.settings, "torch_rng": torch.get_rng_state()}
+                "data_settings": flat(self.data_settings),
+                "optimizer_settings": flat(self.opt_settings),
+                "torch_rng": torch.get_rng_state()}
 
     def load(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -132,26 +140,6 @@ class _Run:
         self.step, self.n_evals = int(state["step"]), int(state["n_evals"])
         self.seconds, self.grad_equiv = float(state["seconds"]), float(state["grad_equiv"])
         torch.set_rng_state(state["torch_rng"])
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
-
-
-def _chunked(batch: Any, size: int = 5000) -> list:
-    x, y = batch
-    n = (x if isinstance(x, torch.Tensor) else x[0]).shape[0]
-    return [(take(x, slice(i, i + size)), take(y, slice(i, i + size))) for i in range(0, n, size)]
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _run_dir(spec: RunSpec) -> Path:
@@ -163,30 +151,26 @@ def _run_dir(spec: RunSpec) -> Path:
     return path
 
 
+def _model_spec(run: _Run) -> dict[str, Any]:
+    return run.exp.model_spec(run.data_settings) if run.exp.model_spec else {}
+
+
 def _attrs(run: _Run) -> dict[str, Any]:
     spec = run.spec
+    phases = getattr(run.runner, "schedule", None)
     return {"experiment": spec.experiment, "optimizer": spec.optimizer, "seed": spec.seed,
-            "device": str(run.device), "dtype": spec.dtype, "config": dict(run.settings),
+            "device": str(run.device), "dtype": spec.dtype, "config": run.settings,
+            "phases": phases.to_dict() if isinstance(run.runner, HFRunner) else None,
             "n_train": run.data.n_train, "error_name": run.exp.error_name,
-            "model_spec": run.exp.model_spec(run.settings) if run.exp.model_spec else {},
+            "model_spec": _model_spec(run),
             "spec": {k: v for k, v in dataclasses.asdict(spec).items() if k != "resume"}}
 
 
 def _quadratic_saver(run: _Run, writer: ResultsWriter) -> Any:
-    """A hook saving the local model of the coming HF step on its curvature batch."""
-    from hessfree.quadratic import Quadratic
-
-    def save(grad_batch: Any, curv_batch: Any) -> None:
-        runner = run.runner
-        assert isinstance(runner, HFRunner)
-        curv = grad_batch if curv_batch is None else curv_batch
-        params = run.problem.parameters()
-        G = GGN(run.problem, curv, params=params,
-                structural_damping=runner.config.structural_damping)
-        _, g = run.problem.value_and_grad(params, grad_batch)
-        Quadratic(G, g, runner.opt.lam).save(
-            writer.quadratic_group(run.step), experiment=run.spec.experiment,
-            model_spec=_attrs(run)["model_spec"])
+    """A hook saving the quadratic of the coming HF step (the one the step solves)."""
+    def save(q: Quadratic) -> None:
+        q.save(writer.quadratic_group(run.step), experiment=run.spec.experiment,
+               model_spec=_model_spec(run))
 
     return save
 
@@ -199,12 +183,14 @@ def _open(spec: RunSpec) -> tuple[_Run, ResultsWriter, Path]:
         ckpt = path.with_name("checkpoint.pt")
         if not path.exists() or not ckpt.exists():
             raise ValueError(f"--resume: no results.h5 and checkpoint.pt in {path.parent}")
-        state = torch.load(ckpt, weights_only=False)
+        state = checkpoint.load(ckpt)
         saved = RunSpec(**{**state["spec"], "resume": None})
         spec = dataclasses.replace(saved, steps=spec.steps, seconds=spec.seconds,
                                    budget=spec.budget, quiet=spec.quiet, resume=spec.resume)
         exp = experiments.get(spec.experiment)
-        run = _Run(spec, state["settings"], exp)
+        data = from_flat(type(exp.data_defaults()), state["data_settings"])
+        opt = from_flat(record_for(spec.optimizer), state["optimizer_settings"])
+        run = _Run(spec, exp, data, opt)
         run.load(state)
         # keep the periodic evaluations up to the checkpoint; an evaluation made only because
         # the interrupted run ended is not part of the uninterrupted trajectory
@@ -214,8 +200,8 @@ def _open(spec: RunSpec) -> tuple[_Run, ResultsWriter, Path]:
         writer.truncate(run.step, run.n_evals)
         return run, writer, path
     exp = experiments.get(spec.experiment)
-    settings = exp.settings_for(spec.optimizer, spec.overrides)
-    run = _Run(spec, settings, exp)
+    data, opt = exp.settings_for(spec.optimizer, spec.overrides)
+    run = _Run(spec, exp, data, opt)
     folder = _run_dir(spec)
     folder.mkdir(parents=True)
     path = folder / "results.h5"
@@ -245,7 +231,7 @@ def train(spec: RunSpec) -> Path:
             if run.step % spec.eval_every == 0 or run.done():
                 writer.append_eval(run.evaluate())
             if run.step % spec.checkpoint_every == 0 or run.done():
-                _save_checkpoint(ckpt, run.checkpoint_state())
+                checkpoint.save(ckpt, run.checkpoint_state())
             if bar is not None:
                 # never past the total: tqdm drops an overshot total, breaking our bar_format
                 bar.update(min(_progress_units(spec, row), max(0.0, bar.total - bar.n)))
@@ -281,10 +267,3 @@ def _progress_units(spec: RunSpec, row: dict) -> float:
     if spec.seconds is not None:
         return float(row["seconds"])
     return float(row["grad_equiv"])
-
-
-def final_error(path: str | Path) -> float:
-    """The last training error recorded in a results file (NaN if none)."""
-    res = read_results(path)
-    errs = res.eval.get("train_error")
-    return float(errs[-1]) if errs is not None and len(errs) else math.nan

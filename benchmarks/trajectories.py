@@ -1,0 +1,105 @@
+"""Fingerprint of training trajectories, to check that a refactor changes no number.
+
+Runs every optimizer on ``toy-quartic`` and a few steps of HF / momentum-like HF / NAG on a
+small ``curves-ae`` and ``addition`` in float64, and writes every step and evaluation row
+(timings dropped) and a hash of the final parameters to a JSON file. Two such files from before
+and after a change must be identical (``--compare OLD.json``).
+
+    python benchmarks/trajectories.py --out before.json
+    python benchmarks/trajectories.py --out after.json --compare before.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hessfree.runs.cli import main as cli
+from hessfree.runs.results import read_results
+
+SMALL_AE = ["--set", "n_train=512", "--set", "n_test=128"]
+RUNS = {
+    **{f"toy-quartic/{o}": ["toy-quartic", "--optimizer", o, "--steps", "30", "--eval-every", "5"]
+       for o in ("hf", "hf-momentum", "nag", "cm", "sgd")},
+    "curves-ae/hf": ["curves-ae", "--optimizer", "hf", "--steps", "4", "--eval-every", "2",
+                     *SMALL_AE, "--set", "grad_chunk=256", "--set", "cg_max_iters=20"],
+    "curves-ae/hf-momentum": ["curves-ae", "--optimizer", "hf-momentum", "--steps", "8",
+                              "--eval-every", "4", *SMALL_AE, "--set", "classic_step=5",
+                              "--set", "classic_cg_iters=10", "--set", "switch_step=3",
+                              "--set", "classic_weight_decay=0.0"],
+    "curves-ae/nag": ["curves-ae", "--optimizer", "nag", "--steps", "50", "--eval-every", "25",
+                      *SMALL_AE, "--set", "batch_size=64"],
+    "addition/hf": ["addition", "--optimizer", "hf", "--steps", "2", "--eval-every", "1",
+                    "--set", "T=20", "--set", "n_hidden=8", "--set", "grad_cases=64",
+                    "--set", "curv_cases=32", "--set", "cg_max_iters=8", "--set", "n_test=64",
+                    "--set", "n_train=64"],
+}
+
+
+def _clean(table: dict) -> dict:
+    out = {}
+    for k, v in table.items():
+        if k.startswith("seconds"):
+            continue
+        vals = v.tolist()
+        k = "loss" if k == "loss_before" else k  # schema 1 name of HF's loss column
+        out[k] = [None if isinstance(x, float) and math.isnan(x) else x for x in vals]
+    return out
+
+
+def fingerprint(name: str, argv: list[str], tmp: Path) -> dict:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = cli(["train", *argv, "--dtype", "float64", "--quiet", "--out", str(tmp)])
+    if code != 0:
+        raise SystemExit(f"{name}: exit {code}")
+    res = read_results(buf.getvalue().strip().splitlines()[-1])
+    h = hashlib.sha256()
+    for k, arr in res.params("final").items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return {"steps": _clean(res.steps), "eval": _clean(res.eval), "params": h.hexdigest()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--compare")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = {name: fingerprint(name, argv, Path(tmp)) for name, argv in RUNS.items()}
+    Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True))
+    if args.compare:
+        old = json.loads(Path(args.compare).read_text())
+        bad = 0
+        for name in RUNS:
+            a, b = old.get(name), result[name]
+            same_params = a is not None and a["params"] == b["params"]
+            diffs = []
+            for table in ("steps", "eval"):
+                for col, vals in (a or {}).get(table, {}).items():
+                    if col == "loss_before":
+                        col = "loss"
+                    if col not in b[table]:
+                        diffs.append(f"{table}/{col} (gone)")
+                    elif b[table][col] != vals:
+                        diffs.append(f"{table}/{col}")
+            print(f"{name:24s} params {'same' if same_params else 'DIFFER'}; "
+                  f"columns differing: {diffs or 'none'}")
+            bad += (not same_params) or bool(diffs)
+        return 1 if bad else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""How far to move along HF's chosen step: one function per policy.
+
+* :func:`line_search`: Martens' Armijo backtracking on the gradient batch ([M10 §4.6]; HFDemo
+  "bog-standard back-tracking", :func:`hessfree.hf.linesearch.armijo`); the step is rejected when
+  no rate within ``ls_max_tries`` reductions gives sufficient decrease.
+* :func:`fixed_rate`: a given learning rate ε (the momentum-like HF of [S13 A.6]: ε = 1, decayed
+  late by a schedule), optionally rejecting an update that raises the objective
+  (``reject_worse``), compared on the batch whose objective is already known.
+
+Both return a :class:`StepSize`: the rate, the gradient-batch objective after the step when it was
+evaluated (NaN otherwise), how many objective evaluations the policy spent, and why the step is
+rejected (None when it is taken).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hessfree.hf.config import HFConfig
+from hessfree.hf.linesearch import armijo
+
+__all__ = ["StepSize", "fixed_rate", "line_search", "LINE_SEARCH_FAILED", "LOSS_INCREASED"]
+
+LINE_SEARCH_FAILED = "line search failed"
+LOSS_INCREASED = "loss increased"
+
+
+@dataclass(frozen=True)
+class StepSize:
+    """The outcome of a step-size policy (see the module docstring)."""
+
+    alpha: float
+    value: float
+    evaluations: int
+    rejection: str | None
+
+
+def line_search(objective: Callable[[float], float], f0: float, slope: float,
+                first_value: float | None, config: HFConfig) -> StepSize:
+    """Armijo backtracking from rate 1 (``first_value``: the objective at rate 1 if known)."""
+    ls = armijo(objective, f0, slope, config.ls_c, config.ls_shrink, config.ls_max_tries,
+                first_value=first_value)
+    if ls.accepted:
+        return StepSize(ls.alpha, ls.value, ls.evaluations, None)
+    return StepSize(0.0, f0, ls.evaluations, LINE_SEARCH_FAILED)
+
+
+def fixed_rate(alpha: float, reject_worse: bool, f0: float, known: float,
+               compare: Callable[[float], tuple[float, float, bool]]) -> StepSize:
+    """Take rate ``alpha``; with ``reject_worse``, refuse an update that raises the objective.
+
+    Args:
+        alpha: the learning rate.
+        reject_worse: compare the objective after the update with the one before.
+        f0: the gradient-batch objective before the update (reported on rejection).
+        known: the gradient-batch objective after the update if it is already known without a
+            new evaluation (CG-backtracking on the gradient batch, rate 1), else NaN.
+        compare: ``alpha -> (after, before, after_is_on_the_gradient_batch)`` on a batch whose
+            value before is known; it costs an evaluation only when ``alpha`` is not the rate
+            the backtracking already evaluated.
+    """
+    if not reject_worse:
+        return StepSize(alpha, known, 0, None)
+    after, before, on_gradient_batch = compare(alpha)
+    if not (math.isfinite(after) and after <= before):
+        return StepSize(0.0, f0, 0, LOSS_INCREASED)
+    return StepSize(alpha, after if on_gradient_batch else math.nan, 0, None)

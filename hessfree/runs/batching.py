@@ -1,0 +1,142 @@
+"""Drawing an update's batches from a data set, reproducibly: one place for every runner.
+
+:class:`BatchDrawer` turns a :class:`~hessfree.hf.phases.BatchSpec` (or a minibatch size, for
+the momentum methods) into the cases of update ``t``:
+
+* ``"all"``: the whole training set, as a list of memory chunks (values do not depend on them);
+* ``"chunk"``: piece ``t mod parts`` of a fixed partition of the training set (a permutation
+  seeded by the run's seed, cut into ``parts`` pieces of ``n // parts`` cases; HFDemo's
+  ``numchunks``, [HFDemo]);
+* ``"minibatch"``: the next minibatch of an :class:`EpochSampler` (a seeded permutation per
+  epoch, consumed in order);
+* for generated data (a :class:`~hessfree.runs.experiment.Dataset` with ``fresh``), every kind is
+  a fresh draw of ``size`` (or ``n_train``) cases whose seed depends on the run's seed, ``t`` and
+  the batch's role (gradient 0, curvature 1), so any step can be re-drawn exactly.
+
+The samplers' states are part of :meth:`BatchDrawer.state_dict`, so a resumed run draws the same
+batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hessfree import _checks
+from hessfree.batches import Batch, split, take
+from hessfree.hf.phases import BatchSpec
+from hessfree.runs.experiment import Dataset
+
+__all__ = ["BatchDrawer", "EpochSampler", "GRADIENT", "CURVATURE"]
+
+#: roles of a batch (they seed fresh draws and samplers differently)
+GRADIENT, CURVATURE = 0, 1
+
+
+class EpochSampler:
+    """Minibatch indices from a seeded random permutation per epoch (state saved exactly)."""
+
+    def __init__(self, n: int, batch: int, seed: int) -> None:
+        _checks.integer(batch, "batch_size", minimum=1)
+        self.n, self.batch = n, min(batch, n)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.gen)
+        self.pos = 0
+
+    def next(self) -> Tensor:
+        """The next minibatch's indices (a new permutation when the epoch is used up)."""
+        if self.pos + self.batch > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + self.batch]
+        self.pos += self.batch
+        return idx
+
+    def state_dict(self) -> dict:
+        """Generator state, permutation and position."""
+        return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, s: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos = s["perm"].clone(), int(s["pos"])
+
+
+def step_seed(seed: int, step: int, role: int) -> int:
+    """The seed of a fresh draw for update ``step`` and ``role``."""
+    return (seed * 1_000_003 + step * 7919 + role) % (2**31 - 1)
+
+
+class BatchDrawer:
+    """The batches of a run (module docstring).
+
+    Args:
+        data: the run's data set (on its device).
+        seed: the run's seed.
+        chunk: cases per memory chunk of whole-set batches.
+    """
+
+    def __init__(self, data: Dataset, seed: int, chunk: int) -> None:
+        self.data, self.seed, self.chunk = data, seed, chunk
+        self.n = data.n_train
+        self._samplers: dict[str, EpochSampler] = {}
+        self._partitions: dict[int, list[Batch]] = {}
+        self._whole: list[Batch] | None = None
+
+    def _device(self) -> torch.device:
+        x = self.data.train[0]
+        return (x if isinstance(x, Tensor) else x[0]).device
+
+    def _sampler(self, role: int, size: int) -> EpochSampler:
+        key = f"{role}:{size}"
+        if key not in self._samplers:
+            self._samplers[key] = EpochSampler(self.n, size, self.seed + role)
+        return self._samplers[key]
+
+    def _partition(self, parts: int) -> list[Batch]:
+        if parts not in self._partitions:
+            if parts > self.n:
+                raise ValueError(f"parts: cannot cut {self.n} training cases into {parts} chunks")
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed))
+            perm = perm.to(self._device())
+            size = self.n // parts
+            x, y = self.data.train
+            self._partitions[parts] = [(take(x, perm[i * size:(i + 1) * size]),
+                                        take(y, perm[i * size:(i + 1) * size]))
+                                       for i in range(parts)]
+        return self._partitions[parts]
+
+    def minibatch(self, t: int, size: int, role: int = GRADIENT) -> Batch:
+        """A minibatch of ``size`` cases for update ``t`` (fresh data: a new draw)."""
+        if self.data.fresh is not None:
+            return self.data.fresh(size, step_seed(self.seed, t, role))
+        idx = self._sampler(role, size).next().to(self._device())
+        x, y = self.data.train
+        return take(x, idx), take(y, idx)
+
+    def draw(self, spec: BatchSpec, t: int, role: int) -> Any:
+        """The batch ``spec`` describes for update ``t`` (None for ``"same"``)."""
+        if spec.kind == "same":
+            return None
+        if self.data.fresh is not None:
+            return self.data.fresh(spec.size or self.n, step_seed(self.seed, t, role))
+        if spec.kind == "minibatch":
+            return self.minibatch(t, spec.cases(self.n), role)
+        if spec.kind == "chunk":
+            pieces = self._partition(int(spec.parts))
+            return pieces[t % len(pieces)]
+        if self._whole is None:
+            self._whole = split(self.data.train, self.chunk)
+        return self._whole
+
+    def state_dict(self) -> dict[str, Any]:
+        """The samplers' states (partitions are rebuilt from the seed)."""
+        return {k: s.state_dict() for k, s in self._samplers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        for key, s in state.items():
+            role, size = (int(v) for v in key.split(":"))
+            self._sampler(role, size).load_state_dict(s)

@@ -1,0 +1,51 @@
+"""Checkpoints of a run: written atomically, read back with checks.
+
+A checkpoint is a ``torch.save`` of plain data (tensors, numbers, strings, lists, dicts: it is
+read back with ``weights_only=True``, so a checkpoint cannot run code). It is written to a
+temporary file in the run's folder and moved over the previous one with ``os.replace``, so a
+kill at any moment leaves either the old or the new checkpoint, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "load", "save"]
+
+#: version of the checkpoint layout written by the trainer
+CHECKPOINT_VERSION = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or is not one this hessfree writes."""
+
+
+def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, then ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save({**state, "checkpoint_version": CHECKPOINT_VERSION}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save` (CheckpointError naming the file otherwise)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises many kinds on garbage: all mean "unreadable"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("checkpoint_version") != CHECKPOINT_VERSION:
+        version = state.get("checkpoint_version") if isinstance(state, dict) else None
+        raise CheckpointError(f"{path}: checkpoint format {version!r}, this hessfree reads "
+                              f"{CHECKPOINT_VERSION}; it was written by another version")
+    return state

@@ -1,0 +1,132 @@
+"""What an experiment is: data, model, loss, error metric, and default settings per optimizer.
+
+An :class:`Experiment` says how to build its data set (:class:`Dataset`) and its model (with the
+papers' initialization), which matching loss to train with, how to measure error, and the
+default settings of each optimizer on it (typed records of :mod:`hessfree.runs.settings`). The
+registry of named experiments is :mod:`hessfree.runs.experiments`; the built-in ones are in
+:mod:`hessfree.runs.presets`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from hessfree import batches
+from hessfree.batches import Batch
+from hessfree.runs.settings import (
+    OPTIMIZERS,
+    DataSettings,
+    apply_overrides,
+    data_settings_from,
+    from_flat,
+    record_for,
+)
+
+__all__ = ["Dataset", "Experiment"]
+
+
+@dataclass
+class Dataset:
+    """Training and test data, as ``(inputs, targets)`` batches (targets may be ``(values, mask)``).
+
+    Attributes:
+        train: the training set (or, for generated tasks, a representative batch).
+        test: the test set.
+        fresh: for generated tasks (the RNN problems), ``(n, seed) -> batch`` drawing new
+            sequences; the trainer then uses fresh data every step, as Sutskever's HF-RNN code.
+    """
+
+    train: Batch
+    test: Batch
+    fresh: Callable[[int, int], Batch] | None = None
+
+    @property
+    def n_train(self) -> int:
+        """Number of training cases."""
+        return batches.count(self.train[0])
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Dataset:
+        """The data on ``device`` with floating tensors in ``dtype``."""
+        fresh = self.fresh
+        if fresh is not None:
+            base = fresh
+
+            def fresh(n: int, seed: int) -> Batch:
+                return batches.to(base(n, seed), device, dtype)
+
+        return Dataset(batches.to(self.train, device, dtype),
+                       batches.to(self.test, device, dtype), fresh)
+
+
+@dataclass
+class Experiment:
+    """A named benchmark problem.
+
+    Attributes:
+        name: registry key (``curves-ae``, ``addition``, ...).
+        description: one line for ``hessfree list``.
+        data: ``(data settings, seed) -> Dataset``.
+        model: ``(data settings, generator) -> nn.Module`` with the papers' initialization.
+        loss: ``data settings -> loss`` (a matching loss of hessfree.losses).
+        error: ``(model, batch, data settings) -> float`` — the papers' error metric.
+        error_name: what the error is (e.g. "squared reconstruction error").
+        settings: ``"data"``: the data/model settings (a :class:`DataSettings` record, or a
+            plain dict for user experiments); each optimizer name: its default settings record
+            (or a dict of its fields). Optimizers not listed get their record's defaults.
+        paper: published numbers to compare with (``hessfree report``), by optimizer label.
+        model_spec: ``data settings -> dict`` describing the model, saved with quadratics so
+            :func:`hessfree.runs.experiments.build_model` can rebuild it.
+    """
+
+    name: str
+    description: str
+    data: Callable[[Any, int], Dataset]
+    model: Callable[[Any, torch.Generator], nn.Module]
+    loss: Callable[[Any], Any]
+    error: Callable[[nn.Module, Batch, Any], float]
+    error_name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    paper: dict[str, float] = field(default_factory=dict)
+    model_spec: Callable[[Any], dict] | None = None
+
+    def data_defaults(self) -> DataSettings:
+        """The data/model settings record."""
+        return data_settings_from(self.settings.get("data", {}))
+
+    def optimizer_defaults(self, optimizer: str) -> Any:
+        """The default settings record of ``optimizer`` on this experiment."""
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: unknown {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        cls = record_for(optimizer)
+        given = self.settings.get(optimizer)
+        if given is None:
+            return cls()
+        if isinstance(given, cls):
+            return given
+        if isinstance(given, Mapping):
+            try:
+                return from_flat(cls, dict(given))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"experiment {self.name!r}: settings[{optimizer!r}]: {err}") \
+                    from None
+        raise TypeError(f"experiment {self.name!r}: settings[{optimizer!r}]: expected a "
+                        f"{cls.__name__} or a dict, got {type(given).__name__}")
+
+    def settings_for(self, optimizer: str, overrides: Mapping[str, Any] | None = None
+                     ) -> tuple[DataSettings, Any]:
+        """The data and optimizer records with ``overrides`` (``key=value``) applied."""
+        records = (self.data_defaults(), self.optimizer_defaults(optimizer))
+        data, opt = apply_overrides(records, overrides or {}, f"{self.name} with {optimizer}")
+        return data, opt
+
+    def model_from_spec(self, spec: Mapping[str, Any]) -> nn.Module:
+        """Rebuild the model from a saved ``model_spec`` (its data-setting keys; ``seed``)."""
+        data = self.data_defaults()
+        known = {f.name for f in fields(data)}
+        data = data.replace(**{k: v for k, v in spec.items() if k in known})
+        return self.model(data, torch.Generator().manual_seed(int(spec.get("seed", 0))))

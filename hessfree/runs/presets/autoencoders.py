@@ -1,0 +1,127 @@
+"""The deep autoencoders of Hinton & Salakhutdinov (2006): curves-ae, mnist-ae, faces-ae.
+
+HF as Martens (2010) ran it (HFDemo settings, [M10], [HFDemo]); NAG/CM/SGD as Sutskever et al.
+(2013) §3 ([S13 §3]: minibatch 200, Eq. 5 schedule, μ reduced to 0.9 for the last 1000 updates);
+the momentum-like HF of their appendix A.6 ([S13 A.6]). Table 1 of [S13] is attached as the
+published numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hessfree import _checks, losses, models
+from hessfree import data as hdata
+from hessfree.hf import HFConfig
+from hessfree.models.init import sparse_init_
+from hessfree.runs.experiment import Dataset, Experiment
+from hessfree.runs.settings import (
+    DataSettings,
+    HFSettings,
+    MomentumHFSettings,
+    MomentumSettings,
+)
+
+__all__ = ["AUTOENCODERS", "AutoencoderData", "TABLE1"]
+
+
+@dataclass(frozen=True)
+class AutoencoderData(DataSettings):
+    """Data and model settings of the autoencoders.
+
+    Attributes:
+        si_scale: multiplier of the sparse initialization ([S13 Table 3]: 1 is best).
+        root: the data folder (MNIST, Olivetti); empty: ``$HESSFREE_DATA``.
+    """
+
+    si_scale: float = 1.0
+    root: str = ""
+
+    def __post_init__(self) -> None:
+        """Validate."""
+        super().__post_init__()
+        _checks.number(self.si_scale, "si_scale", 0.0, strict_min=True)
+
+
+#: Table 1 of [S13]: training squared error; HF* = Martens (2010), HF† = their A.6 HF
+TABLE1 = {
+    "curves-ae": {"sgd": 0.48, "nag (mu_max 0.99)": 0.096, "nag (mu_max 0.999)": 0.074,
+                  "cm (mu_max 0.99)": 0.10, "hf (Martens 2010, HF*)": 0.11,
+                  "hf-momentum (HF†)": 0.058},
+    "mnist-ae": {"sgd": 2.1, "nag (mu_max 0.99)": 0.73, "nag (mu_max 0.999)": 0.80,
+                 "cm (mu_max 0.99)": 0.77, "hf (Martens 2010, HF*)": 1.40,
+                 "hf-momentum (HF†)": 0.69},
+    "faces-ae": {"sgd": 36.4, "nag (mu_max 0.99)": 8.5, "nag (mu_max 0.999)": 7.7,
+                 "cm (mu_max 0.99)": 8.7, "hf (Martens 2010, HF*)": 12.0,
+                 "hf-momentum (HF†)": 7.5},
+}
+
+
+def _error(model: nn.Module, batch: Any, settings: Any) -> float:
+    return models.reconstruction_error(model, batch[0])
+
+
+def _model(preset: str) -> Callable[[AutoencoderData, torch.Generator], nn.Module]:
+    def build(settings: AutoencoderData, g: torch.Generator) -> nn.Module:
+        return sparse_init_(getattr(models, preset)(), scale=settings.si_scale, generator=g)
+    return build
+
+
+def _curves(s: AutoencoderData, seed: int) -> Dataset:
+    tr, te = hdata.curves(n_train=s.n_train, n_test=s.n_test or 10000, seed=seed)
+    return Dataset((tr, tr), (te, te))
+
+
+def _mnist(s: AutoencoderData, seed: int) -> Dataset:
+    xtr, _, xte, _ = hdata.mnist(s.root or None)
+    xte = xte[: s.n_test or None]
+    return Dataset((xtr[: s.n_train],) * 2, (xte, xte))
+
+
+def _faces(s: AutoencoderData, seed: int) -> Dataset:
+    tr = hdata.faces("train", root=s.root or None, seed=seed)[: s.n_train]
+    te = hdata.faces("test", root=s.root or None, seed=seed)[: s.n_test or None]
+    return Dataset((tr, tr), (te, te))
+
+
+def _autoencoder(name: str, data: Any, preset: str, loss: Any, n_train: int, hf_wd: float,
+                 numchunks: int, momentum_hf: dict, desc: str) -> Callable[[], Experiment]:
+    def factory() -> Experiment:
+        nag = MomentumSettings(batch_size=200, lr=0.01, schedule="sutskever", mu_max=0.99,
+                               final_mu=0.9, final_steps=1000)
+        return Experiment(
+            name=name, description=desc, data=data, model=_model(preset),
+            loss=lambda s: loss(), error=_error,
+            error_name="squared reconstruction error (sum over pixels, mean over cases)",
+            settings={
+                "data": AutoencoderData(n_train=n_train),
+                # HFDemo: weight cost and numchunks per data set ([HFDemo])
+                "hf": HFSettings(HFConfig.martens2010(), weight_decay=hf_wd,
+                                 numchunks=numchunks),
+                "hf-momentum": MomentumHFSettings(weight_decay=hf_wd, **momentum_hf),
+                "nag": nag, "cm": nag, "sgd": nag.replace(mu_max=0.0),
+            },
+            paper=TABLE1[name],
+            model_spec=lambda s: {"preset": preset, "si_scale": s.si_scale})
+    return factory
+
+
+AUTOENCODERS = {
+    "curves-ae": _autoencoder(
+        "curves-ae", _curves, "curves_autoencoder", losses.BCEWithLogits, 20000, 2e-5, 4,
+        {"batch_divisor": 16, "switch_step": 4000, "lr_scale": 500.0},
+        "CURVES autoencoder 784-400-200-100-50-25-6 (re-generated CURVES), logistic output"),
+    "mnist-ae": _autoencoder(
+        "mnist-ae", _mnist, "mnist_autoencoder", losses.BCEWithLogits, 60000, 1e-5, 8,
+        {"batch_divisor": 20, "switch_step": 500, "lr_scale": 250.0, "decay_final": 0.995},
+        "MNIST autoencoder 784-1000-500-250-30 (real MNIST, $HESSFREE_DATA), logistic output"),
+    "faces-ae": _autoencoder(
+        "faces-ae", _faces, "faces_autoencoder", losses.MSE, 103500, 1e-5, 20,
+        {"batch_divisor": 20},
+        "FACES autoencoder 625-2000-1000-500-30 (re-built from Olivetti), linear output"),
+}

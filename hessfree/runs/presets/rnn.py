@@ -1,0 +1,125 @@
+"""The pathological RNN problems (Martens & Sutskever 2011; Sutskever et al. 2013 §4).
+
+HF with structural damping as in Sutskever's HF-RNN code ([M&S11], [HF-RNN]: no preconditioner,
+300 CG steps, μ = 0.03, initial damping 0.01 · outputs, L2 2e-5); NAG/CM with minibatches of 100
+sequences, μ = 0.9 for 1000 updates then μ0 ([S13 §4]); the ESN-style initialization of
+[S13 Table 4]. Table 5 of [S13] is attached as the published numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hessfree import _checks, losses, models
+from hessfree import data as hdata
+from hessfree.hf import HFConfig
+from hessfree.models.init import esn_init_
+from hessfree.runs.experiment import Dataset, Experiment
+from hessfree.runs.settings import (
+    DataSettings,
+    HFSettings,
+    MomentumHFSettings,
+    MomentumSettings,
+)
+
+__all__ = ["RNNData", "RNN_TASKS", "TABLE5"]
+
+_LOSS = {"linear": losses.MSE, "logistic": losses.BCEWithLogits, "softmax": losses.CrossEntropy}
+#: Table 5 of [S13]: zero-one errors, best µ0 (NAG 0.995) and the biases baseline
+TABLE5 = {"addition": {"biases": 0.82, "nag (mu0 0.995)": 0.00025},
+          "multiplication": {"biases": 0.84, "nag (mu0 0.995)": 0.0013},
+          "memorization_5bit": {"biases": 2.5, "nag (mu0 0.995)": 0.63},
+          "memorization_20bit": {"biases": 8.0, "nag (mu0 0.995)": 0.00005}}
+
+
+@dataclass(frozen=True)
+class RNNData(DataSettings):
+    """Data and model settings of the RNN tasks.
+
+    Attributes:
+        T: sequence length (80, or 200 for 5-bit memorization, [S13 Table 5]).
+        center: subtract the mean of inputs and outputs ([S13 §4]: needed for multiplication).
+        n_hidden: tanh hidden units (100, [S13 §4]).
+    """
+
+    n_train: int = 1000
+    n_test: int = 1000
+    T: int = 80
+    center: bool = False
+    n_hidden: int = 100
+
+    def __post_init__(self) -> None:
+        """Validate."""
+        super().__post_init__()
+        _checks.integer(self.T, "T", minimum=1)
+        _checks.boolean(self.center, "center")
+        _checks.integer(self.n_hidden, "n_hidden", minimum=1)
+
+
+def _mean_output(task: str, s: RNNData) -> float | Tensor:
+    """Output bias = mean target ([S13 Table 4]); for softmax, log class frequencies."""
+    x, t, m = hdata.pathological(task, T=s.T, n=2000, seed=12345, center=s.center)
+    if t.is_floating_point():
+        return float((t[..., 0] * m).sum() / m.sum())
+    k = hdata.task_spec(task).n_outputs
+    counts = torch.bincount(t[m > 0].long(), minlength=k).double() + 1.0
+    return (counts / counts.sum()).log().float()
+
+
+def _task(task: str) -> Callable[[], Experiment]:
+    spec = hdata.task_spec(task)
+    memorization = task.startswith("memorization")
+
+    def draw(s: RNNData) -> Callable[[int, int], Any]:
+        def fresh(n: int, seed: int) -> Any:
+            x, t, m = hdata.pathological(task, T=s.T, n=n, seed=seed, center=s.center)
+            return x, (t, m)
+        return fresh
+
+    def make_data(s: RNNData, seed: int) -> Dataset:
+        fresh = draw(s)
+        return Dataset(fresh(s.n_train, 10**6 + seed), fresh(s.n_test, 2 * 10**6 + seed), fresh)
+
+    def make_model(s: RNNData, g: torch.Generator) -> nn.Module:
+        rnn = models.TanhRNN(spec.input_channels, s.n_hidden, spec.n_outputs, spec.output)
+        return esn_init_(rnn, spectral_radius=1.1, input_scale=0.1 if memorization else 0.001,
+                         output_scale=0.1, output_bias=_mean_output(task, s), generator=g)
+
+    def error(model: nn.Module, batch: Any, s: RNNData) -> float:
+        x, (t, m) = batch
+        with torch.no_grad():
+            return hdata.zero_one_error(task, model(x), t, m)
+
+    def factory() -> Experiment:
+        n_out = spec.n_outputs
+        hf_config = HFConfig(preconditioner=False, cg_max_iters=300, structural_damping=0.03,
+                             initial_lambda=0.01 * n_out)
+        nag = MomentumSettings(batch_size=100, lr=1e-4, schedule="rnn", mu0=0.995,
+                               warm_steps=1000)
+        return Experiment(
+            name=task.replace("_", "-"), description=f"{task} (Martens & Sutskever 2011), 100 "
+            f"tanh units, {spec.output} output", data=make_data, model=make_model,
+            loss=lambda s: _LOSS[spec.output](), error=error,
+            error_name="zero-one error (fraction)",
+            settings={
+                "data": RNNData(T=80 if task != "memorization_5bit" else 200,
+                                center=task == "multiplication"),
+                "hf": HFSettings(hf_config, weight_decay=2e-5, grad_cases=1000,
+                                 curv_cases=1000),
+                "hf-momentum": MomentumHFSettings(
+                    HFConfig.momentum_like(preconditioner=False, structural_damping=0.03,
+                                           initial_lambda=0.01 * n_out),
+                    weight_decay=2e-5, batch_size=100),
+                "nag": nag, "cm": nag, "sgd": nag.replace(mu0=0.0, warm_steps=0),
+            },
+            paper=TABLE5.get(task, {}),
+            model_spec=lambda s: {"task": task, "n_hidden": s.n_hidden, "T": s.T})
+    return factory
+
+
+RNN_TASKS = {task.replace("_", "-"): _task(task) for task in hdata.TASKS}

@@ -1,0 +1,414 @@
+"""Typed settings of a training run: one record per optimizer family and one for the data.
+
+A run's settings are two frozen dataclasses, each validated once when built (here, for the CLI
+and the Python API alike):
+
+* the data/model record of its experiment (a subclass of :class:`DataSettings`: sizes, the
+  sequence length, hidden units, the data root, ...), and
+* the optimizer record: :class:`HFSettings` (Martens' HF: an :class:`~hessfree.HFConfig` plus
+  the batch settings of HFDemo), :class:`MomentumHFSettings` (the momentum-like HF of
+  [S13 A.6] as phases) or :class:`MomentumSettings` (NAG, CM, SGD).
+
+Both are seen by the command line as one flat namespace of ``key=value`` settings: the fields of
+each record, with an ``HFConfig`` flattened into its own fields (``--set cg_max_iters=50``).
+:func:`apply_overrides` parses strings to each field's type, refuses unknown keys with the list of
+valid ones, and rebuilds the records (so every value is validated the same way).
+:func:`flat` and :func:`from_flat` give the JSON form stored in results files and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any
+
+from hessfree import _checks
+from hessfree.hf import HFConfig
+from hessfree.hf.phases import BatchSpec, Phase, PhaseSchedule
+from hessfree.schedules import Constant, InverseDecay, Piecewise, RNNSchedule, SutskeverSchedule
+
+__all__ = [
+    "DataSettings",
+    "HFSettings",
+    "MOMENTUM_SCHEDULES",
+    "MomentumHFSettings",
+    "MomentumSettings",
+    "OPTIMIZERS",
+    "Settings",
+    "record_for",
+    "apply_overrides",
+    "data_settings_from",
+    "flat",
+    "from_flat",
+]
+
+#: the μ schedules of the momentum family: Eq. 5 of [S13 §3], the RNN schedule of [S13 §4],
+#: or a constant
+MOMENTUM_SCHEDULES = ("sutskever", "rnn", "constant")
+#: the optimizers every experiment can be trained with, and the settings record of each
+OPTIMIZERS = ("hf", "hf-momentum", "nag", "cm", "sgd")
+#: memory chunk of a whole-training-set pass, in cases (HFDemo passes the whole set at once;
+#: chunks only bound memory and do not change any value)
+GRAD_CHUNK = 5000
+
+
+class Settings:
+    """Base of the settings records: item access (``s["n_train"]``) and the flat form."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(key)
+        return flat(self)[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self[key]`` or ``default``."""
+        return flat(self).get(key, default)
+
+    def keys(self) -> list[str]:
+        """The flat setting names."""
+        return list(flat(self))
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (flat keys), validated."""
+        return from_flat(type(self), {**flat(self), **changes})
+
+
+def _nested(cls: type) -> dict[str, type]:
+    """Fields of ``cls`` that hold a flattened record (an ``HFConfig``)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if hints[f.name] is HFConfig}
+
+
+def flat(record: Any) -> dict[str, Any]:
+    """The record as one flat JSON-friendly dict (an ``HFConfig`` field spread into its keys)."""
+    out: dict[str, Any] = {}
+    nested = _nested(type(record))
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if f.name in nested:
+            out.update(value.to_dict())
+        else:
+            out[f.name] = value
+    return out
+
+
+def from_flat(cls: type, values: Mapping[str, Any]) -> Any:
+    """Build ``cls`` from a flat dict (inverse of :func:`flat`); unknown keys raise."""
+    nested = _nested(cls)
+    own = [f.name for f in fields(cls) if f.name not in nested]
+    known = set(own)
+    sub_keys = {name: {f.name for f in fields(t)} for name, t in nested.items()}
+    for keys in sub_keys.values():
+        known |= keys
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"settings: unknown key(s) {unknown}; valid: {', '.join(sorted(known))}")
+    kw: dict[str, Any] = {k: values[k] for k in own if k in values}
+    for name, t in nested.items():
+        base = _default_of(cls, name)
+        sub = {k: values[k] for k in sub_keys[name] if k in values}
+        kw[name] = t.from_dict({**base.to_dict(), **sub})
+    return cls(**kw)
+
+
+def _default_of(cls: type, name: str) -> Any:
+    for f in fields(cls):
+        if f.name == name:
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                return f.default_factory()  # type: ignore[misc]
+            return f.default
+    raise KeyError(name)
+
+
+# -- parsing ------------------------------------------------------------------------------------
+def _types(cls: type) -> dict[str, Any]:
+    """Flat key -> annotated type (``Any`` for schedulable HFConfig fields)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if hints[f.name] is HFConfig:
+            out.update(typing.get_type_hints(HFConfig))
+        else:
+            out[f.name] = hints[f.name]
+    return out
+
+
+def _parse_one(text: str, kind: Any, key: str) -> Any:
+    """``text`` as a value of type ``kind`` (bool, int, float, str, optional ones, or JSON)."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+        if text.lower() in ("none", "null", ""):
+            return None
+        rest = [a for a in args if a is not type(None)]
+        kind = rest[0] if len(rest) == 1 else Any
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--set {key}: expected true/false, got {text!r}")
+    if kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            if kind is int:
+                try:  # "5e3" for an integer setting
+                    as_float = float(text)
+                except ValueError:
+                    as_float = math.nan
+                if math.isfinite(as_float) and as_float == int(as_float):
+                    return int(as_float)
+            raise ValueError(f"--set {key}: expected {kind.__name__}, got {text!r}") from None
+        return value
+    if kind is str:
+        return text
+    try:  # Any (numbers or schedules of HFConfig): JSON, else a number, else the string
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(records: tuple[Any, ...], overrides: Mapping[str, Any], where: str
+                    ) -> tuple[Any, ...]:
+    """Apply ``key=value`` overrides (strings are parsed) to the records that own each key.
+
+    Raises:
+        ValueError: an unknown key (listing the valid ones), a value of the wrong type or out
+            of range (naming the key).
+    """
+    owners: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        for key in flat(rec):
+            owners.setdefault(key, i)
+    unknown = sorted(k for k in overrides if k not in owners)
+    if unknown:
+        raise ValueError(f"--set: unknown key(s) {unknown} for {where}; valid: "
+                         f"{', '.join(sorted(owners))}")
+    changes: list[dict[str, Any]] = [{} for _ in records]
+    for key, value in overrides.items():
+        i = owners[key]
+        if isinstance(value, str):
+            value = _parse_one(value, _types(type(records[i]))[key], key)
+        changes[i][key] = value
+    out = []
+    for rec, change in zip(records, changes):
+        try:
+            out.append(from_flat(type(rec), {**flat(rec), **change}) if change else rec)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--set: {err}") from None
+    return tuple(out)
+
+
+# -- data ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSettings(Settings):
+    """Data and model settings every experiment has (subclasses add their own).
+
+    Attributes:
+        n_train: training cases (or sequences per training batch for generated data).
+        n_test: test cases (0: the experiment's default).
+        eval_cases: training cases used for the training error (0: all).
+    """
+
+    n_train: int = 0
+    n_test: int = 0
+    eval_cases: int = 0
+
+    def __post_init__(self) -> None:
+        """Validate the shared fields."""
+        _checks.integer(self.n_train, "n_train", minimum=0)
+        _checks.integer(self.n_test, "n_test", minimum=0)
+        _checks.integer(self.eval_cases, "eval_cases", minimum=0)
+
+
+def data_settings_from(values: Mapping[str, Any] | DataSettings) -> DataSettings:
+    """A user's plain dict of data settings as a record (field types from the values)."""
+    if isinstance(values, DataSettings):
+        return values
+    if not isinstance(values, Mapping):
+        raise TypeError(f"settings['data']: expected a dict or DataSettings, got "
+                        f"{type(values).__name__}")
+    own = [(k, type(v) if v is not None else Any, field(default=v))
+           for k, v in values.items() if k not in ("n_train", "n_test", "eval_cases")]
+    cls = make_dataclass("UserDataSettings", own, bases=(DataSettings,), frozen=True)
+    return cls(**values)
+
+
+# -- optimizers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HFSettings(Settings):
+    """Martens' HF in a run: the optimizer config and the batches of HFDemo ([M10]; HFDemo).
+
+    The gradient and the line search use the whole training set, the curvature one of
+    ``numchunks`` fixed chunks, cycled. For generated data (the RNN tasks) each step draws
+    ``grad_cases`` fresh sequences for the gradient and ``curv_cases`` for the curvature
+    (Sutskever's HF-RNN code).
+
+    Attributes:
+        config: every :class:`~hessfree.HFConfig` field (flattened on the command line).
+        weight_decay: L2 coefficient of the objective.
+        numchunks: curvature chunks per pass over the data (CURVES 4, MNIST 8, FACES 20).
+        grad_chunk: cases per memory chunk of whole-set passes (values do not depend on it).
+        grad_cases / curv_cases: generated data: fresh cases per step (None: ``n_train``).
+    """
+
+    config: HFConfig = field(default_factory=HFConfig)
+    weight_decay: float = 0.0
+    numchunks: int = 4
+    grad_chunk: int = GRAD_CHUNK
+    grad_cases: int | None = None
+    curv_cases: int | None = None
+
+    def __post_init__(self) -> None:
+        """Validate."""
+        _checks.number(self.weight_decay, "weight_decay", 0.0)
+        _checks.integer(self.numchunks, "numchunks", minimum=1)
+        _checks.integer(self.grad_chunk, "grad_chunk", minimum=1)
+        for name in ("grad_cases", "curv_cases"):
+            if getattr(self, name) is not None:
+                _checks.integer(getattr(self, name), name, minimum=1)
+
+    def phases(self, n_train: int, fresh: bool) -> PhaseSchedule:
+        """One phase: the whole set for the gradient, one chunk of ``numchunks`` for curvature."""
+        if fresh:
+            grad = BatchSpec("minibatch", size=self.grad_cases or n_train)
+            curv = BatchSpec("minibatch", size=self.curv_cases or n_train)
+        else:
+            if self.numchunks > n_train:
+                raise ValueError(f"numchunks: expected at most n_train = {n_train} chunks, "
+                                 f"got {self.numchunks}")
+            grad, curv = BatchSpec("all"), BatchSpec("chunk", parts=self.numchunks)
+        return PhaseSchedule.single(grad, curv, self.config)
+
+
+@dataclass(frozen=True)
+class MomentumHFSettings(Settings):
+    """The momentum-like HF of [S13 A.6] in a run, as a phase schedule.
+
+    First phase: gradient and curvature on the same minibatch of 1/``batch_divisor`` of the
+    data (or ``batch_size`` cases), the config of :meth:`HFConfig.momentum_like` (50 CG steps,
+    no line search, ε = 1); ζ is raised to ``decay_final`` and ε annealed as
+    ``lr_scale/(t − switch_step)`` from ``switch_step`` on. With ``classic_step > 0`` a second
+    phase starts there: A.6's "more traditional version of HF" — gradient on the whole set,
+    curvature on fixed chunks of the minibatch size, ``classic_cg_iters`` CG steps,
+    ζ = ``classic_decay``, ε = 1 and weight decay ``classic_weight_decay`` when >= 0.
+
+    Attributes:
+        config: the first phase's :class:`~hessfree.HFConfig` fields (flattened).
+        weight_decay: L2 coefficient of the objective.
+        batch_divisor / batch_size: the minibatch (``batch_size`` wins when set).
+        decay_final, switch_step, lr_scale: ζ and ε after ``switch_step``.
+        classic_step, classic_cg_iters, classic_decay, classic_weight_decay: the last phase.
+        grad_chunk: cases per memory chunk of whole-set passes.
+    """
+
+    config: HFConfig = field(default_factory=HFConfig.momentum_like)
+    weight_decay: float = 0.0
+    batch_divisor: int = 16
+    batch_size: int | None = None
+    decay_final: float = 0.999
+    switch_step: int = 4000
+    lr_scale: float = 500.0
+    classic_step: int = 0
+    classic_cg_iters: int = 200
+    classic_decay: float = 0.995
+    classic_weight_decay: float = -1.0
+    grad_chunk: int = GRAD_CHUNK
+
+    def __post_init__(self) -> None:
+        """Validate."""
+        _checks.number(self.weight_decay, "weight_decay", 0.0)
+        _checks.integer(self.batch_divisor, "batch_divisor", minimum=1)
+        if self.batch_size is not None:
+            _checks.integer(self.batch_size, "batch_size", minimum=1)
+        _checks.probability(self.decay_final, "decay_final")
+        _checks.integer(self.switch_step, "switch_step", minimum=0)
+        _checks.number(self.lr_scale, "lr_scale", 0.0, strict_min=True)
+        _checks.integer(self.classic_step, "classic_step", minimum=0)
+        _checks.integer(self.classic_cg_iters, "classic_cg_iters", minimum=1)
+        _checks.probability(self.classic_decay, "classic_decay")
+        _checks.number(self.classic_weight_decay, "classic_weight_decay", -1.0)
+        if -1.0 < self.classic_weight_decay < 0:
+            raise ValueError("classic_weight_decay: expected -1 (keep) or a number >= 0, got "
+                             f"{self.classic_weight_decay}")
+        _checks.integer(self.grad_chunk, "grad_chunk", minimum=1)
+
+    def phases(self, n_train: int, fresh: bool) -> PhaseSchedule:
+        """The A.6 phases (see the class docstring)."""
+        size = self.batch_size or max(1, n_train // self.batch_divisor)
+        minibatch = BatchSpec("minibatch", size=size)
+        first = self.config.replace(
+            cg_decay=Piecewise((self.switch_step,), (self.config.cg_decay, self.decay_final)),
+            learning_rate=InverseDecay(self.lr_scale, self.switch_step,
+                                       float(self.config.learning_rate)))
+        if fresh or self.classic_step <= 0:
+            return PhaseSchedule((Phase("minibatch", gradient=minibatch,
+                                        curvature=BatchSpec("same"), config=first),))
+        classic = self.config.replace(cg_max_iters=self.classic_cg_iters,
+                                      cg_decay=self.classic_decay, learning_rate=1.0)
+        wd = self.classic_weight_decay if self.classic_weight_decay >= 0 else None
+        return PhaseSchedule((
+            Phase("minibatch", steps=self.classic_step, gradient=minibatch,
+                  curvature=BatchSpec("same"), config=first),
+            Phase("classic", gradient=BatchSpec("all"),
+                  curvature=BatchSpec("chunk", parts=max(1, n_train // size)), config=classic,
+                  weight_decay=wd),
+        ))
+
+
+@dataclass(frozen=True)
+class MomentumSettings(Settings):
+    """NAG, CM and SGD in a run ([S13 Eq. 1-5], §3 for the autoencoders, §4 for the RNNs).
+
+    Attributes:
+        weight_decay: L2 coefficient of the objective (the papers use none).
+        batch_size: cases per update (200 for the autoencoders, 100 for the RNNs).
+        lr: the learning rate ε.
+        schedule: ``"sutskever"`` (Eq. 5 capped at ``mu_max``, μ = ``final_mu`` for the last
+            ``final_steps`` updates), ``"rnn"`` (0.9 for ``warm_steps`` updates, then ``mu0``) or
+            ``"constant"`` (``mu_max``). SGD ignores it (μ = 0).
+        mu_max, final_mu, final_steps, mu0, warm_steps: the schedules' constants.
+    """
+
+    weight_decay: float = 0.0
+    batch_size: int = 200
+    lr: float = 0.01
+    schedule: str = "sutskever"
+    mu_max: float = 0.99
+    final_mu: float = 0.9
+    final_steps: int = 1000
+    mu0: float = 0.995
+    warm_steps: int = 1000
+
+    def __post_init__(self) -> None:
+        """Validate."""
+        _checks.number(self.weight_decay, "weight_decay", 0.0)
+        _checks.integer(self.batch_size, "batch_size", minimum=1)
+        _checks.number(self.lr, "lr", 0.0, strict_min=True)
+        _checks.choice(self.schedule, "schedule", MOMENTUM_SCHEDULES)
+        for name in ("mu_max", "final_mu", "mu0"):
+            _checks.probability(getattr(self, name), name)
+        _checks.integer(self.final_steps, "final_steps", minimum=0)
+        _checks.integer(self.warm_steps, "warm_steps", minimum=0)
+
+    def mu_schedule(self, total_steps: int | None) -> Any:
+        """The μ schedule (``total_steps`` places Eq. 5's final low-momentum phase)."""
+        if self.schedule == "rnn":
+            return RNNSchedule(self.mu0, warm_steps=self.warm_steps)
+        if self.schedule == "constant":
+            return Constant(self.mu_max)
+        return SutskeverSchedule(self.mu_max, final_mu=self.final_mu,
+                                 final_steps=self.final_steps, total_steps=total_steps)
+
+
+
+def record_for(optimizer: str) -> type:
+    """The settings record of ``optimizer`` (one of :data:`OPTIMIZERS`)."""
+    _checks.choice(optimizer, "optimizer", OPTIMIZERS)
+    return {"hf": HFSettings, "hf-momentum": MomentumHFSettings}.get(optimizer,
+                                                                     MomentumSettings)
