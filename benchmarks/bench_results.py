@@ -1,6 +1,6 @@
 """Milliseconds to append (and flush) one ``StepStats``-shaped row to a results file.
 
-    python benchmarks/bench_results.py --rows 1000
+python benchmarks/bench_results.py --rows 1000
 """
 
 from __future__ import annotations

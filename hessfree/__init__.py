@@ -4,6 +4,7 @@ The public API is re-exported here; see the README for a tour.
 """
 
 from hessfree import cg, models, momentum, quadratic, schedules, vectors
+from hessfree._version import __version__
 from hessfree.curvature import (
     GGN,
     CurvatureOperator,
@@ -17,8 +18,6 @@ from hessfree.hf import BatchSpec, HessianFree, HFConfig, Phase, PhaseSchedule, 
 from hessfree.momentum import CM, NAG, SGD
 from hessfree.quadratic import Quadratic
 from hessfree.schedules import RNNSchedule, SutskeverSchedule
-
-__version__ = "0.1.0"
 
 _LAZY = ("data", "runs")  # imported on first use (``hessfree.data.curves(...)``)
 

@@ -212,7 +212,7 @@ def test_errors_name_the_problem():
         pathological("adding", 100, 4, 0)
     with pytest.raises(ValueError, match="T=5 is too small"):
         pathological("addition", 5, 4, 0)
-    with pytest.raises(ValueError, match="n must be a positive int"):
+    with pytest.raises(ValueError, match="n: expected an integer >= 1"):
         pathological("xor", 100, 0, 0)
     _, targets, mask = pathological("temporal_order", 100, 4, 0)
     with pytest.raises(ValueError, match="outputs must have shape"):

@@ -37,5 +37,5 @@ def test_sequence_reversal_format_and_determinism():
     assert torch.equal(again[0], inputs) and torch.equal(again[1], targets)
     assert not torch.equal(sequence_reversal(50, seed=4)[0], inputs)
     assert sequence_reversal(3, 0, length=5)[0].shape == (3, 5, 5)
-    with pytest.raises(ValueError, match="length must be a positive int"):
+    with pytest.raises(ValueError, match="length: expected an integer >= 1"):
         sequence_reversal(3, 0, length=0)

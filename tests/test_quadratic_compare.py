@@ -177,7 +177,7 @@ def test_table_and_format():
         assert vals == [c.values[m][1], c.values[m][10], c.values[m][30]]
     assert c.default_ks() == (10, 20, 30)
     assert [len(v) for _, v in c.table()] == [3] * 4
-    with pytest.raises(ValueError, match=r"ks: expected integers in \[0, 30\]"):
+    with pytest.raises(ValueError, match=r"ks: expected an integer in \[0, 30\]"):
         c.table(ks=(31,))
     text = c.format()
     assert "k=30" in text and "mu[nag] = 0.9" in text and "CG stopped" in text
@@ -191,7 +191,7 @@ def test_compare_errors():
         compare(q, iters=0)
     with pytest.raises(ValueError, match="methods: expected distinct names"):
         compare(q, methods=("cg", "adam"))
-    with pytest.raises(ValueError, match=r"mu: expected momentum constants in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"mu: expected a finite number in \[0, 1\)"):
         compare(q, methods=("nag",), mu=1.0)
     with pytest.raises(ValueError, match="mu: expected a number"):
         compare(q, methods=("nag",), mu="fast")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hessfree import _checks
 from hessfree.cg.operators import (
     LinearOperator,
     OperatorLike,
@@ -199,9 +200,7 @@ def _check_operator(A: OperatorLike, b: Tensor) -> LinearOperator:
 
 
 def _check_max_iters(max_iters: object) -> int:
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 0:
-        raise ValueError(f"max_iters: expected an integer >= 0, got {max_iters!r}")
-    return max_iters
+    return _checks.integer(max_iters, "max_iters", minimum=0)
 
 
 def _reason_at(cg: _PCG, rule: StopRule, i: int, phi: list[float]) -> str | None:

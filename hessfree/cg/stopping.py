@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Union
 
+from hessfree import _checks
+
 __all__ = [
     "CONVERGED",
     "MARTENS_PROGRESS",
@@ -170,10 +172,7 @@ class MartensProgress:
         """Check the constants."""
         if not (isinstance(self.eps, (int, float)) and self.eps > 0):
             raise ValueError(f"MartensProgress.eps: expected a positive number, got {self.eps!r}")
-        if isinstance(self.min_gap, bool) or not isinstance(self.min_gap, int) or self.min_gap < 1:
-            raise ValueError(
-                f"MartensProgress.min_gap: expected an integer >= 1, got {self.min_gap!r}"
-            )
+        _checks.integer(self.min_gap, "MartensProgress.min_gap", minimum=1)
         if not (isinstance(self.gap_ratio, (int, float)) and self.gap_ratio >= 0):
             raise ValueError(
                 f"MartensProgress.gap_ratio: expected a number >= 0, got {self.gap_ratio!r}"
@@ -229,8 +228,7 @@ class MaxIters:
 
     def __post_init__(self) -> None:
         """Check ``n``."""
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 0:
-            raise ValueError(f"MaxIters.n: expected an integer >= 0, got {self.n!r}")
+        _checks.integer(self.n, "MaxIters.n", minimum=0)
 
     def __call__(self, state: CGState) -> str | None:
         """Return ``"max iterations"`` when ``state.i >= n``."""

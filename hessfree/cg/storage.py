@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, Union
 
+from hessfree import _checks
+
 __all__ = ["Every", "Geometric", "Never", "StorePolicy", "as_store_policy"]
 
 
@@ -69,8 +71,7 @@ class Every:
 
     def __post_init__(self) -> None:
         """Check ``step``."""
-        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
-            raise ValueError(f"Every.step: expected an integer >= 1, got {self.step!r}")
+        _checks.integer(self.step, "Every.step", minimum=1)
 
     def grid(self, limit: int) -> frozenset[int]:
         """Indices step, 2·step, ... <= limit."""

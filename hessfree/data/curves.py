@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hessfree import _checks
+
 SIDE = 28
 """Image side in pixels (28 x 28 = 784, H&S 2006)."""
 COORD_LOW, COORD_HIGH = 2.0, 25.0
@@ -168,8 +170,7 @@ def curves(
         ValueError: if a count is negative or ``ink``/``sigma`` is not positive.
     """
     for name, value in (("n_train", n_train), ("n_test", n_test)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"curves: {name} must be a non-negative int, got {value!r}")
+        _checks.integer(value, f"curves: {name}", minimum=0)
     for name, value in (("ink", ink), ("sigma", sigma)):
         if not value > 0:
             raise ValueError(f"curves: {name} must be positive, got {value!r}")

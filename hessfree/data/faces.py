@@ -18,6 +18,7 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
+from hessfree import _checks
 from hessfree.data.paths import candidates, data_root, first_existing
 
 FILE_NAME = "olivettifaces.mat"
@@ -199,8 +200,7 @@ def select(
         [torch.arange((s - 1) * per_subject, s * per_subject) for s in subjects]
     )
     if n is not None:
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 <= n <= len(index):
-            raise ValueError(f"faces: n must be an int in 0..{len(index)}, got {n!r}")
+        _checks.integer(n, "faces: n", 0, len(index))
         pick = np.sort(np.random.default_rng(seed).choice(len(index), size=int(n), replace=False))
         index = index[torch.from_numpy(pick)]
     return index

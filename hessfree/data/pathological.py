@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hessfree import _checks
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -272,8 +274,7 @@ def pathological(
     """
     spec = task_spec(task)
     for name, value in (("T", T), ("n", n)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"pathological: {name} must be a positive int, got {value!r}")
+        _checks.integer(value, f"pathological: {name}", minimum=1)
     if center and spec.output == "softmax":
         raise ValueError(f"pathological: center=True is defined for addition, multiplication "
                          f"and xor (real-valued inputs), not for {spec.name}")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hessfree import _checks
+
 
 @dataclass(frozen=True)
 class Quartic:
@@ -66,8 +68,7 @@ def sequence_reversal(
         ValueError: if ``n`` or ``length`` is not a positive int.
     """
     for name, value in (("n", n), ("length", length)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"sequence_reversal: {name} must be a positive int, got {value!r}")
+        _checks.integer(value, f"sequence_reversal: {name}", minimum=1)
     rng = np.random.default_rng(seed)
     perms = rng.permuted(np.tile(np.arange(length), (int(n), 1)), axis=1)
     inputs = np.eye(length, dtype=np.float32)[perms]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from hessfree import _checks
 from hessfree.models.activations import HIDDEN, check_name, check_sizes
 from hessfree.models.mlp import FeedForward
 
@@ -116,8 +117,7 @@ def reconstruction_error(model: nn.Module, x: Tensor, batch_size: int = 1000) ->
     if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x: expected a non-empty tensor of shape (N, D), got {shape}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    _checks.integer(batch_size, "batch_size", minimum=1)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size]

@@ -11,12 +11,12 @@ have it); for any other module every ``nn.Linear`` is used, with non-tanh units.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hessfree import _checks
 from hessfree.models.activations import check_positive_int
 
 __all__ = ["sparse_init_", "esn_init_", "sparse_matrix"]
@@ -37,11 +37,7 @@ def _check_generator(generator: Any) -> torch.Generator | None:
 
 
 def _check_scale(value: Any, arg: str, positive: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        what = "a finite number > 0" if positive else "a finite number >= 0"
-        raise ValueError(f"{arg}: expected {what}, got {value!r}")
-    return float(value)
+    return _checks.number(value, arg, 0.0, strict_min=positive)
 
 
 def sparse_matrix(rows: int, cols: int, connections: int, std: float = 1.0,
@@ -202,6 +198,8 @@ def esn_init_(rnn: nn.Module, spectral_radius: float = 1.1, connections: int = 1
 
 
 def _check_finite(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"output_bias: expected a finite number or a tensor, got {value!r}")
-    return float(value)
+    try:
+        return _checks.number(value, "output_bias")
+    except ValueError:
+        raise ValueError(f"output_bias: expected a finite number or a tensor, got {value!r}") \
+            from None

@@ -21,9 +21,9 @@ from hessfree.quadratic.comparison import (
     compare,
     largest_eigenvalue,
 )
-from hessfree.quadratic.core import Quadratic
+from hessfree.quadratic.core import Quadratic, load, save
 from hessfree.quadratic.eigen import Spectrum, plot, spectrum
-from hessfree.quadratic.io import SCHEMA_VERSION, load, save
+from hessfree.quadratic.io import SCHEMA_VERSION
 
 __all__ = [
     "METHODS",

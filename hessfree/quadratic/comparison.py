@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hessfree import cg
+from hessfree import _checks, cg
 from hessfree.linops import single_threaded_blas
 from hessfree.quadratic.core import Quadratic, value_from
 from hessfree.schedules import SutskeverSchedule
@@ -101,8 +101,7 @@ def _mu_candidates(mu: object, mu_max: float) -> tuple[list[Callable[[int], floa
     if not grid:
         raise ValueError("mu: expected at least one value")
     for m in grid:
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
-            raise ValueError(f"mu: expected momentum constants in [0, 1), got {m!r}")
+        _checks.number(m, "mu", 0.0, 1.0, strict_max=True)
     return [(lambda t, m=float(m): m) for m in grid], [float(m) for m in grid]
 
 
@@ -157,8 +156,7 @@ class Comparison:
         """Rows ``(method, [q(x_k) for k in ks])``; ``ks`` default :meth:`default_ks`."""
         ks = self.default_ks() if ks is None else tuple(ks)
         for k in ks:
-            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.iters:
-                raise ValueError(f"ks: expected integers in [0, {self.iters}] (iters), got {k!r}")
+            _checks.integer(k, "ks", 0, self.iters)
         return [(m, [float(v[k]) for k in ks]) for m, v in self.values.items()]
 
     def format(self, ks: Sequence[int] | None = None) -> str:
@@ -187,8 +185,7 @@ class Comparison:
 def _check_args(q: Quadratic, iters: int, methods: Sequence[str]) -> tuple[str, ...]:
     if not isinstance(q, Quadratic):
         raise TypeError(f"q: expected a hessfree.Quadratic, got {type(q).__name__}")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters: expected an integer >= 1, got {iters!r}")
+    _checks.integer(iters, "iters", minimum=1)
     methods = (methods,) if isinstance(methods, str) else tuple(methods)
     bad = [m for m in methods if m not in METHODS]
     if not methods or bad or len(set(methods)) != len(methods):

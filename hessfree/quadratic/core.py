@@ -27,8 +27,9 @@ from torch import Tensor
 from hessfree import _checks
 from hessfree.curvature.operator import CurvatureOperator, DampedOperator
 from hessfree.linops import FlatOperator
+from hessfree.quadratic import io
 
-__all__ = ["Quadratic", "check_lam"]
+__all__ = ["Quadratic", "check_lam", "load", "save"]
 
 
 def check_lam(lam: object, name: str = "lam") -> float:
@@ -211,19 +212,41 @@ class Quadratic(FlatOperator):
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, path_or_group: Any, **attrs: Any) -> None:
-        """Write this quadratic to HDF5 (see :func:`hessfree.quadratic.io.save`)."""
-        from hessfree.quadratic.io import save
+        """Write this quadratic to HDF5 (layout and arguments: :func:`hessfree.quadratic.io.write`).
 
-        save(self, path_or_group, **attrs)
+        ``path_or_group``: a file path (written atomically) or an empty ``h5py.Group``; extra
+        ``attrs`` (``experiment``, ``model_spec``, numbers, strings, JSON) are kept.
+        """
+        io.write(self, path_or_group, **attrs)
 
     @classmethod
     def load(cls, path_or_group: Any, model: Any = None, loss: Any = None,
              device: Any = None, build_model: Any = None) -> Quadratic:
-        """Rebuild a saved quadratic (see :func:`hessfree.quadratic.io.load`)."""
-        from hessfree.quadratic.io import load
+        """Rebuild a saved quadratic (arguments: :func:`hessfree.quadratic.io.read`).
 
-        return load(path_or_group, model=model, loss=loss, device=device,
-                    build_model=build_model)
+        ``model``: the ``nn.Module`` or function (not needed for dense quadratics), or
+        ``build_model(experiment, model_spec)`` to build it from what the file records.
+        """
+        parts = io.read(path_or_group, model=model, loss=loss, device=device,
+                        build_model=build_model)
+        if "A" in parts:
+            q = cls.from_dense(parts["A"], parts["b"])
+        else:
+            q = cls(parts["operator"], parts["g"], parts["lam"])
+        q.attrs = parts["attrs"]
+        return q
+
+
+def save(q: Quadratic, path_or_group: Any, **attrs: Any) -> None:
+    """Write ``q`` to HDF5 (:meth:`Quadratic.save`)."""
+    q.save(path_or_group, **attrs)
+
+
+def load(path_or_group: Any, model: Any = None, loss: Any = None, device: Any = None,
+         build_model: Any = None) -> Quadratic:
+    """Rebuild a saved quadratic (:meth:`Quadratic.load`)."""
+    return Quadratic.load(path_or_group, model=model, loss=loss, device=device,
+                          build_model=build_model)
 
 
 def value_from(g: Tensor, p: Tensor, ap: Tensor) -> float:

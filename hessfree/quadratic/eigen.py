@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hessfree import _checks
 from hessfree.linops import single_threaded_blas
 from hessfree.quadratic.comparison import Comparison
 from hessfree.quadratic.core import Quadratic
@@ -84,8 +85,7 @@ def spectrum(q: Quadratic, k: int = 6, tol: float = 1e-8, ncv: int | None = None
     Raises:
         RuntimeError: Lanczos did not converge (raise ``tol``, ``ncv`` or ``maxiter``).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+    _checks.integer(k, "k", minimum=1)
     start = q.products
     if 2 * k + 1 < q.dim:
         from scipy.sparse.linalg import LinearOperator

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hessfree import _checks
+from hessfree._version import __version__
 from hessfree.curvature import losses as L
 from hessfree.curvature.operator import GGN, EmpiricalFisher, Hessian
 from hessfree.curvature.problem import Problem
-from hessfree.quadratic.core import Quadratic, check_lam
 from hessfree.quadratic.h5 import (
     attr,
     json_attr,
@@ -41,7 +42,7 @@ from hessfree.quadratic.h5 import (
     write_tree,
 )
 
-__all__ = ["SCHEMA_VERSION", "FORMAT", "save", "load"]
+__all__ = ["SCHEMA_VERSION", "FORMAT", "read", "write"]
 
 #: version of the layout written by :func:`save`; :func:`load` reads versions up to this one
 SCHEMA_VERSION = 1
@@ -84,7 +85,7 @@ def _loss_attrs(loss: Any) -> tuple[str, str]:
     return (name if _LOSSES.get(name) is type(loss) else "custom"), loss.reduction
 
 
-def _write_operator(q: Quadratic, group: h5py.Group) -> None:
+def _write_operator(q: Any, group: h5py.Group) -> None:
     op = q.operator
     assert op is not None
     bad = [n for n in op.params if "/" in n or n in (".", "")]
@@ -108,7 +109,7 @@ def _write_operator(q: Quadratic, group: h5py.Group) -> None:
         write_tree(chunk, "targets", c.targets, f"batch[{i}] targets")
 
 
-def _write(q: Quadratic, group: h5py.Group, attrs: dict[str, Any]) -> None:
+def _write(q: Any, group: h5py.Group, attrs: dict[str, Any]) -> None:
     user, as_json = _user_attrs(attrs)
     if q.A is not None:
         write_tensor(group, "A", q.A)
@@ -116,8 +117,6 @@ def _write(q: Quadratic, group: h5py.Group, attrs: dict[str, Any]) -> None:
     else:
         _write_operator(q, group)
     group.attrs.update(user)
-    from hessfree import __version__
-
     group.attrs.update({
         "format": FORMAT, "kind": "dense" if q.is_dense else "operator",
         "dtype": str(q.dtype).removeprefix("torch."), "device": str(q.device), "lam": q.lam,
@@ -127,7 +126,7 @@ def _write(q: Quadratic, group: h5py.Group, attrs: dict[str, Any]) -> None:
     group.attrs["schema_version"] = SCHEMA_VERSION  # last: a group without it is incomplete
 
 
-def _write_into_group(q: Quadratic, group: h5py.Group, attrs: dict[str, Any]) -> None:
+def _write_into_group(q: Any, group: h5py.Group, attrs: dict[str, Any]) -> None:
     """Write into a temporary child, then move the members up: no half-written group."""
     if len(group) or "schema_version" in group.attrs:
         raise ValueError(
@@ -147,8 +146,8 @@ def _write_into_group(q: Quadratic, group: h5py.Group, attrs: dict[str, Any]) ->
     del group[tmp]
 
 
-def save(q: Quadratic, path_or_group: Any, **attrs: Any) -> None:
-    """Write ``q`` so that :func:`load` can rebuild it.
+def write(q: Any, path_or_group: Any, **attrs: Any) -> None:
+    """Write the :class:`~hessfree.Quadratic` ``q`` so that :func:`read` can rebuild it.
 
     Args:
         q: the quadratic.
@@ -216,9 +215,12 @@ def _read_attrs(group: h5py.Group) -> dict[str, Any]:
     return out
 
 
-def load(path_or_group: Any, model: Any = None, loss: Any = None, device: Any = None,
-         build_model: Callable[[str, Any], Any] | None = None) -> Quadratic:
-    """Rebuild a quadratic written by :func:`save` (the operator at the saved θ).
+def read(path_or_group: Any, model: Any = None, loss: Any = None, device: Any = None,
+         build_model: Callable[[str, Any], Any] | None = None) -> dict[str, Any]:
+    """The parts of a quadratic written by :func:`write` (the operator rebuilt at the saved θ).
+
+    Returns ``{"A", "b", "attrs"}`` for a dense quadratic, ``{"operator", "g", "lam", "attrs"}``
+    for an operator-backed one; :meth:`hessfree.Quadratic.load` makes the quadratic.
 
     Args:
         path_or_group: a file path (its root group) or an ``h5py.Group``.
@@ -246,19 +248,19 @@ def load(path_or_group: Any, model: Any = None, loss: Any = None, device: Any = 
 
 
 def _load_group(group: h5py.Group, model: Any, loss: Any, device: Any,
-                build_model: Callable[[str, Any], Any] | None) -> Quadratic:
+                build_model: Callable[[str, Any], Any] | None) -> dict[str, Any]:
     _check_version(group)
     dev = _resolve_device(group, device)
     kind = attr(group, "kind", str)
     if kind == "dense":
         A = read_tensor(member(group, "A", h5py.Dataset), dev)
         b = read_tensor(member(group, "b", h5py.Dataset), dev)
-        q = Quadratic.from_dense(A, b)
+        q = {"A": A, "b": b}
     elif kind == "operator":
         q = _load_operator(group, model, loss, dev, build_model)
     else:
         raise ValueError(f"{group.name!r}: attribute 'kind' is malformed: got {kind!r}")
-    q.attrs = _read_attrs(group)
+    q["attrs"] = _read_attrs(group)
     return q
 
 
@@ -307,8 +309,13 @@ def _check_params(model: Any, theta: dict[str, Tensor]) -> None:
 
 
 def _load_operator(group: h5py.Group, model: Any, loss: Any, dev: torch.device,
-                   build_model: Callable[[str, Any], Any] | None) -> Quadratic:
-    lam = check_lam(attr(group, "lam", (int, float)), "lam (in the file)")
+                   build_model: Callable[[str, Any], Any] | None) -> dict[str, Any]:
+    lam = attr(group, "lam", (int, float))
+    try:
+        _checks.number(lam, "lam", 0.0, strict_min=True)
+    except ValueError:
+        raise ValueError(f"lam (in the file): expected a finite damping λ > 0, got {lam!r}") \
+            from None
     names = json_attr(group, "param_names")
     theta_g = member(group, "theta", h5py.Group)
     theta = {n: read_tensor(member(theta_g, n, h5py.Dataset), dev) for n in names}
@@ -336,4 +343,4 @@ def _load_operator(group: h5py.Group, model: Any, loss: Any, dev: torch.device,
         raise ValueError(
             f"{group.name!r}: dataset 'g' has shape {tuple(g.shape)}, expected ({op.dim},)"
         )
-    return Quadratic(op, g, lam)
+    return {"operator": op, "g": g, "lam": lam}

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-import hessfree
+from hessfree._version import __version__
 
 __all__ = ["build_parser", "main"]
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hessfree", description="Hessian-free optimization and momentum methods: train on "
         "the classic benchmarks, compare CG and NAG on saved quadratics, plot and report.")
-    parser.add_argument("--version", action="version", version=f"hessfree {hessfree.__version__}")
+    parser.add_argument("--version", action="version", version=f"hessfree {__version__}")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("list", help="experiments and optimizers")
     _train_args(sub.add_parser("train", help="train one optimizer on one experiment"))

@@ -47,6 +47,7 @@ import h5py
 import numpy as np
 import torch
 
+from hessfree._version import __version__
 from hessfree.runs.h5file import (
     FORMAT,
     SCHEMA_VERSION,
@@ -215,10 +216,8 @@ class ResultsWriter:
         missing = [k for k in ("experiment", "optimizer") if k not in attrs]
         if missing:
             raise ValueError(f"attrs: missing {missing} (needed to create {self.path})")
-        import hessfree
-
         own = {"format": FORMAT, "schema_version": SCHEMA_VERSION,
-               "hessfree_version": hessfree.__version__, "torch_version": torch.__version__,
+               "hessfree_version": __version__, "torch_version": torch.__version__,
                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         own.update({"git_commit": git_commit()} if git_commit() else {})
         try:
