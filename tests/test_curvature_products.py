@@ -28,7 +28,8 @@ def _operators(problem, batch, backend):
 @pytest.mark.parametrize("loss_name", LOSSES)
 @pytest.mark.parametrize("model_name", MODELS)
 def test_products_match_dense_reference(model_name, loss_name, reduction, dtype):
-    seed = hash((model_name, loss_name, reduction)) % 1000
+    # a fixed seed per case (hash() of strings changes between processes)
+    seed = 100 * MODELS.index(model_name) + 10 * LOSSES.index(loss_name) + (reduction == "sum")
     model, loss, batch = make_case(model_name, loss_name, reduction, dtype, seed=seed)
     wd = 0.01
     problem = hessfree.Problem(model, loss, weight_decay=wd)

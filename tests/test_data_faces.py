@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from data_fixtures import olivetti_root
 from scipy.ndimage import map_coordinates
 
 from hessfree.data import faces, load_olivetti
@@ -9,8 +8,8 @@ from hessfree.data.faces import ANGLES, PER_IMAGE, SCALES, SPLITS, WINDOW, selec
 
 
 @pytest.fixture(scope="module")
-def root():
-    return olivetti_root()
+def root(olivetti_data_root):
+    return olivetti_data_root
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,10 @@ import socket
 
 import pytest
 import torch
-from data_fixtures import MNIST_GZ, LocalMirror, mnist_dir, regzip_with_change
+from data_fixtures import MNIST_GZ, mnist_dir, regzip_with_change
 
 import hessfree.data as data
 from hessfree.data.fetch import FetchError
-
-
-@pytest.fixture
-def local_mirror(tmp_path):
-    """A LocalMirror on 127.0.0.1 serving tmp_path/'served'."""
-    served = tmp_path / "served"
-    served.mkdir()
-    mirror = LocalMirror(served)
-    yield mirror
-    mirror.close()
 
 
 def serve_real_copies(mirror, sub=""):

@@ -5,16 +5,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from data_fixtures import mnist_dir, regzip_with_change
+from data_fixtures import regzip_with_change
 
 import hessfree.data as data
 from hessfree.data.mnist import FILES, ChecksumError
 
 
 @pytest.fixture(scope="module")
-def real():
-    folder = mnist_dir()
-    return folder, data.mnist(folder)
+def real(mnist_folder):
+    return mnist_folder, data.mnist(mnist_folder)
 
 
 def test_shapes_dtypes_range_and_convention(real):

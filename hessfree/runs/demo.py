@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
-import hessfree
+from hessfree.curvature import GGN, Problem, losses
 
 
 def _autoencoder() -> nn.Module:
@@ -22,9 +22,9 @@ def run_demo(seed: int = 0) -> int:
     torch.manual_seed(seed)
     model = _autoencoder()
     x = (torch.rand(200, 64, dtype=torch.float64) > 0.7).double()
-    problem = hessfree.Problem(model, hessfree.losses.BCEWithLogits(), weight_decay=1e-5)
+    problem = Problem(model, losses.BCEWithLogits(), weight_decay=1e-5)
     t0 = time.perf_counter()
-    G = hessfree.GGN(problem, (x, x))
+    G = GGN(problem, (x, x))
     setup = time.perf_counter() - t0
     v = torch.randn(G.dim, dtype=torch.float64)
     G @ v  # warm-up: the first product pays autograd's one-time costs

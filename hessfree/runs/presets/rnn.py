@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hessfree import _checks, losses, models
+from hessfree import _checks, models
+from hessfree.curvature import losses
 from hessfree import data as hdata
 from hessfree.hf import HFConfig
 from hessfree.models.init import esn_init_

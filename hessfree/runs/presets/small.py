@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessfree import _checks, batches, losses, models
+from hessfree import _checks, batches, models
+from hessfree.curvature import losses
 from hessfree import data as hdata
 from hessfree.hf import HFConfig
 from hessfree.models.init import esn_init_

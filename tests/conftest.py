@@ -1,0 +1,47 @@
+"""Shared fixtures of the test suite.
+
+The helper modules beside the tests (``curvature_cases``: small models and dense references;
+``data_fixtures``: where the real data is, a local HTTP mirror) are put on ``sys.path`` here,
+explicitly, so the suite does not depend on pytest's import mode.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import data_fixtures  # noqa: E402  (needs the path above)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """``$HESSFREE_DATA``, else ``shared/data`` beside the repository (may not exist)."""
+    return data_fixtures.shared_data_root()
+
+
+@pytest.fixture(scope="session")
+def mnist_folder() -> Path:
+    """The folder holding the four real MNIST files (skips the test when absent)."""
+    return data_fixtures.mnist_dir()
+
+
+@pytest.fixture(scope="session")
+def olivetti_data_root() -> Path:
+    """A data root holding ``olivettifaces.mat`` (skips the test when absent)."""
+    return data_fixtures.olivetti_root()
+
+
+@pytest.fixture
+def local_mirror(tmp_path):
+    """A static HTTP server on 127.0.0.1 serving ``tmp_path/'served'``."""
+    served = tmp_path / "served"
+    served.mkdir()
+    mirror = data_fixtures.LocalMirror(served)
+    yield mirror
+    mirror.close()

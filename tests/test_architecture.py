@@ -1,0 +1,183 @@
+"""The package's shape: imports point downward, no cycle, no global state changed on import.
+
+The allowed directions are the layers of ``docs/architecture.md``: a component may import
+components of lower layers only (and itself). The graph is read from the source with ``ast``,
+imports inside functions included.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import hessfree
+
+PACKAGE = Path(hessfree.__file__).resolve().parent
+
+#: component -> layer (``docs/architecture.md``); a component imports lower layers only
+LAYERS = {
+    "_version": 0, "_checks": 0, "vectors": 0,
+    "schedules": 1, "batches": 1, "linops": 1, "distributed": 1,
+    "cg": 2, "curvature": 2, "models": 2, "data": 2,
+    "quadratic": 3, "momentum": 3,
+    "hf": 4,
+    "runs": 5,
+    "__main__": 6, "<facade>": 6,
+}
+#: the linear solver knows nothing about networks (DESIGN.md)
+CG_MAY_IMPORT = {"cg", "vectors", "_checks"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PACKAGE.rglob("*.py"):
+        rel = p.relative_to(PACKAGE.parent).with_suffix("").parts
+        out[".".join(rel[:-1] if rel[-1] == "__init__" else rel)] = p
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> hessfree modules it imports (anywhere in the file)."""
+    mods = _modules()
+    edges: dict[str, set[str]] = collections.defaultdict(set)
+    for name, path in mods.items():
+        pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges[name].update(a.name for a in node.names if a.name.startswith("hessfree"))
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                if not base.startswith("hessfree"):
+                    continue
+                subs = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods}
+                edges[name].update(subs if len(subs) == len(node.names) else subs | {base})
+    return edges
+
+
+def _component(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "<facade>"
+
+
+def test_every_component_has_a_layer():
+    assert {_component(m) for m in _modules()} <= set(LAYERS)
+
+
+def test_imports_point_downward():
+    bad = []
+    for a, targets in _graph().items():
+        ca = _component(a)
+        for b in targets:
+            cb = _component(b)
+            if ca != cb and not LAYERS[cb] < LAYERS[ca]:
+                bad.append(f"{a} -> {b}")
+            if ca == "cg" and cb not in CG_MAY_IMPORT:
+                bad.append(f"{a} -> {b} (cg imports nothing of ours but vectors)")
+    assert not bad, "imports against the layers of docs/architecture.md:\n" + "\n".join(bad)
+
+
+def test_no_import_cycle():
+    """No strongly connected component of more than one module (in-function imports count)."""
+    graph = _graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    cycles = []
+
+    def visit(v: str) -> None:  # Tarjan
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            # a package's __init__ importing its own modules is not a cycle by itself
+            real = [m for m in comp if not any(m != o and o.startswith(m + ".") for o in comp)]
+            if len(comp) > 1 and len(real) > 1:
+                cycles.append(sorted(comp))
+
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_import_below_code():
+    """Imports sit at the top of a file (no ``noqa: E402`` workaround in the package)."""
+    offenders = [str(p) for p in PACKAGE.rglob("*.py") if "noqa: E402" in p.read_text()]
+    assert not offenders
+
+
+def test_each_subpackage_imports_alone():
+    """Import every module first, with no other hessfree module loaded: a cycle would fail."""
+    modules = sorted(_modules())
+    script = textwrap.dedent("""
+        import importlib, json, sys
+        failures = {}
+        for name in json.loads(sys.argv[1]):
+            for m in [k for k in sys.modules if k == "hessfree" or k.startswith("hessfree.")]:
+                del sys.modules[m]
+            try:
+                importlib.import_module(name)
+            except Exception as e:
+                failures[name] = f"{type(e).__name__}: {e}"
+        print(json.dumps(failures))
+    """)
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(modules)], capture_output=True,
+                         text=True, timeout=300, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
+
+
+def test_import_changes_no_global_state():
+    """``import hessfree`` (and its subpackages) leaves env, torch and numpy settings alone."""
+    script = textwrap.dedent("""
+        import json, logging, os, warnings
+        import numpy as np
+        import torch
+        def snap():
+            return {"env": dict(os.environ), "dtype": str(torch.get_default_dtype()),
+                    "threads": torch.get_num_threads(), "grad": torch.is_grad_enabled(),
+                    "np": repr(np.get_printoptions()), "root_handlers": len(logging.root.handlers),
+                    "warnings": len(warnings.filters), "rng": torch.get_rng_state().sum().item()}
+        # third-party modules first: their own import-time settings are not ours
+        import h5py, scipy.io, scipy.ndimage, scipy.sparse.linalg, threadpoolctl, tqdm
+        before = snap()
+        import hessfree, hessfree.runs.cli, hessfree.runs.trainer, hessfree.data
+        hessfree.runs, hessfree.data
+        after = snap()
+        print(json.dumps({k: [before[k], after[k]] for k in before if before[k] != after[k]}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(PACKAGE.parent))
+                                        for p in PACKAGE.rglob("*.py")))
+def test_citations_resolve_inside_the_repository(path):
+    """Docstrings cite ``docs/references.md``, never notes outside the repository."""
+    text = (PACKAGE.parent / path).read_text()
+    for outside in ("papers.md", "anchors.md", "datasets.md", "DESIGN.md"):
+        assert outside not in text, f"{path} cites {outside}, which is not in the repository"
