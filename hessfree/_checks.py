@@ -39,7 +39,8 @@ def _is_real(value: Any) -> bool:
 def _bounds(minimum: float | None, maximum: float | None, strict_min: bool, strict_max: bool
             ) -> str:
     if minimum is not None and maximum is not None:
-        return f"in {'(' if strict_min else '['}{minimum:g}, {maximum:g}{')' if strict_max else ']'}"
+        lo, hi = "(" if strict_min else "[", ")" if strict_max else "]"
+        return f"in {lo}{minimum:g}, {maximum:g}{hi}"
     parts = []
     if minimum is not None:
         parts.append(f"{'>' if strict_min else '>='} {minimum:g}")
