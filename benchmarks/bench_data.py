@@ -1,8 +1,8 @@
 """Data-set speed and calibration: CURVES and FACES generation, MNIST loading, RNN batches.
 
 Times are medians of repeats (wall clock, one process, torch's default threads). The
-calibration section recomputes the check figures of reference/datasets.md for the generated
-sets: CURVES' pixel statistics (§1.1) and FACES' 30-D PCA test error (§2.3).
+calibration section recomputes the check figures of docs/references.md for the generated sets:
+CURVES' pixel statistics ([Data: CURVES]) and FACES' 30-D PCA test error ([Data: FACES]).
 
 The data root is --root, else $HESSFREE_DATA, else the shared/data folder beside the repository.
 
@@ -120,7 +120,7 @@ def main() -> None:
         "| --- | --- | --- |",
         *rows,
         "",
-        "## Calibration against reference/datasets.md",
+        "## Calibration against docs/references.md [Data]",
         "",
         "| figure | target | ours |",
         "| --- | --- | --- |",

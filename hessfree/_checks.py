@@ -1,7 +1,7 @@
 """Argument checks shared by every module: one place, one wording.
 
 Every public entry point validates its arguments once, with these helpers, and raises an error
-that names the argument and says what was expected (``DESIGN.md`` rule; ``docs/architecture.md``
+that names the argument and says what was expected (``docs/architecture.md``, Rules and
 "Validation"). ``bool`` is never accepted where a number is expected (``True`` is an ``int`` in
 Python), numpy scalars are accepted where Python numbers are.
 """

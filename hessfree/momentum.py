@@ -1,4 +1,4 @@
-"""Momentum baselines exactly as Sutskever, Martens, Dahl & Hinton (2013) Eq. 1-4, and μ schedules.
+"""Momentum baselines exactly as Sutskever et al. (2013) Eq. 1-4 [S13 Eq. 1-4], and μ schedules.
 
 Classical momentum (CM), Eq. 1-2::
 
@@ -8,9 +8,9 @@ Nesterov's accelerated gradient (NAG), Eq. 3-4::
 
     v_{t+1} = μ_t v_t − ε ∇f(θ_t + μ_t v_t),        θ_{t+1} = θ_t + v_{t+1}
 
-NAG without a second forward pass (change of variables of Sutskever's thesis and Bengio et al.
-2013, valid for a time-varying μ_t). The parameters the model holds are the look-ahead point
-``φ_t = θ_t + μ_t v_t``, where the gradient ``g_t = ∇f(φ_t)`` is taken. Then
+NAG without a second forward pass (change of variables of Sutskever's thesis [Sut13T] and Bengio
+et al. 2013 [Ben13], valid for a time-varying μ_t). The parameters the model holds are the
+look-ahead point ``φ_t = θ_t + μ_t v_t``, where the gradient ``g_t = ∇f(φ_t)`` is taken. Then
 ``v_{t+1} = μ_t v_t − ε g_t`` and::
 
     φ_{t+1} = θ_{t+1} + μ_{t+1} v_{t+1}
@@ -23,8 +23,9 @@ With ``v_0 = 0``, ``φ_0 = θ_0``. The true iterate is ``θ_t = φ_t − μ_t v_
 ``torch.optim.SGD(nesterov=True)``, whose buffer is ``b = −v/ε``; CM is ``SGD(momentum=μ)``
 with the same buffer relation.
 
-μ schedules (``t -> μ_t``) live in :mod:`hessfree.schedules`: :class:`SutskeverSchedule` (Eq. 5
-and the low-momentum final phase), :class:`RNNSchedule` (§4), :class:`Constant`.
+μ schedules (``t -> μ_t``) live in :mod:`hessfree.schedules`: :class:`SutskeverSchedule`
+([S13 Eq. 5] and the low-momentum final phase of [S13 §3]), :class:`RNNSchedule` ([S13 §4]),
+:class:`Constant`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _mu(schedule: Callable[[int], float], t: int) -> float:
 
 
 class CM(Optimizer):
-    """Classical momentum, Sutskever et al. (2013) Eq. 1-2, with a μ schedule.
+    """Classical momentum, Sutskever et al. (2013) Eq. 1-2 ([S13 Eq. 1-2]), with a μ schedule.
 
     Used the usual way: ``loss.backward()``, then ``opt.step()``. Parameters without a gradient
     are skipped (as in ``torch.optim.SGD``). Counters: :attr:`t` (updates taken, the schedule's
@@ -201,7 +202,7 @@ class CM(Optimizer):
 
 
 class NAG(CM):
-    """Nesterov's accelerated gradient, Sutskever et al. (2013) Eq. 3-4, one gradient per update.
+    """Nesterov's accelerated gradient, [S13 Eq. 3-4], one gradient per update.
 
     The model holds the look-ahead point ``φ_t = θ_t + μ_t v_t`` and ``p.grad`` must be
     ``∇f(φ_t)``; the update is ``v ← μ_t v − ε g``, ``φ ← φ − ε g + μ_{t+1} v`` (derivation in the
@@ -224,7 +225,7 @@ class NAG(CM):
 
 
 class SGD(CM):
-    """Plain gradient descent ``θ ← θ − ε ∇f(θ)``: CM with μ = 0 (Table 1's "0" column).
+    """Plain gradient descent ``θ ← θ − ε ∇f(θ)``: CM with μ = 0 ([S13 Table 1]'s "0" column).
 
     Args:
         params: parameters or parameter groups.

@@ -150,7 +150,7 @@ class Piecewise:
 
 @dataclass(frozen=True)
 class SutskeverSchedule:
-    """Eq. 5 of Sutskever et al. (2013): ``μ_t = min(1 − 2^(−1 − log2(⌊t/250⌋ + 1)), μ_max)``.
+    """[S13 Eq. 5]: ``μ_t = min(1 − 2^(−1 − log2(⌊t/250⌋ + 1)), μ_max)``.
 
     Equivalently ``1 − 1/(2(k + 1))`` with ``k = ⌊t/warm⌋``: 0.5, 0.75, ..., 0.9 at t = 1000,
     0.99 at 12,250, 0.999 at 124,750 ([S13 §3]). When ``total_steps`` is given, μ is reduced to
@@ -192,7 +192,7 @@ class SutskeverSchedule:
 
 @dataclass(frozen=True)
 class RNNSchedule:
-    """Sutskever et al. (2013) §4: ``μ = 0.9`` for the first 1000 updates, then ``mu0``.
+    """Sutskever et al. (2013) [S13 §4]: ``μ = 0.9`` for the first 1000 updates, then ``mu0``.
 
     Args:
         mu0: the momentum after the warm phase, in the paper from {0, 0.9, 0.98, 0.995}.

@@ -29,7 +29,7 @@ def test_shapes_dtype_range(sample):
 
 
 def test_calibration_statistics_match_the_real_file(sample):
-    # targets from datasets.md §1.1 (derived from Martens' CURVES run log)
+    # targets from [Data: CURVES] (derived from the [HFDemo] CURVES run log)
     for x in sample:
         x = x.double()
         total_var = x.var(0, unbiased=False).sum().item()
@@ -39,7 +39,7 @@ def test_calibration_statistics_match_the_real_file(sample):
     assert 118 < mean_image_entropy < 136, mean_image_entropy  # real file: about 124
     per_image_entropy = binary_entropy(x).sum(1).mean().item()
     assert 45 < per_image_entropy <= 54.7, per_image_entropy  # real file: at most 54.7
-    # anti-aliased ink: plenty of grey, few saturated pixels (datasets.md §1.3)
+    # anti-aliased ink: plenty of grey, few saturated pixels ([Data: CURVES])
     saturated = (x > 0.999).sum(1).double().mean().item()
     inked = (x > 0.01).sum(1).double().mean().item()
     assert 2 < saturated < 10 and 100 < inked < 170

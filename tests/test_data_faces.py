@@ -34,7 +34,7 @@ def test_olivetti_source(root):
     source = load_olivetti(root)
     assert source.shape == (400, 64, 64) and source.dtype == torch.float32
     assert source.min() >= 0 and abs(source.max().item() - 242 / 255) < 1e-6
-    assert abs(source.mean().item() * 255 - 132.38) < 0.01  # data/README.md §2
+    assert abs(source.mean().item() * 255 - 132.38) < 0.01  # [Data: FACES], the source file
     # upright faces are symmetric left-right, not top-bottom (a transposed read would swap)
     mean_face = source.mean(0)
     assert (mean_face - mean_face.flip(1)).abs().mean() < 0.5 * (
@@ -91,7 +91,7 @@ def test_patches_are_the_documented_rotation_and_zoom(root, filter):
 
 
 def test_pca30_check_figure(whole):
-    """datasets.md §2.3: 30-D PCA on subjects 1-30, test error on 31-40; H&S 2006 report 135.
+    """[Data: FACES]: 30-D PCA on subjects 1-30, test error on 31-40; H&S 2006 report 135.
 
     The covariance uses every 4th training patch in float32 (same figure to 0.01, 10x cheaper).
     """

@@ -23,11 +23,11 @@ def test_shapes_dtypes_range_and_convention(real):
     assert y_train.shape == (60000,) and y_test.shape == (10000,)
     assert y_train.dtype == y_test.dtype == torch.int64
     assert x_train.min() == 0 and x_train.max() == 1
-    # pixel / 255, not binarised (datasets.md §3): many intermediate grey levels
+    # pixel / 255, not binarised ([Data: MNIST]): many intermediate grey levels
     assert ((x_train > 0) & (x_train < 1)).float().mean() > 0.05
     levels = torch.unique(x_test[:200] * 255)
     assert torch.allclose(levels, levels.round(), atol=1e-3) and len(levels) > 100
-    # facts from data/README.md §1
+    # facts from [Data: MNIST]
     assert abs(x_train.mean().item() * 255 - 33.318) < 1e-3
     assert abs(x_test.mean().item() * 255 - 33.791) < 1e-3
     assert y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]

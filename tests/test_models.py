@@ -35,7 +35,7 @@ def numpy_forward(model, x, acts, n_layers=None):
     return h
 
 
-# HFDemo layer lists (papers.md §2.6): hidden sizes; the code layer uses linear units
+# HFDemo layer lists ([HFDemo], Architectures): hidden sizes; the code layer uses linear units
 HFDEMO = {
     "curves": ([400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400], 784, "logistic"),
     "mnist": ([1000, 500, 250, 30, 250, 500, 1000], 784, "logistic"),

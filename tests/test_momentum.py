@@ -1,4 +1,4 @@
-"""Tests of CM / NAG / SGD (Sutskever et al. 2013 Eq. 1-4) and the μ schedules."""
+"""Tests of CM / NAG / SGD ([S13 Eq. 1-4]) and the μ schedules."""
 
 import copy
 import io
@@ -19,7 +19,7 @@ from hessfree.schedules import RNNSchedule, SutskeverSchedule
 
 
 def eq5(t, mu_max, warm=250):
-    """Eq. 5 written literally, with log2."""
+    """[S13 Eq. 5] written literally, with log2."""
     return min(1 - 2 ** (-1 - math.log2(math.floor(t / warm) + 1)), mu_max)
 
 
@@ -41,7 +41,7 @@ def test_sutskever_schedule_matches_eq5_everywhere():
 
 
 def test_sutskever_schedule_final_phase():
-    s = SutskeverSchedule(0.999, total_steps=750_000)  # the paper's run (papers.md §1.2)
+    s = SutskeverSchedule(0.999, total_steps=750_000)  # the paper's run ([S13 §3])
     assert s(748_999) == pytest.approx(eq5(748_999, 0.999)) and s(748_999) > 0.99
     assert s(749_000) == 0.9
     assert s(749_999) == 0.9

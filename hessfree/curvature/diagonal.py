@@ -1,8 +1,8 @@
 """Exact diagonal of the empirical Fisher from per-case gradients.
 
 ``diag(F) = s Σ_i (∇l_i)² + weight_decay`` with ``s = 1/N`` for ``mean`` — the statistic of
-Martens' diagonal preconditioner ``(diag + λ)^0.75`` (papers.md §2.5: ``grad2`` is the mean of the
-squared per-case gradients, and the weight cost is added). Per-case gradients come from
+Martens' diagonal preconditioner ``(diag + λ)^0.75`` ([M10 §4.7]; [HFDemo]: ``grad2`` is the mean of
+the squared per-case gradients, and the weight cost is added). Per-case gradients come from
 ``torch.func.vmap(torch.func.grad(...))`` over slices of cases, so memory stays at
 ``slice × dim`` numbers.
 

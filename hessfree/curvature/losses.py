@@ -1,12 +1,12 @@
 """Matching losses on pre-nonlinearity outputs, with closed-form output Hessians.
 
 A *matching* loss pairs an output nonlinearity with the loss whose gradient with respect to the
-pre-nonlinearity ``z`` is ``f(z) - t`` (Martens 2010 §2.1 code, "canonical link"; Schraudolph
-2002): squared error for linear units, cross-entropy for logistic units, softmax cross-entropy.
+pre-nonlinearity ``z`` is ``f(z) - t`` ([HFDemo], "canonical link"; [Sch02]; [M10 §4.2]):
+squared error for linear units, cross-entropy for logistic units, softmax cross-entropy.
 Its Hessian with respect to ``z`` is then positive semi-definite and cheap, so the Gauss-Newton
 matrix ``Jᵀ H_L J`` is PSD and ``H_L u`` has a closed form.
 
-Reductions follow Martens (2010) and Sutskever et al. (2013), **not** torch's element-wise mean:
+Reductions follow [HFDemo] and [S13 Table 1], **not** torch's element-wise mean:
 ``reduction="mean"`` sums the per-case loss over all output dimensions (and time steps) and then
 averages over cases (the first dimension); ``reduction="sum"`` also sums over cases.
 
@@ -167,9 +167,9 @@ def _weights(mask: Tensor | None, scale: float) -> Tensor | float:
 class MSE(MatchingLoss):
     """Squared error for linear output units: per case ``sum_d (z_d - t_d)^2``.
 
-    Matching loss of the identity (Martens 2010 §2.1): ``dL/dz = 2 (z - t)``, ``H_L = 2 I``.
-    This is the papers' reported "squared error" per case (HFDemo ``errtype='L2'``). Martens' newer
-    code minimises half of it, which is why his FACES weight cost is halved (papers.md §2.6).
+    Matching loss of the identity ([Sch02]; [HFDemo]): ``dL/dz = 2 (z - t)``, ``H_L = 2 I``.
+    This is the papers' reported "squared error" per case ([HFDemo] ``errtype='L2'``). Martens'
+    newer code minimises half of it, which is why his FACES weight cost is halved ([HFDemo]).
     """
 
     name = "mse"
@@ -193,7 +193,7 @@ class BCEWithLogits(MatchingLoss):
     """Cross-entropy for logistic output units, on logits ``z``.
 
     Per case ``sum_d softplus(z_d) - t_d z_d`` (``t`` in [0, 1]); ``dL/dz = sigma(z) - t``,
-    ``H_L = diag(sigma(z)(1 - sigma(z)))`` (matching loss of the logistic, Martens 2010 §2.1).
+    ``H_L = diag(sigma(z)(1 - sigma(z)))`` (matching loss of the logistic, [Sch02]).
     """
 
     name = "bce"

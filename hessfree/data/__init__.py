@@ -1,8 +1,8 @@
 """hessfree.data: the benchmark data sets, each with a documented shape, dtype and range.
 
-Deep-autoencoder sets (Hinton & Salakhutdinov 2006): ``mnist`` (real files, checksummed;
-``fetch`` downloads them), ``curves`` and ``faces`` (re-generated, datasets.md §1.3 / §2.3).
-RNN problems (Martens & Sutskever 2011): ``pathological`` with ``zero_one_error``.
+Deep-autoencoder sets ([H&S06]): ``mnist`` (real files, checksummed, [Data: MNIST]; ``fetch``
+downloads them), ``curves`` and ``faces`` (re-generated, [Data: CURVES] / [Data: FACES]).
+RNN problems ([M&S11]): ``pathological`` with ``zero_one_error`` ([Data: pathological]).
 Toy problems of the seed posts: ``toy``. The data root is an argument or ``$HESSFREE_DATA``.
 """
 

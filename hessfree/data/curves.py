@@ -1,9 +1,9 @@
 """CURVES: a re-generation of the synthetic curve images of Hinton & Salakhutdinov (2006).
 
 The original file (``digs3pts_1.mat``, Salakhutdinov) cannot be obtained; this module rebuilds a
-data set with the same recipe and the same summary statistics, following
-``reference/datasets.md`` §1.3 (structure from the Science SOM, inking from Hinton & Nair 2005,
-ink amount and kernel width calibrated against statistics of the real file, §1.1).
+data set with the same recipe and the same summary statistics, following ``docs/references.md``
+[Data: CURVES] (structure from the Science SOM of [H&S06], inking from Hinton & Nair 2005
+[H&N05], ink amount and kernel width calibrated against statistics of the real file).
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ import torch
 from hessfree import _checks
 
 SIDE = 28
-"""Image side in pixels (28 x 28 = 784, H&S 2006)."""
+"""Image side in pixels (28 x 28 = 784, [H&S06])."""
 COORD_LOW, COORD_HIGH = 2.0, 25.0
-"""Range of the control-point coordinates in pixel units (SOM wording, datasets.md §1.2)."""
+"""Range of the control-point coordinates in pixel units (SOM wording, [Data: CURVES])."""
 MIN_GAP = 2.0
-"""Each control point's x is at least this much larger than the previous one's (SOM)."""
+"""Each control point's x is at least this much larger than the previous one's ([Data: CURVES])."""
 N_INK_POINTS = 60
-"""Ink points per curve, evenly spaced in x (Hinton & Nair's renderer, datasets.md §1.2)."""
+"""Ink points per curve, evenly spaced in x (Hinton & Nair's renderer, [H&N05])."""
 INK = 0.65
-"""Ink added per point before blurring (calibrated, datasets.md §1.3)."""
+"""Ink added per point before blurring (calibrated, [Data: CURVES])."""
 SIGMA = 0.77
-"""Standard deviation (pixels) of the Gaussian blur kernel (calibrated, datasets.md §1.3)."""
+"""Standard deviation (pixels) of the Gaussian blur kernel (calibrated, [Data: CURVES])."""
 
 
 def control_points(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``n`` triples of control points (datasets.md §1.3 step 1).
+    """Draw ``n`` triples of control points ([Data: CURVES], step 1).
 
     x1 < x2 < x3 are sorted uniforms on [2, 25] with gaps of at least 2 (rejection sampling);
     y1, y2, y3 are i.i.d. uniform on [2, 25].
@@ -53,7 +53,7 @@ def ink_points(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sample the curve y(x) through the control points at 60 x values from x1 to x3.
 
     With three knots MATLAB's default (not-a-knot) cubic spline is exactly the interpolating
-    parabola (datasets.md §1.3 step 2), evaluated here in Lagrange form.
+    parabola ([Data: CURVES], step 2), evaluated here in Lagrange form.
 
     Returns:
         ``(px, py)``, each float64 of shape ``(n, 60)``.
@@ -72,7 +72,7 @@ def splat(px: np.ndarray, py: np.ndarray, ink: float) -> np.ndarray:
     """Distribute ``ink`` per point to its 4 nearest pixels with bilinear weights.
 
     Pixel centres sit at integer coordinates 0..27; the image is indexed ``[row=y, col=x]``;
-    ink falling outside the 28 x 28 grid is dropped (datasets.md §1.3 step 3).
+    ink falling outside the 28 x 28 grid is dropped ([Data: CURVES], step 3).
 
     Returns:
         float64 of shape ``(n, 28, 28)``.
@@ -143,14 +143,14 @@ def curves(
     """Generate the CURVES autoencoder data set (Hinton & Salakhutdinov 2006).
 
     This is a **re-generation**, not the original ``digs3pts_1.mat``: it follows the most
-    plausible recipe of datasets.md §1.3 (three control points with x increasing by at least
+    plausible recipe of [Data: CURVES] (three control points with x increasing by at least
     2 px, coordinates uniform in [2, 25]; the parabola y(x) through them, which is what a
     3-knot not-a-knot cubic spline is; 60 ink points evenly spaced in x, splatted bilinearly
     with amount ``ink``; Gaussian blur of width ``sigma``; clipped at 1). The images match the
     original's summary statistics (sum of per-pixel variances ≈ 16.9, per-image binary entropy
-    ≤ 54.7 nats; datasets.md §1.1) but not its samples, raster orientation or exact kernel,
+    ≤ 54.7 nats; [Data: CURVES]) but not its samples, raster orientation or exact kernel,
     which are unknown. The mean-image entropy comes out near 131 nats against ≈ 124 for the
-    original file (datasets.md §1.3 found the same gap for this recipe).
+    original file (the recipe shows this gap for every setting tried, [Data: CURVES]).
 
     Train and test come from independent random streams spawned from ``seed``, so the test set
     does not depend on ``n_train``.

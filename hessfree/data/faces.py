@@ -1,7 +1,7 @@
 """FACES: the 25 x 25 Olivetti face patches of Hinton & Salakhutdinov (2006), rebuilt.
 
 The original ``newfaces_rot_single.mat`` cannot be obtained; this module rebuilds it from the 400
-Olivetti images (Roweis' ``olivettifaces.mat``) by the recipe of ``reference/datasets.md`` §2.3:
+Olivetti images (Roweis' ``olivettifaces.mat``) by the recipe of [Data: FACES]:
 every image rotated by -90..90 degrees in 4-degree steps and magnified by 1.40..1.80 in 0.05
 steps (46 x 9 = 414 transforms, 400 x 414 = 165,600 patches), subsampled to 25 x 25, then
 centred per pixel and scaled by one number so that the average pixel variance is 1.
@@ -22,12 +22,12 @@ from hessfree import _checks
 from hessfree.data.paths import candidates, data_root, first_existing
 
 FILE_NAME = "olivettifaces.mat"
-"""Roweis' Olivetti file (H&S 2006 ref. 12); see data/README.md §2."""
+"""Roweis' Olivetti file ([H&S06] ref. 12); see [Data: FACES], the source file."""
 N_SUBJECTS, IMAGES_PER_SUBJECT, SOURCE_SIDE, SIDE = 40, 10, 64, 25
 ANGLES = tuple(float(a) for a in range(-90, 91, 4))
-"""Rotations in degrees, -90..90 in 4-degree steps (46 values; datasets.md §2.3 step 2)."""
+"""Rotations in degrees, -90..90 in 4-degree steps (46 values; [Data: FACES], step 2)."""
 SCALES = tuple(round(1.40 + 0.05 * k, 2) for k in range(9))
-"""Magnifications 1.40..1.80 in 0.05 steps (9 values; datasets.md §2.3 step 2)."""
+"""Magnifications 1.40..1.80 in 0.05 steps (9 values; [Data: FACES], step 2)."""
 PER_IMAGE = len(ANGLES) * len(SCALES)
 """Transforms per source image: 414, so the whole set has 400 x 414 = 165,600 patches."""
 SPLITS = {
@@ -36,12 +36,12 @@ SPLITS = {
     "test": (31, 40),
     "all": (1, 40),
 }
-"""Subject ranges (1-based, inclusive) of each split (SOM wording, datasets.md §2.2)."""
+"""Subject ranges (1-based, inclusive) of each split (SOM wording, [Data: FACES])."""
 FILTERS = ("bilinear", "area")
 """Subsampling filters: bilinear point sampling, or 2 x bilinear then 2 x 2 area averaging."""
 FILTER, WINDOW = "bilinear", 56.0
 """Chosen filter and frame side (source pixels before magnification; the frame kept is
-``WINDOW / scale`` wide). The recipe leaves both open (datasets.md §2.3 step 4); with PCA fitted
+``WINDOW / scale`` wide). The recipe leaves both open ([Data: FACES], calibration); with PCA fitted
 on subjects 1-30 the 30-D PCA test error on subjects 31-40 is 130.8 / 132.7 / 134.4 / 136.1 for
 bilinear with windows 54 / 55 / 56 / 57 and 130.6 for area averaging of the whole 64-pixel frame;
 H&S 2006 report 135, so bilinear with a 56-pixel frame (a 4-pixel margin cut on each side) is
@@ -53,7 +53,7 @@ def load_olivetti(root: str | os.PathLike | None = None) -> torch.Tensor:
 
     Looks for ``olivettifaces.mat`` in ``root`` and ``root/olivetti``; ``root`` defaults to
     ``$HESSFREE_DATA``. Images are subject-major (subject k = images 10(k-1) .. 10k-1) and
-    upright: the file stores each image column-major (data/README.md §2).
+    upright: the file stores each image column-major ([Data: FACES], the source file).
 
     Raises:
         FileNotFoundError: naming the file and every place it was looked for.
@@ -168,8 +168,8 @@ def whole_set_statistics(
     """Per-pixel mean and the one scale factor of the whole 165,600-patch set.
 
     The scale is ``sqrt(mean over pixels of the per-pixel variance)`` (population variance), so
-    ``(x - mean) / scale`` has average pixel variance 1 over the whole set (SOM, datasets.md
-    §2.2). Rendering everything takes about a second, so nothing is cached.
+    ``(x - mean) / scale`` has average pixel variance 1 over the whole set (SOM, [Data:
+    FACES]). Rendering everything takes about a second, so nothing is cached.
     """
     grid = transform_grid(filter, window)
     step = 20
@@ -219,7 +219,7 @@ def faces(
 ) -> torch.Tensor:
     """The FACES autoencoder data set (Hinton & Salakhutdinov 2006), rebuilt from Olivetti.
 
-    A **re-generation** (datasets.md §2.3), not the original ``newfaces_rot_single.mat``: each
+    A **re-generation** ([Data: FACES]), not the original ``newfaces_rot_single.mat``: each
     of the 400 Olivetti images is rotated by every angle in -90, -86, ..., 90 degrees and
     magnified by every scale in 1.40, 1.45, ..., 1.80 about its centre; the central frame of
     ``window / scale`` source pixels is subsampled to 25 x 25 (default: bilinear point
@@ -229,7 +229,7 @@ def faces(
     average per-pixel variance over the whole set is 1 (total variance 625 per patch); every
     split and subset uses these whole-set statistics, so splits stay comparable.
 
-    Splits (SOM, datasets.md §2.2): ``"train"`` subjects 1-25 (103,500 patches), ``"valid"``
+    Splits (SOM, [Data: FACES]): ``"train"`` subjects 1-25 (103,500 patches), ``"valid"``
     26-30 (20,700), ``"test"`` 31-40 (41,400), ``"all"`` 1-40 (165,600). Martens' HF code
     trains on the first 103,500 and tests on the last 41,400.
 

@@ -1,7 +1,7 @@
 """Download data sets from public mirrors, verified and written atomically.
 
 Only MNIST can be fetched: CURVES and FACES are regenerated locally (``curves``, ``faces``) and the
-Olivetti source file has no mirror serving the checksummed bytes (data/README.md §2).
+Olivetti source file has no mirror serving the checksummed bytes ([Data: FACES], the source file).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The IDX file format of the MNIST distribution (LeCun et al.), read with validation.
+"""The IDX file format of the MNIST distribution ([LeCun98]), read with validation.
 
-Format (data/README.md §1): a big-endian header ``0x00 0x00 <type> <ndim>``, then ``ndim``
+Format ([Data: MNIST]): a big-endian header ``0x00 0x00 <type> <ndim>``, then ``ndim``
 uint32 dimension sizes, then the raw array in C order. Files may be gzip-compressed.
 """
 

@@ -1,8 +1,8 @@
 """MNIST for the deep-autoencoder benchmark: real-valued pixels in [0, 1], checksummed.
 
-Convention (datasets.md §3, CONFIRMED in Martens' HF driver and H&S's ``makebatches.m``): pixels
+Convention ([Data: MNIST], confirmed in Martens' HF driver and H&S's ``makebatches.m``): pixels
 are divided by 255 and **not** binarised. The four standard IDX files are verified against the
-published checksums of their *uncompressed* content (data/README.md §1), so any gzip wrapper
+published checksums of their *uncompressed* content ([Data: MNIST]), so any gzip wrapper
 of the original bytes is accepted.
 """
 
@@ -122,7 +122,7 @@ def load_file(spec: IDXFile, root: Path, check: bool = True) -> np.ndarray:
 def mnist(
     root: str | os.PathLike | None = None, *, check: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Load MNIST as used by the deep-autoencoder benchmarks (H&S 2006; Martens 2010).
+    """Load MNIST as used by the deep-autoencoder benchmarks ([H&S06]; [M10]).
 
     Reads ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``
     and ``t10k-labels-idx1-ubyte`` (each ``.gz`` or raw) from ``root`` or ``root/mnist``.
@@ -136,7 +136,7 @@ def mnist(
     Returns:
         ``(x_train, y_train, x_test, y_test)``: images float32 ``(60000, 784)`` and
         ``(10000, 784)`` with values ``pixel / 255`` in [0, 1] (row-major 28 x 28, not
-        binarised; datasets.md §3); labels int64 ``(60000,)`` and ``(10000,)`` in 0..9.
+        binarised; [Data: MNIST]); labels int64 ``(60000,)`` and ``(10000,)`` in 0..9.
 
     Raises:
         ValueError: if no root is given and ``HESSFREE_DATA`` is unset.

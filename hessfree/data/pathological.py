@@ -1,10 +1,10 @@
 """The long-term-dependency problems of Hochreiter & Schmidhuber (1997), as in Martens & Sutskever.
 
-Each generator follows Sutskever's released data code for Martens & Sutskever (2011)
-(``opt/d/seq/pathological.py`` and ``opt/d/seq/utils``, papers.md §3.2): ``factor = T / 100``,
-positions drawn uniformly from ranges scaled by the factor, balanced class assignment by
-sequence index where his code does it. Positions use ``f(x) = floor(x * T / 100)`` computed
-exactly in integers (his ``int(x * factor)`` in floating point is one lower for a few T).
+Each generator follows Sutskever's released data code for Martens & Sutskever (2011) [M&S11]
+([HF-RNN]: ``opt/d/seq/pathological.py`` and ``opt/d/seq/utils``; [Data: pathological]):
+``factor = T / 100``, positions drawn uniformly from ranges scaled by the factor, balanced class
+assignment by sequence index where his code does it. Positions use ``f(x) = floor(x * T / 100)``
+computed exactly in integers (his ``int(x * factor)`` in floating point is one lower for a few T).
 
 Format (shared with the loss code):
   inputs  float32 ``(n, length, channels)``; sequences of different lengths are padded at the
@@ -69,7 +69,7 @@ TASKS = {
     ),
     "memorization_20bit": TaskSpec("memorization_20bit", 7, 6, "softmax", "steps", (100, None)),
 }
-"""The eight tasks (papers.md §3.2). Memorization channels: ``char_size`` symbols, then the
+"""The eight tasks ([Data: pathological]). Memorization channels: ``char_size`` symbols, then the
 "go" (pre-signal) and blank channels; outputs: ``char_size`` symbols, then blank."""
 MEMORY = {"memorization_5bit": (5, 2), "memorization_20bit": (10, 5)}
 """(num_chars, char_size) of the noiseless memorization tasks (Sutskever's ``raw_mem``)."""
@@ -114,7 +114,7 @@ def one_hot(symbols: np.ndarray, channels: int, lengths: np.ndarray) -> np.ndarr
 
 
 def operands(task: str, T: int, n: int, rng: np.random.Generator):
-    """Addition, multiplication, xor: Sutskever's ``op_cls`` (papers.md §3.2).
+    """Addition, multiplication, xor: Sutskever's ``op_cls`` ([HF-RNN]).
 
     Length: target index T' in ``[f(100), f(110))`` (xor: ``[f(50), f(55))``). Value channel:
     U[0, 1) at every step (xor: fair bits). Marker channel: -1 at step 0, 1 at I in
@@ -152,7 +152,7 @@ def operands(task: str, T: int, n: int, rng: np.random.Generator):
 
 
 def temporal(task: str, T: int, n: int, rng: np.random.Generator):
-    """Temporal order, 2 or 3 bits: Sutskever's ``temporal2`` / ``temporal3`` (papers.md §3.2).
+    """Temporal order, 2 or 3 bits: Sutskever's ``temporal2`` / ``temporal3`` ([HF-RNN]).
 
     Symbols: 0-3 distractors (uniform), 4 = X, 5 = Y, 6 = prediction cue, 7 = start (step 0).
     T' in ``[f(100), f(110))``. Special symbols at I in ``[f(1), f(10)]``, J in
@@ -180,7 +180,7 @@ def temporal(task: str, T: int, n: int, rng: np.random.Generator):
 
 
 def permutation(T: int, n: int, rng: np.random.Generator):
-    """Random permutation: Sutskever's ``perm_mem`` with 100 symbols (papers.md §3.2).
+    """Random permutation: Sutskever's ``perm_mem`` with 100 symbols ([HF-RNN]).
 
     Length f(100). Step 0 shows symbol b % 2 (balanced), steps 1.. random symbols from 2..99.
     The target at each step is the next input symbol, and at the last step the first symbol;
@@ -197,14 +197,14 @@ def permutation(T: int, n: int, rng: np.random.Generator):
 
 
 def memorization(task: str, T: int, n: int, rng: np.random.Generator):
-    """Noiseless memorization: Sutskever's ``raw_mem`` (papers.md §3.2; S13 supp. A.4).
+    """Noiseless memorization: Sutskever's ``raw_mem`` ([HF-RNN]; [S13 A.4]).
 
     Length f(100). Inputs: ``num_chars`` data symbols, then blanks, with the "go" symbol at
     step ``length - num_chars - 1``; targets: blank everywhere except the last ``num_chars``
     steps, which repeat the data; loss at every step. Channels: data symbols
     ``0..char_size-1``, then go, then blank (the released code uses ``char_size`` channels
     only, so its blank and go collide with data symbols; we take the evident intent, which
-    reproduces the 2.5 % biases-only error of S13 Table 5 for 5 bits at T = 200).
+    reproduces the 2.5 % biases-only error of [S13 Table 5] for 5 bits at T = 200).
     Patterns: all ``char_size ** num_chars`` patterns in order (repeated) when ``n`` is a
     multiple of that count (the code enumerates them when equal), else i.i.d. uniform.
     """
@@ -229,7 +229,7 @@ def memorization(task: str, T: int, n: int, rng: np.random.Generator):
 
 
 def center_inputs(task: str, inputs: np.ndarray, targets: np.ndarray, lengths: np.ndarray):
-    """Subtract the generating distribution's means (S13 §4: centring of inputs and outputs).
+    """Subtract the generating distribution's means ([S13 §4]: centring of inputs and outputs).
 
     Value channel: minus 0.5 (the mean of U[0, 1) and of fair bits) at real steps, padding
     stays 0. Marker channel: unchanged (-1, +1, +1, -1 already sums to 0 in every sequence).
@@ -260,7 +260,7 @@ def pathological(
         T: the nominal length (the paper's T).
         n: number of sequences.
         seed: random seed; the result is a deterministic function of all arguments.
-        center: subtract the inputs' and targets' expected values (Sutskever et al. 2013 §4;
+        center: subtract the inputs' and targets' expected values ([S13 §4];
             see ``center_inputs``). Defined for addition, multiplication and xor only: the
             one-hot tasks are left as in the papers.
 

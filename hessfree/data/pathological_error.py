@@ -1,6 +1,6 @@
 """Zero-one errors of the pathological tasks and the "biases only" baseline.
 
-Rules (Sutskever et al. 2013 §4.2, papers.md §1.6; Sutskever's ``zero_one_loss_*``, §3.2):
+Rules ([S13 §4.2]; Sutskever's ``zero_one_loss_*``, [HF-RNN]):
 addition / multiplication: a sequence is wrong when |prediction - target| > 0.04 at its final
 masked step; xor: when the sign of the logit disagrees with the target bit; temporal order and
 random permutation: when the arg-max class at the final masked step is wrong; memorization: the
@@ -15,7 +15,7 @@ import torch
 from hessfree.data.pathological import pathological, task_spec
 
 TOLERANCE = 0.04
-"""Largest |prediction - target| counted as correct for the regression tasks (S13 §4.2)."""
+"""Largest |prediction - target| counted as correct for the regression tasks ([S13 §4.2])."""
 
 
 def check_shapes(spec, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> None:
@@ -83,7 +83,7 @@ def zero_one_error(
 
 
 def constant_output(task: str, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The outputs of a model that learned only its output biases (S13 Table 5 "biases").
+    """The outputs of a model that learned only its output biases ([S13 Table 5] "biases").
 
     The bias minimising the training loss over the masked steps: the mean target (linear,
     squared loss), the logit of the mean target (logistic), or the log class frequencies
@@ -111,7 +111,7 @@ def biases_baseline(task: str, T: int = 200, n: int = 10000, seed: int = 0) -> f
     within 0.04 of a + b for 8 % of sequences, of a * b for 11 %), xor 0.5, temporal order
     0.75, 3-bit 0.875, random permutation 1.0 (the most frequent symbol is never the first
     one), memorization ``num_chars / f(100)``: 5-bit at T = 200 gives 0.025, 20-bit at T = 80
-    gives 0.125. S13 Table 5 lists 0.82 / 0.84 (add / mul, T = 80; fractions) and 2.5 / 8.0
+    gives 0.125. [S13 Table 5] lists 0.82 / 0.84 (add / mul, T = 80; fractions) and 2.5 / 8.0
     (mem-5 T = 200 / mem-20 T = 80; percentages): mem-5 agrees; the others differ for reasons
     the paper does not give (our rules follow Sutskever's released code).
     """

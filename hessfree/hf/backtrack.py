@@ -1,6 +1,6 @@
-"""CG-backtracking over the stored iterates (Martens 2010 §4.6).
+"""CG-backtracking over the stored iterates ([M10 §4.6]).
 
-HFDemo ("full training set version"): evaluate the objective at the last stored iterate, then walk
+[HFDemo] ("full training set version"): evaluate the objective at the last stored iterate, then walk
 backwards through earlier ones while the objective keeps improving; stop at the first one that is
 worse. Later iterates fit the curvature batch more closely and can overfit it; the walk-back picks
 the step that best generalises to the evaluation batch.

@@ -1,8 +1,9 @@
 """``HFConfig``: every setting of the HF driver, with its paper value as default.
 
-Sources (see ``reference/papers.md``): Martens (2010) and his HFDemo code ``nnet_train_2.m`` /
-``conjgrad_1.m`` (§2.2-2.6), Sutskever's HF-RNN code (§3.1), Sutskever et al. (2013) A.6 (§1.7).
-Earlier ports changed several of these silently (anchors.md §10); here each is a named field.
+Sources (keys of ``docs/references.md``): Martens (2010) [M10 §4] and his HFDemo code
+``nnet_train_2.m`` / ``conjgrad_1.m`` [HFDemo], Sutskever's HF-RNN code [HF-RNN], Sutskever et al.
+(2013) [S13 A.6]. Earlier ports changed several of these silently ([Other HF codes]); here each is
+a named field.
 """
 
 from __future__ import annotations
@@ -29,38 +30,39 @@ class HFConfig:
 
     Attributes:
         initial_lambda: initial Tikhonov damping λ; HFDemo ``initlambda = 45`` (λ is added to the
-            curvature of the *mean* loss, as here; papers.md §2.2).
+            curvature of the *mean* loss, as here; [HFDemo], [M10]).
         lambda_min: lower bound on λ (none in Martens' code: 0).
         lambda_max: upper bound on λ (none in Martens' code: infinity).
-        lm_lower: ρ below this raises λ; 1/4 (Martens 2010 §4.1; HFDemo).
+        lm_lower: ρ below this raises λ; 1/4 ([M10 §4.1]; [HFDemo]).
         lm_upper: ρ above this lowers λ; 3/4.
         lm_boost: factor raising λ; 3/2 (HFDemo ``boost = 1/drop``).
         lm_drop: factor lowering λ; 2/3 (HFDemo ``drop``).
         rho_damped: ρ's denominator uses the damped model; False as in HFDemo ("disabling the
             damping when computing rho is something I'm not 100% sure about").
         rho_after_backtracking: ρ uses the CG-backtracked step (HFDemo) rather than the last
-            CG iterate (ltatzel's port).
-        curvature: ``"ggn"`` (Gauss-Newton, Martens 2010 §4.2; "the other choices probably won't
-            work") or ``"hessian"``.
+            CG iterate (ltatzel's port, [Other HF codes]).
+        curvature: ``"ggn"`` (Gauss-Newton, [M10 §4.2]; [HFDemo]: "the other choices probably
+            won't work") or ``"hessian"``.
         backend: curvature-product backend (``hessfree.GGN``'s ``backend``).
         structural_damping: μ; adds μλ times the hidden-unit Gauss-Newton term to the curvature
-            CG sees (Martens & Sutskever 2011; Sutskever's code: μ = 0.03, relative to λ).
+            CG sees ([M&S11]; [HF-RNN]: μ = 0.03, relative to λ).
             0 switches it off.
-        cg_max_iters: CG iteration cap, 250 ("the ICML paper had maxiters=250 for everything");
-            int or schedule.
-        cg_eps: Martens' relative-progress tolerance, 5e-4 (``conjgrad_1.m``).
+        cg_max_iters: CG iteration cap, 250 ([HFDemo]: "the ICML paper had maxiters=250 for
+            everything"); int or schedule.
+        cg_eps: Martens' relative-progress tolerance, 5e-4 ([M10 §4.4]; ``conjgrad_1.m``).
         cg_min_gap: minimum progress window, 10 (``mingap``).
         cg_gap_ratio: progress window as a fraction of i, 0.1 (``gapratio``).
         cg_fixed_iters: run exactly ``cg_max_iters`` iterations, no progress test (the momentum-
-            like variant, Sutskever et al. 2013 A.6: 50 CG steps per update).
+            like variant, [S13 A.6]: 50 CG steps per update).
         cg_decay: hot-start decay ζ: CG starts from ζ times the previous (last, not backtracked)
-            CG solution; 0.95 (HFDemo, "not in the paper ... can help a lot"); float or schedule.
+            CG solution ([M10 §4.5]); 0.95 ([HFDemo], "not in the paper ... can help a lot"); float
+            or schedule.
         cg_store_first: first stored iterate for backtracking, 5 (``inext = 5``).
         cg_store_ratio: growth of the stored-iterate grid, 1.3 (``imult = 1.3``).
-        backtracking: CG-backtracking over the stored iterates (Martens 2010 §4.6); switch.
+        backtracking: CG-backtracking over the stored iterates ([M10 §4.6]); switch.
         backtrack_batch: ``"curvature"`` (the issue's choice) or ``"gradient"`` (HFDemo's "full
             training set version") batch for the backtracking objective.
-        preconditioner: diagonal empirical-Fisher preconditioner (Martens 2010 §4.7); switch.
+        preconditioner: diagonal empirical-Fisher preconditioner ([M10 §4.7]); switch.
         precond_exponent: its exponent, 0.75 (HFDemo ``(grad2 + λ + weightcost).^(3/4)``).
         precond_batch: ``"gradient"`` (HFDemo: per-case gradients of the full training set) or
             ``"curvature"``.
@@ -68,7 +70,7 @@ class HFConfig:
         ls_c: sufficient-decrease constant, 1e-2 (HFDemo ``c = 10^(-2)``).
         ls_shrink: step shrink factor, 0.8 (HFDemo ``rate = 0.8*rate``).
         ls_max_tries: reductions before the step is rejected, 60 (HFDemo).
-        learning_rate: step size when the line search is off; 1 (Sutskever et al. 2013 A.6);
+        learning_rate: step size when the line search is off; 1 ([S13 A.6]);
             float or schedule.
         reject_worse: without a line search, reject a step that raises the curvature-batch
             objective (with one, Armijo decides).
@@ -118,7 +120,7 @@ class HFConfig:
 
     @classmethod
     def momentum_like(cls, **overrides: Any) -> HFConfig:
-        """The momentum-like HF of Sutskever et al. (2013, §5, A.6).
+        """The momentum-like HF of Sutskever et al. (2013) ([S13 §5], [S13 A.6]).
 
         No line search, learning rate 1 (decay it with a schedule late in training), a fixed
         number of CG steps per update (50), hot-start decay ζ = 0.95 to be raised by a schedule

@@ -1,7 +1,7 @@
-"""Levenberg-Marquardt adjustment of the Tikhonov damping λ (Martens 2010 §4.1).
+"""Levenberg-Marquardt adjustment of the Tikhonov damping λ ([M10 §4.1]).
 
-HFDemo (papers.md §2.2): ``if rho < 0.25 || isnan(rho): lambda *= boost; elseif rho > 0.75:
-lambda *= drop`` with ``drop = 2/3``, ``boost = 3/2``; Sutskever's code: "copied verbatim from the
+[HFDemo]: ``if rho < 0.25 || isnan(rho): lambda *= boost; elseif rho > 0.75:
+lambda *= drop`` with ``drop = 2/3``, ``boost = 3/2``; [HF-RNN]: "copied verbatim from the
 original HF paper". Structural damping keeps μ fixed relative to λ, so both move together.
 """
 

@@ -1,6 +1,6 @@
-"""Armijo backtracking line search (Martens 2010 §4.6; HFDemo "bog-standard back-tracking").
+"""Armijo backtracking line search ([M10 §4.6]; [HFDemo] "bog-standard back-tracking").
 
-HFDemo: ``rate = 1; c = 10^(-2)``; accept when ``f(θ + rate·p) <= f(θ) + c·rate·gᵀp``, else
+[HFDemo]: ``rate = 1; c = 10^(-2)``; accept when ``f(θ + rate·p) <= f(θ) + c·rate·gᵀp``, else
 ``rate = 0.8·rate``, at most 60 reductions, then reject the step (rate 0). Evaluated on the
 gradient batch (the full training set in HFDemo).
 """

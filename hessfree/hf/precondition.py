@@ -1,6 +1,6 @@
-"""Diagonal preconditioner from the empirical Fisher (Martens 2010 §4.7).
+"""Diagonal preconditioner from the empirical Fisher ([M10 §4.7]).
 
-HFDemo: ``precon = (grad2 + lambda + weightcost).^(3/4)`` with ``grad2`` the mean over training
+[HFDemo]: ``precon = (grad2 + lambda + weightcost).^(3/4)`` with ``grad2`` the mean over training
 cases of the squared per-case gradients; CG uses its inverse.
 ``hessfree.EmpiricalFisher.diagonal()`` already holds ``grad2 + weightcost`` (exact, by the
 ``(δ²)ᵀ(x²)`` identity or vmap). Martens notes that for RNNs "this style of diagonal

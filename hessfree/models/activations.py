@@ -1,7 +1,7 @@
 """Elementwise nonlinearities by name, shared by the models.
 
 Names follow the papers: ``"logistic"`` is the sigmoid of Martens (2010) and Sutskever et al.
-(2013) §3; ``"linear"`` the identity (the autoencoders' code layer, papers.md §2.6).
+(2013) [S13 §3]; ``"linear"`` the identity (the autoencoders' code layer, [HFDemo]).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = [
 
 #: hidden-unit nonlinearities
 HIDDEN = ("logistic", "tanh", "relu", "linear")
-#: output nonlinearities that have a matching loss (papers.md §2.1)
+#: output nonlinearities that have a matching loss ([Sch02]; [HFDemo])
 OUTPUTS = ("linear", "logistic", "softmax")
 
 

@@ -1,9 +1,9 @@
 """Deep autoencoders (Martens 2010; Sutskever et al. 2013) and their reconstruction error.
 
-The autoencoders of Hinton & Salakhutdinov (2006) are the benchmarks of both papers.
-Architectures: Sutskever et al. (2013) Table 6 lists the encoders (papers.md §1.2); HFDemo's layer
-lists give the mirrored decoders, linear code units, logistic hidden units, and a logistic output
-for CURVES and MNIST but a *linear* output for FACES (papers.md §2.6).
+The autoencoders of Hinton & Salakhutdinov (2006) [H&S06] are the benchmarks of both papers.
+Architectures: [S13 Table 6] lists the encoders; HFDemo's layer lists ([HFDemo], Architectures)
+give the mirrored decoders, linear code units, logistic hidden units, and a logistic output for
+CURVES and MNIST but a *linear* output for FACES.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = [
     "reconstruction_error",
 ]
 
-#: encoders of Sutskever et al. (2013) Table 6 (papers.md §1.2)
+#: encoders of Sutskever et al. (2013) Table 6 ([S13 Table 6])
 CURVES_ENCODER = (784, 400, 200, 100, 50, 25, 6)
 MNIST_ENCODER = (784, 1000, 500, 250, 30)
 FACES_ENCODER = (625, 2000, 1000, 500, 30)
@@ -35,8 +35,8 @@ class DeepAutoencoder(FeedForward):
     """An autoencoder: logistic hidden units, a linear code layer, matching output units.
 
     The code layer is the smallest hidden layer (it must be unique); it uses ``code`` units and
-    every other hidden layer ``hidden`` units (HFDemo: "the code layer uses linear units",
-    papers.md §2.6). ``forward`` returns the output layer's pre-nonlinearity, so the matching
+    every other hidden layer ``hidden`` units ([HFDemo]: "the code layer uses linear
+    units"). ``forward`` returns the output layer's pre-nonlinearity, so the matching
     loss is BCE-with-logits for ``output="logistic"`` and squared error for ``"linear"``.
 
     Args:
@@ -82,26 +82,26 @@ def _mirror(encoder: Sequence[int]) -> list[int]:
 
 
 def curves_autoencoder(hidden: str = "logistic") -> DeepAutoencoder:
-    """CURVES: 784-400-200-100-50-25-6 and mirror, logistic output (papers.md §1.2, §2.6)."""
+    """CURVES: 784-400-200-100-50-25-6 and mirror, logistic output ([S13 Table 6], [HFDemo])."""
     return DeepAutoencoder(_mirror(CURVES_ENCODER), hidden=hidden, output="logistic")
 
 
 def mnist_autoencoder(hidden: str = "logistic") -> DeepAutoencoder:
-    """MNIST: 784-1000-500-250-30 and mirror, logistic output (papers.md §1.2, §2.6)."""
+    """MNIST: 784-1000-500-250-30 and mirror, logistic output ([S13 Table 6], [HFDemo])."""
     return DeepAutoencoder(_mirror(MNIST_ENCODER), hidden=hidden, output="logistic")
 
 
 def faces_autoencoder(hidden: str = "logistic") -> DeepAutoencoder:
-    """FACES: 625-2000-1000-500-30 and mirror, *linear* output (papers.md §1.2, §2.6)."""
+    """FACES: 625-2000-1000-500-30 and mirror, *linear* output ([S13 Table 6], [HFDemo])."""
     return DeepAutoencoder(_mirror(FACES_ENCODER), hidden=hidden, output="linear")
 
 
 @torch.no_grad()
 def reconstruction_error(model: nn.Module, x: Tensor, batch_size: int = 1000) -> float:
-    """Squared error summed over output dimensions, averaged over cases (HFDemo ``errtype='L2'``).
+    """Squared error summed over output dimensions, averaged over cases ([HFDemo] ``errtype='L2'``).
 
-    ``sum(sum((x - f(model(x)))^2, 1)) / N`` with ``f`` the output nonlinearity (papers.md §2.6),
-    the metric of Sutskever et al. (2013) Table 1. Computed without gradients, ``batch_size``
+    ``sum(sum((x - f(model(x)))^2, 1)) / N`` with ``f`` the output nonlinearity, the metric of
+    Sutskever et al. (2013) Table 1 ([S13 Table 1]). Computed without gradients, ``batch_size``
     cases at a time, accumulated in float64.
 
     Args:

@@ -21,7 +21,7 @@ from hessfree.models.activations import check_positive_int
 
 __all__ = ["sparse_init_", "esn_init_", "sparse_matrix"]
 
-#: Sutskever et al. (2013) §3.1: tanh units simulate sigmoid units with these
+#: Sutskever et al. (2013) [S13 §3.1]: tanh units simulate sigmoid units with these
 TANH_WEIGHT_FACTOR = 0.25
 TANH_BIAS = 0.5
 
@@ -46,7 +46,7 @@ def sparse_matrix(rows: int, cols: int, connections: int, std: float = 1.0,
 
     The nonzero positions of each row are drawn uniformly *without* replacement, so every unit's
     fan-in is exact; their values are ``std·N(0, 1)``. (HFDemo drew the indices *with* replacement,
-    ``ceil(n*rand(1,15))``, so some units got fewer than 15 distinct inputs; papers.md §2.5.)
+    ``ceil(n*rand(1,15))``, so some units got fewer than 15 distinct inputs; [HFDemo].)
     """
     k = min(check_positive_int(connections, "connections"), cols)
     cols_idx = torch.rand(rows, cols, generator=generator, dtype=torch.float64).topk(k, dim=1)[1]
@@ -76,9 +76,9 @@ def _weight_layers(model: nn.Module) -> list[tuple[str, Tensor, Tensor | None, s
 @torch.no_grad()
 def sparse_init_(model: nn.Module, connections: int = 15, scale: float = 1.0,
                  generator: torch.Generator | None = None) -> nn.Module:
-    """Sparse initialization (SI) of Martens (2010), in place; returns ``model``.
+    """Sparse initialization (SI) of Martens (2010) [M10], in place; returns ``model``.
 
-    Sutskever et al. (2013) §3.1 (papers.md §1.2): "each random unit is connected to 15 randomly
+    Sutskever et al. (2013) [S13 §3.1]: "each random unit is connected to 15 randomly
     chosen units in the previous layer, whose weights are drawn from a unit Gaussian, and the
     biases are set to zero"; for tanh units "biases to 0.5 and rescaling the weights by 0.25"
     (whether a unit is tanh is the unit's own nonlinearity; HFDemo instead multiplied by 0.5 for
@@ -89,7 +89,7 @@ def sparse_init_(model: nn.Module, connections: int = 15, scale: float = 1.0,
     Args:
         model: a model of :mod:`hessfree.models` or any module with ``nn.Linear`` layers.
         connections: incoming connections per unit (default 15, at least 1).
-        scale: multiplier of the unit Gaussian (the "SI scale" of Sutskever et al. Table 3).
+        scale: multiplier of the unit Gaussian (the "SI scale" of [S13 Table 3]).
         generator: a CPU ``torch.Generator`` for reproducible draws.
     """
     connections = check_positive_int(connections, "connections")
@@ -148,7 +148,7 @@ def esn_init_(rnn: nn.Module, spectral_radius: float = 1.1, connections: int = 1
               generator: torch.Generator | None = None) -> nn.Module:
     """Echo-state-network-style initialization of Sutskever et al. (2013) Table 4, in place.
 
-    Table 4 (papers.md §1.6): in-to-hid dense ``input_scale·N(0,1)`` (0.001 for the addition and
+    [S13 Table 4]: in-to-hid dense ``input_scale·N(0,1)`` (0.001 for the addition and
     multiplication problems, 0.1 for memorization); hid-to-hid with ``connections`` (15) fan-in,
     rescaled to spectral radius exactly ``spectral_radius`` (1.1; computed by
     ``torch.linalg.eigvals`` in float64); hid-to-out dense ``output_scale·N(0,1)`` (0.1); hidden

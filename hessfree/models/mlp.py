@@ -2,7 +2,7 @@
 
 Every model returns the output layer's *pre-nonlinearity* (logits), so that a matching loss
 (squared error for linear outputs, cross-entropy for logistic or softmax outputs) can be applied
-and the Gauss-Newton matrix stays positive semi-definite (Martens 2010 §2.1; papers.md §2.1).
+and the Gauss-Newton matrix stays positive semi-definite ([M10 §4.2]; [Sch02]; [HFDemo]).
 The layers are plain ``nn.Linear`` modules called once each on 2-D inputs, so the models work
 under ``torch.func.functional_call`` and ``torch.func.vmap``, and the curvature package's
 ``nn.Linear`` fast path for per-case squared gradients applies.

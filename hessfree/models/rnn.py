@@ -1,6 +1,6 @@
 """``TanhRNN``: the tanh RNN of Martens & Sutskever (2011), with the structural-damping hook.
 
-The model of Sutskever et al. (2013) §4 too: 100 tanh hidden units (papers.md §1.6).
+The model of [M&S11] and of Sutskever et al. (2013) [S13 §4]: 100 tanh hidden units.
 
 Recurrence (batch first, ``x`` of shape ``(N, T, n_in)``)::
 
@@ -12,7 +12,7 @@ Recurrence (batch first, ``x`` of shape ``(N, T, n_in)``)::
 torch ops, so the model works under ``torch.func.functional_call``, ``torch.func.vmap`` and
 double-backward autograd.
 
-**Structural damping hook** (Martens & Sutskever 2011; papers.md §3.1):
+**Structural damping hook** ([M&S11]; [HF-RNN]):
 ``forward(x, return_hidden=True)`` returns ``(outputs, hidden_preacts)`` with ``hidden_preacts``
 the ``(N, T, n_hidden)`` pre-activations ``a_t`` from the *same* forward pass, and the class
 attribute ``hidden_nonlinearity = "tanh"`` names the nonlinearity whose matching loss the damping
@@ -59,9 +59,9 @@ def _check_steps(output_steps: object) -> str | tuple[int, ...] | None:
 class TanhRNN(nn.Module):
     """A tanh RNN mapping ``(N, T, n_in)`` sequences to ``(N, T', n_out)`` output logits.
 
-    The initial state ``h_0`` is zero by default (Sutskever et al. 2013 Table 4 lists no initial
+    The initial state ``h_0`` is zero by default ([S13 Table 4] lists no initial
     state parameter); ``initial_state="learned"`` adds a trainable ``h0`` (shape ``(n_hidden,)``,
-    a hidden *state*, not a pre-activation), as Sutskever's 2011 HF-RNN code does (``h_init``).
+    a hidden *state*, not a pre-activation), as Sutskever's HF-RNN code [HF-RNN] does (``h_init``).
 
     Parameters: ``W_in (n_hidden, n_in)``, ``W_hh (n_hidden, n_hidden)``, ``b_h (n_hidden,)``,
     ``W_out (n_out, n_hidden)``, ``b_out (n_out,)`` and, if learned, ``h0``. They are plain
@@ -71,7 +71,7 @@ class TanhRNN(nn.Module):
 
     Args:
         n_in: input dimension.
-        n_hidden: number of tanh hidden units (default 100, papers.md §1.6).
+        n_hidden: number of tanh hidden units (default 100, [S13 §4]).
         n_out: output dimension.
         output: output nonlinearity for :meth:`output_nonlinearity` and the matching loss:
             ``"linear"`` (squared error), ``"logistic"`` (BCE) or ``"softmax"`` (softmax
@@ -142,7 +142,7 @@ class TanhRNN(nn.Module):
         Args:
             x: input sequences, shape ``(N, T, n_in)``, batch first.
             return_hidden: also return the ``(N, T, n_hidden)`` pre-activations ``a_t`` (the
-                argument of tanh) of this forward pass, for structural damping (papers.md §3.1).
+                argument of tanh) of this forward pass, for structural damping ([HF-RNN]).
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x: expected a tensor, got {type(x).__name__}")

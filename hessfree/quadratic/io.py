@@ -1,4 +1,4 @@
-"""Saving and loading quadratics in HDF5 (schema version 1; DESIGN.md "Results in HDF5").
+"""Saving and loading quadratics in HDF5 (schema 1; docs/architecture.md, "Results in HDF5").
 
 A saved quadratic is one HDF5 group. Attributes: ``format = "hessfree.Quadratic"``,
 ``schema_version``, ``kind`` (``"dense"`` or ``"operator"``), ``dtype``, ``device``, ``lam``,

@@ -1,4 +1,4 @@
-"""One HDF5 file per run: its schema, writer and reader (DESIGN.md "Results in HDF5").
+"""One HDF5 file per run: its schema, writer and reader (``docs/architecture.md``, "Results in HDF5").
 
 Schema version 2 (``runs/<experiment>/<optimizer>-<timestamp>/results.h5``; the trainer picks the
 path):
