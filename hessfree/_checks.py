@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hessfree.errors import InputError
+
 __all__ = [
     "all_finite",
     "boolean",
@@ -62,7 +64,7 @@ def integer(value: Any, name: str, minimum: int | None = None, maximum: int | No
         ok = (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     if not ok:
         rng = _bounds(minimum, maximum, False, False)
-        raise ValueError(f"{name}: expected an integer{' ' + rng if rng else ''}, got {value!r}")
+        raise InputError(f"{name}: expected an integer{' ' + rng if rng else ''}, got {value!r}")
     return value
 
 
@@ -86,7 +88,7 @@ def number(value: Any, name: str, minimum: float | None = None, maximum: float |
     if not ok:
         rng = _bounds(minimum, maximum, strict_min, strict_max)
         kind = "a number" if allow_inf else "a finite number"
-        raise ValueError(f"{name}: expected {kind}{' ' + rng if rng else ''}, got {value!r}")
+        raise InputError(f"{name}: expected {kind}{' ' + rng if rng else ''}, got {value!r}")
     return value
 
 
@@ -98,7 +100,7 @@ def probability(value: Any, name: str) -> float:
 def boolean(value: Any, name: str) -> bool:
     """``value`` if it is a ``bool`` (numpy bools too)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}: expected True or False, got {value!r}")
+        raise InputError(f"{name}: expected True or False, got {value!r}")
     return bool(value)
 
 
@@ -106,7 +108,7 @@ def choice(value: Any, name: str, options: Iterable[str]) -> str:
     """``value`` if it is one of ``options`` (the error lists them)."""
     options = tuple(options)
     if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, "
+        raise InputError(f"{name}: expected one of {', '.join(map(repr, options))}, "
                          f"got {value!r}")
     return value
 

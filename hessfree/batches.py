@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from hessfree._checks import all_finite
+from hessfree.errors import InputError, InputTypeError
 
-__all__ = ["Batch", "Chunk", "as_chunks", "leaves", "n_cases", "split", "take", "to",
-           "unsqueeze"]
+__all__ = ["Batch", "Chunk", "as_chunks", "count", "leaves", "split", "take", "to", "unsqueeze"]
 
 Batch = tuple[Any, Any]
 
@@ -78,7 +78,7 @@ def count(x: Any) -> int:
     """Number of cases of a tensor or nested inputs (the first tensor's first dimension)."""
     first = leaves(x)
     if not first or first[0].dim() == 0:
-        raise ValueError("batch: expected tensors with the number of cases as first dimension")
+        raise InputError("batch: expected tensors with the number of cases as first dimension")
     return int(first[0].shape[0])
 
 
@@ -92,7 +92,7 @@ def split(batch: Batch, size: int) -> list[Batch]:
 
 def _check_chunk(batch: Any, where: str) -> Chunk:
     if not isinstance(batch, tuple) or len(batch) != 2:
-        raise TypeError(
+        raise InputTypeError(
             f"{where}: expected a tuple (inputs, targets) or a list of such tuples, "
             f"got {type(batch).__name__}"
             + (f" of length {len(batch)}" if isinstance(batch, tuple) else "")
@@ -100,20 +100,20 @@ def _check_chunk(batch: Any, where: str) -> Chunk:
     inputs, targets = batch
     in_t, tg_t = leaves(inputs), leaves(targets)
     if not in_t:
-        raise TypeError(f"{where}: inputs must be a tensor or a tuple of tensors")
+        raise InputTypeError(f"{where}: inputs must be a tensor or a tuple of tensors")
     if not tg_t:
-        raise TypeError(f"{where}: targets must be a tensor or a (values, mask) pair")
+        raise InputTypeError(f"{where}: targets must be a tensor or a (values, mask) pair")
     n = in_t[0].shape[0] if in_t[0].dim() else None
     for t in in_t + tg_t:
         if t.dim() == 0 or t.shape[0] != n:
-            raise ValueError(
+            raise InputError(
                 f"{where}: every input and target tensor needs the number of cases as its first "
                 f"dimension ({n}); got shapes {[tuple(x.shape) for x in in_t + tg_t]}"
             )
         if t.is_floating_point() and not all_finite(t):
-            raise ValueError(f"{where}: the batch contains non-finite values (NaN or Inf)")
+            raise InputError(f"{where}: the batch contains non-finite values (NaN or Inf)")
     if n == 0:
-        raise ValueError(f"{where}: the batch is empty")
+        raise InputError(f"{where}: the batch is empty")
     return Chunk(inputs, targets, int(n))
 
 
@@ -121,11 +121,7 @@ def as_chunks(batch: Any, where: str = "batch") -> list[Chunk]:
     """Normalise a batch or a list of minibatches into checked :class:`Chunk` s."""
     if isinstance(batch, list):
         if not batch:
-            raise ValueError(f"{where}: the list of minibatches is empty")
+            raise InputError(f"{where}: the list of minibatches is empty")
         return [_check_chunk(b, f"{where}[{i}]") for i, b in enumerate(batch)]
     return [_check_chunk(batch, where)]
 
-
-def n_cases(batch: Any) -> int:
-    """Total number of cases in a batch or list of minibatches."""
-    return sum(c.n for c in as_chunks(batch))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hessfree.errors import InputError, InputTypeError
 from hessfree.vectors import ParamLayout
 
 __all__ = ["FlatOperator", "single_threaded_blas"]
@@ -96,13 +97,13 @@ class FlatOperator:
     # -- products ------------------------------------------------------------------------------
     def _check_flat(self, v: Any, name: str, ndim: int) -> Tensor:
         if not isinstance(v, Tensor):
-            raise TypeError(f"{name}: expected a Tensor, got {type(v).__name__}")
+            raise InputTypeError(f"{name}: expected a Tensor, got {type(v).__name__}")
         if v.dim() != ndim or v.shape[0] != self.dim:
             want = f"a flat 1-D tensor of length {self.dim}" if ndim == 1 else \
                 f"a tensor of shape ({self.dim}, k)"
-            raise ValueError(f"{name}: expected {want}, got shape {tuple(v.shape)}")
+            raise InputError(f"{name}: expected {want}, got shape {tuple(v.shape)}")
         if v.dtype != self.dtype or v.device != self.device:
-            raise ValueError(f"{name}: expected dtype {self.dtype} on {self.device}, "
+            raise InputError(f"{name}: expected dtype {self.dtype} on {self.device}, "
                              f"got {v.dtype} on {v.device}")
         return v.detach()
 
@@ -156,7 +157,7 @@ class FlatOperator:
     def dense(self, max_dim: int = 20_000, block: int = 64) -> Tensor:
         """The whole matrix, ``block`` columns at a time (small models: tests and studies)."""
         if self.dim > max_dim:
-            raise ValueError(
+            raise InputError(
                 f"max_dim: the operator has {self.dim} rows, more than max_dim={max_dim}; a "
                 "dense matrix is meant for small models"
             )

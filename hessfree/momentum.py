@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hessfree import _checks, schedules
+from hessfree.errors import InputError, InputTypeError
 from hessfree.schedules import Constant
 
 __all__ = ["CM", "NAG", "SGD"]
@@ -48,7 +49,7 @@ def _as_schedule(schedule: Any) -> Callable[[int], float]:
     if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
         return Constant(_checks.probability(schedule, "schedule"))
     if not callable(schedule):
-        raise TypeError(
+        raise InputTypeError(
             f"schedule: expected a number in [0, 1] or a callable t -> mu, got "
             f"{type(schedule).__name__}"
         )
@@ -60,7 +61,7 @@ def _mu(schedule: Callable[[int], float], t: int) -> float:
     if isinstance(mu, Tensor) and mu.numel() == 1:
         mu = mu.item()
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0.0 <= mu <= 1.0:
-        raise ValueError(f"schedule: returned {mu!r} at t = {t}; expected a number in [0, 1]")
+        raise InputError(f"schedule: returned {mu!r} at t = {t}; expected a number in [0, 1]")
     return float(mu)
 
 
@@ -104,7 +105,7 @@ class CM(Optimizer):
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
-                raise TypeError(f"{type(self).__name__}: sparse gradients are not supported")
+                raise InputTypeError(f"{type(self).__name__}: sparse gradients are not supported")
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -182,7 +183,7 @@ class CM(Optimizer):
         state = dict(state_dict)
         counters = state.pop("counters", None)
         if not isinstance(counters, dict) or not {"t", "grads_used"} <= set(counters):
-            raise ValueError(
+            raise InputError(
                 f"state_dict: expected a {type(self).__name__} state with 'counters' "
                 "{'t', 'grads_used'}"
             )

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from hessfree import _checks
+from hessfree.errors import InputError
 
 __all__ = [
     "Constant",
@@ -109,7 +110,7 @@ class Ramp:
         _checks.integer(self.t1, "t1", minimum=self.t0)
         _checks.choice(self.kind, "kind", ("linear", "momentum"))
         if self.kind == "momentum" and not (self.start < 1 and self.end < 1):
-            raise ValueError("start/end: a 'momentum' ramp needs values below 1")
+            raise InputError("start/end: a 'momentum' ramp needs values below 1")
 
     def __call__(self, t: int) -> float:
         """Value at step ``t``."""
@@ -136,11 +137,11 @@ class Piecewise:
         object.__setattr__(self, "boundaries", tuple(self.boundaries))
         object.__setattr__(self, "values", tuple(self.values))
         if len(self.values) != len(self.boundaries) + 1:
-            raise ValueError("values: expected one more value than boundaries")
+            raise InputError("values: expected one more value than boundaries")
         for b in self.boundaries:
             _checks.integer(b, "boundaries", minimum=0)
         if list(self.boundaries) != sorted(self.boundaries):
-            raise ValueError("boundaries: expected increasing steps")
+            raise InputError("boundaries: expected increasing steps")
 
     def __call__(self, t: int) -> float:
         """Value at step ``t``."""
@@ -240,12 +241,12 @@ def from_dict(value: Any) -> Any:
     if isinstance(value, dict) and "schedule" in value:
         name = value["schedule"]
         if name not in _KINDS:
-            raise ValueError(f"schedule: cannot rebuild {name!r}; known: {sorted(_KINDS)}")
+            raise InputError(f"schedule: cannot rebuild {name!r}; known: {sorted(_KINDS)}")
         cls = _KINDS[name]
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known - {"schedule"})
         if unknown:
-            raise ValueError(f"schedule {name}: unknown fields {unknown}")
+            raise InputError(f"schedule {name}: unknown fields {unknown}")
         kw = {k: value[k] for k in known if k in value}
         for key in ("boundaries", "values"):
             if key in kw:

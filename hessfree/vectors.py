@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hessfree.errors import InputError, InputTypeError
+
 __all__ = ["ParamLayout", "VectorFormat", "flatten", "unflatten"]
 
 #: How a caller gave a vector: ``"flat"``, ``"list"`` (list or tuple of tensors) or ``"dict"``.
@@ -42,12 +44,12 @@ class ParamLayout:
     def from_params(cls, params: Mapping[str, Tensor]) -> ParamLayout:
         """Layout of a ``{name: tensor}`` mapping (insertion order is the flat order)."""
         if not params:
-            raise ValueError("params: expected at least one trainable parameter, got none")
+            raise InputError("params: expected at least one trainable parameter, got none")
         tensors = list(params.values())
         dtypes = {t.dtype for t in tensors}
         devices = {t.device for t in tensors}
         if len(dtypes) != 1 or len(devices) != 1:
-            raise ValueError(
+            raise InputError(
                 "params: all parameters must share one dtype and device, got dtypes "
                 f"{sorted(map(str, dtypes))} and devices {sorted(map(str, devices))}"
             )
@@ -79,7 +81,7 @@ class ParamLayout:
             missing = [n for n in self.names if n not in tensors]
             extra = [n for n in tensors if n not in self.names]
             if missing or extra:
-                raise ValueError(
+                raise InputError(
                     f"{name}: dict keys must be the parameter names; missing {missing}, "
                     f"unexpected {extra}"
                 )
@@ -87,15 +89,15 @@ class ParamLayout:
         else:
             seq = list(tensors)
             if len(seq) != len(self.names):
-                raise ValueError(
+                raise InputError(
                     f"{name}: expected {len(self.names)} tensors (one per parameter), "
                     f"got {len(seq)}"
                 )
         for n, t, s in zip(self.names, seq, self.shapes):
             if not isinstance(t, Tensor):
-                raise TypeError(f"{name}[{n!r}]: expected a Tensor, got {type(t).__name__}")
+                raise InputTypeError(f"{name}[{n!r}]: expected a Tensor, got {type(t).__name__}")
             if t.shape != s:
-                raise ValueError(
+                raise InputError(
                     f"{name}[{n!r}]: expected shape {tuple(s)}, got {tuple(t.shape)}"
                 )
         return torch.cat([t.reshape(-1) for t in seq])
@@ -110,7 +112,7 @@ class ParamLayout:
         """
         if isinstance(v, Tensor):
             if v.dim() != 1 or v.numel() != self.numel:
-                raise ValueError(
+                raise InputError(
                     f"{name}: expected a flat 1-D tensor of length {self.numel} (or a list/dict "
                     f"of tensors shaped like the parameters), got shape {tuple(v.shape)}"
                 )
@@ -120,12 +122,12 @@ class ParamLayout:
         elif isinstance(v, (list, tuple)):
             flat, fmt = self.flatten(v, name), "list"
         else:
-            raise TypeError(
+            raise InputTypeError(
                 f"{name}: expected a Tensor, a list of tensors or a dict of tensors, "
                 f"got {type(v).__name__}"
             )
         if flat.dtype != self.dtype or flat.device != self.device:
-            raise ValueError(
+            raise InputError(
                 f"{name}: expected dtype {self.dtype} on {self.device}, "
                 f"got {flat.dtype} on {flat.device}"
             )

@@ -23,16 +23,17 @@ PACKAGE = Path(hessfree.__file__).resolve().parent
 
 #: component -> layer (``docs/architecture.md``); a component imports lower layers only
 LAYERS = {
-    "_version": 0, "_checks": 0, "vectors": 0,
-    "schedules": 1, "batches": 1, "linops": 1, "distributed": 1,
-    "cg": 2, "curvature": 2, "models": 2, "data": 2,
-    "quadratic": 3, "momentum": 3,
-    "hf": 4,
-    "runs": 5,
-    "__main__": 6, "<facade>": 6,
+    "_version": 0, "errors": 0,
+    "_checks": 1, "vectors": 1,
+    "schedules": 2, "batches": 2, "linops": 2, "_files": 2, "distributed": 2,
+    "cg": 3, "curvature": 3, "models": 3, "data": 3,
+    "quadratic": 4, "momentum": 4,
+    "hf": 5,
+    "runs": 6,
+    "__main__": 7, "<facade>": 7,
 }
 #: the linear solver knows nothing about networks (DESIGN.md)
-CG_MAY_IMPORT = {"cg", "vectors", "_checks"}
+CG_MAY_IMPORT = {"cg", "vectors", "_checks", "errors"}
 
 
 def _modules() -> dict[str, Path]:

@@ -14,6 +14,8 @@ from typing import Protocol, Union
 import torch
 from torch import Tensor
 
+from hessfree.errors import InputError, InputTypeError
+
 __all__ = [
     "DiagonalPreconditioner",
     "FunctionOperator",
@@ -69,13 +71,13 @@ def as_operator(A: OperatorLike) -> LinearOperator:
     """
     if isinstance(A, Tensor):
         if A.dim() != 2 or A.shape[0] != A.shape[1]:
-            raise ValueError(f"A: expected a square 2-D tensor, got shape {tuple(A.shape)}")
+            raise InputError(f"A: expected a square 2-D tensor, got shape {tuple(A.shape)}")
         return A
     if hasattr(type(A), "__matmul__"):
         return A
     if callable(A):
         return FunctionOperator(A)
-    raise TypeError(
+    raise InputTypeError(
         "A: expected an operator with `A @ v`, a square 2-D tensor or a callable v -> A v, "
         f"got {type(A).__name__}"
     )
@@ -84,9 +86,9 @@ def as_operator(A: OperatorLike) -> LinearOperator:
 def _checked_result(out: object, like: Tensor, what: str) -> Tensor:
     """``out`` detached, after checking it is a tensor shaped, typed and placed like ``like``."""
     if not isinstance(out, Tensor):
-        raise TypeError(f"{what} returned {type(out).__name__}, expected a Tensor")
+        raise InputTypeError(f"{what} returned {type(out).__name__}, expected a Tensor")
     if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
-        raise ValueError(
+        raise InputError(
             f"{what} returned shape {tuple(out.shape)}, {out.dtype} on {out.device}; "
             f"expected shape {tuple(like.shape)}, {like.dtype} on {like.device}"
         )
@@ -150,10 +152,10 @@ class FunctionPreconditioner:
 def check_like(v: Tensor, name: str, like: Tensor, shape_hint: str = "(like b)") -> None:
     """``v`` must have the shape, dtype and device of ``like`` (errors name ``name``)."""
     if v.shape != like.shape:
-        raise ValueError(f"{name}: expected a 1-D tensor of length {like.numel()} {shape_hint}, "
+        raise InputError(f"{name}: expected a 1-D tensor of length {like.numel()} {shape_hint}, "
                          f"got shape {tuple(v.shape)}")
     if v.dtype != like.dtype or v.device != like.device:
-        raise ValueError(f"{name}: expected dtype {like.dtype} on {like.device} (like b), "
+        raise InputError(f"{name}: expected dtype {like.dtype} on {like.device} (like b), "
                          f"got {v.dtype} on {v.device}")
 
 
@@ -173,11 +175,11 @@ def as_preconditioner(
         check_like(M, "M", like, "(the inverse of a diagonal preconditioner, z = M * r) or a "
                    "callable r -> z")
         if not bool(((M > 0) & torch.isfinite(M)).all()):
-            raise ValueError("M: expected positive, finite entries (an inverse diagonal)")
+            raise InputError("M: expected positive, finite entries (an inverse diagonal)")
         return DiagonalPreconditioner(M.detach())
     if callable(M):
         return FunctionPreconditioner(M)
-    raise TypeError(
+    raise InputTypeError(
         f"M: expected a 1-D tensor, a callable r -> z or None, got {type(M).__name__}"
     )
 

@@ -53,6 +53,7 @@ from hessfree.cg.stopping import (
     as_stop_rule,
 )
 from hessfree.cg.storage import StoreSpec, as_store_policy
+from hessfree.errors import InputError, InputTypeError
 
 __all__ = ["CGResult", "solve"]
 
@@ -169,16 +170,16 @@ class _PCG:
 def _check_vector(v: object, name: str, like: Tensor | None) -> Tensor:
     """Check b (``like`` None) or x0 (shaped, typed and placed like b); one host sync."""
     if not isinstance(v, Tensor):
-        raise TypeError(f"{name}: expected a Tensor, got {type(v).__name__}")
+        raise InputTypeError(f"{name}: expected a Tensor, got {type(v).__name__}")
     if like is None:
         if v.dim() != 1:
-            raise ValueError(f"{name}: expected a flat 1-D tensor, got shape {tuple(v.shape)}")
+            raise InputError(f"{name}: expected a flat 1-D tensor, got shape {tuple(v.shape)}")
         if not v.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point dtype, got {v.dtype}")
+            raise InputError(f"{name}: expected a floating-point dtype, got {v.dtype}")
     else:
         check_like(v, name, like)
     if not bool(torch.isfinite(v).all()):
-        raise ValueError(f"{name}: expected finite values, got NaN or infinity")
+        raise InputError(f"{name}: expected finite values, got NaN or infinity")
     return v.detach()
 
 
@@ -188,10 +189,10 @@ def _check_operator(A: OperatorLike, b: Tensor) -> LinearOperator:
     n = b.numel()
     shape = getattr(op, "shape", None)
     if isinstance(shape, tuple) and len(shape) == 2 and tuple(shape) != (n, n):
-        raise ValueError(f"A: expected shape ({n}, {n}) to match b, got {tuple(shape)}")
+        raise InputError(f"A: expected shape ({n}, {n}) to match b, got {tuple(shape)}")
     if isinstance(op, Tensor):
         if op.dtype != b.dtype or op.device != b.device:
-            raise ValueError(
+            raise InputError(
                 f"A: expected dtype {b.dtype} on {b.device} (like b), "
                 f"got {op.dtype} on {op.device}"
             )
@@ -258,7 +259,8 @@ def solve(
     rule = AnyOf(as_stop_rule(stop), MaxIters(_check_max_iters(max_iters)))
     grid = as_store_policy(store).grid(max_iters)
     if callback is not None and not callable(callback):
-        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+        raise InputTypeError(
+            f"callback: expected a callable or None, got {type(callback).__name__}")
 
     cg = _PCG(op, b, precond)
     cg.start(x0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol, Union
 
 from hessfree import _checks
+from hessfree.errors import InputError, InputTypeError
 
 __all__ = [
     "CONVERGED",
@@ -89,7 +90,7 @@ class CGState:
     @staticmethod
     def _resolve(value: float | Callable[[], float] | None, name: str) -> float:
         if value is None:
-            raise ValueError(f"CGState.{name}: not available in this state")
+            raise InputError(f"CGState.{name}: not available in this state")
         return float(value() if callable(value) else value)
 
     @property
@@ -171,10 +172,10 @@ class MartensProgress:
     def __post_init__(self) -> None:
         """Check the constants."""
         if not (isinstance(self.eps, (int, float)) and self.eps > 0):
-            raise ValueError(f"MartensProgress.eps: expected a positive number, got {self.eps!r}")
+            raise InputError(f"MartensProgress.eps: expected a positive number, got {self.eps!r}")
         _checks.integer(self.min_gap, "MartensProgress.min_gap", minimum=1)
         if not (isinstance(self.gap_ratio, (int, float)) and self.gap_ratio >= 0):
-            raise ValueError(
+            raise InputError(
                 f"MartensProgress.gap_ratio: expected a number >= 0, got {self.gap_ratio!r}"
             )
 
@@ -205,7 +206,7 @@ class ResidualTolerance:
         for name in ("rtol", "atol"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0):
-                raise ValueError(
+                raise InputError(
                     f"ResidualTolerance.{name}: expected a number >= 0, got {value!r}"
                 )
 
@@ -248,7 +249,7 @@ class AnyOf:
         """Check that every rule is callable."""
         for j, rule in enumerate(rules):
             if not callable(rule):
-                raise TypeError(
+                raise InputTypeError(
                     f"stop[{j}]: expected a stopping rule (callable state -> reason or None), "
                     f"got {type(rule).__name__}"
                 )
@@ -285,6 +286,6 @@ def as_stop_rule(stop: StopSpec) -> StopRule:
         return AnyOf(*stop)
     if callable(stop):
         return stop
-    raise TypeError(
+    raise InputTypeError(
         f"stop: expected a stopping rule, a list of rules or None, got {type(stop).__name__}"
     )

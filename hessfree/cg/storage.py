@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol, Union
 
 from hessfree import _checks
+from hessfree.errors import InputError, InputTypeError
 
 __all__ = ["Every", "Geometric", "Never", "StorePolicy", "as_store_policy"]
 
@@ -45,9 +46,9 @@ class Geometric:
     def __post_init__(self) -> None:
         """Check the constants."""
         if not (isinstance(self.ratio, (int, float)) and self.ratio > 1):
-            raise ValueError(f"Geometric.ratio: expected a number > 1, got {self.ratio!r}")
+            raise InputError(f"Geometric.ratio: expected a number > 1, got {self.ratio!r}")
         if not (isinstance(self.first, (int, float)) and 0 < self.first < math.inf):
-            raise ValueError(f"Geometric.first: expected a finite number > 0, got {self.first!r}")
+            raise InputError(f"Geometric.first: expected a finite number > 0, got {self.first!r}")
 
     def grid(self, limit: int) -> frozenset[int]:
         """Indices ⌈first·ratioʲ⌉ <= limit (deduplicated)."""
@@ -104,7 +105,7 @@ def as_store_policy(store: StoreSpec) -> StorePolicy:
         return Never()
     if callable(getattr(store, "grid", None)):
         return store
-    raise TypeError(
+    raise InputTypeError(
         "store: expected a storage policy (Geometric, Every, Never), a bool or None, "
         f"got {type(store).__name__}"
     )

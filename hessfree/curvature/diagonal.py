@@ -23,6 +23,7 @@ from torch.func import grad, vmap
 
 from hessfree.batches import Chunk, take, unsqueeze
 from hessfree.curvature.problem import Problem
+from hessfree.errors import InputError
 
 __all__ = ["fisher_diagonal", "per_case_grad_sq", "linear_grad_sq"]
 
@@ -39,7 +40,7 @@ def per_case_grad_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chun
     dim = sum(p.numel() for p in prim.values())
     size = chunk_size or max(1, min(chunk.n, _BUDGET // max(dim, 1)))
     if size < 1:
-        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+        raise InputError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
 
     def loss_i(p: dict[str, Tensor], x: Any, t: Any) -> Tensor:
         out = problem.forward(p, unsqueeze(x))
@@ -117,7 +118,7 @@ def fisher_diagonal(problem: Problem, params: Mapping[str, Tensor], chunks: list
             ``"linear"`` (raise when it does not apply).
     """
     if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        raise InputError(f"method: expected one of {METHODS}, got {method!r}")
     scale = problem.loss.scale_for(sum(c.n for c in chunks))
     diag = sum(_chunk_sq(problem, params, c, chunk_size, method) for c in chunks)
     diag = diag * scale
@@ -133,7 +134,7 @@ def _chunk_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
         if fast is not None:
             return fast
         if method == "linear":
-            raise ValueError(
+            raise InputError(
                 "method: 'linear' needs every trainable parameter in an nn.Linear called once on "
                 "2-D inputs"
             )

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hessfree.batches import unsqueeze
+from hessfree.errors import InputError, InputTypeError
 
 __all__ = [
     "MSE",
@@ -45,7 +46,7 @@ def split_mask(targets: Any) -> tuple[Tensor, Tensor | None]:
     """Split ``targets`` into ``(values, mask)``; ``mask`` is None when there is none."""
     if isinstance(targets, (tuple, list)):
         if len(targets) != 2:
-            raise ValueError(
+            raise InputError(
                 "targets: expected a tensor or a pair (values, mask), "
                 f"got a sequence of length {len(targets)}"
             )
@@ -81,7 +82,7 @@ class _Reduced:
 
     def _set_reduction(self, reduction: str, what: str = "reduction") -> None:
         if reduction not in REDUCTIONS:
-            raise ValueError(f"{what}: expected 'mean' or 'sum', got {reduction!r}")
+            raise InputError(f"{what}: expected 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
 
     def scale_for(self, n_cases: int) -> float:
@@ -136,9 +137,9 @@ class MatchingLoss(_Reduced):
     def check(self, outputs: Tensor, values: Tensor, mask: Tensor | None) -> None:
         """Raise ``ValueError`` when targets or mask do not fit the outputs."""
         if outputs.dim() < 1:
-            raise ValueError("outputs: expected at least one (case) dimension, got a scalar")
+            raise InputError("outputs: expected at least one (case) dimension, got a scalar")
         if values.shape != outputs.shape:
-            raise ValueError(
+            raise InputError(
                 f"targets: expected shape {tuple(outputs.shape)} (the model's outputs) for "
                 f"{type(self).__name__}, got {tuple(values.shape)}"
             )
@@ -153,7 +154,7 @@ class MatchingLoss(_Reduced):
 
 def _check_mask(outputs: Tensor, mask: Tensor | None) -> None:
     if mask is not None and mask.shape != outputs.shape[:-1]:
-        raise ValueError(
+        raise InputError(
             f"targets mask: expected shape {tuple(outputs.shape[:-1])} (outputs.shape[:-1]), "
             f"got {tuple(mask.shape)}"
         )
@@ -229,21 +230,21 @@ class CrossEntropy(MatchingLoss):
     def check(self, outputs: Tensor, values: Tensor, mask: Tensor | None) -> None:
         """Accept class indices of shape ``outputs.shape[:-1]`` or soft targets."""
         if outputs.dim() < 2:
-            raise ValueError(
+            raise InputError(
                 "outputs: CrossEntropy expects at least (cases, classes), "
                 f"got shape {tuple(outputs.shape)}"
             )
         if values.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
             if values.shape != outputs.shape[:-1]:
-                raise ValueError(
+                raise InputError(
                     f"targets: class indices must have shape {tuple(outputs.shape[:-1])} "
                     f"(outputs.shape[:-1]), got {tuple(values.shape)}"
                 )
             n = outputs.shape[-1]
             if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n):
-                raise ValueError(f"targets: class indices must lie in [0, {n}), got values outside")
+                raise InputError(f"targets: class indices must lie in [0, {n}), got values outside")
         elif values.shape != outputs.shape:
-            raise ValueError(
+            raise InputError(
                 f"targets: expected class indices of shape {tuple(outputs.shape[:-1])} or "
                 f"probabilities of shape {tuple(outputs.shape)}, got {tuple(values.shape)}"
             )
@@ -301,7 +302,7 @@ class AutodiffLoss(_Reduced):
     def _scalar(self, outputs: Tensor, targets: Any) -> Tensor:
         value = self.fn(outputs, targets)
         if not isinstance(value, Tensor) or value.dim() != 0:
-            raise ValueError("loss: expected the loss callable to return a scalar tensor")
+            raise InputError("loss: expected the loss callable to return a scalar tensor")
         return value
 
     def value(self, outputs: Tensor, targets: Any, scale: float, check: bool = True) -> Tensor:
@@ -340,7 +341,7 @@ def as_loss(loss: Any) -> LossLike:
         return loss
     if callable(loss):
         return AutodiffLoss(loss)
-    raise TypeError(
+    raise InputTypeError(
         "loss: expected hessfree.losses.MSE/BCEWithLogits/CrossEntropy or a callable "
         f"loss(outputs, targets) -> scalar, got {type(loss).__name__}"
     )

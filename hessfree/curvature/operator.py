@@ -29,6 +29,7 @@ from hessfree.curvature.products import (
     hessian_chunk,
 )
 from hessfree.curvature.sequential import applies
+from hessfree.errors import InputError, InputTypeError
 from hessfree.linops import FlatOperator
 from hessfree.vectors import ParamLayout
 
@@ -54,7 +55,7 @@ def resolve_backend(backend: str, problem: Problem, params: dict[str, Tensor],
             return "sequential"
         return "forward" if structural and kind != "hessian" else "double-backward"
     if backend not in BACKENDS:
-        raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
+        raise InputError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
     return backend
 
 
@@ -79,7 +80,8 @@ class CurvatureOperator(FlatOperator):
     def __init__(self, problem: Problem, batch: Any, params: Any = None,
                  backend: str = "auto", cache: bool = True, check: bool = True) -> None:
         if not isinstance(problem, Problem):
-            raise TypeError(f"problem: expected a hessfree.Problem, got {type(problem).__name__}")
+            raise InputTypeError(
+                f"problem: expected a hessfree.Problem, got {type(problem).__name__}")
         self.problem = problem
         # a snapshot: the operator stays valid (and exact) after the live parameters move
         self.params = {n: p.detach().clone() for n, p in problem.resolve_params(params).items()}
@@ -144,6 +146,30 @@ class CurvatureOperator(FlatOperator):
     def _apply(self, v: Tensor) -> Tensor:
         return self._product(v)
 
+    def _product_block(self, V: Tensor, structural: float = 0.0) -> Tensor:
+        """:meth:`_product` of each column of ``V`` (``(dim, k)``), batched over the columns.
+
+        Each chunk takes the ``k`` columns in one pass of its backend (one larger matrix
+        product per layer instead of ``k``: :mod:`hessfree.curvature.sequential`; autograd's
+        ``is_grads_batched`` or ``torch.func.vmap`` for the autodiff backends).
+        """
+        Vt = V.T  # (k, dim), a view: column j of V is row j
+        k = Vt.shape[0]
+        parts = [p.reshape((k,) + s) for p, s in
+                 zip(torch.split(Vt, self.layout.sizes, 1), self.layout.shapes)]
+        out: Tensor | None = None
+        for cp in self._chunk_products():
+            res = cp.mm(parts, structural)
+            out = res if out is None else out.add_(res)
+        assert out is not None
+        wd = self.problem.weight_decay
+        if wd:
+            out.add_(Vt, alpha=wd)
+        return out.T
+
+    def _apply_block(self, V: Tensor) -> Tensor:
+        return self._product_block(V)
+
     def damped(self, lam: float) -> DampedOperator:
         """The operator ``self + λI`` (Tikhonov damping, Martens 2010 §4.1)."""
         return DampedOperator(self, lam)
@@ -170,7 +196,7 @@ class GGN(CurvatureOperator):
                              structural=self.structural_damping > 0)
         except TypeError as err:
             if self.structural_damping > 0 and "return_hidden" in str(err):
-                raise ValueError(
+                raise InputError(
                     "structural_damping: the model's forward does not accept return_hidden=True; "
                     "structural damping needs a model that exposes its hidden pre-activations"
                 ) from err
@@ -179,7 +205,7 @@ class GGN(CurvatureOperator):
     def structural_mv(self, v: Tensor) -> Tensor:
         """``J_aᵀ D J_a v`` alone (flat), the structural-damping matrix without μλ."""
         if self.structural_damping <= 0:
-            raise ValueError("structural_damping: the operator was built without it (μ = 0)")
+            raise InputError("structural_damping: the operator was built without it (μ = 0)")
         self.products += 2
         return self._product(v, 1.0) - self._product(v, 0.0)
 
@@ -230,3 +256,7 @@ class DampedOperator(FlatOperator):
     def _apply(self, v: Tensor) -> Tensor:
         self.base.products += 1
         return self.base._product(v, self.structural).add_(v, alpha=self.lam)
+
+    def _apply_block(self, V: Tensor) -> Tensor:
+        self.base.products += V.shape[1]
+        return self.base._product_block(V, self.structural).add_(V, alpha=self.lam)

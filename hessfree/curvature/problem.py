@@ -16,6 +16,7 @@ from torch.func import functional_call
 from hessfree import _checks
 from hessfree.batches import Chunk, as_chunks, leaves, take
 from hessfree.curvature.losses import LossLike, as_loss, split_mask
+from hessfree.errors import InputError, InputTypeError
 from hessfree.vectors import ParamLayout
 
 __all__ = ["Problem"]
@@ -41,7 +42,7 @@ class Problem:
     def __init__(self, model: nn.Module | Callable[..., Any], loss: Any,
                  weight_decay: float = 0.0) -> None:
         if not (isinstance(model, nn.Module) or callable(model)):
-            raise TypeError(
+            raise InputTypeError(
                 f"model: expected an nn.Module or a function f(params, inputs), got "
                 f"{type(model).__name__}"
             )
@@ -69,13 +70,13 @@ class Problem:
     def parameters(self) -> dict[str, Tensor]:
         """The module's trainable parameters (``requires_grad``), by name, as live tensors."""
         if not self.is_module:
-            raise ValueError(
+            raise InputError(
                 "params: required when the model is a function f(params, inputs); pass a dict "
                 "of tensors"
             )
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not params:
-            raise ValueError("params: the model has no trainable parameters (requires_grad=True)")
+            raise InputError("params: the model has no trainable parameters (requires_grad=True)")
         return params
 
     def resolve_params(self, params: Any = None) -> dict[str, Tensor]:
@@ -88,7 +89,7 @@ class Problem:
             if self.is_module:
                 names = list(self.parameters())
                 if len(names) != len(params):
-                    raise ValueError(
+                    raise InputError(
                         f"params: expected {len(names)} tensors (the trainable parameters), "
                         f"got {len(params)}"
                     )
@@ -96,12 +97,12 @@ class Problem:
             else:
                 out = {str(i): p for i, p in enumerate(params)}
         else:
-            raise TypeError(f"params: expected a dict or list of tensors, got {type(params)}")
+            raise InputTypeError(f"params: expected a dict or list of tensors, got {type(params)}")
         if not out:
-            raise ValueError("params: expected at least one trainable parameter, got none")
+            raise InputError("params: expected at least one trainable parameter, got none")
         for n, p in out.items():
             if not isinstance(p, Tensor) or not p.is_floating_point():
-                raise TypeError(f"params[{n!r}]: expected a floating-point tensor")
+                raise InputTypeError(f"params[{n!r}]: expected a floating-point tensor")
         ParamLayout.from_params(out)  # one dtype and device
         return out
 
@@ -124,7 +125,7 @@ class Problem:
             if m.training and isinstance(m, _TRAIN_MODE_MODULES)
         ]
         if bad:
-            raise ValueError(
+            raise InputError(
                 "model: Dropout/BatchNorm in training mode make the forward pass random or couple "
                 f"the cases, so curvature products are inconsistent: {', '.join(bad)}; call "
                 "model.eval() (or remove them) before building curvature operators"
@@ -140,7 +141,7 @@ class Problem:
             b = self.forward(params, inputs)
         for x, y in zip(leaves(a), leaves(b)):
             if x.shape != y.shape or not bool(((x == y) | (x.isnan() & y.isnan())).all()):
-                raise ValueError(
+                raise InputError(
                     "model: two forward passes on the same batch gave different outputs; the "
                     "model is not deterministic (Dropout or BatchNorm in training mode, or "
                     "random sampling inside forward), so curvature products would be inconsistent"
@@ -149,18 +150,18 @@ class Problem:
     def check_outputs(self, outputs: Any, chunk: Chunk, where: str = "batch") -> Tensor:
         """Check the model returned one tensor of ``n`` cases that fits the targets."""
         if not isinstance(outputs, Tensor):
-            raise TypeError(
+            raise InputTypeError(
                 f"model: expected the forward pass to return one tensor of outputs, got "
                 f"{type(outputs).__name__}"
             )
         if outputs.dim() == 0 or outputs.shape[0] != chunk.n:
-            raise ValueError(
+            raise InputError(
                 f"{where}: the model returned outputs of shape {tuple(outputs.shape)} for "
                 f"{chunk.n} cases"
             )
         values, _ = split_mask(chunk.targets)
         if values.shape[0] != chunk.n:
-            raise ValueError(f"{where}: targets have {values.shape[0]} cases, inputs {chunk.n}")
+            raise InputError(f"{where}: targets have {values.shape[0]} cases, inputs {chunk.n}")
         return outputs
 
     def decay_value(self, flat_params: Tensor) -> float:

@@ -38,9 +38,10 @@ import torch
 from torch import Tensor
 
 from hessfree.batches import Chunk
-from hessfree.curvature.losses import LossState
+from hessfree.curvature.losses import MSE, BCEWithLogits, CrossEntropy, LossState
 from hessfree.curvature.problem import Problem
 from hessfree.curvature.sequential import SequentialJ, sequential_layers
+from hessfree.errors import InputError
 
 __all__ = [
     "BACKENDS",
@@ -65,12 +66,16 @@ class ChunkProduct:
         mv: ``(v, structural) -> curvature·v`` (flat) for ``v`` a list shaped like the
             parameters; ``structural`` is the weight of the structural-damping term (0: none).
         state: the loss state at the outputs (gradient and ``H_L``).
+        mm: ``(V, structural) -> (k, dim)``, the product with ``k`` columns at once: ``V`` is
+            a list shaped like the parameters with a leading dimension ``k``; row ``j`` of the
+            result is ``mv`` of column ``j``.
     """
 
     value: Tensor
     grad: Tensor
     mv: Callable[[Tensors, float], Tensor]
     state: LossState
+    mm: Callable[[Tensors, float], Tensor]
 
 
 def _leaves(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -84,6 +89,32 @@ def _flat(ts: Tensors) -> Tensor:
 def _grad(outputs: Any, inputs: Tensors, grad_outputs: Any, **kw: Any) -> Tensors:
     return list(torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True,
                                     materialize_grads=True, **kw))
+
+
+def _flat_block(ts: Tensors, k: int) -> Tensor:
+    """``(k, dim)`` from tensors with a leading dimension ``k``."""
+    return torch.cat([t.reshape(k, -1) for t in ts], 1)
+
+
+def _loop_block(mv: Callable[[Tensors, float], Tensor]) -> Callable[[Tensors, float], Tensor]:
+    """The block product as ``k`` single products (where nothing faster exists)."""
+
+    def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+        return torch.stack([mv([t[j] for t in v], weight) for j in range(v[0].shape[0])])
+
+    return mm
+
+
+#: losses whose ``H_L u`` is elementwise along leading dimensions, so it takes ``k`` columns
+#: stacked in front at once; any other loss gets one ``H_L u`` per column
+_BROADCASTING_LOSSES = (MSE, BCEWithLogits, CrossEntropy)
+
+
+def _hvp_block(problem: Problem, state: LossState, u: Tensor) -> Tensor:
+    """``H_L`` applied to each of the ``k`` stacked ``u[j]`` (shaped like the outputs)."""
+    if type(problem.loss) in _BROADCASTING_LOSSES:
+        return state.hvp(u)
+    return torch.stack([state.hvp(u[j]) for j in range(u.shape[0])])
 
 
 def hidden_curvature(problem: Problem, hidden: Tensor, scale: float) -> Tensor:
@@ -103,7 +134,7 @@ def hidden_curvature(problem: Problem, hidden: Tensor, scale: float) -> Tensor:
     elif kind == "linear":
         d = torch.ones_like(a)
     else:
-        raise ValueError(
+        raise InputError(
             f"model.hidden_nonlinearity: expected 'tanh', 'logistic' or 'linear', got {kind!r}"
         )
     return d * scale
@@ -112,7 +143,7 @@ def hidden_curvature(problem: Problem, hidden: Tensor, scale: float) -> Tensor:
 def _split_outputs(problem: Problem, res: Any, chunk: Chunk, hidden: bool) -> tuple[Tensor, Any]:
     if hidden:
         if not (isinstance(res, tuple) and len(res) == 2):
-            raise ValueError(
+            raise InputError(
                 "model: structural damping needs forward(inputs, return_hidden=True) to return "
                 "(outputs, hidden_preactivations)"
             )
@@ -156,6 +187,23 @@ class _DoubleBackwardJ:
         outs = [self.out, self.hid][: len(us)]
         return _flat(_grad(outs, self.plist, us, retain_graph=True))
 
+    # k columns: the same backward passes, vectorised over the columns by autograd's
+    # ``is_grads_batched`` (vmap over the backward graph: batched matrix products)
+    def jvp_block(self, v: Tensors, hidden: bool = False) -> Tensors:
+        """``[J_out V]`` (and ``J_hidden V``) for ``v`` with a leading dimension ``k``."""
+        ws = self.w if hidden else self.w[:1]
+        k = v[0].shape[0]
+        if not self._g:
+            return [w.new_zeros((k,) + w.shape) for w in ws]
+        return _grad(self._g, ws, [v[i] for i in self._live], retain_graph=True,
+                     is_grads_batched=True)
+
+    def vjp_block(self, us: Tensors) -> Tensor:
+        """``Jᵀ U`` as ``(k, dim)`` for ``us`` with a leading dimension ``k``."""
+        outs = [self.out, self.hid][: len(us)]
+        return _flat_block(_grad(outs, self.plist, us, retain_graph=True,
+                                 is_grads_batched=True), us[0].shape[0])
+
 
 class _ForwardJ:
     """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``."""
@@ -192,13 +240,27 @@ class _ForwardJ:
         (res,) = self._vjp(tuple(us))
         return _flat([res[n] for n in self.names])
 
+    # k columns: ``torch.func.vmap`` over the linearized JVP and the VJP function
+    def jvp_block(self, v: Tensors, hidden: bool = False) -> Tensors:
+        """``[J_out V]`` (and ``J_hidden V``) for ``v`` with a leading dimension ``k``."""
+        res = torch.func.vmap(lambda *vs: tuple(self._jvp(dict(zip(self.names, vs)))))(*v)
+        return list(res) if hidden else [res[0]]
+
+    def vjp_block(self, us: Tensors) -> Tensor:
+        """``Jᵀ U`` as ``(k, dim)`` for ``us`` with a leading dimension ``k``."""
+        k = us[0].shape[0]
+        if self.hid is not None and len(us) == 1:
+            us = [us[0], self.hid.new_zeros((k,) + self.hid.shape)]
+        (res,) = torch.func.vmap(lambda *u: self._vjp(u))(*us)
+        return _flat_block([res[n] for n in self.names], k)
+
 
 def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
                backend: str, hidden: bool) -> Any:
     if backend == "sequential":
         layers = sequential_layers(problem, params)
         if layers is None or hidden or not isinstance(chunk.inputs, Tensor):
-            raise ValueError(
+            raise InputError(
                 "backend: 'sequential' needs an nn.Sequential of Linear and elementwise units "
                 "(Sigmoid, Tanh, ReLU, Identity), all parameters trained, tensor inputs and no "
                 "structural damping; use 'double-backward' or 'auto'"
@@ -208,7 +270,7 @@ def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, sca
         return _DoubleBackwardJ(problem, params, chunk, scale, hidden)
     if backend == "forward":
         return _ForwardJ(problem, params, chunk, scale, hidden)
-    raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
+    raise InputError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
 
 
 def ggn_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
@@ -224,7 +286,15 @@ def ggn_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scal
         (jv_out,) = lin.jvp(v)
         return lin.vjp([lin.state.hvp(jv_out)])
 
-    return ChunkProduct(lin.state.value, lin.grad, mv, lin.state)
+    def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+        if weight and d_hid is not None:
+            jv_out, jv_hid = lin.jvp_block(v, hidden=True)
+            return lin.vjp_block([_hvp_block(problem, lin.state, jv_out),
+                                  jv_hid * d_hid * weight])
+        (jv_out,) = lin.jvp_block(v)
+        return lin.vjp_block([_hvp_block(problem, lin.state, jv_out)])
+
+    return ChunkProduct(lin.state.value, lin.grad, mv, lin.state, mm)
 
 
 def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
@@ -239,7 +309,13 @@ def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, s
         coef = (g * jv).reshape(n, -1).sum(1) / lin.state.scale  # s ⟨e, Jv⟩ per case
         return lin.vjp([g * coef.view((n,) + (1,) * (g.dim() - 1))])
 
-    return ChunkProduct(lin.state.value, lin.grad, mv, lin.state)
+    def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+        (jv,) = lin.jvp_block(v)  # (k, N, ...)
+        k = jv.shape[0]
+        coef = (g * jv).reshape(k, n, -1).sum(2) / lin.state.scale
+        return lin.vjp_block([g * coef.view((k, n) + (1,) * (g.dim() - 1))])
+
+    return ChunkProduct(lin.state.value, lin.grad, mv, lin.state, mm)
 
 
 def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
@@ -259,6 +335,13 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
                 return _flat([torch.zeros_like(p) for p in plist])
             return _flat(_grad([g[i] for i in live], plist, [v[i] for i in live],
                                retain_graph=True))
+
+        def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+            k = v[0].shape[0]
+            if not live:
+                return plist[0].new_zeros(k, sum(p.numel() for p in plist))
+            return _flat_block(_grad([g[i] for i in live], plist, [v[i] for i in live],
+                                     retain_graph=True, is_grads_batched=True), k)
 
     elif backend == "forward":
         prim = {n: p.detach() for n, p in params.items()}
@@ -280,9 +363,13 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
             res = hvp(dict(zip(names, v)))
             return _flat([res[n] for n in names])
 
+        def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+            res = torch.func.vmap(lambda *vs: hvp(dict(zip(names, vs))))(*v)
+            return _flat_block([res[n] for n in names], v[0].shape[0])
+
     else:
-        raise ValueError(
+        raise InputError(
             f"backend: the Hessian supports 'double-backward' and 'forward', got {backend!r}"
         )
     state = LossState(value.detach(), torch.empty(0), scale, lambda u: u)
-    return ChunkProduct(value.detach(), _flat([t.detach() for t in g]), mv, state)
+    return ChunkProduct(value.detach(), _flat([t.detach() for t in g]), mv, state, mm)

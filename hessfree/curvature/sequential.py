@@ -181,6 +181,56 @@ class SequentialJ:
                     delta.mul_(prev)
         return res
 
+    # -- k columns at once -------------------------------------------------------------------
+    # Activations of the k columns are stored case-major, (N, k, features): the k tangents of a
+    # layer are one (N, k·out) matrix, so each term of the passes above becomes one matrix product
+    # with k times as many columns (X @ [V_1ᵀ … V_kᵀ], (k·N × out) @ Wᵀ, [δ_1 … δ_k]ᵀ X, ...)
+    # instead of k small ones. Same arithmetic per column, far better use of the BLAS.
+    def jvp_block(self, v: list[Tensor], hidden: bool = False) -> list[Tensor]:
+        """``[J V]`` for ``k`` columns: ``v`` shaped like the parameters with a leading ``k``.
+
+        Returns one tensor of shape ``(k, N, out)`` (a view of a case-major ``(N, k, out)``).
+        """
+        it = iter(v)
+        rz: Tensor | None = None
+        for blk in self.blocks:
+            vw = next(it)
+            vb = next(it) if blk["b"] is not None else None
+            k, n_out, n_in = vw.shape
+            cols = vw.reshape(k * n_out, n_in).T  # (in, k·out): column j·out + o is V_j[o, :]
+            if vb is not None:
+                out = torch.addmm(vb.reshape(1, k * n_out), blk["x"], cols)
+            else:
+                out = blk["x"] @ cols
+            out = out.view(-1, k, n_out)
+            if rz is not None:
+                out.view(-1, n_out).addmm_(rz.view(-1, rz.shape[-1]), blk["w"].T)
+            if blk["d"] is not None:
+                out.mul_(blk["d"].unsqueeze(1))
+            rz = out
+        assert rz is not None
+        return [rz.transpose(0, 1)]
+
+    def vjp_block(self, us: list[Tensor]) -> Tensor:
+        """``Jᵀ U`` for ``us = [U]`` with ``U`` of shape ``(k, N, out)``; returns ``(k, dim)``."""
+        delta = us[0].transpose(0, 1).contiguous()  # (N, k, out); free for jvp_block's layout
+        n, k = delta.shape[0], delta.shape[1]
+        res = torch.empty(k, self.dim, dtype=self.dtype, device=self.device)
+        for i in range(len(self.blocks) - 1, -1, -1):
+            blk = self.blocks[i]
+            w = blk["w"]
+            n_out, n_in = w.shape
+            grad_w = torch.mm(delta.view(n, k * n_out).T, blk["x"])  # (k·out, in)
+            res[:, blk["w_off"]:blk["w_off"] + w.numel()] = grad_w.view(k, -1)
+            if blk["b"] is not None:
+                res[:, blk["b_off"]:blk["b_off"] + n_out] = delta.sum(0)
+            if i > 0:
+                delta = (delta.view(n * k, n_out) @ w).view(n, k, n_in)
+                prev = self.blocks[i - 1]["d"]
+                if prev is not None:
+                    delta.mul_(prev.unsqueeze(1))
+        return res
+
 
 def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], chunks: list[Chunk],
                         ) -> tuple[float, Tensor, Tensor] | None:

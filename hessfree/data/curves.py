@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from hessfree import _checks
+from hessfree.errors import InputError
 
 SIDE = 28
 """Image side in pixels (28 x 28 = 784, [H&S06])."""
@@ -173,7 +174,7 @@ def curves(
         _checks.integer(value, f"curves: {name}", minimum=0)
     for name, value in (("ink", ink), ("sigma", sigma)):
         if not value > 0:
-            raise ValueError(f"curves: {name} must be positive, got {value!r}")
+            raise InputError(f"curves: {name} must be positive, got {value!r}")
     train_seq, test_seq = np.random.SeedSequence(seed).spawn(2)
     x_train = render(int(n_train), np.random.default_rng(train_seq), ink, sigma)
     x_test = render(int(n_test), np.random.default_rng(test_seq), ink, sigma)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from hessfree import _checks
 from hessfree.data.paths import candidates, data_root, first_existing
+from hessfree.errors import InputError
 
 FILE_NAME = "olivettifaces.mat"
 """Roweis' Olivetti file ([H&S06] ref. 12); see [Data: FACES], the source file."""
@@ -71,7 +72,7 @@ def load_olivetti(root: str | os.PathLike | None = None) -> torch.Tensor:
     raw = scipy.io.loadmat(path).get("faces")
     if raw is None or raw.shape != (SOURCE_SIDE**2, N_SUBJECTS * IMAGES_PER_SUBJECT):
         shape = None if raw is None else raw.shape
-        raise ValueError(f"faces: {path} must hold 'faces' of shape (4096, 400), got {shape}")
+        raise InputError(f"faces: {path} must hold 'faces' of shape (4096, 400), got {shape}")
     images = raw.T.reshape(-1, SOURCE_SIDE, SOURCE_SIDE).transpose(0, 2, 1)
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0)
 
@@ -188,13 +189,13 @@ def select(
     of ``n`` patches drawn without replacement by ``seed`` (sorted).
     """
     if split not in SPLITS:
-        raise ValueError(f"faces: split must be one of {sorted(SPLITS)}, got {split!r}")
+        raise InputError(f"faces: split must be one of {sorted(SPLITS)}, got {split!r}")
     if subjects is None:
         low, high = SPLITS[split]
         subjects = range(low, high + 1)
     subjects = sorted({int(s) for s in subjects})
     if not subjects or subjects[0] < 1 or subjects[-1] > N_SUBJECTS:
-        raise ValueError(f"faces: subjects must be a non-empty set of ids in 1..40, got {subjects}")
+        raise InputError(f"faces: subjects must be a non-empty set of ids in 1..40, got {subjects}")
     per_subject = IMAGES_PER_SUBJECT * PER_IMAGE
     index = torch.cat(
         [torch.arange((s - 1) * per_subject, s * per_subject) for s in subjects]
@@ -252,9 +253,9 @@ def faces(
         ValueError: for an unknown split or filter, bad subjects, ``n`` or ``window``.
     """
     if filter not in FILTERS:
-        raise ValueError(f"faces: filter must be one of {FILTERS}, got {filter!r}")
+        raise InputError(f"faces: filter must be one of {FILTERS}, got {filter!r}")
     if not 0 < window <= SOURCE_SIDE:
-        raise ValueError(f"faces: window must be in (0, 64] source pixels, got {window!r}")
+        raise InputError(f"faces: window must be in (0, 64] source pixels, got {window!r}")
     index = select(split, subjects, n, seed)
     source = load_olivetti(root)
     x = render_indices(source, index, filter, window)

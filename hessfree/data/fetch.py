@@ -18,6 +18,7 @@ from pathlib import Path
 from hessfree.data import mnist as mnist_module
 from hessfree.data.idx import IDXError, read_bytes
 from hessfree.data.paths import data_root
+from hessfree.errors import InputError
 
 MIRRORS = {
     "mnist": (
@@ -114,7 +115,7 @@ def fetch(
         FetchError: if a file could not be obtained with the right checksum.
     """
     if name not in MIRRORS:
-        raise ValueError(f"fetch: unknown data set {name!r}; valid names: {sorted(MIRRORS)}")
+        raise InputError(f"fetch: unknown data set {name!r}; valid names: {sorted(MIRRORS)}")
     base = data_root(root, "fetch")
     mirrors = MIRRORS[name] if mirrors is None else tuple(mirrors)
     folder = base / mnist_module.SUBDIR

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hessfree.errors import InputError
+
 DTYPES = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
@@ -26,7 +28,7 @@ DTYPES = {
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IDXError(ValueError):
+class IDXError(InputError):
     """A file is not a valid IDX file (bad magic, type, dimensions or size)."""
 
 

@@ -18,6 +18,7 @@ import torch
 
 from hessfree.data.idx import parse_idx, read_bytes
 from hessfree.data.paths import candidates, data_root, first_existing
+from hessfree.errors import InputError
 
 SUBDIR = "mnist"
 """Folder under the data root that is also searched (and that ``fetch`` writes to)."""
@@ -67,7 +68,7 @@ FILES = {
 """The four MNIST files with the published sha256/md5 of their uncompressed content."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(InputError):
     """A data file's content does not match its published checksum."""
 
 
@@ -112,7 +113,7 @@ def load_file(spec: IDXFile, root: Path, check: bool = True) -> np.ndarray:
         verify(content, spec, path)
     array = parse_idx(content, str(path))
     if array.shape != spec.shape or array.dtype != np.uint8:
-        raise ValueError(
+        raise InputError(
             f"mnist: {path} holds {array.dtype} of shape {array.shape}, expected uint8 "
             f"of shape {spec.shape}"
         )

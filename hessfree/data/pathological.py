@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from hessfree import _checks
+from hessfree.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def task_spec(task: str) -> TaskSpec:
     """
     key = str(task).strip().lower().replace("-", "_")
     if key not in TASKS:
-        raise ValueError(f"unknown pathological task {task!r}; valid names: {sorted(TASKS)}")
+        raise InputError(f"unknown pathological task {task!r}; valid names: {sorted(TASKS)}")
     return TASKS[key]
 
 
@@ -100,7 +101,7 @@ def n_outputs(task: str) -> int:
 def draw(rng: np.random.Generator, low: int, high: int, n: int, what: str, T: int) -> np.ndarray:
     """``n`` integers uniform on ``[low, high)``; a clear error if the range is empty."""
     if high <= low:
-        raise ValueError(f"pathological: T={T} is too small: the {what} range [{low}, {high}) "
+        raise InputError(f"pathological: T={T} is too small: the {what} range [{low}, {high}) "
                          "is empty")
     return rng.integers(low, high, size=n)
 
@@ -129,7 +130,7 @@ def operands(task: str, T: int, n: int, rng: np.random.Generator):
     first = draw(rng, scaled(1, T), scaled(10, T), n, "first marker", T)
     second = draw(rng, scaled(b_range[0], T), scaled(b_range[1], T), n, "second marker", T)
     if np.any(last - 3 <= second):
-        raise ValueError(f"pathological: T={T} is too small for {task}: the end signal at T'-3 "
+        raise InputError(f"pathological: T={T} is too small for {task}: the end signal at T'-3 "
                          "would fall on or before the second marker")
     length, rows = int(last.max()) + 1, np.arange(n)
     values = rng.random((n, length))
@@ -188,7 +189,7 @@ def permutation(T: int, n: int, rng: np.random.Generator):
     """
     length = scaled(100, T)
     if length < 2:
-        raise ValueError(f"pathological: T={T} is too small for random_permutation")
+        raise InputError(f"pathological: T={T} is too small for random_permutation")
     symbols = np.empty((n, length), dtype=np.int64)
     symbols[:, 0] = np.arange(n) % 2
     symbols[:, 1:] = rng.integers(2, 100, size=(n, length - 1))
@@ -211,7 +212,7 @@ def memorization(task: str, T: int, n: int, rng: np.random.Generator):
     chars, size = MEMORY[task]
     length = scaled(100, T)
     if length < 2 * chars + 1:
-        raise ValueError(f"pathological: T={T} is too small for {task}: need at least "
+        raise InputError(f"pathological: T={T} is too small for {task}: need at least "
                          f"{2 * chars + 1} steps, got {length}")
     patterns = size**chars
     if n % patterns == 0:
@@ -276,7 +277,7 @@ def pathological(
     for name, value in (("T", T), ("n", n)):
         _checks.integer(value, f"pathological: {name}", minimum=1)
     if center and spec.output == "softmax":
-        raise ValueError(f"pathological: center=True is defined for addition, multiplication "
+        raise InputError(f"pathological: center=True is defined for addition, multiplication "
                          f"and xor (real-valued inputs), not for {spec.name}")
     T, n = int(T), int(n)
     rng = np.random.default_rng(seed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from hessfree.data.pathological import pathological, task_spec
+from hessfree.errors import InputError
 
 TOLERANCE = 0.04
 """Largest |prediction - target| counted as correct for the regression tasks ([S13 §4.2])."""
@@ -21,18 +22,18 @@ TOLERANCE = 0.04
 def check_shapes(spec, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> None:
     """Raise a ValueError naming the argument whose shape or dtype does not fit ``spec``."""
     if mask.dim() != 2:
-        raise ValueError(f"zero_one_error: mask must be (n, length), got {tuple(mask.shape)}")
+        raise InputError(f"zero_one_error: mask must be (n, length), got {tuple(mask.shape)}")
     n, length = mask.shape
     want = (n, length, spec.n_outputs)
     if tuple(outputs.shape) != want:
-        raise ValueError(f"zero_one_error: outputs must have shape {want} for {spec.name}, "
+        raise InputError(f"zero_one_error: outputs must have shape {want} for {spec.name}, "
                          f"got {tuple(outputs.shape)}")
     if spec.output == "softmax":
         if tuple(targets.shape) != (n, length) or targets.is_floating_point():
-            raise ValueError(f"zero_one_error: targets must be integer class indices of shape "
+            raise InputError(f"zero_one_error: targets must be integer class indices of shape "
                              f"{(n, length)}, got {targets.dtype} {tuple(targets.shape)}")
     elif tuple(targets.shape) != (n, length, 1):
-        raise ValueError(f"zero_one_error: targets must have shape {(n, length, 1)}, got "
+        raise InputError(f"zero_one_error: targets must have shape {(n, length, 1)}, got "
                          f"{tuple(targets.shape)}")
 
 
@@ -45,7 +46,7 @@ def last_masked(mask: torch.Tensor) -> torch.Tensor:
     steps = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     last = torch.where(mask > 0, steps, -1).max(dim=1).values
     if (last < 0).any():
-        raise ValueError("zero_one_error: every sequence needs at least one step with mask > 0")
+        raise InputError("zero_one_error: every sequence needs at least one step with mask > 0")
     return last
 
 

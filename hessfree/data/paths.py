@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hessfree.errors import InputError
+
 ENV_VAR = "HESSFREE_DATA"
 """Environment variable naming the data root when no ``root`` argument is given."""
 
@@ -32,7 +34,7 @@ def data_root(root: str | os.PathLike | None, caller: str) -> Path:
     if root is None:
         env = os.environ.get(ENV_VAR, "")
         if not env:
-            raise ValueError(
+            raise InputError(
                 f"{caller}: no data root given; pass root=... or set the {ENV_VAR} "
                 "environment variable to the folder holding the data"
             )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hessfree import _checks
+from hessfree.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Quartic:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The objective (differentiable; x of shape ``(..., dim)``, result of shape ``(...)``)."""
         if x.shape[-1] != self.dim:
-            raise ValueError(f"Quartic: x must have last dimension {self.dim}, got "
+            raise InputError(f"Quartic: x must have last dimension {self.dim}, got "
                              f"{tuple(x.shape)}")
         return (x * x).sum(-1) ** 2
 

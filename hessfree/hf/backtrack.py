@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from hessfree.errors import InputError
+
 __all__ = ["Backtracked", "cg_backtrack"]
 
 
@@ -32,7 +34,7 @@ def cg_backtrack(objective: Callable[[Tensor], float],
                  iterates: Sequence[tuple[int, Tensor]]) -> Backtracked:
     """Walk back from the last iterate while ``objective`` improves (non-finite never improves)."""
     if not iterates:
-        raise ValueError("iterates: expected at least one stored CG iterate")
+        raise InputError("iterates: expected at least one stored CG iterate")
     j = len(iterates) - 1
     best = objective(iterates[j][1])
     evaluations = 1

@@ -16,6 +16,7 @@ from typing import Any
 from hessfree import _checks
 from hessfree import schedules as _schedules
 from hessfree.curvature.products import BACKENDS
+from hessfree.errors import InputError
 
 __all__ = ["HFConfig"]
 
@@ -32,7 +33,10 @@ class HFConfig:
         initial_lambda: initial Tikhonov damping λ; HFDemo ``initlambda = 45`` (λ is added to the
             curvature of the *mean* loss, as here; [HFDemo], [M10]).
         lambda_min: lower bound on λ (none in Martens' code: 0).
-        lambda_max: upper bound on λ (none in Martens' code: infinity).
+        lambda_max: upper bound on λ, 1e10. Martens' code has none, and on a problem where no
+            step makes progress (converged, or a loss at the limit of its precision) λ then grows
+            ×3/2 per step until it overflows; here a step that would raise λ past this bound
+            ends the run instead (:attr:`HessianFree.stop_reason`).
         lm_lower: ρ below this raises λ; 1/4 ([M10 §4.1]; [HFDemo]).
         lm_upper: ρ above this lowers λ; 3/4.
         lm_boost: factor raising λ; 3/2 (HFDemo ``boost = 1/drop``).
@@ -78,7 +82,7 @@ class HFConfig:
 
     initial_lambda: float = 45.0
     lambda_min: float = 0.0
-    lambda_max: float = math.inf
+    lambda_max: float = 1e10
     lm_lower: float = 0.25
     lm_upper: float = 0.75
     lm_boost: float = 1.5
@@ -161,7 +165,7 @@ class HFConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"config: unknown fields {unknown}; known: {sorted(names)}")
+            raise InputError(f"config: unknown fields {unknown}; known: {sorted(names)}")
         kw = {}
         for k, v in d.items():
             if v in ("inf", "-inf"):
@@ -184,7 +188,7 @@ def _schedulable(cfg: HFConfig, name: str, lo: float, hi: float, integer: bool =
         else:
             _checks.number(v, name, lo, hi)
     except ValueError:
-        raise ValueError(f"{name}: expected {'an integer' if integer else 'a number'} in "
+        raise InputError(f"{name}: expected {'an integer' if integer else 'a number'} in "
                          f"[{lo:g}, {hi:g}] or a schedule t -> value, got {v!r}") from None
 
 
@@ -195,13 +199,13 @@ def _check(cfg: HFConfig) -> None:
     for name in ("lm_boost", "cg_eps", "cg_store_ratio", "precond_exponent", "ls_c"):
         _checks.number(getattr(cfg, name), name, 0.0, strict_min=True)
     if cfg.lambda_max < cfg.lambda_min:
-        raise ValueError(f"lambda_max: expected >= lambda_min ({cfg.lambda_min}), "
+        raise InputError(f"lambda_max: expected >= lambda_min ({cfg.lambda_min}), "
                          f"got {cfg.lambda_max}")
     if not cfg.lambda_min <= cfg.initial_lambda <= cfg.lambda_max:
-        raise ValueError("initial_lambda: expected within [lambda_min, lambda_max]")
+        raise InputError("initial_lambda: expected within [lambda_min, lambda_max]")
     lo, hi = cfg.lm_lower, cfg.lm_upper
     if not (_real(lo) and _real(hi) and 0 < lo <= hi):
-        raise ValueError(f"lm_lower/lm_upper: expected 0 < lm_lower <= lm_upper, got {lo!r} and "
+        raise InputError(f"lm_lower/lm_upper: expected 0 < lm_lower <= lm_upper, got {lo!r} and "
                          f"{hi!r}")
     _checks.number(cfg.lm_boost, "lm_boost", 1.0, strict_min=True)
     _checks.number(cfg.lm_drop, "lm_drop", 0.0, 1.0, strict_min=True, strict_max=True)
@@ -216,7 +220,7 @@ def _check(cfg: HFConfig) -> None:
     _checks.number(cfg.cg_gap_ratio, "cg_gap_ratio", 0.0, 1.0, strict_min=True)
     _checks.choice(cfg.curvature, "curvature", CURVATURES)
     if cfg.curvature == "hessian" and cfg.structural_damping:
-        raise ValueError("structural_damping: only defined for curvature='ggn'")
+        raise InputError("structural_damping: only defined for curvature='ggn'")
     for name in ("backtrack_batch", "precond_batch"):
         _checks.choice(getattr(cfg, name), name, ("gradient", "curvature"))
     for name in ("rho_damped", "rho_after_backtracking", "cg_fixed_iters", "backtracking",

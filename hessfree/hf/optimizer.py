@@ -36,6 +36,7 @@ from hessfree.batches import as_chunks, take
 from hessfree.curvature import GGN, Hessian, Problem
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.sequential import value_grad_diagonal
+from hessfree.errors import InputError, InputTypeError
 from hessfree.hf.backtrack import Backtracked, cg_backtrack
 from hessfree.hf.config import HFConfig
 from hessfree.hf.damping import lm_update, reduction_ratio
@@ -176,16 +177,17 @@ class HessianFree:
                  phases: PhaseSchedule | list[Phase] | tuple[Phase, ...] | None = None
                  ) -> None:
         if not isinstance(problem, Problem):
-            raise TypeError(f"problem: expected a hessfree.Problem, got {type(problem).__name__}")
+            raise InputTypeError(
+                f"problem: expected a hessfree.Problem, got {type(problem).__name__}")
         config = HFConfig() if config is None else config
         if not isinstance(config, HFConfig):
-            raise TypeError(f"config: expected an HFConfig, got {type(config).__name__}")
+            raise InputTypeError(f"config: expected an HFConfig, got {type(config).__name__}")
         if phases is None:
             phases = PhaseSchedule.single()
         elif isinstance(phases, (list, tuple)):
             phases = PhaseSchedule(tuple(phases))
         elif not isinstance(phases, PhaseSchedule):
-            raise TypeError(f"phases: expected a PhaseSchedule or a list of Phase, got "
+            raise InputTypeError(f"phases: expected a PhaseSchedule or a list of Phase, got "
                             f"{type(phases).__name__}")
         self.problem = problem
         self.base_config = config
@@ -201,6 +203,9 @@ class HessianFree:
         self.last_solution = torch.zeros(self.layout.numel, dtype=self.layout.dtype,
                                          device=self.layout.device)
         self.history: list[StepStats] = []
+        #: why no further step can make progress (None while steps can): the gradient is
+        #: exactly zero, or a step that would raise λ past ``lambda_max``
+        self.stop_reason: str | None = None
 
     # -- phases --------------------------------------------------------------------------------
     def _config_of(self, index: int) -> HFConfig:
@@ -268,7 +273,7 @@ class HessianFree:
                 units.append(self.objective.forward(theta, take(c.inputs, slice(0, 1)))
                              .shape[-1])
         if units[0] != units[1]:
-            raise ValueError(f"curvature_batch: the model gives {units[1]} output units on it but "
+            raise InputError(f"curvature_batch: the model gives {units[1]} output units on it but "
                              f"{units[0]} on grad_batch")
 
     def _local_model(self, theta: dict[str, Tensor], grad_batch: Any, curvature_batch: Any,
@@ -446,8 +451,16 @@ class HessianFree:
     def _finish(self, record: _StepRecord, t_start: float, reason: str) -> StepStats:
         """λ update (raised on rejection), counters, the record."""
         accepted = reason == ACCEPTED
+        cfg = self.config
         # a rejected step counts as ρ = NaN: λ is raised once (HFDemo treats NaN like ρ < 1/4)
-        self.lam = lm_update(self.lam, record.rho if accepted else math.nan, self.config)
+        rho = record.rho if accepted else math.nan
+        if record.grad_norm == 0.0:
+            self.stop_reason = "converged: the gradient is exactly zero"
+        elif not (rho >= cfg.lm_lower) and self.lam * cfg.lm_boost > cfg.lambda_max:
+            self.stop_reason = (f"no progress possible: λ would exceed lambda_max = "
+                                f"{cfg.lambda_max:g} (the last step was {reason}, "
+                                f"ρ = {record.rho:.3g})")
+        self.lam = lm_update(self.lam, rho, cfg)
         stats = record.freeze(reason, self.lam, time.perf_counter() - t_start)
         index, steps, cg_steps = self._phase
         self._phase = (index, steps + 1, cg_steps + stats.cg_iters)
@@ -476,24 +489,24 @@ class HessianFree:
         counters; they load into a one-phase optimizer.
         """
         if not isinstance(state, dict):
-            raise ValueError(f"state: expected a dict, got {type(state).__name__}")
+            raise InputError(f"state: expected a dict, got {type(state).__name__}")
         missing = [k for k in ("version", "lam", "step", "dim") if k not in state]
         if missing:
-            raise ValueError(f"state: missing entries {missing}")
+            raise InputError(f"state: missing entries {missing}")
         version = state.get("version")
         if version not in (1, STATE_VERSION):
-            raise ValueError(f"state: version {version!r} is not one this hessfree reads "
+            raise InputError(f"state: version {version!r} is not one this hessfree reads "
                              f"(1 or {STATE_VERSION})")
         key = "x_prev" if version == 1 else "last_solution"
         if key not in state:
-            raise ValueError(f"state: missing entries {[key]}")
+            raise InputError(f"state: missing entries {[key]}")
         if int(state["dim"]) != self.layout.numel or state[key].numel() != self.layout.numel:
-            raise ValueError(f"state: saved for {int(state['dim'])} parameters, this optimizer "
+            raise InputError(f"state: saved for {int(state['dim'])} parameters, this optimizer "
                              f"has {self.layout.numel}")
         self._check_same("config", state.get("config"), self.base_config.to_dict())
         if version == 1:
             if len(self.schedule) != 1:
-                raise ValueError("state: a version-1 state has no phases; this optimizer has "
+                raise InputError("state: a version-1 state has no phases; this optimizer has "
                                  f"{len(self.schedule)}")
             phase = (0, int(state["step"]), 0)
         else:
@@ -513,9 +526,9 @@ class HessianFree:
         if isinstance(saved, dict) and isinstance(ours, dict) and name == "config":
             diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
             if diff:
-                raise ValueError(
+                raise InputError(
                     "state: saved with another config; differing fields: "
                     + ", ".join(f"{k} (saved {saved.get(k)!r}, now {ours.get(k)!r})"
                                 for k in diff))
         elif saved != ours:
-            raise ValueError(f"state: saved with other {name}: saved {saved!r}, now {ours!r}")
+            raise InputError(f"state: saved with other {name}: saved {saved!r}, now {ours!r}")

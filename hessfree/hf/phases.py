@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hessfree import _checks
+from hessfree.errors import InputError, InputTypeError
 from hessfree.hf.config import HFConfig
 
 __all__ = ["BATCH_KINDS", "BatchSpec", "Phase", "PhaseSchedule"]
@@ -67,11 +68,11 @@ class BatchSpec:
         if self.size is not None:
             _checks.integer(self.size, "size", minimum=1)
         if self.kind == "chunk" and self.parts is None:
-            raise ValueError("parts: a 'chunk' batch needs the number of pieces (parts >= 1)")
+            raise InputError("parts: a 'chunk' batch needs the number of pieces (parts >= 1)")
         if self.kind == "minibatch" and (self.fraction is None) == (self.size is None):
-            raise ValueError("fraction/size: a 'minibatch' batch needs exactly one of them")
+            raise InputError("fraction/size: a 'minibatch' batch needs exactly one of them")
         if self.kind in ("all", "same") and (self.parts or self.fraction):
-            raise ValueError(f"parts/fraction: not used by a {self.kind!r} batch")
+            raise InputError(f"parts/fraction: not used by a {self.kind!r} batch")
 
     def cases(self, n: int) -> int:
         """How many of ``n`` training cases one such batch holds."""
@@ -122,22 +123,22 @@ class Phase:
     def __post_init__(self) -> None:
         """Check every field."""
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name: expected a non-empty string, got {self.name!r}")
+            raise InputError(f"name: expected a non-empty string, got {self.name!r}")
         where = f"phase {self.name!r}"
         if self.steps is not None and self.cg_steps is not None:
-            raise ValueError(f"{where}: give its length in steps or in cg_steps, not both")
+            raise InputError(f"{where}: give its length in steps or in cg_steps, not both")
         if self.steps is not None:
             _checks.integer(self.steps, f"{where}: steps", minimum=1)
         if self.cg_steps is not None:
             _checks.integer(self.cg_steps, f"{where}: cg_steps", minimum=1)
         for role in ("gradient", "curvature"):
             if not isinstance(getattr(self, role), BatchSpec):
-                raise TypeError(f"{where}: {role}: expected a BatchSpec, got "
+                raise InputTypeError(f"{where}: {role}: expected a BatchSpec, got "
                                 f"{type(getattr(self, role)).__name__}")
         if self.gradient.kind == "same":
-            raise ValueError(f"{where}: gradient: 'same' is only meaningful for the curvature")
+            raise InputError(f"{where}: gradient: 'same' is only meaningful for the curvature")
         if self.config is not None and not isinstance(self.config, HFConfig):
-            raise TypeError(f"{where}: config: expected an HFConfig, got "
+            raise InputTypeError(f"{where}: config: expected an HFConfig, got "
                             f"{type(self.config).__name__}")
         if self.weight_decay is not None:
             _checks.number(self.weight_decay, f"{where}: weight_decay", 0.0)
@@ -184,16 +185,16 @@ class PhaseSchedule:
         """Check the sequence."""
         phases = tuple(self.phases) if isinstance(self.phases, (list, tuple)) else None
         if not phases:
-            raise ValueError("phases: expected a non-empty list of Phase")
+            raise InputError("phases: expected a non-empty list of Phase")
         for p in phases:
             if not isinstance(p, Phase):
-                raise TypeError(f"phases: expected Phase objects, got {type(p).__name__}")
+                raise InputTypeError(f"phases: expected Phase objects, got {type(p).__name__}")
         names = [p.name for p in phases]
         if len(set(names)) != len(names):
-            raise ValueError(f"phases: names must be unique, got {names}")
+            raise InputError(f"phases: names must be unique, got {names}")
         for p in phases[:-1]:
             if not p.bounded:
-                raise ValueError(f"phase {p.name!r}: only the last phase may run without a "
+                raise InputError(f"phase {p.name!r}: only the last phase may run without a "
                                  "length (steps or cg_steps); it is followed by "
                                  f"{names[names.index(p.name) + 1]!r}")
         object.__setattr__(self, "phases", phases)
@@ -219,5 +220,5 @@ class PhaseSchedule:
     def from_dict(cls, d: dict[str, Any]) -> PhaseSchedule:
         """Inverse of :meth:`to_dict`."""
         if not isinstance(d, dict) or not isinstance(d.get("phases"), list):
-            raise ValueError(f"phases: expected {{'phases': [...]}}, got {d!r}")
+            raise InputError(f"phases: expected {{'phases': [...]}}, got {d!r}")
         return cls(tuple(Phase.from_dict(p) for p in d["phases"]))

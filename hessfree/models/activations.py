@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from hessfree.errors import InputError, InputTypeError
+
 __all__ = [
     "HIDDEN",
     "OUTPUTS",
@@ -48,9 +50,9 @@ _FUNCS: dict[str, Callable[[Tensor], Tensor]] = {
 def check_name(name: object, allowed: tuple[str, ...], arg: str) -> str:
     """Return ``name`` if it is one of ``allowed``, else raise naming the argument ``arg``."""
     if not isinstance(name, str):
-        raise TypeError(f"{arg}: expected one of {allowed}, got {type(name).__name__}")
+        raise InputTypeError(f"{arg}: expected one of {allowed}, got {type(name).__name__}")
     if name not in allowed:
-        raise ValueError(f"{arg}: expected one of {allowed}, got {name!r}")
+        raise InputError(f"{arg}: expected one of {allowed}, got {name!r}")
     return name
 
 
@@ -67,17 +69,18 @@ def output_function(name: str) -> Callable[[Tensor], Tensor]:
 def check_sizes(sizes: object, arg: str, min_len: int) -> list[int]:
     """Validate a list of layer sizes: at least ``min_len`` positive integers."""
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
-        raise TypeError(f"{arg}: expected a list of positive integers, got {type(sizes).__name__}")
+        raise InputTypeError(
+            f"{arg}: expected a list of positive integers, got {type(sizes).__name__}")
     out = list(sizes)  # type: ignore[call-overload]
     if len(out) < min_len:
-        raise ValueError(f"{arg}: expected at least {min_len} layer sizes, got {len(out)}: {out}")
+        raise InputError(f"{arg}: expected at least {min_len} layer sizes, got {len(out)}: {out}")
     return [check_positive_int(s, f"{arg}[{i}]") for i, s in enumerate(out)]
 
 
 def check_positive_int(value: object, arg: str) -> int:
     """Return ``value`` as an ``int`` if it is a positive integer, else raise naming ``arg``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{arg}: expected a positive integer, got {value!r}")
+        raise InputTypeError(f"{arg}: expected a positive integer, got {value!r}")
     if value < 1:
-        raise ValueError(f"{arg}: expected a positive integer, got {value}")
+        raise InputError(f"{arg}: expected a positive integer, got {value}")
     return int(value)

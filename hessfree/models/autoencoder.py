@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from hessfree import _checks
+from hessfree.errors import InputError, InputTypeError
 from hessfree.models.activations import HIDDEN, check_name, check_sizes
 from hessfree.models.mlp import FeedForward
 
@@ -51,14 +52,14 @@ class DeepAutoencoder(FeedForward):
                  code: str = "linear", output: str = "logistic") -> None:
         sizes = check_sizes(layer_sizes, "layer_sizes", 3)
         if sizes[0] != sizes[-1]:
-            raise ValueError(
+            raise InputError(
                 f"layer_sizes: an autoencoder's output must match its input, got input "
                 f"{sizes[0]} and output {sizes[-1]}"
             )
         inner = sizes[1:-1]
         smallest = min(inner)
         if inner.count(smallest) != 1:
-            raise ValueError(
+            raise InputError(
                 f"layer_sizes: the code layer (the smallest hidden layer) must be unique, got "
                 f"{inner.count(smallest)} hidden layers of width {smallest}: {sizes}"
             )
@@ -110,13 +111,13 @@ def reconstruction_error(model: nn.Module, x: Tensor, batch_size: int = 1000) ->
         batch_size: cases per forward pass (positive).
     """
     if not callable(getattr(model, "output_nonlinearity", None)):
-        raise TypeError(
+        raise InputTypeError(
             "model: expected an autoencoder with an output_nonlinearity(z) method, got "
             f"{type(model).__name__}"
         )
     if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x: expected a non-empty tensor of shape (N, D), got {shape}")
+        raise InputError(f"x: expected a non-empty tensor of shape (N, D), got {shape}")
     _checks.integer(batch_size, "batch_size", minimum=1)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], batch_size):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from hessfree import _checks
+from hessfree.errors import InputError, InputTypeError
 from hessfree.models.activations import check_positive_int
 
 __all__ = ["sparse_init_", "esn_init_", "sparse_matrix"]
@@ -30,9 +31,10 @@ def _check_generator(generator: Any) -> torch.Generator | None:
     if generator is None:
         return None
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator)}")
+        raise InputTypeError(
+            f"generator: expected a torch.Generator or None, got {type(generator)}")
     if generator.device.type != "cpu":
-        raise ValueError(f"generator: expected a CPU generator, got one on {generator.device}")
+        raise InputError(f"generator: expected a CPU generator, got one on {generator.device}")
     return generator
 
 
@@ -56,20 +58,20 @@ def sparse_matrix(rows: int, cols: int, connections: int, std: float = 1.0,
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, Tensor, Tensor | None, str]]:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if callable(getattr(model, "weight_layers", None)):
         layers = list(model.weight_layers())
     else:
         layers = [(name or "linear", m.weight, m.bias, "linear")
                   for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not layers:
-        raise ValueError(
+        raise InputError(
             f"model: {type(model).__name__} has no weight layers (nn.Linear modules or "
             "weight_layers()) to initialize"
         )
     for name, w, _, _ in layers:
         if w.dim() != 2:
-            raise ValueError(f"model.{name}: expected a 2-D weight matrix, got {tuple(w.shape)}")
+            raise InputError(f"model.{name}: expected a 2-D weight matrix, got {tuple(w.shape)}")
     return layers
 
 
@@ -108,21 +110,21 @@ def _rnn_params(rnn: nn.Module) -> dict[str, Tensor]:
     names = ("W_in", "W_hh", "b_h", "W_out", "b_out")
     params = {n: getattr(rnn, n, None) for n in names}
     if not isinstance(rnn, nn.Module) or not all(isinstance(p, Tensor) for p in params.values()):
-        raise TypeError(
+        raise InputTypeError(
             f"rnn: expected a TanhRNN-like module with parameters {names}, got "
             f"{type(rnn).__name__}"
         )
     w_hh = params["W_hh"]
     if w_hh.dim() != 2 or w_hh.shape[0] != w_hh.shape[1]:
-        raise ValueError(f"rnn.W_hh: expected a square matrix, got shape {tuple(w_hh.shape)}")
+        raise InputError(f"rnn.W_hh: expected a square matrix, got shape {tuple(w_hh.shape)}")
     n = w_hh.shape[0]
     if params["W_in"].dim() != 2 or params["W_in"].shape[0] != n or params["b_h"].shape != (n,):
-        raise ValueError(
+        raise InputError(
             f"rnn.W_in, rnn.b_h: expected shapes ({n}, n_in) and ({n},) to match W_hh, got "
             f"{tuple(params['W_in'].shape)} and {tuple(params['b_h'].shape)}"
         )
     if params["W_out"].dim() != 2 or params["W_out"].shape[1] != n:
-        raise ValueError(
+        raise InputError(
             f"rnn.W_out: expected shape (n_out, {n}), got {tuple(params['W_out'].shape)}"
         )
     return params
@@ -134,7 +136,7 @@ def _set_radius(w: Tensor, radius: float) -> Tensor:
         return torch.zeros_like(w)
     current = float(torch.linalg.eigvals(w).abs().max())
     if current == 0.0:
-        raise ValueError(
+        raise InputError(
             "spectral_radius: the sparse recurrent matrix drawn has spectral radius 0 and cannot "
             "be rescaled; use more connections or another generator state"
         )
@@ -178,7 +180,7 @@ def esn_init_(rnn: nn.Module, spectral_radius: float = 1.1, connections: int = 1
         try:
             bias = torch.broadcast_to(output_bias.detach().to(torch.float64), b_out.shape)
         except RuntimeError:
-            raise ValueError(
+            raise InputError(
                 f"output_bias: expected a number or a tensor broadcastable to {tuple(b_out.shape)}"
                 f", got shape {tuple(output_bias.shape)}"
             ) from None
@@ -201,5 +203,5 @@ def _check_finite(value: Any) -> float:
     try:
         return _checks.number(value, "output_bias")
     except ValueError:
-        raise ValueError(f"output_bias: expected a finite number or a tensor, got {value!r}") \
+        raise InputError(f"output_bias: expected a finite number or a tensor, got {value!r}") \
             from None

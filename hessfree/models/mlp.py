@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from hessfree.errors import InputError, InputTypeError
 from hessfree.models.activations import (
     HIDDEN,
     OUTPUTS,
@@ -44,7 +45,7 @@ class FeedForward(nn.Module):
         sizes = check_sizes(sizes, "sizes", 2)
         acts = list(activations)
         if len(acts) != len(sizes) - 1:
-            raise ValueError(
+            raise InputError(
                 f"activations: expected {len(sizes) - 1} names (one per layer), got {len(acts)}"
             )
         for i, name in enumerate(acts[:-1]):
@@ -66,9 +67,9 @@ class FeedForward(nn.Module):
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
-            raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
+            raise InputTypeError(f"x: expected a tensor, got {type(x).__name__}")
         if x.dim() < 1 or x.shape[-1] != self.sizes[0]:
-            raise ValueError(
+            raise InputError(
                 f"x: expected shape (N, {self.sizes[0]}), got {tuple(x.shape)}"
             )
 

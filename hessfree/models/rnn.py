@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from hessfree.errors import InputError, InputTypeError
 from hessfree.models.activations import (
     OUTPUTS,
     check_name,
@@ -42,17 +43,17 @@ def _check_steps(output_steps: object) -> str | tuple[int, ...] | None:
     if output_steps is None or output_steps == "last":
         return output_steps  # type: ignore[return-value]
     if isinstance(output_steps, str):
-        raise ValueError(
+        raise InputError(
             f"output_steps: expected None, 'last' or a list of step indices, got {output_steps!r}"
         )
     if not isinstance(output_steps, Sequence) or not output_steps:
-        raise ValueError(
+        raise InputError(
             "output_steps: expected None, 'last' or a non-empty list of step indices, got "
             f"{output_steps!r}"
         )
     for s in output_steps:
         if isinstance(s, bool) or not isinstance(s, int):
-            raise TypeError(f"output_steps: expected integer step indices, got {s!r}")
+            raise InputTypeError(f"output_steps: expected integer step indices, got {s!r}")
     return tuple(output_steps)
 
 
@@ -133,7 +134,7 @@ class TanhRNN(nn.Module):
             steps = (T - 1,)
         bad = [s for s in steps if not -T <= s < T]
         if bad:
-            raise ValueError(f"output_steps: indices {bad} are out of range for T = {T} steps")
+            raise InputError(f"output_steps: indices {bad} are out of range for T = {T} steps")
         return torch.tensor([s % T for s in steps], dtype=torch.long)
 
     def forward(self, x: Tensor, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -145,9 +146,9 @@ class TanhRNN(nn.Module):
                 argument of tanh) of this forward pass, for structural damping ([HF-RNN]).
         """
         if not isinstance(x, Tensor):
-            raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
+            raise InputTypeError(f"x: expected a tensor, got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.n_in or x.shape[1] == 0:
-            raise ValueError(
+            raise InputError(
                 f"x: expected shape (N, T, {self.n_in}) with T >= 1, got {tuple(x.shape)}"
             )
         u = torch.matmul(x, self.W_in.T) + self.b_h  # W_in x_t + b_h for every step at once

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from hessfree import _checks, cg
+from hessfree.errors import InputError, InputTypeError
 from hessfree.linops import single_threaded_blas
 from hessfree.quadratic.core import Quadratic, value_from
 from hessfree.schedules import SutskeverSchedule
@@ -92,14 +93,14 @@ def _cg(q: Quadratic, iters: int) -> tuple[np.ndarray, torch.Tensor, str, int]:
 def _mu_candidates(mu: object, mu_max: float) -> tuple[list[Callable[[int], float]], list[object]]:
     if isinstance(mu, str):
         if mu != "schedule":
-            raise ValueError(f"mu: expected a number, a grid of numbers or 'schedule', got {mu!r}")
+            raise InputError(f"mu: expected a number, a grid of numbers or 'schedule', got {mu!r}")
         # Eq. 5 over the 250 products of an HF-sized comparison is the constant 0.5 (a warm-up
         # meant for training runs of many thousands of steps): a fixed μ from a grid is the
         # fairer opponent for CG
         return [SutskeverSchedule(mu_max)], [f"schedule(mu_max={mu_max:g})"]
     grid = [mu] if isinstance(mu, (int, float)) else list(mu)  # type: ignore[call-overload]
     if not grid:
-        raise ValueError("mu: expected at least one value")
+        raise InputError("mu: expected at least one value")
     for m in grid:
         _checks.number(m, "mu", 0.0, 1.0, strict_max=True)
     return [(lambda t, m=float(m): m) for m in grid], [float(m) for m in grid]
@@ -184,12 +185,12 @@ class Comparison:
 
 def _check_args(q: Quadratic, iters: int, methods: Sequence[str]) -> tuple[str, ...]:
     if not isinstance(q, Quadratic):
-        raise TypeError(f"q: expected a hessfree.Quadratic, got {type(q).__name__}")
+        raise InputTypeError(f"q: expected a hessfree.Quadratic, got {type(q).__name__}")
     _checks.integer(iters, "iters", minimum=1)
     methods = (methods,) if isinstance(methods, str) else tuple(methods)
     bad = [m for m in methods if m not in METHODS]
     if not methods or bad or len(set(methods)) != len(methods):
-        raise ValueError(f"methods: expected distinct names from {METHODS}, got {methods!r}")
+        raise InputError(f"methods: expected distinct names from {METHODS}, got {methods!r}")
     return methods
 
 
@@ -252,7 +253,7 @@ def compare(q: Quadratic, iters: int = 250, methods: Sequence[str] = METHODS,
         else:
             out.L = float(L)
         if not (math.isfinite(out.L) and out.L > 0):
-            raise ValueError(f"L: expected a finite largest eigenvalue > 0, got {out.L!r}")
+            raise InputError(f"L: expected a finite largest eigenvalue > 0, got {out.L!r}")
         out.eps = 1.0 / out.L
     finals: dict[str, torch.Tensor] = {}
     for m in methods:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from hessfree import _checks
 from hessfree.curvature.operator import CurvatureOperator, DampedOperator
+from hessfree.errors import InputError, InputTypeError
 from hessfree.linops import FlatOperator
 from hessfree.quadratic import io
 
@@ -35,28 +36,28 @@ __all__ = ["Quadratic", "check_lam", "load", "save"]
 def check_lam(lam: object, name: str = "lam") -> float:
     """``lam`` as a float, required finite and > 0 (the damping of an HF quadratic)."""
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
-        raise TypeError(f"{name}: expected a positive number (the damping λ), got {lam!r}")
+        raise InputTypeError(f"{name}: expected a positive number (the damping λ), got {lam!r}")
     try:
         return _checks.number(lam, name, 0.0, strict_min=True)
     except ValueError:
-        raise ValueError(f"{name}: expected a finite damping λ > 0 (G + λI must be positive "
+        raise InputError(f"{name}: expected a finite damping λ > 0 (G + λI must be positive "
                          f"definite), got {lam!r}") from None
 
 
 def _check_dense(A: object) -> Tensor:
     if not isinstance(A, Tensor):
-        raise TypeError(f"A: expected a square 2-D tensor, got {type(A).__name__}")
+        raise InputTypeError(f"A: expected a square 2-D tensor, got {type(A).__name__}")
     if A.dim() != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
-        raise ValueError(f"A: expected a non-empty square 2-D tensor, got shape {tuple(A.shape)}")
+        raise InputError(f"A: expected a non-empty square 2-D tensor, got shape {tuple(A.shape)}")
     if not A.is_floating_point():
-        raise ValueError(f"A: expected a floating-point dtype, got {A.dtype}")
+        raise InputError(f"A: expected a floating-point dtype, got {A.dtype}")
     if not bool(torch.isfinite(A).all()):
-        raise ValueError("A: expected finite entries, got NaN or infinity")
+        raise InputError("A: expected finite entries, got NaN or infinity")
     scale = float(A.abs().max())
     tol = 100 * torch.finfo(A.dtype).eps * max(scale, 1e-300)
     asym = float((A - A.T).abs().max())
     if asym > tol:
-        raise ValueError(
+        raise InputError(
             f"A: expected a symmetric matrix, got max |A - Aᵀ| = {asym:.3g} (tolerance "
             f"{tol:.3g}); symmetrise it with (A + A.T) / 2 if that is what you mean"
         )
@@ -65,11 +66,11 @@ def _check_dense(A: object) -> Tensor:
 
 def _check_flat(v: object, name: str, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     if not isinstance(v, Tensor):
-        raise TypeError(f"{name}: expected a 1-D tensor of length {n}, got {type(v).__name__}")
+        raise InputTypeError(f"{name}: expected a 1-D tensor of length {n}, got {type(v).__name__}")
     if v.dim() != 1 or v.numel() != n:
-        raise ValueError(f"{name}: expected a 1-D tensor of length {n}, got shape {tuple(v.shape)}")
+        raise InputError(f"{name}: expected a 1-D tensor of length {n}, got shape {tuple(v.shape)}")
     if v.dtype != dtype or v.device != device:
-        raise ValueError(
+        raise InputError(
             f"{name}: expected dtype {dtype} on {device} (the quadratic's), "
             f"got {v.dtype} on {v.device}"
         )
@@ -96,12 +97,12 @@ class Quadratic(FlatOperator):
 
     def __init__(self, operator: CurvatureOperator, g: Any, lam: float) -> None:
         if isinstance(operator, DampedOperator):
-            raise TypeError(
+            raise InputTypeError(
                 "operator: expected the undamped operator (e.g. hessfree.GGN(...)) and lam "
                 "separately, got a DampedOperator; pass its .base and .lam"
             )
         if not isinstance(operator, CurvatureOperator):
-            raise TypeError(
+            raise InputTypeError(
                 "operator: expected a hessfree curvature operator (GGN, Hessian, "
                 "EmpiricalFisher); for an explicit matrix use Quadratic.from_dense(A, b), got "
                 f"{type(operator).__name__}"
@@ -109,7 +110,7 @@ class Quadratic(FlatOperator):
         self.lam = check_lam(lam)
         flat, _ = operator.layout.to_flat(g, "g")
         if not bool(torch.isfinite(flat).all()):
-            raise ValueError("g: expected finite values, got NaN or infinity")
+            raise InputError("g: expected finite values, got NaN or infinity")
         self.operator: CurvatureOperator | None = operator
         self.layout = operator.layout
         self.A: Tensor | None = None
@@ -129,7 +130,7 @@ class Quadratic(FlatOperator):
         A = _check_dense(A)
         b = _check_flat(b, "b", A.shape[0], A.dtype, A.device)
         if not bool(torch.isfinite(b).all()):
-            raise ValueError("b: expected finite values, got NaN or infinity")
+            raise InputError("b: expected finite values, got NaN or infinity")
         q = cls.__new__(cls)
         q.operator, q._damped, q.A, q.layout = None, None, A, None
         q.g, q.lam, q.attrs, q.products = -b, 0.0, {}, 0

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hessfree.errors import InputError, InputTypeError
+
 __all__ = ["attr", "json_attr", "member", "read_tensor", "read_tree", "write_tensor",
            "write_tree"]
 
@@ -44,7 +46,7 @@ def write_tree(group: h5py.Group, name: str, x: Any, where: str) -> None:
         for i, item in enumerate(items):
             write_tree(sub, str(i), item, f"{where}[{i}]")
         return
-    raise TypeError(
+    raise InputTypeError(
         f"{where}: cannot save an object of type {type(x).__name__}; a batch must be made of "
         "tensors, tuples, lists and dicts"
     )
@@ -53,13 +55,13 @@ def write_tree(group: h5py.Group, name: str, x: Any, where: str) -> None:
 def attr(group: h5py.Group, name: str, kind: type | tuple[type, ...]) -> Any:
     """Attribute ``name`` of ``group``, checked to be of type ``kind`` (numpy scalars unwrapped)."""
     if name not in group.attrs:
-        raise ValueError(f"{group.name!r}: missing attribute {name!r} (not a saved quadratic?)")
+        raise InputError(f"{group.name!r}: missing attribute {name!r} (not a saved quadratic?)")
     value = group.attrs[name]
     if isinstance(value, np.generic):
         value = value.item()
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise ValueError(
+        raise InputError(
             f"{group.name!r}: attribute {name!r} is malformed: expected {kind}, got {value!r}"
         )
     return value
@@ -71,17 +73,17 @@ def json_attr(group: h5py.Group, name: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{group.name!r}: attribute {name!r} is not valid JSON") from err
+        raise InputError(f"{group.name!r}: attribute {name!r} is not valid JSON") from err
 
 
 def member(group: h5py.Group, name: str, kind: type) -> Any:
     """Member ``name`` of ``group``, checked to be a ``kind`` (Dataset, Group or HLObject)."""
     if name not in group:
         what = {h5py.Dataset: "dataset", h5py.Group: "group"}.get(kind, "dataset or group")
-        raise ValueError(f"{group.name!r}: missing {what} {name!r}")
+        raise InputError(f"{group.name!r}: missing {what} {name!r}")
     obj = group[name]
     if not isinstance(obj, kind):
-        raise ValueError(f"{group.name!r}: {name!r} is malformed: expected a {kind.__name__}")
+        raise InputError(f"{group.name!r}: {name!r} is malformed: expected a {kind.__name__}")
     return obj
 
 
@@ -104,4 +106,4 @@ def read_tree(obj: Any, device: torch.device) -> Any:
         return items
     if kind == "dict":
         return dict(zip(json_attr(obj, "keys"), items))
-    raise ValueError(f"{obj.name!r}: attribute 'container' is malformed: got {kind!r}")
+    raise InputError(f"{obj.name!r}: attribute 'container' is malformed: got {kind!r}")

@@ -32,6 +32,7 @@ from hessfree._version import __version__
 from hessfree.curvature import losses as L
 from hessfree.curvature.operator import GGN, EmpiricalFisher, Hessian
 from hessfree.curvature.problem import Problem
+from hessfree.errors import InputError, InputTypeError
 from hessfree.quadratic.h5 import (
     attr,
     json_attr,
@@ -61,7 +62,7 @@ def _user_attrs(attrs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     out, as_json = {}, []
     for k, v in attrs.items():
         if k in _RESERVED:
-            raise ValueError(f"attrs: {k!r} is written by save itself; choose another name")
+            raise InputError(f"attrs: {k!r} is written by save itself; choose another name")
         if k == "model_spec" and isinstance(v, str):
             json.loads(v)  # must be JSON already
             out[k] = v
@@ -72,7 +73,7 @@ def _user_attrs(attrs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             try:
                 out[k] = json.dumps(v)
             except TypeError as err:
-                raise TypeError(
+                raise InputTypeError(
                     f"attrs: {k!r} must be a str, a number or JSON-serialisable, got "
                     f"{type(v).__name__}"
                 ) from err
@@ -90,7 +91,7 @@ def _write_operator(q: Any, group: h5py.Group) -> None:
     assert op is not None
     bad = [n for n in op.params if "/" in n or n in (".", "")]
     if bad:
-        raise ValueError(f"params: names {bad} cannot be HDF5 dataset names (no '/')")
+        raise InputError(f"params: names {bad} cannot be HDF5 dataset names (no '/')")
     loss, reduction = _loss_attrs(op.problem.loss)
     group.attrs.update({
         "curvature": op.kind, "backend": op.backend, "cache": op.cache,
@@ -129,7 +130,7 @@ def _write(q: Any, group: h5py.Group, attrs: dict[str, Any]) -> None:
 def _write_into_group(q: Any, group: h5py.Group, attrs: dict[str, Any]) -> None:
     """Write into a temporary child, then move the members up: no half-written group."""
     if len(group) or "schema_version" in group.attrs:
-        raise ValueError(
+        raise InputError(
             f"path_or_group: expected an empty HDF5 group, {group.name!r} already holds "
             f"{sorted(group)[:5]}"
         )
@@ -162,7 +163,7 @@ def write(q: Any, path_or_group: Any, **attrs: Any) -> None:
         _write_into_group(q, path_or_group, attrs)
         return
     if not isinstance(path_or_group, (str, os.PathLike)):
-        raise TypeError(
+        raise InputTypeError(
             f"path_or_group: expected a path or an h5py.Group, got {type(path_or_group).__name__}"
         )
     path = os.fspath(path_or_group)
@@ -181,15 +182,15 @@ def write(q: Any, path_or_group: Any, **attrs: Any) -> None:
 # -- reading -----------------------------------------------------------------------------------
 def _check_version(group: h5py.Group) -> None:
     if attr(group, "format", str) != FORMAT:
-        raise ValueError(f"{group.name!r}: attribute 'format' is not {FORMAT!r}")
+        raise InputError(f"{group.name!r}: attribute 'format' is not {FORMAT!r}")
     version = attr(group, "schema_version", int)
     if version > SCHEMA_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{group.name!r}: written with quadratic schema version {version}, but this hessfree "
             f"reads versions up to {SCHEMA_VERSION}; upgrade the hessfree package to load it"
         )
     if version < 1:
-        raise ValueError(f"{group.name!r}: attribute 'schema_version' is malformed: {version}")
+        raise InputError(f"{group.name!r}: attribute 'schema_version' is malformed: {version}")
 
 
 def _resolve_device(group: h5py.Group, device: Any) -> torch.device:
@@ -197,7 +198,7 @@ def _resolve_device(group: h5py.Group, device: Any) -> torch.device:
         return torch.device(device)
     saved = torch.device(attr(group, "device", str))
     if saved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise InputError(
             f"device: the quadratic was saved on {saved}, which this machine lacks; pass "
             "device='cpu' (or another device)"
         )
@@ -240,7 +241,7 @@ def read(path_or_group: Any, model: Any = None, loss: Any = None, device: Any = 
     if isinstance(path_or_group, h5py.Group):
         return _load_group(path_or_group, model, loss, device, build_model)
     if not isinstance(path_or_group, (str, os.PathLike)):
-        raise TypeError(
+        raise InputTypeError(
             f"path_or_group: expected a path or an h5py.Group, got {type(path_or_group).__name__}"
         )
     with h5py.File(path_or_group, "r") as f:
@@ -259,7 +260,7 @@ def _load_group(group: h5py.Group, model: Any, loss: Any, device: Any,
     elif kind == "operator":
         q = _load_operator(group, model, loss, dev, build_model)
     else:
-        raise ValueError(f"{group.name!r}: attribute 'kind' is malformed: got {kind!r}")
+        raise InputError(f"{group.name!r}: attribute 'kind' is malformed: got {kind!r}")
     q["attrs"] = _read_attrs(group)
     return q
 
@@ -269,7 +270,7 @@ def _build_model(group: h5py.Group, build_model: Callable[[str, Any], Any] | Non
         named = (f"it names experiment {attr(group, 'experiment', str)!r}; pass "
                  "build_model=hessfree.runs.experiments.build_model to rebuild that model, or"
                  if "experiment" in group.attrs else "the file names no experiment, so")
-        raise ValueError(f"model: required; {named} pass your nn.Module (or function) as model=")
+        raise InputError(f"model: required; {named} pass your nn.Module (or function) as model=")
     spec = json_attr(group, "model_spec") if "model_spec" in group.attrs else None
     return build_model(attr(group, "experiment", str), spec)
 
@@ -280,12 +281,12 @@ def _build_loss(group: h5py.Group, loss: Any) -> Any:
     name = attr(group, "loss", str)
     reduction = attr(group, "loss_reduction", str)
     if name == "custom":
-        raise ValueError(
+        raise InputError(
             "loss: required; the quadratic was saved with a custom loss callable (loss='custom'), "
             "which cannot be rebuilt from the file: pass the same loss as loss="
         )
     if name not in _LOSSES:
-        raise ValueError(f"{group.name!r}: attribute 'loss' is malformed: got {name!r}")
+        raise InputError(f"{group.name!r}: attribute 'loss' is malformed: got {name!r}")
     return _LOSSES[name](reduction)
 
 
@@ -296,13 +297,13 @@ def _check_params(model: Any, theta: dict[str, Tensor]) -> None:
     missing = [n for n in theta if n not in ours]
     extra = [n for n in ours if n not in theta]
     if missing or extra:
-        raise ValueError(
+        raise InputError(
             "model: its trainable parameters do not match the file: in the file but not in the "
             f"model: {missing}; in the model but not in the file: {extra}"
         )
     for n, t in theta.items():
         if ours[n].shape != t.shape:
-            raise ValueError(
+            raise InputError(
                 f"model: parameter {n!r} has shape {tuple(ours[n].shape)} in the model but "
                 f"{tuple(t.shape)} in the file"
             )
@@ -314,17 +315,17 @@ def _load_operator(group: h5py.Group, model: Any, loss: Any, dev: torch.device,
     try:
         _checks.number(lam, "lam", 0.0, strict_min=True)
     except ValueError:
-        raise ValueError(f"lam (in the file): expected a finite damping λ > 0, got {lam!r}") \
+        raise InputError(f"lam (in the file): expected a finite damping λ > 0, got {lam!r}") \
             from None
     names = json_attr(group, "param_names")
     theta_g = member(group, "theta", h5py.Group)
     theta = {n: read_tensor(member(theta_g, n, h5py.Dataset), dev) for n in names}
     curvature = attr(group, "curvature", str)
     if curvature not in _CURVATURES:
-        raise ValueError(f"{group.name!r}: attribute 'curvature' is malformed: got {curvature!r}")
+        raise InputError(f"{group.name!r}: attribute 'curvature' is malformed: got {curvature!r}")
     batch_g = member(group, "batch", h5py.Group)
     if len(batch_g) == 0:
-        raise ValueError(f"{batch_g.name!r}: no chunks (expected groups '0', '1', ...)")
+        raise InputError(f"{batch_g.name!r}: no chunks (expected groups '0', '1', ...)")
     batch = []
     for i in range(len(batch_g)):
         chunk = member(batch_g, str(i), h5py.Group)
@@ -340,7 +341,7 @@ def _load_operator(group: h5py.Group, model: Any, loss: Any, dev: torch.device,
         kw["structural_damping"] = attr(group, "structural_damping", (int, float))
     op = _CURVATURES[curvature](problem, batch, params=theta, **kw)
     if g.shape != (op.dim,):
-        raise ValueError(
+        raise InputError(
             f"{group.name!r}: dataset 'g' has shape {tuple(g.shape)}, expected ({op.dim},)"
         )
     return {"operator": op, "g": g, "lam": lam}

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hessfree.errors import InputError
 from hessfree import _checks
 from hessfree.batches import Batch, split, take
 from hessfree.hf.phases import BatchSpec
@@ -98,7 +99,7 @@ class BatchDrawer:
     def _partition(self, parts: int) -> list[Batch]:
         if parts not in self._partitions:
             if parts > self.n:
-                raise ValueError(f"parts: cannot cut {self.n} training cases into {parts} chunks")
+                raise InputError(f"parts: cannot cut {self.n} training cases into {parts} chunks")
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed))
             perm = perm.to(self._device())
             size = self.n // parts

@@ -14,13 +14,15 @@ from typing import Any
 
 import torch
 
+from hessfree.errors import InputError
+
 __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "load", "save"]
 
 #: version of the checkpoint layout written by the trainer
 CHECKPOINT_VERSION = 2
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read or is not one this hessfree writes."""
 
 

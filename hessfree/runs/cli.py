@@ -1,66 +1,105 @@
 """The ``hessfree`` command line (also ``python -m hessfree``).
 
-``list``, ``train``, ``compare``, ``plot``, ``report`` and ``demo``. Bad input (unknown
-experiment, optimizer or setting, a value of the wrong type, an unreadable file) gets one line on
-stderr naming the valid choices, exit code 2, and no traceback.
+``list``, ``train``, ``compare``, ``plot``, ``report`` and ``demo``. Bad input — an unknown
+experiment, optimizer or setting, a value of the wrong type or out of range, a file that is not
+what it should be — and faults the run reports cleanly (a full disk) get one line on stderr,
+exit code 2 and no traceback. Anything else is a bug and keeps its traceback (exit code 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from hessfree._version import __version__
+from hessfree.errors import InputError, InputTypeError, RunError
 
 __all__ = ["build_parser", "main"]
 
+#: exit code of a user error or a cleanly reported fault
+EXIT_USAGE = 2
 
-class UsageError(Exception):
-    """A user error: printed as one line, exit code 2."""
+
+class UsageError(InputError):
+    """A user error found by the command line itself."""
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", help="experiment name (see `hessfree list`)")
-    p.add_argument("--optimizer", default="hf", help="hf, hf-momentum, nag, cm or sgd")
-    p.add_argument("--steps", type=int, help="stop after this many outer steps")
-    p.add_argument("--seconds", type=float, help="stop after this much optimizer time")
-    p.add_argument("--budget", type=float,
+    p.add_argument("experiment", nargs="?", default=None,
+                   help="experiment name (see `hessfree list`); optional with --resume")
+    p.add_argument("--optimizer", help="hf, hf-momentum, nag, cm or sgd (default hf)")
+    p.add_argument("--steps", type=_int("--steps"), help="stop after this many outer steps")
+    p.add_argument("--seconds", type=_float("--seconds"),
+                   help="stop after this much optimizer time")
+    p.add_argument("--budget", type=_float("--budget"),
                    help="stop after this many gradient-equivalents of the training set")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="float32", help="float32 or float64")
-    p.add_argument("--out", default="runs", help="folder for run directories")
+    p.add_argument("--seed", type=_int("--seed"), help="seed of data, initialization and "
+                   "minibatches (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", help="float32 or float64 (default float32)")
+    p.add_argument("--out", help="folder for run directories (default runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of the experiment (repeatable)")
-    p.add_argument("--eval-every", type=int, default=10, help="evaluate every N steps")
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--save-quadratics-every", type=int, metavar="K",
-                   help="HF: save the step's quadratic every K steps into the results file")
+    p.add_argument("--eval-every", type=_int("--eval-every"),
+                   help="evaluate every N steps (default 10)")
+    p.add_argument("--checkpoint-every", type=_int("--checkpoint-every"),
+                   help="checkpoint every N steps (default 50)")
+    p.add_argument("--save-quadratics-every", type=_int("--save-quadratics-every"),
+                   metavar="K", help="HF: save the step's quadratic every K steps")
     p.add_argument("--resume", metavar="PATH", help="continue the run in PATH")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _int(name: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    parse.__name__ = name
+    return parse
+
+
+def _float(name: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    parse.__name__ = name
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line and exit code 2 (its usage text goes away)."""
+
+    def error(self, message: str) -> Any:  # noqa: D102
+        raise UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hessfree`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hessfree", description="Hessian-free optimization and momentum methods: train on "
         "the classic benchmarks, compare CG and NAG on saved quadratics, plot and report.")
     parser.add_argument("--version", action="version", version=f"hessfree {__version__}")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     sub.add_parser("list", help="experiments and optimizers")
     _train_args(sub.add_parser("train", help="train one optimizer on one experiment"))
     p = sub.add_parser("compare", help="CG vs NAG (CM, GD) on a saved quadratic")
     p.add_argument("quadratic", help="FILE.h5[:group], e.g. results.h5:quadratics/40")
-    p.add_argument("--iters", type=int, default=250)
-    p.add_argument("--plot", metavar="PNG")
+    p.add_argument("--iters", type=_int("--iters"), default=250)
+    p.add_argument("--plot", metavar="IMAGE", help="write the curves (.png, .pdf or .svg)")
     p = sub.add_parser("plot", help="several runs on one figure")
     p.add_argument("results", nargs="+")
     p.add_argument("--x", default="steps", choices=["steps", "seconds", "grad-equiv"])
     p.add_argument("--y", default="train_error",
                    choices=["train_error", "test_error", "loss", "lambda", "cg_iters"])
-    p.add_argument("--out", default="fig.png")
+    p.add_argument("--out", default="fig.png", help="the image (.png, .pdf or .svg)")
     p = sub.add_parser("report", help="final errors next to the papers' numbers")
     p.add_argument("results", nargs="+")
     sub.add_parser("demo", help="GGN products on a small autoencoder, checked against a dense "
@@ -69,11 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(items: list[str]) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
             raise UsageError(f"--set: expected KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
+        if not k.strip():
+            raise UsageError(f"--set: expected KEY=VALUE, got {item!r}")
+        if k.strip() in out and out[k.strip()] != v.strip():
+            raise UsageError(f"--set {k.strip()}: given twice ({out[k.strip()]!r} and "
+                             f"{v.strip()!r})")
         out[k.strip()] = v.strip()
     return out
 
@@ -90,25 +134,32 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train and print where the results went."""
+    """Train (or resume) and print where the results went."""
     from hessfree.runs import experiments
-    from hessfree.runs.trainer import RunSpec, train
+    from hessfree.runs.trainer import RunSpec, resume, train
 
-    if not args.resume:
-        if args.experiment not in experiments.names():
-            raise UsageError(f"experiment: unknown {args.experiment!r}; valid: "
-                             f"{', '.join(experiments.names())}")
-        if args.optimizer not in experiments.OPTIMIZERS:
-            raise UsageError(f"--optimizer: unknown {args.optimizer!r}; valid: "
-                             f"{', '.join(experiments.OPTIMIZERS)}")
-    spec = RunSpec(experiment=args.experiment, optimizer=args.optimizer, steps=args.steps,
-                   seconds=args.seconds, budget=args.budget, seed=args.seed, device=args.device,
-                   dtype=args.dtype, out=args.out, overrides=_overrides(args.set),
-                   eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                   save_quadratics_every=args.save_quadratics_every, quiet=args.quiet,
-                   resume=args.resume)
-    path = train(spec)
-    print(path)
+    overrides = _overrides(args.set)
+    if args.resume:
+        path = resume(args.resume, steps=args.steps, seconds=args.seconds, budget=args.budget,
+                      quiet=args.quiet, experiment=args.experiment, optimizer=args.optimizer,
+                      seed=args.seed, dtype=args.dtype, device=args.device,
+                      eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                      save_quadratics_every=args.save_quadratics_every, out=args.out,
+                      overrides=overrides)
+        print(path)
+        return 0
+    if args.experiment is None:
+        raise UsageError("experiment: required (see `hessfree list`), unless --resume is given")
+    if args.experiment not in experiments.names():
+        raise UsageError(f"experiment: unknown {args.experiment!r}; valid: "
+                         f"{', '.join(experiments.names())}")
+    given = {k: getattr(args, k) for k in ("optimizer", "seed", "device", "dtype", "out",
+                                          "eval_every", "checkpoint_every")
+             if getattr(args, k) is not None}
+    spec = RunSpec(experiment=args.experiment, steps=args.steps, seconds=args.seconds,
+                   budget=args.budget, overrides=overrides,
+                   save_quadratics_every=args.save_quadratics_every, quiet=args.quiet, **given)
+    print(train(spec))
     return 0
 
 
@@ -125,15 +176,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from hessfree import quadratic
     from hessfree.runs import experiments
+    from hessfree._files import check_image_output
 
     path, group = _split_quadratic_arg(args.quadratic)
     if not Path(path).is_file():
         raise UsageError(f"quadratic: no such file {path!r}")
-    with h5py.File(path, "r") as f:
+    if args.plot:
+        check_image_output(args.plot, [path], "--plot")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as err:
+        raise UsageError(f"quadratic: {path} cannot be opened as HDF5 ({err})") from None
+    with f:
+        saved = sorted(f["quadratics"].keys(), key=lambda k: (len(k), k)) \
+            if isinstance(f.get("quadratics"), h5py.Group) else []
         if group is None:
-            groups = sorted(f["quadratics"].keys(), key=int) if "quadratics" in f else []
-            group = f"quadratics/{groups[len(groups) // 2]}" if groups else "/"
-        q = quadratic.Quadratic.load(f[group], build_model=experiments.build_model)
+            if not saved and f.attrs.get("format") != quadratic.io.FORMAT:
+                raise UsageError(f"quadratic: {path} holds no saved quadratic (train with "
+                                 "--save-quadratics-every K to save some)")
+            group = f"quadratics/{saved[len(saved) // 2]}" if saved else "/"
+        node = f.get(group)
+        if not isinstance(node, h5py.Group) or "schema_version" not in node.attrs:
+            have = ", ".join(f"quadratics/{k}" for k in saved) or "none"
+            raise UsageError(f"quadratic: {path} has no quadratic at {group!r}; saved "
+                             f"quadratics: {have}")
+        q = quadratic.Quadratic.load(node, build_model=experiments.build_model)
+    _check_int(args.iters, "--iters", 1)
     result = quadratic.compare(q, iters=args.iters)
     print(f"{path}:{group}")
     print(result.format())
@@ -143,13 +211,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
-    """Plot runs on one figure."""
-    from hessfree.runs.plots import plot_runs
+def _check_int(value: int, name: str, minimum: int) -> None:
+    if value < minimum:
+        raise UsageError(f"{name}: expected an integer >= {minimum}, got {value}")
 
-    for r in args.results:
+
+def _results_files(paths: list[str]) -> None:
+    for r in paths:
         if not Path(r).is_file():
             raise UsageError(f"results: no such file {r!r}")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Plot runs on one figure."""
+    from hessfree._files import check_image_output
+    from hessfree.runs.plots import plot_runs
+
+    _results_files(args.results)
+    check_image_output(args.out, args.results, "--out")
     print(plot_runs(args.results, x=args.x, y=args.y, out=args.out))
     return 0
 
@@ -158,9 +237,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Final errors next to the papers' numbers."""
     from hessfree.runs.report import report
 
-    for r in args.results:
-        if not Path(r).is_file():
-            raise UsageError(f"results: no such file {r!r}")
+    _results_files(args.results)
     print(report(args.results))
     return 0
 
@@ -176,20 +253,34 @@ COMMANDS = {"list": cmd_list, "train": cmd_train, "compare": cmd_compare, "plot"
             "report": cmd_report, "demo": cmd_demo}
 
 
+def _message(err: BaseException) -> str:
+    """One line: the error's own text (a KeyError's key unquoted), never its repr."""
+    if isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    elif isinstance(err, OSError) and err.errno is not None:
+        where = f"{err.filename}: " if err.filename else ""
+        text = f"{where}{err.strerror or errno.errorcode.get(err.errno, '')}"
+    else:
+        text = str(err)
+    return " ".join(text.split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hessfree`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    raw = sys.argv[1:] if argv is None else list(argv)
+    command = raw[0] if raw and not str(raw[0]).startswith("-") else "?"
     try:
+        args = parser.parse_args(argv)
+        command = args.command or command
+        if args.command is None:
+            parser.print_help()
+            return 0
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, KeyError, OSError) as err:
-        msg = str(err).strip("'\"") or type(err).__name__
-        print(f"hessfree {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    except (InputError, InputTypeError, RunError, OSError) as err:
+        print(f"hessfree {command}: error: {_message(err)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

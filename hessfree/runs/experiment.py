@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessfree.errors import InputError, InputTypeError
 from hessfree import batches
 from hessfree.batches import Batch
 from hessfree.runs.settings import (
@@ -101,7 +102,7 @@ class Experiment:
     def optimizer_defaults(self, optimizer: str) -> Any:
         """The default settings record of ``optimizer`` on this experiment."""
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: unknown {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+            raise InputError(f"optimizer: unknown {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         cls = record_for(optimizer)
         given = self.settings.get(optimizer)
         if given is None:
@@ -112,9 +113,9 @@ class Experiment:
             try:
                 return from_flat(cls, dict(given))
             except (TypeError, ValueError) as err:
-                raise ValueError(f"experiment {self.name!r}: settings[{optimizer!r}]: {err}") \
+                raise InputError(f"experiment {self.name!r}: settings[{optimizer!r}]: {err}") \
                     from None
-        raise TypeError(f"experiment {self.name!r}: settings[{optimizer!r}]: expected a "
+        raise InputTypeError(f"experiment {self.name!r}: settings[{optimizer!r}]: expected a "
                         f"{cls.__name__} or a dict, got {type(given).__name__}")
 
     def settings_for(self, optimizer: str, overrides: Mapping[str, Any] | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from hessfree.errors import InputError, InputTypeError
 from hessfree.runs.experiment import Dataset, Experiment
 from hessfree.runs.presets import BUILTIN
 from hessfree.runs.settings import OPTIMIZERS
@@ -29,7 +30,7 @@ def register(factory: Callable[[], Experiment] | Experiment, name: str | None = 
         _REGISTRY[name or exp.name] = lambda: exp
         return factory
     if not callable(factory):
-        raise TypeError(f"factory: expected an Experiment or a function returning one, got "
+        raise InputTypeError(f"factory: expected an Experiment or a function returning one, got "
                         f"{type(factory).__name__}")
     key = name or getattr(factory, "experiment_name", None) or factory.__name__.replace("_", "-")
     _REGISTRY[key] = factory
@@ -44,10 +45,10 @@ def names() -> list[str]:
 def get(name: str) -> Experiment:
     """The experiment called ``name`` (error lists the valid names)."""
     if name not in _REGISTRY:
-        raise ValueError(f"experiment: unknown {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
+        raise InputError(f"experiment: unknown {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
     exp = _REGISTRY[name]()
     if not isinstance(exp, Experiment):
-        raise TypeError(f"experiment {name!r}: its factory returned {type(exp).__name__}, "
+        raise InputTypeError(f"experiment {name!r}: its factory returned {type(exp).__name__}, "
                         "not an Experiment")
     exp.name = name
     return exp

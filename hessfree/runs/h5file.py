@@ -19,6 +19,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hessfree.errors import InputError, InputTypeError
+
 #: version of the layout written here; the reader accepts versions up to this one (version 1
 #: files, written before the shared row schema, are upgraded on reading)
 SCHEMA_VERSION = 2
@@ -30,7 +32,7 @@ _OWN_ATTRS = frozenset({"format", "schema_version", "hessfree_version", "created
                         "torch_version", "json_attrs"})
 
 
-class ResultsError(ValueError):
+class ResultsError(InputError):
     """A file that is not a (readable) hessfree results file, or a misuse of one."""
 
 
@@ -53,13 +55,13 @@ def _encode_attr(name: str, value: Any) -> tuple[Any, bool]:
         try:
             value = json.loads(value)
         except ValueError as e:
-            raise ValueError(f"attribute 'config': a string config must be JSON ({e})") from None
+            raise InputError(f"attribute 'config': a string config must be JSON ({e})") from None
     if isinstance(value, (str, bool, int, float)):
         return (str(value) if isinstance(value, str) else value), False  # str(): TorchVersion
     try:
         return json.dumps(value), True
     except (TypeError, ValueError) as e:
-        raise TypeError(f"attribute {name!r}: expected str/int/float/bool or a JSON-serialisable "
+        raise InputTypeError(f"attribute {name!r}: expected str/int/float/bool or a JSON-serialisable "
                         f"value, got {type(value).__name__} ({e})") from None
 
 
@@ -68,7 +70,7 @@ def write_attrs(f: h5py.File, attrs: Mapping[str, Any], own: bool = False) -> No
     json_names = set(json.loads(f.attrs.get("json_attrs", "[]")))
     for name, value in attrs.items():
         if not own and name in _OWN_ATTRS:
-            raise ValueError(f"attribute {name!r} is written by ResultsWriter itself")
+            raise InputError(f"attribute {name!r} is written by ResultsWriter itself")
         f.attrs[name], is_json = _encode_attr(name, value)
         (json_names.add if is_json else json_names.discard)(name)
     f.attrs["json_attrs"] = json.dumps(sorted(json_names))

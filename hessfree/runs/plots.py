@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from hessfree.errors import InputError
+from hessfree._files import check_image_output, save_figure
 from hessfree.runs.results import RunResults, read_results
 
 __all__ = ["X_AXES", "Y_AXES", "plot_runs"]
@@ -65,7 +67,7 @@ def _labels(runs: Sequence[RunResults], labels: Sequence[str] | None) -> list[st
     """Given labels, or the ``optimizer`` attributes made unique by the run's folder or index."""
     if labels is not None:
         if len(labels) != len(runs):
-            raise ValueError(f"labels: expected {len(runs)} labels (one per path), "
+            raise InputError(f"labels: expected {len(runs)} labels (one per path), "
                              f"got {len(labels)}")
         return [str(label) for label in labels]
     out = [str(r.attrs.get("optimizer", r.path.stem)) for r in runs]
@@ -101,18 +103,6 @@ def _figure(curves: list[tuple[str, np.ndarray, np.ndarray]], x: str, y: str,
     return fig
 
 
-def _save_atomic(fig: Any, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
 def plot_runs(paths: Sequence[str | os.PathLike], x: str = "steps", y: str = "train_error",
               out: str | os.PathLike = "fig.png", title: str | None = None,
               labels: Sequence[str] | None = None) -> Path:
@@ -127,24 +117,26 @@ def plot_runs(paths: Sequence[str | os.PathLike], x: str = "steps", y: str = "tr
         paths: results files.
         x: ``"steps"``, ``"seconds"`` or ``"grad-equiv"``.
         y: ``"train_error"``, ``"test_error"``, ``"loss"``, ``"lambda"`` or ``"cg_iters"``.
-        out: the PNG to write (atomically: a temporary file moved into place).
+        out: the image to write: ``.png``, ``.pdf`` or ``.svg`` (atomically; never one of
+            ``paths`` nor any HDF5 file, :func:`hessfree._files.save_figure`).
         title: the figure title (default: y against x).
         labels: one legend label per path (default: each run's ``optimizer`` attribute, made
             unique by its folder name).
 
     Returns:
-        The path of the PNG.
+        The path of the image.
 
     Raises:
         ValueError: an unknown ``x`` or ``y``, no paths, or no run has the fields to plot (a run
             that lacks them is skipped with a logged warning).
     """
     if x not in X_AXES:
-        raise ValueError(f"x: expected one of {sorted(X_AXES)}, got {x!r}")
+        raise InputError(f"x: expected one of {sorted(X_AXES)}, got {x!r}")
     if y not in Y_AXES:
-        raise ValueError(f"y: expected one of {sorted(Y_AXES)}, got {y!r}")
+        raise InputError(f"y: expected one of {sorted(Y_AXES)}, got {y!r}")
     if not paths:
-        raise ValueError("paths: expected at least one results file")
+        raise InputError("paths: expected at least one results file")
+    check_image_output(out, paths, "out")
     runs = [read_results(p) for p in paths]
     curves = []
     for label, res in zip(_labels(runs, labels), runs):
@@ -154,8 +146,6 @@ def plot_runs(paths: Sequence[str | os.PathLike], x: str = "steps", y: str = "tr
         else:
             curves.append((label, *series))
     if not curves:
-        raise ValueError(f"no run has the fields to plot y={y!r} against x={x!r}: "
+        raise InputError(f"no run has the fields to plot y={y!r} against x={x!r}: "
                          f"{[os.fspath(p) for p in paths]}")
-    out = Path(out)
-    _save_atomic(_figure(curves, x, y, title), out)
-    return out
+    return save_figure(_figure(curves, x, y, title), out, paths, "out")

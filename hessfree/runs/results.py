@@ -47,6 +47,7 @@ import h5py
 import numpy as np
 import torch
 
+from hessfree.errors import InputError, InputTypeError
 from hessfree._version import __version__
 from hessfree.runs.h5file import (
     FORMAT,
@@ -101,7 +102,7 @@ class _Table:
     def _create(self, row: Mapping[str, Any]) -> None:
         for k, v in row.items():
             if _kind(v) is None:
-                raise TypeError(f"{self.group.name}/{k}: expected float, int, bool or str, got "
+                raise InputTypeError(f"{self.group.name}/{k}: expected float, int, bool or str, got "
                                 f"{type(v).__name__}")
         for k, v in row.items():
             self.group.create_dataset(k, shape=(0,), maxshape=(None,), chunks=(_CHUNK_ROWS,),
@@ -112,18 +113,18 @@ class _Table:
     def _check(self, row: Any) -> Mapping[str, Any]:
         row = row.as_dict() if hasattr(row, "as_dict") else row
         if not isinstance(row, Mapping) or not row:
-            raise TypeError(f"{self.group.name}: a row is a non-empty mapping field -> value, "
+            raise InputTypeError(f"{self.group.name}: a row is a non-empty mapping field -> value, "
                             f"got {type(row).__name__}")
         if not self.names:
             self._create(row)
         elif len(row) != len(self.names) or any(k not in row for k in self.names):
-            raise ValueError(f"{self.group.name} row {self.n}: fields differ from the first row's; "
+            raise InputError(f"{self.group.name} row {self.n}: fields differ from the first row's; "
                              f"missing {[k for k in self.names if k not in row]}, "
                              f"unexpected {[k for k in row if k not in self.names]}")
         for k, kind in zip(self.names, self.kinds):
             got = _kind(row[k])
             if got != kind and (kind, got) != ("f", "i"):
-                raise TypeError(f"{self.group.name}/{k} row {self.n}: the column holds "
+                raise InputTypeError(f"{self.group.name}/{k} row {self.n}: the column holds "
                                 f"{_KIND_NAMES[kind]}, got {type(row[k]).__name__} {row[k]!r}")
         return row
 
@@ -200,7 +201,7 @@ class ResultsWriter:
                  mode: str = "new"):
         self.path = Path(path)
         if mode not in ("new", "append"):
-            raise ValueError(f"mode: expected 'new' or 'append', got {mode!r}")
+            raise InputError(f"mode: expected 'new' or 'append', got {mode!r}")
         self._f = (self._create(dict(attrs or {})) if mode == "new"
                    else open_results(self.path, "r+"))
         try:
@@ -215,7 +216,7 @@ class ResultsWriter:
     def _create(self, attrs: dict[str, Any]) -> h5py.File:
         missing = [k for k in ("experiment", "optimizer") if k not in attrs]
         if missing:
-            raise ValueError(f"attrs: missing {missing} (needed to create {self.path})")
+            raise InputError(f"attrs: missing {missing} (needed to create {self.path})")
         own = {"format": FORMAT, "schema_version": SCHEMA_VERSION,
                "hessfree_version": __version__, "torch_version": torch.__version__,
                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
@@ -265,7 +266,7 @@ class ResultsWriter:
         cuts = [(self._tables["steps"], n_steps), (self._tables["eval"], n_evals)]
         for table, n in cuts:
             if not 0 <= n <= table.n:
-                raise ValueError(f"{table.group.name}: cannot truncate to {n} rows; "
+                raise InputError(f"{table.group.name}: cannot truncate to {n} rows; "
                                  f"it holds {table.n}")
         for table, n in cuts:
             table.truncate(n)
@@ -280,7 +281,7 @@ class ResultsWriter:
         new = group.create_group(tmp)
         for key, t in tensors.items():
             if not key or "/" in key or key in (".", ".."):
-                raise ValueError(f"tensors: parameter name {key!r} cannot be an HDF5 dataset name")
+                raise InputError(f"tensors: parameter name {key!r} cannot be an HDF5 dataset name")
             t = t.detach().cpu() if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t))
             new.create_dataset(key, data=(t.float() if t.dtype == torch.bfloat16 else t).numpy())
             new[key].attrs["torch_dtype"] = str(t.dtype).removeprefix("torch.")

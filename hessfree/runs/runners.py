@@ -51,6 +51,10 @@ class Runner(Protocol):
     def objective(self) -> Problem:
         """The problem the next update minimises (evaluated as ``train_loss``)."""
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why no further update can make progress (the run ends), or None."""
+
     def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
         """One update; its row (:mod:`hessfree.runs.rows`)."""
 
@@ -95,6 +99,11 @@ class HFRunner:
     def objective(self) -> Problem:
         """The problem of the current phase."""
         return self.opt.objective
+
+    @property
+    def stop_reason(self) -> str | None:
+        """The optimizer's reason to stop (e.g. λ at its maximum with no progress), or None."""
+        return self.opt.stop_reason
 
     def batches(self) -> tuple[Any, Any]:
         """The gradient and curvature batches of the next update (curvature None: the same)."""
@@ -165,6 +174,11 @@ class MomentumRunner:
     def objective(self) -> Problem:
         """The problem (momentum methods have no phases)."""
         return self.problem
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Momentum methods run to the end of their budget."""
+        return None
 
     def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
         """One update on a minibatch; its row."""

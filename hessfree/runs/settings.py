@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
+from hessfree.errors import InputError, InputTypeError
 from hessfree import _checks
 from hessfree.hf import HFConfig
 from hessfree.hf.phases import BatchSpec, Phase, PhaseSchedule
@@ -107,7 +108,7 @@ def from_flat(cls: type, values: Mapping[str, Any]) -> Any:
         known |= keys
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"settings: unknown key(s) {unknown}; valid: {', '.join(sorted(known))}")
+        raise InputError(f"settings: unknown key(s) {unknown}; valid: {', '.join(sorted(known))}")
     kw: dict[str, Any] = {k: values[k] for k in own if k in values}
     for name, t in nested.items():
         base = _default_of(cls, name)
@@ -151,7 +152,7 @@ def _parse_one(text: str, kind: Any, key: str) -> Any:
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"--set {key}: expected true/false, got {text!r}")
+        raise InputError(f"--set {key}: expected true/false, got {text!r}")
     if kind in (int, float):
         try:
             value = kind(text)
@@ -163,7 +164,7 @@ def _parse_one(text: str, kind: Any, key: str) -> Any:
                     as_float = math.nan
                 if math.isfinite(as_float) and as_float == int(as_float):
                     return int(as_float)
-            raise ValueError(f"--set {key}: expected {kind.__name__}, got {text!r}") from None
+            raise InputError(f"--set {key}: expected {kind.__name__}, got {text!r}") from None
         return value
     if kind is str:
         return text
@@ -187,7 +188,7 @@ def apply_overrides(records: tuple[Any, ...], overrides: Mapping[str, Any], wher
             owners.setdefault(key, i)
     unknown = sorted(k for k in overrides if k not in owners)
     if unknown:
-        raise ValueError(f"--set: unknown key(s) {unknown} for {where}; valid: "
+        raise InputError(f"--set: unknown key(s) {unknown} for {where}; valid: "
                          f"{', '.join(sorted(owners))}")
     changes: list[dict[str, Any]] = [{} for _ in records]
     for key, value in overrides.items():
@@ -200,7 +201,7 @@ def apply_overrides(records: tuple[Any, ...], overrides: Mapping[str, Any], wher
         try:
             out.append(from_flat(type(rec), {**flat(rec), **change}) if change else rec)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"--set: {err}") from None
+            raise InputError(f"--set: {err}") from None
     return tuple(out)
 
 
@@ -231,7 +232,7 @@ def data_settings_from(values: Mapping[str, Any] | DataSettings) -> DataSettings
     if isinstance(values, DataSettings):
         return values
     if not isinstance(values, Mapping):
-        raise TypeError(f"settings['data']: expected a dict or DataSettings, got "
+        raise InputTypeError(f"settings['data']: expected a dict or DataSettings, got "
                         f"{type(values).__name__}")
     own = [(k, type(v) if v is not None else Any, field(default=v))
            for k, v in values.items() if k not in ("n_train", "n_test", "eval_cases")]
@@ -280,7 +281,7 @@ class HFSettings(Settings):
             curv = BatchSpec("minibatch", size=self.curv_cases or n_train)
         else:
             if self.numchunks > n_train:
-                raise ValueError(f"numchunks: expected at most n_train = {n_train} chunks, "
+                raise InputError(f"numchunks: expected at most n_train = {n_train} chunks, "
                                  f"got {self.numchunks}")
             grad, curv = BatchSpec("all"), BatchSpec("chunk", parts=self.numchunks)
         return PhaseSchedule.single(grad, curv, self.config)
@@ -334,7 +335,7 @@ class MomentumHFSettings(Settings):
         _checks.probability(self.classic_decay, "classic_decay")
         _checks.number(self.classic_weight_decay, "classic_weight_decay", -1.0)
         if -1.0 < self.classic_weight_decay < 0:
-            raise ValueError("classic_weight_decay: expected -1 (keep) or a number >= 0, got "
+            raise InputError("classic_weight_decay: expected -1 (keep) or a number >= 0, got "
                              f"{self.classic_weight_decay}")
         _checks.integer(self.grad_chunk, "grad_chunk", minimum=1)
 

@@ -2,17 +2,34 @@
 
 ``train(RunSpec(...))`` builds the experiment's data and model, runs optimizer steps until a
 budget is spent — steps, optimizer wall-clock seconds (evaluation excluded), or
-gradient-equivalents of the training set (``grad_equiv``, counted by the optimizers) — evaluates
-the experiment's error on the training and test sets every ``eval_every`` steps, writes every step
-to ``runs/<experiment>/<optimizer>-<timestamp>/results.h5`` and checkpoints atomically (temporary
-file, then ``os.replace``). ``resume`` continues a run from its checkpoint into the same results
-file (rows after the checkpoint are cut), with a trajectory identical to not stopping.
+gradient-equivalents of the training set (``grad_equiv``, counted by the optimizers) — or the
+optimizer reports that no progress is possible, evaluates the experiment's error on the training
+and test sets every ``eval_every`` steps, writes every step to
+``runs/<experiment>/<optimizer>-<timestamp>/results.h5`` and checkpoints atomically.
+
+``resume(path, ...)`` continues a run from its checkpoint into the same results file, with a
+trajectory identical to not stopping. What a run guarantees (README, "What a run guarantees"):
+
+* one writer per run (:mod:`hessfree.runs.lock`); readers may read at any time;
+* every committed row survives a kill; resume keeps every ``/steps`` row its checkpoint covers
+  and every ``/eval`` row written up to it, and cuts only rows written after the checkpoint
+  (they are recomputed identically);
+* a resume that names another experiment, optimizer, seed or dtype, or another value of a
+  setting, is refused; budgets, ``eval_every``, ``checkpoint_every`` and the device may change
+  (recorded in the ``resumes`` attribute);
+* a fault while writing (a full disk) ends the run with :class:`hessfree.errors.RunError`: the
+  committed rows and the previous checkpoint are intact, temporary files are removed, and the
+  run's ``status`` says it did not finish.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,37 +37,51 @@ from typing import Any
 
 import torch
 
-from hessfree import batches
+from hessfree import _checks, batches
 from hessfree.curvature import Problem
+from hessfree.errors import InputError, RunError
 from hessfree.quadratic import Quadratic
 from hessfree.runs import checkpoint, experiments
 from hessfree.runs.experiment import Experiment
+from hessfree.runs.lock import RunLock
 from hessfree.runs.results import ResultsWriter, read_results
 from hessfree.runs.runners import HFRunner, Runner, make_runner
-from hessfree.runs.settings import GRAD_CHUNK, flat, from_flat, record_for
+from hessfree.runs.settings import (
+    GRAD_CHUNK,
+    OPTIMIZERS,
+    apply_overrides,
+    flat,
+    from_flat,
+    record_for,
+)
 
-__all__ = ["DTYPES", "RunSpec", "resolve_device", "train"]
+__all__ = ["DTYPES", "RunSpec", "resolve_device", "resume", "train"]
 
 log = logging.getLogger("hessfree.train")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: seeds must fit torch's generator and the batch-stream arithmetic
+MAX_SEED = 2**63 - 1
+STATUS_RUNNING, STATUS_FINISHED = "running", "finished"
+
+
 @dataclass
 class RunSpec:
-    """Everything ``hessfree train`` takes.
+    """Everything ``hessfree train`` takes (validated when built).
 
     Attributes:
         experiment: registered experiment name.
         optimizer: ``hf``, ``hf-momentum``, ``nag``, ``cm`` or ``sgd``.
         steps / seconds / budget: stop after this many steps, optimizer seconds or
-            gradient-equivalents of the training set (whichever comes first; at least one).
-        seed: seeds data, initialization and minibatch streams.
+            gradient-equivalents of the training set (whichever comes first; at least one;
+            each a finite positive number).
+        seed: seeds data, initialization and minibatch streams (0 <= seed < 2**63).
         device / dtype: where and in what precision to run.
         out: the folder under which ``<experiment>/<optimizer>-<timestamp>/`` is made.
-        overrides: ``--set key=value`` strings, checked against the experiment's settings.
+        overrides: ``--set key=value`` settings, checked against the experiment's records.
         eval_every: evaluate every this many steps (and at the end).
         checkpoint_every: checkpoint every this many steps (and at the end).
         save_quadratics_every: HF only: save the step's quadratic every K steps.
         quiet: no progress bar.
-        resume: a run folder (or its results.h5) to continue.
     """
 
     experiment: str = ""
@@ -62,22 +93,50 @@ class RunSpec:
     device: str = "cpu"
     dtype: str = "float32"
     out: str = "runs"
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
     eval_every: int = 10
     checkpoint_every: int = 50
     save_quadratics_every: int | None = None
     quiet: bool = False
-    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check every field once (the CLI and the API alike)."""
+        check_budgets(self.steps, self.seconds, self.budget)
+        _checks.choice(self.optimizer, "--optimizer", OPTIMIZERS)
+        _checks.integer(self.seed, "--seed", 0, MAX_SEED)
+        _checks.choice(self.dtype, "--dtype", tuple(DTYPES))
+        _checks.integer(self.eval_every, "--eval-every", minimum=1)
+        _checks.integer(self.checkpoint_every, "--checkpoint-every", minimum=1)
+        if self.save_quadratics_every is not None:
+            _checks.integer(self.save_quadratics_every, "--save-quadratics-every", minimum=1)
+            if self.optimizer not in ("hf", "hf-momentum"):
+                raise InputError(f"--save-quadratics-every: only HF builds quadratics; "
+                                 f"--optimizer {self.optimizer} has none")
+        if not isinstance(self.overrides, dict):
+            raise InputError(f"overrides: expected a dict key -> value, got "
+                             f"{type(self.overrides).__name__}")
+
+
+def check_budgets(steps: Any, seconds: Any, budget: Any) -> None:
+    """At least one budget; each a finite positive number (steps an integer)."""
+    if steps is None and seconds is None and budget is None:
+        raise InputError("budget: give --steps, --seconds or --budget")
+    if steps is not None:
+        _checks.integer(steps, "--steps", minimum=1)
+    if seconds is not None:
+        _checks.number(seconds, "--seconds", 0.0, strict_min=True)
+    if budget is not None:
+        _checks.number(budget, "--budget", 0.0, strict_min=True)
 
 
 def resolve_device(name: str) -> torch.device:
     """``name`` as a device; a clear error when CUDA is asked for and absent."""
     try:
         dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device: unknown device {name!r}") from None
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device: unknown device {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available on this machine")
+        raise InputError("--device cuda: no CUDA device is available on this machine")
     return dev
 
 
@@ -89,8 +148,6 @@ class _Run:
         self.spec, self.exp = spec, exp
         self.data_settings, self.opt_settings = data_settings, opt_settings
         self.device = resolve_device(spec.device)
-        if spec.dtype not in DTYPES:
-            raise ValueError(f"--dtype: expected one of {sorted(DTYPES)}, got {spec.dtype!r}")
         self.dtype = DTYPES[spec.dtype]
         self.data = exp.data(data_settings, spec.seed).to(self.device, self.dtype)
         gen = torch.Generator().manual_seed(spec.seed)
@@ -101,6 +158,7 @@ class _Run:
                                           spec.seed, spec.steps)
         self.step = self.n_evals = 0
         self.seconds = self.grad_equiv = 0.0
+        self.stopped: str | None = None
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -109,7 +167,8 @@ class _Run:
 
     def done(self) -> bool:
         s = self.spec
-        return ((s.steps is not None and self.step >= s.steps)
+        return (self.stopped is not None
+                or (s.steps is not None and self.step >= s.steps)
                 or (s.seconds is not None and self.seconds >= s.seconds)
                 or (s.budget is not None and self.grad_equiv >= s.budget))
 
@@ -142,28 +201,37 @@ class _Run:
         torch.set_rng_state(state["torch_rng"])
 
 
-def _run_dir(spec: RunSpec) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(spec.out) / spec.experiment / f"{spec.optimizer}-{stamp}"
-    path, k = base, 1
-    while path.exists():
-        path, k = base.with_name(f"{base.name}-{k}"), k + 1
-    return path
-
-
 def _model_spec(run: _Run) -> dict[str, Any]:
     return run.exp.model_spec(run.data_settings) if run.exp.model_spec else {}
 
 
 def _attrs(run: _Run) -> dict[str, Any]:
     spec = run.spec
-    phases = getattr(run.runner, "schedule", None)
+    runner = run.runner
     return {"experiment": spec.experiment, "optimizer": spec.optimizer, "seed": spec.seed,
             "device": str(run.device), "dtype": spec.dtype, "config": run.settings,
-            "phases": phases.to_dict() if isinstance(run.runner, HFRunner) else None,
+            "phases": runner.schedule.to_dict() if isinstance(runner, HFRunner) else None,
             "n_train": run.data.n_train, "error_name": run.exp.error_name,
-            "model_spec": _model_spec(run),
-            "spec": {k: v for k, v in dataclasses.asdict(spec).items() if k != "resume"}}
+            "model_spec": _model_spec(run), "status": STATUS_RUNNING, "steps_done": 0,
+            "spec": dataclasses.asdict(spec)}
+
+
+def _new_run_dir(spec: RunSpec) -> Path:
+    """A new folder ``<out>/<experiment>/<optimizer>-<time>[-k]``, created atomically."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent = Path(spec.out) / spec.experiment
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"--out: {parent} exists and is not a folder") from None
+    for k in range(10_000):
+        path = parent / (f"{spec.optimizer}-{stamp}" + (f"-{k}" if k else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise InputError(f"--out: no free run folder name under {parent}")
 
 
 def _quadratic_saver(run: _Run, writer: ResultsWriter) -> Any:
@@ -175,76 +243,206 @@ def _quadratic_saver(run: _Run, writer: ResultsWriter) -> Any:
     return save
 
 
-def _open(spec: RunSpec) -> tuple[_Run, ResultsWriter, Path]:
-    """A fresh run, or the run ``spec.resume`` names restored from its checkpoint."""
-    if spec.resume:
-        path = Path(spec.resume)
-        path = path / "results.h5" if path.is_dir() else path
-        ckpt = path.with_name("checkpoint.pt")
-        if not path.exists() or not ckpt.exists():
-            raise ValueError(f"--resume: no results.h5 and checkpoint.pt in {path.parent}")
-        state = checkpoint.load(ckpt)
-        saved = RunSpec(**{**state["spec"], "resume": None})
-        spec = dataclasses.replace(saved, steps=spec.steps, seconds=spec.seconds,
-                                   budget=spec.budget, quiet=spec.quiet, resume=spec.resume)
-        exp = experiments.get(spec.experiment)
-        data = from_flat(type(exp.data_defaults()), state["data_settings"])
-        opt = from_flat(record_for(spec.optimizer), state["optimizer_settings"])
-        run = _Run(spec, exp, data, opt)
-        run.load(state)
-        # keep the periodic evaluations up to the checkpoint; an evaluation made only because
-        # the interrupted run ended is not part of the uninterrupted trajectory
-        steps = read_results(path).eval.get("step", [])
-        run.n_evals = sum(1 for k in steps if k <= run.step and k % spec.eval_every == 0)
-        writer = ResultsWriter(path, {}, mode="append")
-        writer.truncate(run.step, run.n_evals)
-        return run, writer, path
-    exp = experiments.get(spec.experiment)
-    data, opt = exp.settings_for(spec.optimizer, spec.overrides)
-    run = _Run(spec, exp, data, opt)
-    folder = _run_dir(spec)
-    folder.mkdir(parents=True)
-    path = folder / "results.h5"
-    return run, ResultsWriter(path, _attrs(run), mode="new"), path
+def _disk_error(err: OSError, what: str, path: Path, run: _Run, ckpt_step: int | None
+                ) -> RunError:
+    kept = (f"the last checkpoint (step {ckpt_step}) and every committed row are kept"
+            if ckpt_step is not None else "every committed row is kept")
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    return RunError(f"{what} failed at step {run.step} ({reason}): {kept} in {path.parent}; "
+                    f"fix the cause and continue with --resume {path.parent}")
 
 
 def train(spec: RunSpec) -> Path:
-    """Run (or resume) a training run; returns the path of its results file."""
-    if spec.steps is None and spec.seconds is None and spec.budget is None:
-        raise ValueError("budget: give --steps, --seconds or --budget")
-    run, writer, path = _open(spec)
+    """Run a new training run; returns the path of its results file."""
+    if not isinstance(spec, RunSpec):
+        raise InputError(f"spec: expected a RunSpec, got {type(spec).__name__}")
+    exp = experiments.get(spec.experiment)
+    data, opt = exp.settings_for(spec.optimizer, spec.overrides)
+    run = _Run(spec, exp, data, opt)
+    folder = _new_run_dir(spec)
+    lock = RunLock(folder).acquire()
+    path = folder / "results.h5"
+    try:
+        try:
+            writer = ResultsWriter(path, _attrs(run), mode="new")
+        except OSError as err:
+            _remove_new_run(folder, lock)
+            raise _disk_error(err, "creating the results file", path, run, None) from None
+        return _loop(run, writer, path, lock, ckpt_step=None)
+    finally:
+        lock.release()
+
+
+def _remove_new_run(folder: Path, lock: RunLock) -> None:
+    """Remove a run folder that holds nothing committed (creation failed)."""
+    lock.release()
+    with contextlib.suppress(OSError):
+        shutil.rmtree(folder)
+
+
+def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | None = None,
+           budget: float | None = None, quiet: bool = False, **expect: Any) -> Path:
+    """Continue the run in ``path`` (its folder or its results.h5) from its checkpoint.
+
+    Args:
+        path: the run's folder or results file.
+        steps: the new step budget (a total counted from the run's start).
+        seconds: the new optimizer-time budget (total).
+        budget: the new budget in gradient-equivalents (total).
+        quiet: no progress bar.
+        **expect: values the caller expects the run to have (``experiment``, ``optimizer``,
+            ``seed``, ``dtype``; ``overrides`` as a dict of settings): a difference is refused
+            naming both values. ``device``, ``eval_every``, ``checkpoint_every`` and
+            ``save_quadratics_every`` given here are applied (and recorded).
+    """
+    check_budgets(steps, seconds, budget)
+    path = Path(path)
+    path = path / "results.h5" if path.is_dir() else path
+    ckpt = path.with_name("checkpoint.pt")
+    if not path.exists() or not ckpt.exists():
+        raise InputError(f"--resume: no results.h5 and checkpoint.pt in {path.parent}")
+    lock = RunLock(path.parent).acquire()
+    try:
+        state = checkpoint.load(ckpt)
+        saved = _saved_spec(state, ckpt)
+        changes = _check_resume(saved, expect)
+        spec = dataclasses.replace(saved, steps=steps, seconds=seconds, budget=budget,
+                                   quiet=quiet, **changes)
+        exp = experiments.get(spec.experiment)
+        try:
+            data = from_flat(type(exp.data_defaults()), state["data_settings"])
+            opt = from_flat(record_for(spec.optimizer), state["optimizer_settings"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise checkpoint.CheckpointError(f"{ckpt}: its settings do not fit experiment "
+                                             f"{spec.experiment!r} ({err})") from None
+        _check_overrides(exp, spec.optimizer, data, opt, expect.get("overrides") or {})
+        run = _Run(spec, exp, data, opt)
+        try:
+            run.load(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise checkpoint.CheckpointError(f"{ckpt}: does not fit this run ({err})") from None
+        n_steps = len(read_results(path).steps.get("step", []))
+        if n_steps < run.step:
+            raise checkpoint.CheckpointError(
+                f"{ckpt} is at step {run.step} but {path} holds {n_steps} committed steps: "
+                "the checkpoint belongs to another results file")
+        writer = ResultsWriter(path, {}, mode="append")
+        try:
+            # keep what the checkpoint covers; cut only rows written after it
+            writer.truncate(run.step, min(run.n_evals, writer.n_rows("eval")))
+            run.n_evals = writer.n_rows("eval")
+            resumes = list(read_results(path).attrs.get("resumes") or [])
+            resumes.append({"at_step": run.step, "device": spec.device, "changes": changes,
+                            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                                timespec="seconds")})
+            writer.set_attrs(status=STATUS_RUNNING, resumes=resumes,
+                             spec=dataclasses.asdict(spec), device=str(run.device))
+        except OSError as err:
+            writer.close()
+            raise _disk_error(err, "reopening the results file", path, run, run.step) from None
+        return _loop(run, writer, path, lock, ckpt_step=run.step)
+    finally:
+        lock.release()
+
+
+def _saved_spec(state: dict[str, Any], ckpt: Path) -> RunSpec:
+    try:
+        saved = {k: v for k, v in state["spec"].items() if k != "resume"}
+        return RunSpec(**saved)
+    except (KeyError, TypeError, ValueError) as err:
+        raise checkpoint.CheckpointError(f"{ckpt}: its run specification is unreadable "
+                                         f"({err})") from None
+
+
+#: what a resume may change (applied and recorded) and what it must match
+_MAY_CHANGE = ("device", "eval_every", "checkpoint_every", "save_quadratics_every")
+_MUST_MATCH = ("experiment", "optimizer", "seed", "dtype")
+
+
+def _check_resume(saved: RunSpec, expect: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(expect) - set(_MAY_CHANGE) - set(_MUST_MATCH) - {"overrides", "out"})
+    if unknown:
+        raise InputError(f"resume: unknown arguments {unknown}")
+    if expect.get("out") is not None:
+        raise InputError(f"--out: a resumed run stays in its folder; drop --out (got "
+                         f"{expect['out']!r})")
+    for key in _MUST_MATCH:
+        value = expect.get(key)
+        if value is not None and value != getattr(saved, key):
+            raise InputError(f"--resume: the run has {key} {getattr(saved, key)!r}, the "
+                             f"command asks for {value!r}; start a new run to change it")
+    return {k: expect[k] for k in _MAY_CHANGE if expect.get(k) is not None}
+
+
+def _check_overrides(exp: Experiment, optimizer: str, data: Any, opt: Any,
+                     overrides: dict[str, Any]) -> None:
+    """``--set`` on resume: accepted when it equals the run's setting, else refused."""
+    if not overrides:
+        return
+    asked = apply_overrides((data, opt), overrides, f"{exp.name} with {optimizer}")
+    have = {**flat(data), **flat(opt)}
+    got = {**flat(asked[0]), **flat(asked[1])}
+    diff = sorted(k for k in overrides if got[k] != have[k])
+    if diff:
+        raise InputError("--set on --resume: the run was made with " + ", ".join(
+            f"{k}={have[k]!r} (asked {got[k]!r})" for k in diff)
+            + "; settings are fixed for a run: start a new run to change them")
+
+
+def _loop(run: _Run, writer: ResultsWriter, path: Path, lock: RunLock,
+          ckpt_step: int | None) -> Path:
     spec = run.spec
-    hook = _quadratic_saver(run, writer) if (spec.save_quadratics_every and
-                                              isinstance(run.runner, HFRunner)) else None
+    hook = _quadratic_saver(run, writer) if spec.save_quadratics_every else None
     bar = None if spec.quiet else _progress(spec)
     ckpt = path.with_name("checkpoint.pt")
+    what = "writing the results"
     try:
         if run.step == 0 and run.n_evals == 0:
             writer.append_eval(run.evaluate())
         while not run.done():
             save_q = hook if hook and run.step % spec.save_quadratics_every == 0 else None
+            what = "writing the results"
             row = run.runner.step(save_q)
             run.step += 1
             run.seconds += float(row["seconds"])
             run.grad_equiv += float(row["grad_equiv"])
+            run.stopped = run.runner.stop_reason
             writer.append_step(row)
             if run.step % spec.eval_every == 0 or run.done():
                 writer.append_eval(run.evaluate())
             if run.step % spec.checkpoint_every == 0 or run.done():
+                what = "writing the checkpoint"
                 checkpoint.save(ckpt, run.checkpoint_state())
+                ckpt_step = run.step
             if bar is not None:
                 # never past the total: tqdm drops an overshot total, breaking our bar_format
                 bar.update(min(_progress_units(spec, row), max(0.0, bar.total - bar.n)))
                 bar.set_postfix(run.runner.postfix(row), refresh=False)
+        what = "writing the final parameters"
         writer.save_params("final", {k: v.detach().cpu() for k, v in
                                      run.model.state_dict().items()})
-        writer.set_attrs(status="finished", steps_done=run.step)
+        status = STATUS_FINISHED if run.stopped is None else f"{STATUS_FINISHED}: {run.stopped}"
+        writer.set_attrs(status=status, steps_done=run.step)
+    except OSError as err:
+        _mark_failed(writer, run, f"failed: {what} ({os.strerror(err.errno or 0) or err})")
+        raise _disk_error(err, what, path, run, ckpt_step) from None
+    except BaseException as err:
+        _mark_failed(writer, run, f"stopped: {type(err).__name__}")
+        raise
     finally:
         if bar is not None:
             bar.close()
         writer.close()
+    if run.stopped is not None:
+        log.info("stopped early at step %d: %s", run.step, run.stopped)
     log.info("results in %s", path)
     return path
+
+
+def _mark_failed(writer: ResultsWriter, run: _Run, status: str) -> None:
+    """Record that the run did not finish, if the file still takes a write."""
+    with contextlib.suppress(Exception):
+        writer.set_attrs(status=status, steps_done=min(run.step, writer.n_rows("steps")))
 
 
 def _progress(spec: RunSpec) -> Any:
@@ -267,3 +465,4 @@ def _progress_units(spec: RunSpec, row: dict) -> float:
     if spec.seconds is not None:
         return float(row["seconds"])
     return float(row["grad_equiv"])
+

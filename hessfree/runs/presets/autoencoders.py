@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from hessfree import _checks, models
-from hessfree.curvature import losses
 from hessfree import data as hdata
+from hessfree.curvature import losses
 from hessfree.hf import HFConfig
 from hessfree.models.init import sparse_init_
 from hessfree.runs.experiment import Dataset, Experiment
