@@ -50,7 +50,6 @@ def check_image_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLi
     Returns:
         The image format.
     """
-    fmt = image_format(path, name)
     out = Path(path)
     if out.exists():
         if out.is_dir():
@@ -66,7 +65,7 @@ def check_image_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLi
         if _is_hdf5(out):
             raise InputError(f"{name}: {out} is an existing HDF5 file (results are never "
                              "overwritten); choose another output name")
-    return fmt
+    return image_format(path, name)
 
 
 def save_figure(fig: Any, path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (),

@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hessfree import _checks, schedules
+from hessfree._checks import all_finite
 from hessfree.errors import InputError, InputTypeError
 from hessfree.schedules import Constant
 
@@ -74,18 +75,28 @@ class CM(Optimizer):
     update). ``state_dict()`` holds the velocities ``v``, the groups (``lr``, ``schedule``) and the
     counters, so ``load_state_dict`` resumes exactly.
 
+    Non-finite gradients: by default, as every ``torch.optim`` optimizer, a NaN or infinite
+    gradient is applied as it is, and NaN enters the velocities and parameters. With
+    ``skip_non_finite=True`` such an update is rejected instead: parameters, velocities and the
+    schedule's clock stay exactly as they were and :attr:`rejected` counts it (the trainer's
+    runner rejects such updates the same way and records them).
+
     Args:
         params: parameters or parameter groups (a group may set its own ``lr``/``schedule``).
         lr: the learning rate ε (> 0).
         schedule: μ as a number in [0, 1] or a callable ``t -> μ_t`` (e.g.
             :class:`SutskeverSchedule`; use picklable schedules if the state is saved to disk).
+        skip_non_finite: reject updates whose gradient is not finite (see above).
     """
 
     nesterov = False
 
-    def __init__(self, params: Iterable[Any], lr: float, schedule: Any = 0.9) -> None:
+    def __init__(self, params: Iterable[Any], lr: float, schedule: Any = 0.9,
+                 skip_non_finite: bool = False) -> None:
         self.t = 0
         self.grads_used = 0
+        self.rejected = 0
+        self.skip_non_finite = _checks.boolean(skip_non_finite, "skip_non_finite")
         super().__init__(params, {"lr": lr, "schedule": schedule})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -124,8 +135,13 @@ class CM(Optimizer):
         # every μ first, so that a bad schedule value leaves all state untouched
         mus = [(_mu(g["schedule"], self.t), _mu(g["schedule"], self.t + 1) if self.nesterov
                 else 0.0) for g in self.param_groups]
-        for group, (mu, mu_next) in zip(self.param_groups, mus):
-            params, grads, bufs = self._gather(group)
+        gathered = [self._gather(group) for group in self.param_groups]
+        self.grads_used += 1
+        if self.skip_non_finite and not all(all_finite(g) for _, grads, _ in gathered
+                                            for g in grads):
+            self.rejected += 1
+            return loss
+        for group, (mu, mu_next), (params, grads, bufs) in zip(self.param_groups, mus, gathered):
             if not params:
                 continue
             lr = group["lr"]
@@ -137,7 +153,6 @@ class CM(Optimizer):
             else:
                 torch._foreach_add_(params, bufs)  # θ ← θ + v (Eq. 2)
         self.t += 1
-        self.grads_used += 1
         return loss
 
     def true_params(self) -> list[Tensor]:
@@ -172,7 +187,8 @@ class CM(Optimizer):
         state = super().state_dict()
         for group in state["param_groups"]:
             group["schedule"] = schedules.to_dict(group["schedule"])
-        state["counters"] = {"t": self.t, "grads_used": self.grads_used}
+        state["counters"] = {"t": self.t, "grads_used": self.grads_used,
+                             "rejected": self.rejected}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -200,6 +216,8 @@ class CM(Optimizer):
         self.t = _checks.integer(counters["t"], "state_dict['counters']['t']", minimum=0)
         self.grads_used = _checks.integer(counters["grads_used"],
                                           "state_dict['counters']['grads_used']", minimum=0)
+        self.rejected = _checks.integer(counters.get("rejected", 0),
+                                        "state_dict['counters']['rejected']", minimum=0)
 
 
 class NAG(CM):
@@ -231,7 +249,8 @@ class SGD(CM):
     Args:
         params: parameters or parameter groups.
         lr: the learning rate ε (> 0).
+        skip_non_finite: reject updates whose gradient is not finite (see :class:`CM`).
     """
 
-    def __init__(self, params: Iterable[Any], lr: float) -> None:
-        super().__init__(params, lr, schedule=0.0)
+    def __init__(self, params: Iterable[Any], lr: float, skip_non_finite: bool = False) -> None:
+        super().__init__(params, lr, schedule=0.0, skip_non_finite=skip_non_finite)

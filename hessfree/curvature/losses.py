@@ -135,7 +135,11 @@ class MatchingLoss(_Reduced):
             return self._prepare(outputs.detach(), values, mask, scale)
 
     def check(self, outputs: Tensor, values: Tensor, mask: Tensor | None) -> None:
-        """Raise ``ValueError`` when targets or mask do not fit the outputs."""
+        """Raise ``InputError`` when targets or mask do not fit the outputs or the loss.
+
+        One pass of cheap reductions per batch (called when a batch is evaluated or an operator
+        is set up, never per product).
+        """
         if outputs.dim() < 1:
             raise InputError("outputs: expected at least one (case) dimension, got a scalar")
         if values.shape != outputs.shape:
@@ -143,7 +147,14 @@ class MatchingLoss(_Reduced):
                 f"targets: expected shape {tuple(outputs.shape)} (the model's outputs) for "
                 f"{type(self).__name__}, got {tuple(values.shape)}"
             )
+        if not values.is_floating_point():
+            raise InputError(f"targets: expected floating-point values for "
+                             f"{type(self).__name__}, got {values.dtype}")
+        self._check_domain(values)
         _check_mask(outputs, mask)
+
+    def _check_domain(self, values: Tensor) -> None:
+        """Targets outside the loss's domain (a subclass's rule; MSE takes any real)."""
 
     def _elementwise(self, z: Tensor, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -153,11 +164,37 @@ class MatchingLoss(_Reduced):
 
 
 def _check_mask(outputs: Tensor, mask: Tensor | None) -> None:
-    if mask is not None and mask.shape != outputs.shape[:-1]:
+    if mask is None:
+        return
+    if mask.shape != outputs.shape[:-1]:
         raise InputError(
             f"targets mask: expected shape {tuple(outputs.shape[:-1])} (outputs.shape[:-1]), "
             f"got {tuple(mask.shape)}"
         )
+    if mask.numel() and bool((mask < 0).any()):
+        raise InputError("targets mask: expected weights >= 0, got negative values")
+
+
+def _check_unit_interval(values: Tensor, what: str) -> None:
+    if values.numel() and (float(values.min()) < 0 or float(values.max()) > 1):
+        raise InputError(f"targets: {what} expects values in [0, 1], got values in "
+                         f"[{float(values.min()):.4g}, {float(values.max()):.4g}]")
+
+
+def _check_distributions(values: Tensor, mask: Tensor | None) -> None:
+    """Soft targets are distributions over the last dimension (where the mask is on)."""
+    _check_unit_interval(values, "CrossEntropy with soft targets")
+    if not values.numel():
+        return
+    sums = values.sum(-1)
+    tol = max(1e-4, 10 * torch.finfo(values.dtype).eps * values.shape[-1])
+    off = (sums - 1).abs() > tol
+    if mask is not None:
+        off &= mask > 0
+    if bool(off.any()):
+        bad = float(sums[off].flatten()[0])
+        raise InputError(f"targets: CrossEntropy's soft targets must sum to 1 over the classes "
+                         f"(last dimension), got a sum of {bad:.4g}")
 
 
 def _weights(mask: Tensor | None, scale: float) -> Tensor | float:
@@ -198,6 +235,10 @@ class BCEWithLogits(MatchingLoss):
     """
 
     name = "bce"
+
+    def _check_domain(self, values: Tensor) -> None:
+        """Targets are probabilities: in [0, 1]."""
+        _check_unit_interval(values, "BCEWithLogits")
 
     def _elementwise(self, z: Tensor, t: Tensor) -> Tensor:
         return F.softplus(z) - t * z
@@ -248,6 +289,11 @@ class CrossEntropy(MatchingLoss):
                 f"targets: expected class indices of shape {tuple(outputs.shape[:-1])} or "
                 f"probabilities of shape {tuple(outputs.shape)}, got {tuple(values.shape)}"
             )
+        elif not values.is_floating_point():
+            raise InputError(f"targets: expected class indices (integers) or probabilities "
+                             f"(floating point), got {values.dtype}")
+        else:
+            _check_distributions(values, mask)
         _check_mask(outputs, mask)
 
     def _soft(self, z: Tensor, t: Tensor) -> Tensor:

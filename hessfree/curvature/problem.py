@@ -28,8 +28,8 @@ _TRAIN_MODE_MODULES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._Batc
 class Problem:
     """A model, a matching loss on its pre-nonlinearity outputs, and L2 weight decay.
 
-    The objective is ``f(θ) = loss(model(θ, x), t) + weight_decay/2 · ||θ||²`` (Martens 2010
-    §2.6 code adds the weight cost to the objective and its curvature, biases included).
+    The objective is ``f(θ) = loss(model(θ, x), t) + weight_decay/2 · ||θ||²`` ([HFDemo]
+    adds the weight cost to the objective and its curvature, biases included).
 
     Args:
         model: an ``nn.Module`` (called as ``model(inputs)`` or ``model(*inputs)`` through
@@ -80,9 +80,14 @@ class Problem:
         return params
 
     def resolve_params(self, params: Any = None) -> dict[str, Tensor]:
-        """``params`` as a ``{name: tensor}`` dict (``None``: the module's trainable ones)."""
+        """``params`` as a ``{name: tensor}`` dict (``None``: the module's trainable ones).
+
+        Every tensor must be real floating point (one dtype and device). For a module, the names
+        must be names of its parameters, with their shapes: a tensor the model does not use would
+        get a zero gradient and never move.
+        """
         if params is None:
-            return self.parameters()
+            return self._checked(self.parameters())
         if isinstance(params, Mapping):
             out = dict(params)
         elif isinstance(params, (list, tuple)):
@@ -100,20 +105,47 @@ class Problem:
             raise InputTypeError(f"params: expected a dict or list of tensors, got {type(params)}")
         if not out:
             raise InputError("params: expected at least one trainable parameter, got none")
+        if self.is_module:
+            own = dict(self.model.named_parameters())
+            unknown = [n for n in out if n not in own]
+            if unknown:
+                raise InputError(
+                    f"params: {unknown} are not parameters of the model, which would not use "
+                    f"them; its parameters are {list(own)}")
+            for n, p in out.items():
+                if isinstance(p, Tensor) and p.shape != own[n].shape:
+                    raise InputError(f"params[{n!r}]: expected the shape of the model's "
+                                     f"parameter {tuple(own[n].shape)}, got {tuple(p.shape)}")
+        return self._checked(out)
+
+    @staticmethod
+    def _checked(out: dict[str, Tensor]) -> dict[str, Tensor]:
         for n, p in out.items():
             if not isinstance(p, Tensor) or not p.is_floating_point():
-                raise InputTypeError(f"params[{n!r}]: expected a floating-point tensor")
+                what = p.dtype if isinstance(p, Tensor) else type(p).__name__
+                raise InputTypeError(f"params[{n!r}]: expected a real floating-point tensor, "
+                                     f"got {what}")
         ParamLayout.from_params(out)  # one dtype and device
         return out
 
     def forward(self, params: Mapping[str, Tensor], inputs: Any, return_hidden: bool = False,
                 ) -> Any:
-        """Model outputs (logits) at ``params``; with ``return_hidden``, ``(outputs, hidden)``."""
+        """Model outputs (logits) at ``params``; with ``return_hidden``, ``(outputs, hidden)``.
+
+        A model that fails on the inputs (e.g. a batch of the wrong width) raises
+        :class:`~hessfree.errors.InputError` naming the input shapes, the model's error chained.
+        """
         kwargs = {"return_hidden": True} if return_hidden else {}
-        if self.is_module:
-            args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-            return functional_call(self.model, dict(params), args, kwargs)
-        return self.model(params, inputs, **kwargs)
+        try:
+            if self.is_module:
+                args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+                return functional_call(self.model, dict(params), args, kwargs)
+            return self.model(params, inputs, **kwargs)
+        except RuntimeError as err:
+            shapes = [tuple(t.shape) for t in leaves(inputs)]
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise InputError(f"batch: the model failed on inputs of shape {shapes}: {first}") \
+                from err
 
     def check_modes(self) -> None:
         """Reject modules whose forward pass differs between calls or couples the cases."""

@@ -77,10 +77,24 @@ def write_attrs(f: h5py.File, attrs: Mapping[str, Any], own: bool = False) -> No
 
 
 def read_attrs(f: h5py.File) -> dict[str, Any]:
-    """Root attributes, JSON ones decoded."""
-    json_names = set(json.loads(f.attrs.get("json_attrs", "[]")))
-    items = ((k, v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items())
-    return {k: json.loads(v) if k in json_names else v for k, v in items if k != "json_attrs"}
+    """Root attributes, JSON ones decoded (ResultsError naming an attribute that is not JSON)."""
+    try:
+        json_names = set(json.loads(f.attrs.get("json_attrs", "[]")))
+    except (TypeError, ValueError):
+        raise ResultsError(f"{f.filename}: attribute 'json_attrs' is not a JSON list") from None
+    out = {}
+    for k, v in f.attrs.items():
+        if k == "json_attrs":
+            continue
+        v = v.item() if isinstance(v, np.generic) else v
+        if k in json_names:
+            try:
+                v = json.loads(v)
+            except (TypeError, ValueError) as err:
+                raise ResultsError(f"{f.filename}: attribute {k!r} is not valid JSON ({err})") \
+                    from None
+        out[k] = v
+    return out
 
 
 def open_results(path: str | os.PathLike, mode: str) -> h5py.File:

@@ -38,6 +38,7 @@ import datetime
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ import torch
 
 from hessfree.errors import InputError, InputTypeError
 from hessfree._version import __version__
+from hessfree.runs.lock import is_live
 from hessfree.runs.h5file import (
     FORMAT,
     SCHEMA_VERSION,
@@ -155,8 +157,8 @@ def _table_len(group: h5py.Group) -> int:
     return min([*lengths, int(group.attrs.get("n_rows", min(lengths, default=0)))])
 
 
-def _read_column(ds: h5py.Dataset, n: int) -> np.ndarray:
-    """``ds[:n]``, or its longest readable prefix (logged) if a killed run damaged the rest."""
+def _read_column(ds: h5py.Dataset, n: int, damaged: list[str]) -> np.ndarray:
+    """``ds[:n]``, or its longest readable prefix (noted in ``damaged``) when the rest fails."""
     def read(m: int) -> np.ndarray:
         return ds.asstr()[:m] if h5py.check_string_dtype(ds.dtype) else ds[:m]
 
@@ -170,16 +172,16 @@ def _read_column(ds: h5py.Dataset, n: int) -> np.ndarray:
                 good = len(read(mid))
             except OSError:
                 bad = mid
-        log.warning("%s: %s is readable up to row %d of %d only (%s)", ds.file.filename,
-                    ds.name, good, n, e)
+        damaged.append(f"{ds.name} is readable up to row {good} of {n} only ({e})")
         return read(good)
 
 
-def _read_table(group: h5py.Group | None) -> dict[str, np.ndarray]:
+def _read_table(group: h5py.Group | None, damaged: list[str]) -> dict[str, np.ndarray]:
     if group is None:
         return {}
     n = _table_len(group)
-    columns = {k: _read_column(group[k], n) for k in json.loads(group.attrs.get("fields", "[]"))}
+    columns = {k: _read_column(group[k], n, damaged)
+               for k in json.loads(group.attrs.get("fields", "[]"))}
     n = min((len(c) for c in columns.values()), default=0)
     return {k: c[:n] for k, c in columns.items()}
 
@@ -351,16 +353,37 @@ def _upgrade_v1(steps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return steps
 
 
-def read_results(path: str | os.PathLike) -> RunResults:
-    """Read a results file (ResultsError if it is not one, or of a newer schema version)."""
+def _read_once(path: str | os.PathLike, damaged: list[str]) -> RunResults:
     with open_results(path, "r") as f:
         params, quads = f.get("params", {}), f.get("quadratics", {})
-        steps = _read_table(f.get("steps"))
+        steps = _read_table(f.get("steps"), damaged)
         if int(f.attrs.get("schema_version", SCHEMA_VERSION)) < 2:
             steps = _upgrade_v1(steps)
         return RunResults(Path(path), read_attrs(f), steps,
-                          _read_table(f.get("eval")), [k for k in params if k[0] != "."],
+                          _read_table(f.get("eval"), damaged), [k for k in params if k[0] != "."],
                           sorted(quads, key=lambda k: (len(k), k)))
+
+
+def read_results(path: str | os.PathLike, retries: int = 3) -> RunResults:
+    """Read a results file (ResultsError if it is not one, or of a newer schema version).
+
+    A column whose end cannot be read is cut to its readable prefix. While another process
+    writes the run (its lock is live), such a read is retried on a fresh open up to ``retries``
+    times (the writer may have been moving an index) and an incomplete read is logged at INFO
+    level; for a run nobody writes (a killed run) the damaged tail is logged as a warning.
+    """
+    for attempt in range(retries + 1):
+        damaged: list[str] = []
+        res = _read_once(path, damaged)
+        if not damaged:
+            return res
+        live = is_live(Path(path).parent)
+        if not live or attempt == retries:
+            break
+        time.sleep(0.05 * (attempt + 1))
+    for line in damaged:
+        log.log(logging.INFO if live else logging.WARNING, "%s: %s", path, line)
+    return res
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ objective its next update minimises, and saves and restores its whole state.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from typing import Any, ContextManager, Protocol
@@ -186,8 +187,8 @@ class MomentumRunner:
         n = self.settings.batch_size
         batch = self.drawer.minibatch(self._t, n, GRADIENT)
         value, grad = self.problem.value_and_grad(self.params, batch)
-        ok = all_finite(grad) and value == value and abs(value) != float("inf")
-        mu = float(self.schedule(self._t))
+        ok = math.isfinite(value) and all_finite(grad)
+        mu = float(self.schedule(self.opt.t))  # the optimizer's clock (rejections do not tick)
         if ok:
             sizes = [p.numel() for p in self.params.values()]
             for p, g in zip(self.params.values(), torch.split(grad, sizes)):

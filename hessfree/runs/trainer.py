@@ -173,7 +173,7 @@ class _Run:
                 or (s.budget is not None and self.grad_equiv >= s.budget))
 
     def evaluate(self) -> dict[str, Any]:
-        with self.runner.evaluation_context():
+        with self.runner.evaluation_context(), torch.no_grad():
             n = self.data_settings.eval_cases or None
             train = self.data.train if n is None else batches.split(self.data.train, n)[0]
             objective = self.runner.objective
