@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hessfree.errors import InputError
 from hessfree import _checks
 from hessfree.batches import Batch, split, take
+from hessfree.errors import InputError
 from hessfree.hf.phases import BatchSpec
 from hessfree.runs.experiment import Dataset
 

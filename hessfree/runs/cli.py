@@ -175,8 +175,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import h5py
 
     from hessfree import quadratic
-    from hessfree.runs import experiments
     from hessfree._files import check_image_output
+    from hessfree.runs import experiments
 
     path, group = _split_quadratic_arg(args.quadratic)
     if not Path(path).is_file():

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessfree.errors import InputError, InputTypeError
 from hessfree import batches
 from hessfree.batches import Batch
+from hessfree.errors import InputError, InputTypeError
 from hessfree.runs.settings import (
     OPTIMIZERS,
     DataSettings,

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hessfree.errors import InputError
 from hessfree._files import check_image_output, save_figure
+from hessfree.errors import InputError
 from hessfree.runs.results import RunResults, read_results
 
 __all__ = ["X_AXES", "Y_AXES", "plot_runs"]

@@ -48,9 +48,8 @@ import h5py
 import numpy as np
 import torch
 
-from hessfree.errors import InputError, InputTypeError
 from hessfree._version import __version__
-from hessfree.runs.lock import is_live
+from hessfree.errors import InputError, InputTypeError
 from hessfree.runs.h5file import (
     FORMAT,
     SCHEMA_VERSION,
@@ -60,6 +59,7 @@ from hessfree.runs.h5file import (
     read_attrs,
     write_attrs,
 )
+from hessfree.runs.lock import is_live
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "ResultsError", "ResultsWriter", "RunRecord", "RunResults",
            "list_runs", "read_results"]

@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
-from hessfree.errors import InputError, InputTypeError
 from hessfree import _checks
+from hessfree.errors import InputError, InputTypeError
 from hessfree.hf import HFConfig
 from hessfree.hf.phases import BatchSpec, Phase, PhaseSchedule
 from hessfree.schedules import Constant, InverseDecay, Piecewise, RNNSchedule, SutskeverSchedule
