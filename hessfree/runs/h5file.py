@@ -61,8 +61,9 @@ def _encode_attr(name: str, value: Any) -> tuple[Any, bool]:
     try:
         return json.dumps(value), True
     except (TypeError, ValueError) as e:
-        raise InputTypeError(f"attribute {name!r}: expected str/int/float/bool or a JSON-serialisable "
-                        f"value, got {type(value).__name__} ({e})") from None
+        raise InputTypeError(f"attribute {name!r}: expected str/int/float/bool or a "
+                             f"JSON-serialisable value, got {type(value).__name__} ({e})") \
+            from None
 
 
 def write_attrs(f: h5py.File, attrs: Mapping[str, Any], own: bool = False) -> None:

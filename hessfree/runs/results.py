@@ -1,4 +1,4 @@
-"""One HDF5 file per run: its schema, writer and reader (``docs/architecture.md``, "Results in HDF5").
+"""One HDF5 file per run: its schema, writer and reader (``docs/architecture.md``, "Results").
 
 Schema version 2 (``runs/<experiment>/<optimizer>-<timestamp>/results.h5``; the trainer picks the
 path):
@@ -104,8 +104,8 @@ class _Table:
     def _create(self, row: Mapping[str, Any]) -> None:
         for k, v in row.items():
             if _kind(v) is None:
-                raise InputTypeError(f"{self.group.name}/{k}: expected float, int, bool or str, got "
-                                f"{type(v).__name__}")
+                raise InputTypeError(f"{self.group.name}/{k}: expected float, int, bool or str, "
+                                     f"got {type(v).__name__}")
         for k, v in row.items():
             self.group.create_dataset(k, shape=(0,), maxshape=(None,), chunks=(_CHUNK_ROWS,),
                                       dtype=_DTYPES[_kind(v)])
