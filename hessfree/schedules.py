@@ -18,6 +18,7 @@ cannot be saved).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -251,5 +252,9 @@ def from_dict(value: Any) -> Any:
         for key in ("boundaries", "values"):
             if key in kw:
                 kw[key] = tuple(kw[key])
+        missing = sorted(f.name for f in fields(cls) if f.name not in kw
+                         and f.default is dataclasses.MISSING)
+        if missing:
+            raise InputError(f"schedule {name}: missing fields {missing}")
         return cls(**kw)
     return value

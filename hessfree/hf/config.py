@@ -202,7 +202,8 @@ def _check(cfg: HFConfig) -> None:
         raise InputError(f"lambda_max: expected >= lambda_min ({cfg.lambda_min}), "
                          f"got {cfg.lambda_max}")
     if not cfg.lambda_min <= cfg.initial_lambda <= cfg.lambda_max:
-        raise InputError("initial_lambda: expected within [lambda_min, lambda_max]")
+        raise InputError(f"initial_lambda: expected within [lambda_min, lambda_max] = "
+                         f"[{cfg.lambda_min:g}, {cfg.lambda_max:g}], got {cfg.initial_lambda!r}")
     lo, hi = cfg.lm_lower, cfg.lm_upper
     if not (_real(lo) and _real(hi) and 0 < lo <= hi):
         raise InputError(f"lm_lower/lm_upper: expected 0 < lm_lower <= lm_upper, got {lo!r} and "

@@ -91,6 +91,9 @@ class BatchDrawer:
         return (x if isinstance(x, Tensor) else x[0]).device
 
     def _sampler(self, role: int, size: int) -> EpochSampler:
+        if size > self.n:
+            raise InputError(f"batch_size: a minibatch of {size} cases is larger than the "
+                             f"training set ({self.n} cases)")
         key = f"{role}:{size}"
         if key not in self._samplers:
             self._samplers[key] = EpochSampler(self.n, size, self.seed + role)

@@ -340,6 +340,8 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
         except OSError as err:
             writer.close()
             raise _disk_error(err, "reopening the results file", path, run, run.step) from None
+        if run.done():
+            log.info("%s is already at step %d: the budget asks for nothing more", path, run.step)
         return _loop(run, writer, path, lock, ckpt_step=run.step)
     finally:
         lock.release()

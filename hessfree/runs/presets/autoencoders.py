@@ -18,6 +18,7 @@ from torch import nn
 from hessfree import _checks, models
 from hessfree import data as hdata
 from hessfree.curvature import losses
+from hessfree.errors import InputError
 from hessfree.hf import HFConfig
 from hessfree.models.init import sparse_init_
 from hessfree.runs.experiment import Dataset, Experiment
@@ -46,6 +47,7 @@ class AutoencoderData(DataSettings):
     def __post_init__(self) -> None:
         """Validate."""
         super().__post_init__()
+        _checks.integer(self.n_train, "n_train", minimum=1)
         _checks.number(self.si_scale, "si_scale", 0.0, strict_min=True)
 
 
@@ -78,15 +80,25 @@ def _curves(s: AutoencoderData, seed: int) -> Dataset:
     return Dataset((tr, tr), (te, te))
 
 
+def _at_most(value: int, available: int, name: str, what: str) -> None:
+    if value > available:
+        raise InputError(f"{name}: {what} has {available} cases, asked for {value}")
+
+
 def _mnist(s: AutoencoderData, seed: int) -> Dataset:
     xtr, _, xte, _ = hdata.mnist(s.root or None)
+    _at_most(s.n_train, len(xtr), "n_train", "MNIST's training set")
+    _at_most(s.n_test, len(xte), "n_test", "MNIST's test set")
     xte = xte[: s.n_test or None]
     return Dataset((xtr[: s.n_train],) * 2, (xte, xte))
 
 
 def _faces(s: AutoencoderData, seed: int) -> Dataset:
-    tr = hdata.faces("train", root=s.root or None, seed=seed)[: s.n_train]
-    te = hdata.faces("test", root=s.root or None, seed=seed)[: s.n_test or None]
+    tr = hdata.faces("train", root=s.root or None, seed=seed)
+    te = hdata.faces("test", root=s.root or None, seed=seed)
+    _at_most(s.n_train, len(tr), "n_train", "FACES' training set")
+    _at_most(s.n_test, len(te), "n_test", "FACES' test set")
+    tr, te = tr[: s.n_train], te[: s.n_test or None]
     return Dataset((tr, tr), (te, te))
 
 

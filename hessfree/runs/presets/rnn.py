@@ -57,6 +57,8 @@ class RNNData(DataSettings):
     def __post_init__(self) -> None:
         """Validate."""
         super().__post_init__()
+        _checks.integer(self.n_train, "n_train", minimum=1)
+        _checks.integer(self.n_test, "n_test", minimum=1)
         _checks.integer(self.T, "T", minimum=1)
         _checks.boolean(self.center, "center")
         _checks.integer(self.n_hidden, "n_hidden", minimum=1)

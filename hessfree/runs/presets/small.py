@@ -12,6 +12,7 @@ from torch import nn
 from hessfree import _checks, batches, models
 from hessfree import data as hdata
 from hessfree.curvature import losses
+from hessfree.errors import InputError
 from hessfree.hf import HFConfig
 from hessfree.models.init import esn_init_
 from hessfree.runs.experiment import Dataset, Experiment
@@ -37,6 +38,7 @@ class MLPData(DataSettings):
     def __post_init__(self) -> None:
         """Validate."""
         super().__post_init__()
+        _checks.integer(self.n_train, "n_train", minimum=1)
         _checks.integer(self.n_hidden, "n_hidden", minimum=1)
 
 
@@ -51,6 +53,7 @@ class SequenceData(DataSettings):
     def __post_init__(self) -> None:
         """Validate."""
         super().__post_init__()
+        _checks.integer(self.n_train, "n_train", minimum=1)
         _checks.integer(self.n_hidden, "n_hidden", minimum=1)
 
 
@@ -64,6 +67,9 @@ def _mlp_error(model: nn.Module, batch: Any, s: MLPData) -> float:
 
 def _mlp_data(s: MLPData, seed: int) -> Dataset:
     xtr, ytr, xte, yte = hdata.mnist(s.root or None)
+    if s.n_train > len(xtr):
+        raise InputError(f"n_train: MNIST's training set has {len(xtr)} cases, asked for "
+                         f"{s.n_train}")
     return Dataset((xtr[: s.n_train], ytr[: s.n_train]), (xte, yte))
 
 
