@@ -64,25 +64,30 @@ class Constant:
 
 @dataclass(frozen=True)
 class InverseDecay:
-    """``min(start, scale / (t − t0))`` after ``t0``, ``start`` before ([S13 A.6]).
+    """``min(start, scale / (t − t0))`` from step ``begin`` on, ``start`` before ([S13 A.6]).
 
-    A.6 anneals the CURVES learning rate as ``500/(t − 4000)`` and MNIST's as ``250/t``; the cap
-    ``start`` (1 there) keeps ``ε ≤ 1`` just after ``t0``.
+    A.6 anneals the CURVES learning rate as ``500/(t − 4000)`` from t = 4000 and MNIST's as
+    ``250/t`` once its first 500 updates at ε = 1 are done (``t0=0, begin=500``); the cap
+    ``start`` (1 there) keeps ``ε ≤ 1``. ``begin`` defaults to ``t0``.
     """
 
     scale: float
     t0: int = 0
     start: float = 1.0
+    begin: int | None = None
 
     def __post_init__(self) -> None:
         """Check the arguments."""
         _checks.number(self.scale, "scale", 0.0, strict_min=True)
         _checks.integer(self.t0, "t0", minimum=0)
         _checks.number(self.start, "start", 0.0)
+        if self.begin is not None:
+            _checks.integer(self.begin, "begin", minimum=self.t0)
 
     def __call__(self, t: int) -> float:
         """Value at step ``t``."""
-        if t <= self.t0:
+        begin = self.t0 if self.begin is None else self.begin
+        if t <= begin or t <= self.t0:
             return self.start
         return min(self.start, self.scale / (t - self.t0))
 

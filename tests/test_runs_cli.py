@@ -174,15 +174,18 @@ def test_unreadable_results_file(capsys, tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1
 
 
-def test_momentum_like_switches_to_the_classic_phase(capsys, tmp_path):
-    path = train(capsys, tmp_path, "curves-ae", "--optimizer", "hf-momentum", "--steps", 4,
+def test_momentum_like_runs_the_a6_phases(capsys, tmp_path):
+    path = train(capsys, tmp_path, "curves-ae", "--optimizer", "hf-momentum", "--steps", 6,
                  *SMALL_AE, "--set", "batch_divisor=8", "--set", "cg_max_iters=3",
-                 "--set", "classic_step=2", "--set", "classic_cg_iters=5",
-                 "--set", "classic_weight_decay=0", "--set", "initial_lambda=1.0",
+                 "--set", "minibatch_cg_steps=6", "--set", "full_cg_steps=10",
+                 "--set", "full_cg_iters=5", "--set", "final_cg_steps=5",
+                 "--set", "final_weight_decay=0", "--set", "initial_lambda=1.0",
                  "--set", "grad_chunk=100")
     r = read_results(path)
-    assert list(r.steps["cg_iters"]) == [3, 3, 5, 5]
-    assert list(r.steps["cg_decay"]) == pytest.approx([0.95, 0.95, 0.995, 0.995])
+    assert list(r.steps["phase"]) == [0, 0, 1, 1, 2, 2]  # the last phase goes on past its end
+    assert list(r.steps["cg_iters"]) == [3, 3, 5, 5, 5, 5]
+    assert list(r.steps["cg_decay"]) == pytest.approx([0.95, 0.95] + [0.995] * 4)
+    assert [p["name"] for p in r.attrs["phases"]["phases"]] == ["minibatch", "full", "final"]
     # minibatch of 256/8 = 32 cases (its gradient, then per-case gradients for the
     # preconditioner), then the whole training set for the gradient (in chunks)
     assert list(r.steps["grad_cases"][:2]) == [2 * 32, 2 * 32]

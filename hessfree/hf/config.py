@@ -77,7 +77,9 @@ class HFConfig:
         learning_rate: step size when the line search is off; 1 ([S13 A.6]);
             float or schedule.
         reject_worse: without a line search, reject a step that raises the curvature-batch
-            objective (with one, Armijo decides).
+            objective (with one, Armijo decides); with a check batch, the check-batch objective.
+        reset_on_reject: after a rejected step, start the next CG from ζ times the solution
+            before it, not the rejected one (HFDemo carries the rejected solution: False).
     """
 
     initial_lambda: float = 45.0
@@ -111,6 +113,7 @@ class HFConfig:
     ls_max_tries: int = 60
     learning_rate: Any = 1.0
     reject_worse: bool = True
+    reset_on_reject: bool = False
 
     def __post_init__(self) -> None:
         """Validate every field; raise ``ValueError`` naming the field."""
@@ -225,6 +228,6 @@ def _check(cfg: HFConfig) -> None:
     for name in ("backtrack_batch", "precond_batch"):
         _checks.choice(getattr(cfg, name), name, ("gradient", "curvature"))
     for name in ("rho_damped", "rho_after_backtracking", "cg_fixed_iters", "backtracking",
-                 "preconditioner", "line_search", "reject_worse"):
+                 "preconditioner", "line_search", "reject_worse", "reset_on_reject"):
         _checks.boolean(getattr(cfg, name), name)
     _checks.choice(cfg.backend, "backend", ("auto", *BACKENDS))

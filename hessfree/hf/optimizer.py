@@ -79,6 +79,8 @@ class _StepRecord:
     ls_evals: int = 0
     grad_norm: float = math.nan
     step_norm: float = 0.0
+    check_loss_before: float = math.nan
+    check_loss_after: float = math.nan
     gradients: int = 0
     forwards: int = 0
     products: int = 0
@@ -188,7 +190,7 @@ class HessianFree:
             phases = PhaseSchedule(tuple(phases))
         elif not isinstance(phases, PhaseSchedule):
             raise InputTypeError(f"phases: expected a PhaseSchedule or a list of Phase, got "
-                            f"{type(phases).__name__}")
+                                 f"{type(phases).__name__}")
         self.problem = problem
         self.base_config = config
         self.schedule = phases
@@ -202,6 +204,7 @@ class HessianFree:
         #: the last CG solution (not the backtracked step): ζ times it starts the next CG
         self.last_solution = torch.zeros(self.layout.numel, dtype=self.layout.dtype,
                                          device=self.layout.device)
+        self._solution_before = self.last_solution
         self.history: list[StepStats] = []
         #: why no further step can make progress (None while steps can): the gradient is
         #: exactly zero, or a step that would raise λ past ``lambda_max``
@@ -305,7 +308,8 @@ class HessianFree:
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, grad_batch: Any, curvature_batch: Any = None,
-             on_quadratic: Callable[[Quadratic], None] | None = None) -> StepStats:
+             on_quadratic: Callable[[Quadratic], None] | None = None,
+             check_batch: Any = None) -> StepStats:
         """One outer HF iteration; updates the parameters in place and returns its record.
 
         Args:
@@ -315,9 +319,13 @@ class HessianFree:
                 (Martens: 1/4 of CURVES); ``None``: the gradient batch.
             on_quadratic: called with the step's :class:`~hessfree.Quadratic` (the one
                 :meth:`quadratic` would give) before CG runs, e.g. to save it.
+            check_batch: a batch the step was not fitted to, on which ρ and ``reject_worse``
+                measure the step instead of the curvature batch (two objective evaluations);
+                None: as HFDemo, on the curvature (or backtracking) batch.
         """
         t_start = time.perf_counter()
         cfg, theta = self.config, self._theta()
+        self._solution_before = self.last_solution
         record = _StepRecord(self.t, self.phase_index, self.lam,
                              float(value_at(cfg.cg_decay, self.t)))
         m = self._local_model(theta, grad_batch, curvature_batch, record)
@@ -342,11 +350,16 @@ class HessianFree:
         record.curv_loss_after = bt.value if cfg.backtrack_batch == "curvature" else math.nan
         p_rho, f_rho = (bt.step, bt.value) if cfg.rho_after_backtracking else (res.x, last_value)
         record.model_change = self._model_change(m.G, m.g, p_rho, record, m.n_curv)
+        check = None
+        if check_batch is not None:
+            check = self._check(theta, check_batch, p_rho, record)
+            f_rho, f_ref = record.check_loss_after, record.check_loss_before
         record.rho = reduction_ratio(f_rho, f_ref, record.model_change)
         if not (is_finite(bt.step) and is_finite(bt.value)):
             return self._finish(record, t_start, "non-finite step")
         with _Timer(record, "seconds_linesearch"):
-            size = self._step_size(theta, bt, m, grad_batch, curv_batch, record)
+            size = self._step_size(theta, bt, m, grad_batch, curv_batch, record, check,
+                                   p_rho is bt.step)
         record.loss_after, record.step_size = size.value, size.alpha
         record.ls_evals = size.evaluations
         if size.rejection is None:
@@ -428,8 +441,17 @@ class HessianFree:
         record.product(cases, time.perf_counter() - t0)
         return float(torch.dot(g, p) + 0.5 * torch.dot(p, Bp))
 
+    def _check(self, theta: dict[str, Tensor], batch: Any, step: Tensor,
+               record: _StepRecord) -> tuple[Any, int]:
+        """The objective on the check batch before and after ``step`` (in the record)."""
+        n = sum(c.n for c in as_chunks(batch, "check_batch"))
+        record.check_loss_before = self._value(theta, batch, record, n, step, 0.0)
+        record.check_loss_after = self._value(theta, batch, record, n, step, 1.0)
+        return batch, n
+
     def _step_size(self, theta: dict[str, Tensor], bt: Backtracked, m: _Model, grad_batch: Any,
-                   curv_batch: Any, record: _StepRecord) -> StepSize:
+                   curv_batch: Any, record: _StepRecord, check: tuple[Any, int] | None = None,
+                   checked_bt: bool = True) -> StepSize:
         """The step-size policy of the config: line search, or a fixed rate."""
         cfg = self.config
         bt_on_grad = m.same or cfg.backtrack_batch == "gradient"
@@ -440,6 +462,10 @@ class HessianFree:
         alpha = float(value_at(cfg.learning_rate, self.t))
 
         def compare(a: float) -> tuple[float, float, bool]:
+            if check is not None:  # judged on data the step was not fitted to
+                after = record.check_loss_after if a == 1.0 and checked_bt else \
+                    self._value(theta, check[0], record, check[1], bt.step, a)
+                return after, record.check_loss_before, False
             if a == 1.0:  # the backtracking already evaluated rate 1
                 return bt.value, (m.f0 if bt_on_grad else m.G.value), bt_on_grad
             f_new = self._value(theta, curv_batch, record, m.n_curv, bt.step, a)
@@ -461,6 +487,8 @@ class HessianFree:
                                 f"{cfg.lambda_max:g} (the last step was {reason}, "
                                 f"ρ = {record.rho:.3g})")
         self.lam = lm_update(self.lam, rho, cfg)
+        if not accepted and cfg.reset_on_reject:
+            self.last_solution = self._solution_before  # do not carry a rejected direction
         stats = record.freeze(reason, self.lam, time.perf_counter() - t_start)
         index, steps, cg_steps = self._phase
         self._phase = (index, steps + 1, cg_steps + stats.cg_iters)

@@ -110,6 +110,8 @@ class Phase:
         curvature: the curvature batch (``BatchSpec("same")``: the gradient batch).
         config: the HFConfig of the phase's updates; None: the optimizer's ``config``.
         weight_decay: L2 coefficient of the phase's objective; None: the problem's.
+        check: a batch the step is not fitted to, on which ρ and the rejection test measure it
+            (``HessianFree.step``'s ``check_batch``); None: the curvature batch (HFDemo).
     """
 
     name: str = "main"
@@ -119,6 +121,7 @@ class Phase:
     curvature: BatchSpec = field(default_factory=lambda: BatchSpec("same"))
     config: HFConfig | None = None
     weight_decay: float | None = None
+    check: BatchSpec | None = None
 
     def __post_init__(self) -> None:
         """Check every field."""
@@ -134,12 +137,16 @@ class Phase:
         for role in ("gradient", "curvature"):
             if not isinstance(getattr(self, role), BatchSpec):
                 raise InputTypeError(f"{where}: {role}: expected a BatchSpec, got "
-                                f"{type(getattr(self, role)).__name__}")
+                                     f"{type(getattr(self, role)).__name__}")
         if self.gradient.kind == "same":
             raise InputError(f"{where}: gradient: 'same' is only meaningful for the curvature")
+        if self.check is not None and (not isinstance(self.check, BatchSpec)
+                                       or self.check.kind == "same"):
+            raise InputError(f"{where}: check: expected a BatchSpec of its own cases, got "
+                             f"{self.check!r}")
         if self.config is not None and not isinstance(self.config, HFConfig):
             raise InputTypeError(f"{where}: config: expected an HFConfig, got "
-                            f"{type(self.config).__name__}")
+                                 f"{type(self.config).__name__}")
         if self.weight_decay is not None:
             _checks.number(self.weight_decay, f"{where}: weight_decay", 0.0)
 
@@ -159,16 +166,19 @@ class Phase:
         return {"name": self.name, "steps": self.steps, "cg_steps": self.cg_steps,
                 "gradient": self.gradient.to_dict(), "curvature": self.curvature.to_dict(),
                 "config": None if self.config is None else self.config.to_dict(),
-                "weight_decay": self.weight_decay}
+                "weight_decay": self.weight_decay,
+                "check": None if self.check is None else self.check.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Phase:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         cfg = d.pop("config", None)
+        check = d.pop("check", None)
         return cls(**{**d, "gradient": BatchSpec(**d.get("gradient", {})),
                       "curvature": BatchSpec(**d.get("curvature", {"kind": "same"})),
-                      "config": None if cfg is None else HFConfig.from_dict(cfg)})
+                      "config": None if cfg is None else HFConfig.from_dict(cfg),
+                      "check": None if check is None else BatchSpec(**check)})
 
 
 @dataclass(frozen=True)

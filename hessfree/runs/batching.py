@@ -30,10 +30,10 @@ from hessfree.errors import InputError
 from hessfree.hf.phases import BatchSpec
 from hessfree.runs.experiment import Dataset
 
-__all__ = ["BatchDrawer", "EpochSampler", "GRADIENT", "CURVATURE"]
+__all__ = ["BatchDrawer", "EpochSampler", "CHECK", "CURVATURE", "GRADIENT"]
 
 #: roles of a batch (they seed fresh draws and samplers differently)
-GRADIENT, CURVATURE = 0, 1
+GRADIENT, CURVATURE, CHECK = 0, 1, 2
 
 
 class EpochSampler:

@@ -116,7 +116,7 @@ class Experiment:
                 raise InputError(f"experiment {self.name!r}: settings[{optimizer!r}]: {err}") \
                     from None
         raise InputTypeError(f"experiment {self.name!r}: settings[{optimizer!r}]: expected a "
-                        f"{cls.__name__} or a dict, got {type(given).__name__}")
+                             f"{cls.__name__} or a dict, got {type(given).__name__}")
 
     def settings_for(self, optimizer: str, overrides: Mapping[str, Any] | None = None
                      ) -> tuple[DataSettings, Any]:

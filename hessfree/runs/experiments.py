@@ -31,7 +31,7 @@ def register(factory: Callable[[], Experiment] | Experiment, name: str | None = 
         return factory
     if not callable(factory):
         raise InputTypeError(f"factory: expected an Experiment or a function returning one, got "
-                        f"{type(factory).__name__}")
+                             f"{type(factory).__name__}")
     key = name or getattr(factory, "experiment_name", None) or factory.__name__.replace("_", "-")
     _REGISTRY[key] = factory
     return factory
@@ -49,7 +49,7 @@ def get(name: str) -> Experiment:
     exp = _REGISTRY[name]()
     if not isinstance(exp, Experiment):
         raise InputTypeError(f"experiment {name!r}: its factory returned {type(exp).__name__}, "
-                        "not an Experiment")
+                             "not an Experiment")
     exp.name = name
     return exp
 

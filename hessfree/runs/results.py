@@ -116,7 +116,7 @@ class _Table:
         row = row.as_dict() if hasattr(row, "as_dict") else row
         if not isinstance(row, Mapping) or not row:
             raise InputTypeError(f"{self.group.name}: a row is a non-empty mapping field -> value, "
-                            f"got {type(row).__name__}")
+                                 f"got {type(row).__name__}")
         if not self.names:
             self._create(row)
         elif len(row) != len(self.names) or any(k not in row for k in self.names):
@@ -127,7 +127,7 @@ class _Table:
             got = _kind(row[k])
             if got != kind and (kind, got) != ("f", "i"):
                 raise InputTypeError(f"{self.group.name}/{k} row {self.n}: the column holds "
-                                f"{_KIND_NAMES[kind]}, got {type(row[k]).__name__} {row[k]!r}")
+                                     f"{_KIND_NAMES[kind]}, got {type(row[k]).__name__} {row[k]!r}")
         return row
 
     def write(self, row: Any) -> None:

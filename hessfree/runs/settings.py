@@ -31,7 +31,7 @@ from hessfree import _checks
 from hessfree.errors import InputError, InputTypeError
 from hessfree.hf import HFConfig
 from hessfree.hf.phases import BatchSpec, Phase, PhaseSchedule
-from hessfree.schedules import Constant, InverseDecay, Piecewise, RNNSchedule, SutskeverSchedule
+from hessfree.schedules import Constant, InverseDecay, Ramp, RNNSchedule, SutskeverSchedule
 
 __all__ = [
     "DataSettings",
@@ -233,7 +233,7 @@ def data_settings_from(values: Mapping[str, Any] | DataSettings) -> DataSettings
         return values
     if not isinstance(values, Mapping):
         raise InputTypeError(f"settings['data']: expected a dict or DataSettings, got "
-                        f"{type(values).__name__}")
+                             f"{type(values).__name__}")
     own = [(k, type(v) if v is not None else Any, field(default=v))
            for k, v in values.items() if k not in ("n_train", "n_test", "eval_cases")]
     cls = make_dataclass("UserDataSettings", own, bases=(DataSettings,), frozen=True)
@@ -287,79 +287,143 @@ class HFSettings(Settings):
         return PhaseSchedule.single(grad, curv, self.config)
 
 
+def _scaled(value: int, fraction: float, minimum: int = 0) -> int:
+    """``value · fraction`` rounded, at least ``minimum`` (0 stays 0)."""
+    return 0 if value == 0 else max(minimum, int(round(value * fraction)))
+
+
 @dataclass(frozen=True)
 class MomentumHFSettings(Settings):
-    """The momentum-like HF of [S13 A.6] in a run, as a phase schedule.
+    """The momentum-like HF of [S13 A.6] in a run: three phases, every number from A.6.
 
-    First phase: gradient and curvature on the same minibatch of 1/``batch_divisor`` of the
-    data (or ``batch_size`` cases), the config of :meth:`HFConfig.momentum_like` (50 CG steps,
-    no line search, ε = 1); ζ is raised to ``decay_final`` and ε annealed as
-    ``lr_scale/(t − switch_step)`` from ``switch_step`` on. With ``classic_step > 0`` a second
-    phase starts there: A.6's "more traditional version of HF" — gradient on the whole set,
-    curvature on fixed chunks of the minibatch size, ``classic_cg_iters`` CG steps,
-    ζ = ``classic_decay``, ε = 1 and weight decay ``classic_weight_decay`` when >= 0.
+    1. *minibatch*: gradient and curvature on the same minibatch of 1/``batch_divisor`` of the
+       data (A.6: 1/16 CURVES, 1/20 MNIST), the config of :meth:`HFConfig.momentum_like` (50 CG
+       steps, no line search, ε = 1, ζ = 0.95), for ``minibatch_cg_steps`` CG iterations (A.6:
+       250k for both: CURVES "250k CG steps", MNIST 25k + 225k). ζ is raised "gradually" to
+       ``decay_final`` (0.999 CURVES, 0.995 MNIST) from update ``decay_switch`` (CURVES 4000,
+       MNIST 500) over ``decay_ramp`` updates (A.6 gives no length: 500, our choice, on the
+       log(1 − ζ) scale as μ rises in Eq. 5); ε = min(1, ``lr_scale``/(t − ``lr_origin``)) from
+       update ``lr_begin`` on (CURVES 500/(t − 4000) from 4000; MNIST 250/t from 500).
+    2. *full*: "a more traditional version of HF": gradient on the whole training set,
+       ``full_cg_iters`` CG steps per update (CURVES 200; MNIST: not given, 50 kept),
+       ζ = ``full_decay`` (0.995), ε = 1, curvature on HFDemo's ``numchunks`` chunks
+       (``full_curvature="chunk"``, CURVES: "full-batch mode", our choice of HFDemo's 1/4
+       chunks) or still on minibatches (``"minibatch"``: MNIST, "curvature still on 1/20th"),
+       for ``full_cg_steps`` CG iterations (CURVES 100k, MNIST 125k).
+    3. *final* (CURVES only): as *full* with weight decay ``final_weight_decay`` ("near zero":
+       0, our choice) for ``final_cg_steps`` (500k); 0 drops the phase.
+
+    ``fraction`` scales every length and every time point (phase lengths, ``decay_switch``,
+    ``decay_ramp``, ``lr_origin``, ``lr_begin`` and ``lr_scale``, so ε keeps its shape over the
+    shortened run): the rule of ``hessfree reproduce``; per-update settings (CG steps per
+    update, minibatch size, ζ and ε values, weight decay) are unchanged.
+    ``minibatch_cg_steps = 0`` keeps the first phase forever (generated data, small tasks).
+    ``check`` measures ρ and the rejection test of the first phase on a second minibatch the
+    step was not fitted to (see ``HessianFree.step``'s ``check_batch``).
 
     Attributes:
         config: the first phase's :class:`~hessfree.HFConfig` fields (flattened).
-        weight_decay: L2 coefficient of the objective.
-        batch_divisor / batch_size: the minibatch (``batch_size`` wins when set).
-        decay_final, switch_step, lr_scale: ζ and ε after ``switch_step``.
-        classic_step, classic_cg_iters, classic_decay, classic_weight_decay: the last phase.
-        grad_chunk: cases per memory chunk of whole-set passes.
+        weight_decay: L2 coefficient of the objective (phases 1-2).
     """
 
     config: HFConfig = field(default_factory=HFConfig.momentum_like)
     weight_decay: float = 0.0
+    fraction: float = 1.0
     batch_divisor: int = 16
     batch_size: int | None = None
+    minibatch_cg_steps: int = 250_000
     decay_final: float = 0.999
-    switch_step: int = 4000
+    decay_switch: int = 4000
+    decay_ramp: int = 500
     lr_scale: float = 500.0
-    classic_step: int = 0
-    classic_cg_iters: int = 200
-    classic_decay: float = 0.995
-    classic_weight_decay: float = -1.0
+    lr_origin: int = 4000
+    lr_begin: int = 4000
+    full_cg_steps: int = 100_000
+    full_cg_iters: int = 200
+    full_decay: float = 0.995
+    full_curvature: str = "chunk"
+    numchunks: int = 4
+    final_cg_steps: int = 500_000
+    final_weight_decay: float = 0.0
+    check: bool = False
     grad_chunk: int = GRAD_CHUNK
 
     def __post_init__(self) -> None:
         """Validate."""
         _checks.number(self.weight_decay, "weight_decay", 0.0)
+        _checks.number(self.fraction, "fraction", 0.0, 1.0, strict_min=True)
         _checks.integer(self.batch_divisor, "batch_divisor", minimum=1)
         if self.batch_size is not None:
             _checks.integer(self.batch_size, "batch_size", minimum=1)
-        _checks.probability(self.decay_final, "decay_final")
-        _checks.integer(self.switch_step, "switch_step", minimum=0)
+        for name in ("minibatch_cg_steps", "decay_switch", "decay_ramp", "lr_origin",
+                     "full_cg_steps", "final_cg_steps"):
+            _checks.integer(getattr(self, name), name, minimum=0)
+        _checks.integer(self.lr_begin, "lr_begin", minimum=self.lr_origin)
+        _checks.number(self.decay_final, "decay_final", 0.0, 1.0, strict_max=True)
         _checks.number(self.lr_scale, "lr_scale", 0.0, strict_min=True)
-        _checks.integer(self.classic_step, "classic_step", minimum=0)
-        _checks.integer(self.classic_cg_iters, "classic_cg_iters", minimum=1)
-        _checks.probability(self.classic_decay, "classic_decay")
-        _checks.number(self.classic_weight_decay, "classic_weight_decay", -1.0)
-        if -1.0 < self.classic_weight_decay < 0:
-            raise InputError("classic_weight_decay: expected -1 (keep) or a number >= 0, got "
-                             f"{self.classic_weight_decay}")
+        _checks.integer(self.full_cg_iters, "full_cg_iters", minimum=1)
+        _checks.probability(self.full_decay, "full_decay")
+        _checks.choice(self.full_curvature, "full_curvature", ("chunk", "minibatch"))
+        _checks.integer(self.numchunks, "numchunks", minimum=1)
+        _checks.number(self.final_weight_decay, "final_weight_decay", 0.0)
+        _checks.boolean(self.check, "check")
         _checks.integer(self.grad_chunk, "grad_chunk", minimum=1)
+        if not self.config.cg_fixed_iters:
+            raise InputError("cg_fixed_iters: the momentum-like HF runs a fixed number of CG "
+                             "steps per update (A.6); got False")
+        if callable(self.config.cg_decay) or self.config.cg_decay >= 1:
+            raise InputError("cg_decay: the momentum-like HF ramps ζ itself from this start "
+                             f"value; expected a number < 1, got {self.config.cg_decay!r}")
 
     def phases(self, n_train: int, fresh: bool) -> PhaseSchedule:
-        """The A.6 phases (see the class docstring)."""
+        """The A.6 phases, lengths and time points scaled by ``fraction``."""
+        f = self.fraction
         size = self.batch_size or max(1, n_train // self.batch_divisor)
         minibatch = BatchSpec("minibatch", size=size)
+        check = BatchSpec("minibatch", size=size) if self.check else None
+        switch = _scaled(self.decay_switch, f)
+        zeta0 = float(self.config.cg_decay)
         first = self.config.replace(
-            cg_decay=Piecewise((self.switch_step,), (self.config.cg_decay, self.decay_final)),
-            learning_rate=InverseDecay(self.lr_scale, self.switch_step,
-                                       float(self.config.learning_rate)))
-        if fresh or self.classic_step <= 0:
-            return PhaseSchedule((Phase("minibatch", gradient=minibatch,
-                                        curvature=BatchSpec("same"), config=first),))
-        classic = self.config.replace(cg_max_iters=self.classic_cg_iters,
-                                      cg_decay=self.classic_decay, learning_rate=1.0)
-        wd = self.classic_weight_decay if self.classic_weight_decay >= 0 else None
-        return PhaseSchedule((
-            Phase("minibatch", steps=self.classic_step, gradient=minibatch,
-                  curvature=BatchSpec("same"), config=first),
-            Phase("classic", gradient=BatchSpec("all"),
-                  curvature=BatchSpec("chunk", parts=max(1, n_train // size)), config=classic,
-                  weight_decay=wd),
-        ))
+            cg_decay=Ramp(zeta0, self.decay_final, switch,
+                          switch + _scaled(self.decay_ramp, f), "momentum"),
+            learning_rate=InverseDecay(self.lr_scale * f, _scaled(self.lr_origin, f),
+                                       float(self.config.learning_rate),
+                                       _scaled(self.lr_begin, f)))
+        iters = int(self.config.cg_max_iters)
+        length = _scaled(self.minibatch_cg_steps, f, iters)
+        phase1 = Phase("minibatch", cg_steps=length or None, gradient=minibatch,
+                       curvature=BatchSpec("same"), config=first, check=check)
+        if fresh or not length or not (self.full_cg_steps or self.final_cg_steps):
+            return PhaseSchedule((phase1,))
+        full = self.config.replace(cg_max_iters=self.full_cg_iters, cg_decay=self.full_decay,
+                                   learning_rate=1.0)
+        if self.numchunks > n_train:
+            raise InputError(f"numchunks: expected at most n_train = {n_train} chunks, "
+                             f"got {self.numchunks}")
+        curvature = BatchSpec("chunk", parts=self.numchunks) \
+            if self.full_curvature == "chunk" else minibatch
+        phases = [phase1]
+        if self.full_cg_steps:
+            phases.append(Phase("full", cg_steps=_scaled(self.full_cg_steps, f,
+                                                         self.full_cg_iters),
+                                gradient=BatchSpec("all"), curvature=curvature, config=full))
+        if self.final_cg_steps:
+            phases.append(Phase("final", cg_steps=_scaled(self.final_cg_steps, f,
+                                                          self.full_cg_iters),
+                                gradient=BatchSpec("all"), curvature=curvature, config=full,
+                                weight_decay=self.final_weight_decay))
+        return PhaseSchedule(tuple(phases))
+
+    def total_updates(self, n_train: int) -> int | None:
+        """Updates until the last phase ends (None when the first phase is unbounded)."""
+        schedule = self.phases(n_train, False)
+        if not all(p.bounded for p in schedule.phases):
+            return None
+        total = 0
+        for p in schedule.phases:
+            per = int((p.config or self.config).cg_max_iters)
+            total += -(-int(p.cg_steps) // per)
+        return total
 
 
 @dataclass(frozen=True)

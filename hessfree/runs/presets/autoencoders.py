@@ -102,6 +102,23 @@ def _faces(s: AutoencoderData, seed: int) -> Dataset:
     return Dataset((tr, tr), (te, te))
 
 
+#: [S13 A.6]'s schedules (MomentumHFSettings documents each field); FACES has none published:
+#: ours is MNIST's (a data set of similar size, 1/20 minibatches, weight decay kept)
+A6 = {
+    "curves-ae": {"batch_divisor": 16, "minibatch_cg_steps": 250_000, "decay_final": 0.999,
+                  "decay_switch": 4000, "decay_ramp": 500, "lr_scale": 500.0, "lr_origin": 4000,
+                  "lr_begin": 4000, "full_cg_steps": 100_000, "full_cg_iters": 200,
+                  "full_decay": 0.995, "full_curvature": "chunk", "numchunks": 4,
+                  "final_cg_steps": 500_000, "final_weight_decay": 0.0},
+    "mnist-ae": {"batch_divisor": 20, "minibatch_cg_steps": 250_000, "decay_final": 0.995,
+                 "decay_switch": 500, "decay_ramp": 0, "lr_scale": 250.0, "lr_origin": 0,
+                 "lr_begin": 500, "full_cg_steps": 125_000, "full_cg_iters": 50,
+                 "full_decay": 0.995, "full_curvature": "minibatch", "numchunks": 8,
+                 "final_cg_steps": 0},
+}
+A6["faces-ae"] = {**A6["mnist-ae"], "numchunks": 20}
+
+
 def _autoencoder(name: str, data: Any, preset: str, loss: Any, n_train: int, hf_wd: float,
                  numchunks: int, momentum_hf: dict, desc: str) -> Callable[[], Experiment]:
     def factory() -> Experiment:
@@ -127,14 +144,14 @@ def _autoencoder(name: str, data: Any, preset: str, loss: Any, n_train: int, hf_
 AUTOENCODERS = {
     "curves-ae": _autoencoder(
         "curves-ae", _curves, "curves_autoencoder", losses.BCEWithLogits, 20000, 2e-5, 4,
-        {"batch_divisor": 16, "switch_step": 4000, "lr_scale": 500.0},
+        A6["curves-ae"],
         "CURVES autoencoder 784-400-200-100-50-25-6 (re-generated CURVES), logistic output"),
     "mnist-ae": _autoencoder(
         "mnist-ae", _mnist, "mnist_autoencoder", losses.BCEWithLogits, 60000, 1e-5, 8,
-        {"batch_divisor": 20, "switch_step": 500, "lr_scale": 250.0, "decay_final": 0.995},
+        A6["mnist-ae"],
         "MNIST autoencoder 784-1000-500-250-30 (real MNIST, $HESSFREE_DATA), logistic output"),
     "faces-ae": _autoencoder(
         "faces-ae", _faces, "faces_autoencoder", losses.MSE, 103500, 1e-5, 20,
-        {"batch_divisor": 20},
+        A6["faces-ae"],
         "FACES autoencoder 625-2000-1000-500-30 (re-built from Olivetti), linear output"),
 }

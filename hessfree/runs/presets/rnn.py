@@ -117,7 +117,7 @@ def _task(task: str) -> Callable[[], Experiment]:
                 "hf-momentum": MomentumHFSettings(
                     HFConfig.momentum_like(preconditioner=False, structural_damping=0.03,
                                            initial_lambda=0.01 * n_out),
-                    weight_decay=2e-5, batch_size=100),
+                    weight_decay=2e-5, batch_size=100, minibatch_cg_steps=0),
                 "nag": nag, "cm": nag, "sgd": nag.replace(mu0=0.0, warm_steps=0),
             },
             paper=TABLE5.get(task, {}),

@@ -89,7 +89,7 @@ def _mnist_mlp() -> Experiment:
         settings={"data": MLPData(),
                   "hf": HFSettings(HFConfig(initial_lambda=1.0), numchunks=10),
                   "hf-momentum": MomentumHFSettings(HFConfig.momentum_like(initial_lambda=1.0),
-                                                    batch_divisor=60),
+                                                    batch_divisor=60, minibatch_cg_steps=0),
                   "nag": mom, "cm": mom, "sgd": mom.replace(mu_max=0.0)},
         model_spec=lambda s: {"n_hidden": s.n_hidden})
 
@@ -130,7 +130,8 @@ def _toy_quartic() -> Experiment:
                                    numchunks=1),
                   "hf-momentum": MomentumHFSettings(
                       HFConfig.momentum_like(initial_lambda=1e-3, preconditioner=False,
-                                             cg_max_iters=4), batch_divisor=1),
+                                             cg_max_iters=4), batch_divisor=1,
+                      minibatch_cg_steps=0),
                   "nag": mom, "cm": mom, "sgd": mom.replace(mu_max=0.0)},
         model_spec=lambda s: {})
 
@@ -168,7 +169,8 @@ def _sequence_reversal() -> Experiment:
                                    grad_cases=1000, curv_cases=500),
                   "hf-momentum": MomentumHFSettings(
                       HFConfig.momentum_like(preconditioner=False, initial_lambda=1.0,
-                                             structural_damping=0.03), batch_size=100),
+                                             structural_damping=0.03), batch_size=100,
+                      minibatch_cg_steps=0),
                   "nag": mom, "cm": mom, "sgd": mom.replace(mu0=0.0, warm_steps=0)},
         model_spec=lambda s: {"n_hidden": s.n_hidden})
 
