@@ -51,7 +51,38 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-quadratics-every", type=_int("--save-quadratics-every"),
                    metavar="K", help="HF: save the step's quadratic every K steps")
     p.add_argument("--resume", metavar="PATH", help="continue the run in PATH")
+    p.add_argument("--name", help="the run folder's name (default <optimizer>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("table", help="table1 (deep autoencoders) or table5 (RNN tasks)")
+    p.add_argument("--fraction", type=_float("--fraction"), required=True,
+                   help="fraction of the papers' budget, in (0, 1]")
+    p.add_argument("--experiments", type=_list(str), help="comma-separated subset")
+    p.add_argument("--optimizers", type=_list(str), help="comma-separated subset")
+    p.add_argument("--mu", type=_list(float), help="μ_max (table1) or μ0 (table5) values")
+    p.add_argument("--lrs", type=_list(float), help="learning-rate grid")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--jobs", type=_int("--jobs"), default=1,
+                   help="runs at a time (subprocesses)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue unfinished runs in --out, skip finished ones")
+    p.add_argument("--out", default="reproduce", help="folder for the runs and the summary")
+    p.add_argument("--seed", type=_int("--seed"), default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every run (repeatable)")
+
+
+def _list(kind: type) -> Any:
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") \
+                from None
+    return parse
 
 
 def _int(name: str) -> Any:
@@ -102,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="fig.png", help="the image (.png, .pdf or .svg)")
     p = sub.add_parser("report", help="final errors next to the papers' numbers")
     p.add_argument("results", nargs="+")
+    _reproduce_args(sub.add_parser(
+        "reproduce", help="Table 1 or Table 5 of Sutskever et al. (2013) at a fraction of the "
+        "budget"))
     sub.add_parser("demo", help="GGN products on a small autoencoder, checked against a dense "
                                 "matrix")
     return parser
@@ -154,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"experiment: unknown {args.experiment!r}; valid: "
                          f"{', '.join(experiments.names())}")
     given = {k: getattr(args, k) for k in ("optimizer", "seed", "device", "dtype", "out",
-                                          "eval_every", "checkpoint_every")
+                                          "eval_every", "checkpoint_every", "name")
              if getattr(args, k) is not None}
     spec = RunSpec(experiment=args.experiment, steps=args.steps, seconds=args.seconds,
                    budget=args.budget, overrides=overrides,
@@ -242,6 +276,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run a table's protocol at a fraction of its budget; print the summary."""
+    from hessfree.runs.reproduce import reproduce
+
+    md = reproduce(args.table, args.fraction, out=args.out, experiments_=args.experiments,
+                   optimizers=args.optimizers, mus=args.mu, lrs=args.lrs, device=args.device,
+                   dtype=args.dtype, jobs=args.jobs, resume=args.resume, seed=args.seed,
+                   overrides=_overrides(args.set))
+    print(md.read_text())
+    print(md)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The curvature-product demo."""
     from hessfree.runs.demo import run_demo
@@ -250,7 +297,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "train": cmd_train, "compare": cmd_compare, "plot": cmd_plot,
-            "report": cmd_report, "demo": cmd_demo}
+            "report": cmd_report, "reproduce": cmd_reproduce, "demo": cmd_demo}
 
 
 def _message(err: BaseException) -> str:

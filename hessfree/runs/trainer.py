@@ -82,6 +82,8 @@ class RunSpec:
         checkpoint_every: checkpoint every this many steps (and at the end).
         save_quadratics_every: HF only: save the step's quadratic every K steps.
         quiet: no progress bar.
+        name: the run folder's name under ``<out>/<experiment>/`` (default
+            ``<optimizer>-<timestamp>``); an existing folder of that name is refused.
     """
 
     experiment: str = ""
@@ -98,6 +100,7 @@ class RunSpec:
     checkpoint_every: int = 50
     save_quadratics_every: int | None = None
     quiet: bool = False
+    name: str | None = None
 
     def __post_init__(self) -> None:
         """Check every field once (the CLI and the API alike)."""
@@ -112,6 +115,9 @@ class RunSpec:
             if self.optimizer not in ("hf", "hf-momentum"):
                 raise InputError(f"--save-quadratics-every: only HF builds quadratics; "
                                  f"--optimizer {self.optimizer} has none")
+        if self.name is not None and (not isinstance(self.name, str) or not self.name
+                                      or "/" in self.name or self.name in (".", "..")):
+            raise InputError(f"--name: expected a folder name, got {self.name!r}")
         if not isinstance(self.overrides, dict):
             raise InputError(f"overrides: expected a dict key -> value, got "
                              f"{type(self.overrides).__name__}")
@@ -224,6 +230,13 @@ def _new_run_dir(spec: RunSpec) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise InputError(f"--out: {parent} exists and is not a folder") from None
+    if spec.name is not None:
+        try:
+            (parent / spec.name).mkdir()
+        except FileExistsError:
+            raise InputError(f"--name: {parent / spec.name} exists; continue it with --resume "
+                             "or choose another name") from None
+        return parent / spec.name
     for k in range(10_000):
         path = parent / (f"{spec.optimizer}-{stamp}" + (f"-{k}" if k else ""))
         try:

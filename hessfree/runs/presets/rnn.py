@@ -28,10 +28,21 @@ from hessfree.runs.settings import (
     MomentumSettings,
 )
 
-__all__ = ["RNNData", "RNN_TASKS", "TABLE5"]
+__all__ = ["RNNData", "RNN_TASKS", "TABLE5", "TABLE5_FULL"]
 
 _LOSS = {"linear": losses.MSE, "logistic": losses.BCEWithLogits, "softmax": losses.CrossEntropy}
-#: Table 5 of [S13]: zero-one errors, best µ0 (NAG 0.995) and the biases baseline
+#: Table 5 of [S13], every column (zero-one errors; add/mul look like fractions, the
+#: memorization rows like percentages, docs/references.md [S13 Table 5]); "0.9N" = NAG, μ0 0.9
+TABLE5_FULL = {
+    task: dict(zip(("biases", "0", "0.9N", "0.98N", "0.995N", "0.9M", "0.98M", "0.995M"), row))
+    for task, row in (
+        ("addition", (0.82, 0.39, 0.02, 0.21, 0.00025, 0.43, 0.62, 0.036)),
+        ("multiplication", (0.84, 0.48, 0.36, 0.22, 0.0013, 0.029, 0.025, 0.37)),
+        ("memorization_5bit", (2.5, 1.27, 1.02, 0.96, 0.63, 1.12, 1.09, 0.92)),
+        ("memorization_20bit", (8.0, 5.37, 2.77, 0.0144, 0.00005, 1.75, 0.0017, 0.053)),
+    )
+}
+#: the entries ``hessfree report`` shows beside a run
 TABLE5 = {"addition": {"biases": 0.82, "nag (mu0 0.995)": 0.00025},
           "multiplication": {"biases": 0.84, "nag (mu0 0.995)": 0.0013},
           "memorization_5bit": {"biases": 2.5, "nag (mu0 0.995)": 0.63},

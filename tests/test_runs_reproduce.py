@@ -1,0 +1,114 @@
+"""``hessfree reproduce``: the Table 1 and Table 5 protocols end to end at a tiny fraction."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+from hessfree.errors import InputError
+from hessfree.runs.cli import main
+from hessfree.runs.reproduce import plan
+from hessfree.runs.results import read_results
+
+SMALL_AE = ["--set", "n_train=200", "--set", "n_test=50", "--set", "numchunks=2"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_the_plan_follows_the_fraction_rule():
+    jobs = plan("table1", 0.01, ["curves-ae"])
+    by_cell = {}
+    for j in jobs:
+        by_cell.setdefault(j.cell, []).append(j)
+    assert set(by_cell) == {"0", "0.9N", "0.99N", "0.995N", "0.999N", "0.9M", "0.99M",
+                            "0.995M", "0.999M", "HF*", "HF†"}
+    assert all(len(by_cell[c]) == 6 for c in by_cell if c not in ("HF*", "HF†"))
+    nag = by_cell["0.999N"][0]
+    assert nag.steps == 7500 and nag.overrides["batch_size"] == 200
+    assert nag.overrides["mu_max"] == 0.999 and nag.overrides["final_steps"] == 10
+    (hf,) = by_cell["HF*"]
+    assert hf.budget == pytest.approx(7500 * 200 / 20000)  # NAG's gradient-equivalents
+    (hfm,) = by_cell["HF†"]
+    assert hfm.steps == 80 and hfm.overrides["fraction"] == 0.01  # A.6's CG totals · f
+    t5 = plan("table5", 0.1, ["addition"], ["nag", "hf"], [0.995], [1e-4])
+    assert [(j.cell, j.steps) for j in t5 if j.optimizer == "nag"] == [("0.995N", 5000)]
+    assert t5[0].overrides["schedule"] == "rnn" and t5[0].overrides["mu0"] == 0.995
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("table3", 0.1), "table: expected one of"),
+    (("table1", 0.0), "--fraction: expected a finite number in (0, 1]"),
+    (("table1", 2.0), "--fraction"),
+    (("table1", 0.1, ["addition"]), "--experiments: 'addition' is not in table1"),
+    (("table5", 0.1, None, ["hf-momentum"]), "--optimizers: 'hf-momentum' is not in table5"),
+    (("table1", 0.1, None, None, [1.5]), "--mu"),
+])
+def test_bad_plans_are_refused(args, needle):
+    with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        plan(*args)
+
+
+def test_a_setting_no_run_has_is_refused():
+    with pytest.raises(InputError, match=r"no run of table1 has the setting\(s\) \['T'\]"):
+        plan("table1", 0.01, ["curves-ae"], overrides={"T": 5})
+
+
+def test_table1_end_to_end_at_a_tiny_fraction(capsys, tmp_path):
+    out = tmp_path / "t1"
+    code, stdout, err = run(capsys, "reproduce", "table1", "--fraction", "1e-5",
+                            "--experiments", "curves-ae", "--mu", "0.99", "--lrs", "0.01,0.005",
+                            "--out", out, *SMALL_AE)
+    assert code == 0, err
+    md = (out / "summary.md").read_text()
+    assert "| experiment | 0 | 0.99N | 0.99M | HF† | HF* |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| curves-ae |"))
+    assert "(0.48)" in row and "(0.096)" in row and "(0.058)" in row and "(0.11)" in row
+    assert (out / "curves-ae.png").read_bytes()[:4] == b"\x89PNG"
+    with h5py.File(out / "summary.h5", "r") as f:
+        cells = json.loads(f.attrs["cells"])
+        assert cells == ["0", "0.99N", "0.99M", "HF†", "HF*"]
+        ours, paper = f["train_error"][0], f["paper"][0]
+        assert np.all(np.isfinite(ours)) and paper[cells.index("HF*")] == 0.11
+        best_lr = f["best_lr"][0]
+        assert best_lr[cells.index("0.99N")] in (0.01, 0.005)
+        assert math.isnan(best_lr[cells.index("HF*")])
+    runs = sorted(p.parent.name for p in (out / "curves-ae").glob("*/results.h5"))
+    assert runs == sorted(["sgd-0-lr0.01", "sgd-0-lr0.005", "nag-0.99N-lr0.01",
+                           "nag-0.99N-lr0.005", "cm-0.99M-lr0.01", "cm-0.99M-lr0.005", "hf",
+                           "hf-momentum"])
+    nag = read_results(out / "curves-ae" / "nag-0.99N-lr0.01" / "results.h5")
+    assert len(nag.steps["step"]) == 8 and nag.attrs["config"]["mu_max"] == 0.99
+    # the summary is written again from the finished runs, which are not run twice
+    before = (out / "curves-ae" / "hf" / "results.h5").stat().st_mtime_ns
+    code, _, err = run(capsys, "reproduce", "table1", "--fraction", "1e-5", "--experiments",
+                       "curves-ae", "--mu", "0.99", "--lrs", "0.01,0.005", "--out", out,
+                       "--resume", *SMALL_AE)
+    assert code == 0, err
+    assert (out / "curves-ae" / "hf" / "results.h5").stat().st_mtime_ns == before
+    code, _, err = run(capsys, "reproduce", "table1", "--fraction", "1e-5", "--experiments",
+                       "curves-ae", "--out", out, *SMALL_AE)
+    assert code == 2 and "is not empty" in err
+
+
+def test_table5_end_to_end_with_jobs(capsys, tmp_path):
+    out = tmp_path / "t5"
+    code, _, err = run(capsys, "reproduce", "table5", "--fraction", "2e-4", "--experiments",
+                       "addition", "--optimizers", "nag,hf", "--mu", "0.995", "--lrs",
+                       "0.001,0.0001", "--jobs", "2", "--out", out, "--set", "T=20",
+                       "--set", "n_hidden=8", "--set", "n_test=100", "--set", "grad_cases=100",
+                       "--set", "curv_cases=50", "--set", "cg_max_iters=5")
+    assert code == 0, err
+    md = (out / "summary.md").read_text()
+    assert "| addition |" in md and "(0.00025)" in md
+    with h5py.File(out / "summary.h5", "r") as f:
+        assert json.loads(f.attrs["cells"]) == ["0.995N", "HF"]
+        assert np.all((f["test_error"][0] >= 0) & (f["test_error"][0] <= 1))
