@@ -16,6 +16,7 @@ from torch.func import functional_call
 from hessfree import _checks
 from hessfree.batches import Chunk, as_chunks, leaves, take
 from hessfree.curvature.losses import LossLike, as_loss, split_mask
+from hessfree.distributed import Reducer
 from hessfree.errors import InputError, InputTypeError
 from hessfree.vectors import ParamLayout
 
@@ -37,10 +38,14 @@ class Problem:
         loss: ``hessfree.losses.MSE``/``BCEWithLogits``/``CrossEntropy`` or any callable
             ``loss(outputs, targets) -> scalar`` (autodiff fallback for ``H_L``).
         weight_decay: L2 coefficient (non-negative).
+        group: a ``torch.distributed`` process group (or ``"world"``): every sum over cases —
+            objective, gradient, curvature products, the EF diagonal, case counts — then spans
+            all ranks, each holding a shard of every batch, with one all-reduce of one flat
+            buffer per reduction (:mod:`hessfree.distributed`). None: one process.
     """
 
     def __init__(self, model: nn.Module | Callable[..., Any], loss: Any,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, group: Any = None) -> None:
         if not (isinstance(model, nn.Module) or callable(model)):
             raise InputTypeError(
                 f"model: expected an nn.Module or a function f(params, inputs), got "
@@ -49,14 +54,28 @@ class Problem:
         self.model = model
         self.loss: LossLike = as_loss(loss)
         self.weight_decay = _checks.number(weight_decay, "weight_decay", 0.0)
+        self.reducer: Reducer | None = None if group is None else \
+            (group if isinstance(group, Reducer) else Reducer(group))
 
     def with_weight_decay(self, weight_decay: float) -> Problem:
-        """The same model and loss with another weight decay (a new ``Problem``).
+        """The same model, loss and group with another weight decay (a new ``Problem``).
 
         HF's phase schedule uses it to change the objective explicitly ([S13 A.6] lowers the
         weight decay in its last phase); the original problem is left as it is.
         """
-        return Problem(self.model, self.loss, weight_decay)
+        return Problem(self.model, self.loss, weight_decay, self.reducer)
+
+    def local(self) -> Problem:
+        """The same problem on this process alone (no reduction over ranks)."""
+        return self if self.reducer is None else Problem(self.model, self.loss,
+                                                         self.weight_decay)
+
+    def n_cases(self, batch: Any) -> int:
+        """Cases in ``batch`` — over all ranks when distributed (one small all-reduce)."""
+        n = sum(c.n for c in as_chunks(batch))
+        if self.reducer is None:
+            return n
+        return int(self.reducer.sum_(torch.tensor([float(n)], dtype=torch.float64)).item())
 
     def __repr__(self) -> str:
         name = type(self.model).__name__ if isinstance(self.model, nn.Module) else "function"
@@ -206,12 +225,18 @@ class Problem:
         """The objective on ``batch`` (loss + weight decay), without gradients."""
         chunks = as_chunks(batch)
         total_n = sum(c.n for c in chunks)
-        scale = self.loss.scale_for(total_n)
+        # distributed: sum weights here, the global weight after one all-reduce
+        scale = self.loss.scale_for(total_n) if self.reducer is None else 1.0
         value = 0.0
         with torch.no_grad():
             for c in chunks:
                 out = self.check_outputs(self.forward(params, c.inputs), c)
                 value += float(self.loss.value(out, c.targets, scale))
+            if self.reducer is not None:
+                like = next(iter(params.values()))
+                total, n = self.reducer.sum_parts(value, total_n,
+                                                  like=like.new_zeros(0, dtype=torch.float64))
+                value = float(total) * self.loss.scale_for(int(n.item()))
             if not self.weight_decay:
                 return value
             flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
@@ -220,7 +245,8 @@ class Problem:
     def value_and_grad(self, params: Mapping[str, Tensor], batch: Any) -> tuple[float, Tensor]:
         """Objective and flat gradient on ``batch`` (chunks accumulated), one backward each."""
         chunks = as_chunks(batch)
-        scale = self.loss.scale_for(sum(c.n for c in chunks))
+        local_n = sum(c.n for c in chunks)
+        scale = self.loss.scale_for(local_n) if self.reducer is None else 1.0
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         plist = list(leaves.values())
         grad: Tensor | None = None
@@ -235,6 +261,11 @@ class Problem:
             grad = flat_g if grad is None else grad.add_(flat_g)
             value += float(state.value)
         assert grad is not None
+        if self.reducer is not None:
+            grad, total, n = self.reducer.sum_parts(grad, value, local_n)
+            s = self.loss.scale_for(int(round(float(n))))
+            grad.mul_(s)
+            value = float(total) * s
         if not self.weight_decay:
             return value, grad
         flat = torch.cat([p.detach().reshape(-1) for p in plist])

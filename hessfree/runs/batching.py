@@ -14,7 +14,9 @@ the momentum methods) into the cases of update ``t``:
   the batch's role (gradient 0, curvature 1), so any step can be re-drawn exactly.
 
 The samplers' states are part of :meth:`BatchDrawer.state_dict`, so a resumed run draws the same
-batches as an uninterrupted one.
+batches as an uninterrupted one. Under data parallelism every rank draws the same global batch
+(the same seeds) and keeps its shard (:func:`hessfree.distributed.shard`), so the streams are
+global state: a run resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from hessfree import _checks
 from hessfree.batches import Batch, split, take
+from hessfree.distributed import shard
 from hessfree.errors import InputError
 from hessfree.hf.phases import BatchSpec
 from hessfree.runs.experiment import Dataset
@@ -77,10 +80,13 @@ class BatchDrawer:
         data: the run's data set (on its device).
         seed: the run's seed.
         chunk: cases per memory chunk of whole-set batches.
+        rank / world_size: this process's shard of every batch (1 process: the whole batch).
     """
 
-    def __init__(self, data: Dataset, seed: int, chunk: int) -> None:
+    def __init__(self, data: Dataset, seed: int, chunk: int, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.data, self.seed, self.chunk = data, seed, chunk
+        self.rank, self.world_size = rank, world_size
         self.n = data.n_train
         self._samplers: dict[str, EpochSampler] = {}
         self._partitions: dict[int, list[Batch]] = {}
@@ -115,24 +121,28 @@ class BatchDrawer:
     def minibatch(self, t: int, size: int, role: int = GRADIENT) -> Batch:
         """A minibatch of ``size`` cases for update ``t`` (fresh data: a new draw)."""
         if self.data.fresh is not None:
-            return self.data.fresh(size, step_seed(self.seed, t, role))
+            return self._shard(self.data.fresh(size, step_seed(self.seed, t, role)))
         idx = self._sampler(role, size).next().to(self._device())
         x, y = self.data.train
-        return take(x, idx), take(y, idx)
+        return self._shard((take(x, idx), take(y, idx)))
+
+    def _shard(self, batch: Any) -> Any:
+        return shard(batch, self.rank, self.world_size) if self.world_size > 1 else batch
 
     def draw(self, spec: BatchSpec, t: int, role: int) -> Any:
         """The batch ``spec`` describes for update ``t`` (None for ``"same"``)."""
         if spec.kind == "same":
             return None
         if self.data.fresh is not None:
-            return self.data.fresh(spec.size or self.n, step_seed(self.seed, t, role))
+            return self._shard(self.data.fresh(spec.size or self.n,
+                                               step_seed(self.seed, t, role)))
         if spec.kind == "minibatch":
             return self.minibatch(t, spec.cases(self.n), role)
         if spec.kind == "chunk":
             pieces = self._partition(int(spec.parts))
-            return pieces[t % len(pieces)]
+            return self._shard(pieces[t % len(pieces)])
         if self._whole is None:
-            self._whole = split(self.data.train, self.chunk)
+            self._whole = self._shard(split(self.data.train, self.chunk))
         return self._whole
 
     def state_dict(self) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    metavar="K", help="HF: save the step's quadratic every K steps")
     p.add_argument("--resume", metavar="PATH", help="continue the run in PATH")
     p.add_argument("--name", help="the run folder's name (default <optimizer>-<time>)")
+    p.add_argument("--timeout", type=_float("--timeout"),
+                   help="under torchrun: seconds a rank waits for the others (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -179,8 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       seed=args.seed, dtype=args.dtype, device=args.device,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                       save_quadratics_every=args.save_quadratics_every, out=args.out,
-                      overrides=overrides)
-        print(path)
+                      overrides=overrides, timeout=args.timeout)
+        if _rank() == 0:
+            print(path)
         return 0
     if args.experiment is None:
         raise UsageError("experiment: required (see `hessfree list`), unless --resume is given")
@@ -188,13 +191,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"experiment: unknown {args.experiment!r}; valid: "
                          f"{', '.join(experiments.names())}")
     given = {k: getattr(args, k) for k in ("optimizer", "seed", "device", "dtype", "out",
-                                          "eval_every", "checkpoint_every", "name")
+                                          "eval_every", "checkpoint_every", "name", "timeout")
              if getattr(args, k) is not None}
     spec = RunSpec(experiment=args.experiment, steps=args.steps, seconds=args.seconds,
                    budget=args.budget, overrides=overrides,
                    save_quadratics_every=args.save_quadratics_every, quiet=args.quiet, **given)
-    print(train(spec))
+    path = train(spec)
+    if _rank() == 0:
+        print(path)
     return 0
+
+
+def _rank() -> int:
+    from hessfree.distributed import env_world
+
+    return env_world()[0]
 
 
 def _split_quadratic_arg(arg: str) -> tuple[str, str | None]:

@@ -89,7 +89,7 @@ class HFRunner:
         self.n_train = data.n_train
         self.schedule = settings.phases(self.n_train, data.fresh is not None)
         self.opt = HessianFree(problem, config=settings.config, phases=self.schedule)
-        self.drawer = BatchDrawer(data, seed, settings.grad_chunk)
+        self.drawer = BatchDrawer(data, seed, settings.grad_chunk, *_place(problem))
 
     @property
     def t(self) -> int:
@@ -165,7 +165,7 @@ class MomentumRunner:
         else:
             cls = momentum.NAG if optimizer == "nag" else momentum.CM
             self.opt = cls(plist, lr=settings.lr, schedule=self.schedule)
-        self.drawer = BatchDrawer(data, seed, GRAD_CHUNK)
+        self.drawer = BatchDrawer(data, seed, GRAD_CHUNK, *_place(problem))
         self._t = 0
 
     @property
@@ -218,6 +218,12 @@ class MomentumRunner:
         self.opt.load_state_dict(state["opt"])
         self._t = int(state["t"])
         self.drawer.load_state_dict(state["batches"])
+
+
+def _place(problem: Problem) -> tuple[int, int]:
+    """This process's (rank, world size) for sharding batches."""
+    r = problem.reducer
+    return (0, 1) if r is None else (r.rank, r.world_size)
 
 
 def make_runner(optimizer: str, problem: Problem, data: Dataset, settings: Any, seed: int,

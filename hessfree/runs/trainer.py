@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from hessfree import _checks, batches
+from hessfree import _checks, batches, distributed
 from hessfree.curvature import Problem
 from hessfree.errors import InputError, RunError
 from hessfree.quadratic import Quadratic
@@ -84,6 +84,8 @@ class RunSpec:
         quiet: no progress bar.
         name: the run folder's name under ``<out>/<experiment>/`` (default
             ``<optimizer>-<timestamp>``); an existing folder of that name is refused.
+        timeout: under ``torchrun``, seconds a rank waits in a collective for the others
+            before the run stops with an error (a rank died or hangs).
     """
 
     experiment: str = ""
@@ -101,6 +103,7 @@ class RunSpec:
     save_quadratics_every: int | None = None
     quiet: bool = False
     name: str | None = None
+    timeout: float = distributed.DEFAULT_TIMEOUT
 
     def __post_init__(self) -> None:
         """Check every field once (the CLI and the API alike)."""
@@ -118,6 +121,7 @@ class RunSpec:
         if self.name is not None and (not isinstance(self.name, str) or not self.name
                                       or "/" in self.name or self.name in (".", "..")):
             raise InputError(f"--name: expected a folder name, got {self.name!r}")
+        _checks.number(self.timeout, "--timeout", 0.0, strict_min=True)
         if not isinstance(self.overrides, dict):
             raise InputError(f"overrides: expected a dict key -> value, got "
                              f"{type(self.overrides).__name__}")
@@ -149,17 +153,19 @@ def resolve_device(name: str) -> torch.device:
 class _Run:
     """The state of one training run (built fresh or from a checkpoint)."""
 
-    def __init__(self, spec: RunSpec, exp: Experiment, data_settings: Any, opt_settings: Any
-                 ) -> None:
+    def __init__(self, spec: RunSpec, exp: Experiment, data_settings: Any, opt_settings: Any,
+                 world: tuple[int, int, str] = (0, 1, "")) -> None:
         self.spec, self.exp = spec, exp
         self.data_settings, self.opt_settings = data_settings, opt_settings
-        self.device = resolve_device(spec.device)
+        self.rank, self.world_size, device = world
+        self.device = resolve_device(device or spec.device)
         self.dtype = DTYPES[spec.dtype]
         self.data = exp.data(data_settings, spec.seed).to(self.device, self.dtype)
         gen = torch.Generator().manual_seed(spec.seed)
         self.model = exp.model(data_settings, gen).to(self.device, self.dtype)
         self.problem = Problem(self.model, exp.loss(data_settings),
-                               weight_decay=opt_settings.weight_decay)
+                               weight_decay=opt_settings.weight_decay,
+                               group="world" if self.world_size > 1 else None)
         self.runner: Runner = make_runner(spec.optimizer, self.problem, self.data, opt_settings,
                                           spec.seed, spec.steps)
         self.step = self.n_evals = 0
@@ -182,7 +188,7 @@ class _Run:
         with self.runner.evaluation_context(), torch.no_grad():
             n = self.data_settings.eval_cases or None
             train = self.data.train if n is None else batches.split(self.data.train, n)[0]
-            objective = self.runner.objective
+            objective = self.runner.objective.local()  # rank 0 evaluates alone
             row = {"step": self.step, "seconds": self.seconds, "grad_equiv": self.grad_equiv,
                    "train_error": self.exp.error(self.model, train, self.data_settings),
                    "test_error": self.exp.error(self.model, self.data.test, self.data_settings),
@@ -219,6 +225,8 @@ def _attrs(run: _Run) -> dict[str, Any]:
             "phases": runner.schedule.to_dict() if isinstance(runner, HFRunner) else None,
             "n_train": run.data.n_train, "error_name": run.exp.error_name,
             "model_spec": _model_spec(run), "status": STATUS_RUNNING, "steps_done": 0,
+            "world_size": run.world_size,
+            "backend": run.problem.reducer.backend if run.problem.reducer else "none",
             "spec": dataclasses.asdict(spec)}
 
 
@@ -271,19 +279,47 @@ def train(spec: RunSpec) -> Path:
         raise InputError(f"spec: expected a RunSpec, got {type(spec).__name__}")
     exp = experiments.get(spec.experiment)
     data, opt = exp.settings_for(spec.optimizer, spec.overrides)
-    run = _Run(spec, exp, data, opt)
-    folder = _new_run_dir(spec)
-    lock = RunLock(folder).acquire()
-    path = folder / "results.h5"
-    try:
+    world = _world(spec)
+    run = _Run(spec, exp, data, opt, world)
+    rank, size = world[0], world[1]
+    holder: dict[str, Any] = {}
+
+    def create() -> str:
+        folder = _new_run_dir(spec)
+        lock = RunLock(folder).acquire()
+        path = folder / "results.h5"
         try:
-            writer = ResultsWriter(path, _attrs(run), mode="new")
+            holder["writer"] = ResultsWriter(path, _attrs(run), mode="new")
         except OSError as err:
             _remove_new_run(folder, lock)
             raise _disk_error(err, "creating the results file", path, run, None) from None
-        return _loop(run, writer, path, lock, ckpt_step=None)
+        holder["lock"] = lock
+        return str(path)
+
+    path = Path(distributed.on_rank0(create, rank, size))
+    lock = holder.get("lock")
+    try:
+        return _loop(run, holder.get("writer") or _NoWriter(), path, ckpt_step=None)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _world(spec: RunSpec) -> tuple[int, int, str]:
+    """(rank, world size, device) of this process: one, or torchrun's process group."""
+    rank, size, device = distributed.init_from_env(spec.device, spec.timeout)
+    if size > 1 and spec.save_quadratics_every:
+        raise InputError("--save-quadratics-every: not with more than one process (the "
+                         "curvature batch is split over the ranks); save quadratics from a "
+                         "one-process run")
+    return rank, size, device
+
+
+class _NoWriter:
+    """What ranks other than 0 write: nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **kw: 0
 
 
 def _remove_new_run(folder: Path, lock: RunLock) -> None:
@@ -314,50 +350,67 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
     ckpt = path.with_name("checkpoint.pt")
     if not path.exists() or not ckpt.exists():
         raise InputError(f"--resume: no results.h5 and checkpoint.pt in {path.parent}")
-    lock = RunLock(path.parent).acquire()
+    state = checkpoint.load(ckpt)
+    saved = _saved_spec(state, ckpt)
+    changes = _check_resume(saved, expect)
+    spec = dataclasses.replace(saved, steps=steps, seconds=seconds, budget=budget, quiet=quiet,
+                               **changes)
+    exp = experiments.get(spec.experiment)
     try:
-        state = checkpoint.load(ckpt)
-        saved = _saved_spec(state, ckpt)
-        changes = _check_resume(saved, expect)
-        spec = dataclasses.replace(saved, steps=steps, seconds=seconds, budget=budget,
-                                   quiet=quiet, **changes)
-        exp = experiments.get(spec.experiment)
+        data = from_flat(type(exp.data_defaults()), state["data_settings"])
+        opt = from_flat(record_for(spec.optimizer), state["optimizer_settings"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise checkpoint.CheckpointError(f"{ckpt}: its settings do not fit experiment "
+                                         f"{spec.experiment!r} ({err})") from None
+    _check_overrides(exp, spec.optimizer, data, opt, expect.get("overrides") or {})
+    world = _world(spec)
+    run = _Run(spec, exp, data, opt, world)
+    try:
+        run.load(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise checkpoint.CheckpointError(f"{ckpt}: does not fit this run ({err})") from None
+    holder: dict[str, Any] = {}
+
+    def reopen() -> int:
+        lock = RunLock(path.parent).acquire()
         try:
-            data = from_flat(type(exp.data_defaults()), state["data_settings"])
-            opt = from_flat(record_for(spec.optimizer), state["optimizer_settings"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise checkpoint.CheckpointError(f"{ckpt}: its settings do not fit experiment "
-                                             f"{spec.experiment!r} ({err})") from None
-        _check_overrides(exp, spec.optimizer, data, opt, expect.get("overrides") or {})
-        run = _Run(spec, exp, data, opt)
-        try:
-            run.load(state)
-        except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            raise checkpoint.CheckpointError(f"{ckpt}: does not fit this run ({err})") from None
-        n_steps = len(read_results(path).steps.get("step", []))
-        if n_steps < run.step:
-            raise checkpoint.CheckpointError(
-                f"{ckpt} is at step {run.step} but {path} holds {n_steps} committed steps: "
-                "the checkpoint belongs to another results file")
-        writer = ResultsWriter(path, {}, mode="append")
+            n_steps = len(read_results(path).steps.get("step", []))
+            if n_steps < run.step:
+                raise checkpoint.CheckpointError(
+                    f"{ckpt} is at step {run.step} but {path} holds {n_steps} committed steps: "
+                    "the checkpoint belongs to another results file")
+            writer = ResultsWriter(path, {}, mode="append")
+        except BaseException:
+            lock.release()
+            raise
         try:
             # keep what the checkpoint covers; cut only rows written after it
             writer.truncate(run.step, min(run.n_evals, writer.n_rows("eval")))
-            run.n_evals = writer.n_rows("eval")
             resumes = list(read_results(path).attrs.get("resumes") or [])
             resumes.append({"at_step": run.step, "device": spec.device, "changes": changes,
+                            "world_size": run.world_size,
                             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
                                 timespec="seconds")})
             writer.set_attrs(status=STATUS_RUNNING, resumes=resumes,
-                             spec=dataclasses.asdict(spec), device=str(run.device))
+                             spec=dataclasses.asdict(spec), device=str(run.device),
+                             world_size=run.world_size)
         except OSError as err:
             writer.close()
+            lock.release()
             raise _disk_error(err, "reopening the results file", path, run, run.step) from None
-        if run.done():
-            log.info("%s is already at step %d: the budget asks for nothing more", path, run.step)
-        return _loop(run, writer, path, lock, ckpt_step=run.step)
+        holder.update(writer=writer, lock=lock)
+        return writer.n_rows("eval")
+
+    run.n_evals = distributed.on_rank0(reopen, run.rank, run.world_size)
+    lock = holder.get("lock")
+    try:
+        if run.done() and run.rank == 0:
+            log.info("%s is already at step %d: the budget asks for nothing more", path,
+                     run.step)
+        return _loop(run, holder.get("writer") or _NoWriter(), path, ckpt_step=run.step)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _saved_spec(state: dict[str, Any], ckpt: Path) -> RunSpec:
@@ -370,7 +423,7 @@ def _saved_spec(state: dict[str, Any], ckpt: Path) -> RunSpec:
 
 
 #: what a resume may change (applied and recorded) and what it must match
-_MAY_CHANGE = ("device", "eval_every", "checkpoint_every", "save_quadratics_every")
+_MAY_CHANGE = ("device", "eval_every", "checkpoint_every", "save_quadratics_every", "timeout")
 _MUST_MATCH = ("experiment", "optimizer", "seed", "dtype")
 
 
@@ -404,24 +457,30 @@ def _check_overrides(exp: Experiment, optimizer: str, data: Any, opt: Any,
             + "; settings are fixed for a run: start a new run to change them")
 
 
-def _loop(run: _Run, writer: ResultsWriter, path: Path, lock: RunLock,
-          ckpt_step: int | None) -> Path:
+def _loop(run: _Run, writer: Any, path: Path, ckpt_step: int | None) -> Path:
+    """Steps until the budget is spent; rank 0 writes rows, evaluations and checkpoints."""
     spec = run.spec
+    lead = run.rank == 0
     hook = _quadratic_saver(run, writer) if spec.save_quadratics_every else None
-    bar = None if spec.quiet else _progress(spec)
+    bar = None if spec.quiet or not lead else _progress(spec)
     ckpt = path.with_name("checkpoint.pt")
     what = "writing the results"
+    sync_time = run.world_size > 1 and spec.seconds is not None
     try:
-        if run.step == 0 and run.n_evals == 0:
+        if run.step == 0 and run.n_evals == 0 and lead:
             writer.append_eval(run.evaluate())
         while not run.done():
             save_q = hook if hook and run.step % spec.save_quadratics_every == 0 else None
             what = "writing the results"
             row = run.runner.step(save_q)
             run.step += 1
+            if sync_time:  # every rank must stop at the same step: the slowest rank's clock
+                row["seconds"] = _slowest(run, float(row["seconds"]))
             run.seconds += float(row["seconds"])
             run.grad_equiv += float(row["grad_equiv"])
             run.stopped = run.runner.stop_reason
+            if not lead:
+                continue
             writer.append_step(row)
             if run.step % spec.eval_every == 0 or run.done():
                 writer.append_eval(run.evaluate())
@@ -434,8 +493,9 @@ def _loop(run: _Run, writer: ResultsWriter, path: Path, lock: RunLock,
                 bar.update(min(_progress_units(spec, row), max(0.0, bar.total - bar.n)))
                 bar.set_postfix(run.runner.postfix(row), refresh=False)
         what = "writing the final parameters"
-        writer.save_params("final", {k: v.detach().cpu() for k, v in
-                                     run.model.state_dict().items()})
+        if lead:
+            writer.save_params("final", {k: v.detach().cpu() for k, v in
+                                         run.model.state_dict().items()})
         status = STATUS_FINISHED if run.stopped is None else f"{STATUS_FINISHED}: {run.stopped}"
         writer.set_attrs(status=status, steps_done=run.step)
     except OSError as err:
@@ -448,10 +508,24 @@ def _loop(run: _Run, writer: ResultsWriter, path: Path, lock: RunLock,
         if bar is not None:
             bar.close()
         writer.close()
-    if run.stopped is not None:
+    if run.stopped is not None and lead:
         log.info("stopped early at step %d: %s", run.step, run.stopped)
-    log.info("results in %s", path)
+    if lead:
+        log.info("results in %s", path)
     return path
+
+
+def _slowest(run: _Run, seconds: float) -> float:
+    """The largest of every rank's ``seconds`` (one small all-reduce)."""
+    import torch.distributed as dist
+
+    buf = torch.tensor([seconds], dtype=torch.float64)
+    try:
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    except (RuntimeError, ValueError) as err:
+        raise distributed.DistributedError(f"rank {run.rank}: the other ranks do not answer "
+                                           f"({err})") from err
+    return float(buf.item())
 
 
 def _mark_failed(writer: ResultsWriter, run: _Run, status: str) -> None:
