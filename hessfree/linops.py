@@ -6,13 +6,15 @@
 the parameters (answered in the same form) or a ``(dim, k)`` block of ``k`` columns, ``matvec``
 (the checked flat fast path), ``matmat``, ``to_scipy()``, ``dense()`` and a product counter.
 A subclass implements ``_apply(v)`` (flat in, flat out) and, where it can do better than ``k``
-products, ``_apply_block(V)``.
+products, ``_apply_block(V)`` (the curvature operators, their damped versions and quadratics do:
+one batched pass for the ``k`` columns where the backend has one, see
+:mod:`hessfree.curvature.products`).
 
 scipy's OpenBLAS threads spin after each BLAS call and take the cores from torch, which does the
 products here (measured 2.6x slower CG/Lanczos through ``to_scipy()`` on 2 cores,
 ``benchmarks/RESULTS.md``). :func:`single_threaded_blas` scopes OpenBLAS to one thread around
-scipy algorithms; the package uses it around its own ``eigsh`` calls and never changes the
-process-wide setting.
+scipy algorithms and never changes the process-wide setting. The package's own spectra
+(:func:`hessfree.curvature.eigsh`, ``trace``, ``density``) run in torch and need no scipy.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Curvature-vector products: GGN, Hessian and empirical Fisher times a vector.
 
-No optimizer logic lives here. See :mod:`hessfree.curvature.operator` for the operators and
-:mod:`hessfree.curvature.products` for the per-chunk factories and the two ``J v`` backends.
+No optimizer logic lives here. See :mod:`hessfree.curvature.operator` for the operators,
+:mod:`hessfree.curvature.products` for the per-chunk factories and the ``J v`` backends, and
+:mod:`hessfree.curvature.spectral` for ``eigsh``, ``trace`` and ``density`` on any operator.
 """
 
 from hessfree.curvature import losses
@@ -15,6 +16,7 @@ from hessfree.curvature.operator import (
     resolve_backend,
 )
 from hessfree.curvature.problem import Problem
+from hessfree.curvature.spectral import SpectralDensity, TraceEstimate, density, eigsh, trace
 
 __all__ = [
     "CurvatureOperator",
@@ -23,7 +25,12 @@ __all__ = [
     "GGN",
     "Hessian",
     "Problem",
+    "SpectralDensity",
+    "TraceEstimate",
+    "density",
+    "eigsh",
     "fisher_diagonal",
     "losses",
     "resolve_backend",
+    "trace",
 ]

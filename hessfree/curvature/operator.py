@@ -7,7 +7,7 @@ products (each product redoes each chunk's forward pass): slower, but the memory
 
 Vectors are flat 1-D tensors of length ``G.dim``, or lists/dicts of tensors shaped like the
 parameters; the answer comes back in the same form. The curvature includes ``weight_decay · I``
-from the problem's L2 term (it is part of the objective's curvature, Martens 2010 §2.6 code).
+from the problem's L2 term (it is part of the objective's curvature, as in [HFDemo]).
 """
 
 from __future__ import annotations
@@ -171,14 +171,14 @@ class CurvatureOperator(FlatOperator):
         return self._product_block(V)
 
     def damped(self, lam: float) -> DampedOperator:
-        """The operator ``self + λI`` (Tikhonov damping, Martens 2010 §4.1)."""
+        """The operator ``self + λI`` (Tikhonov damping, [M10 §4.1])."""
         return DampedOperator(self, lam)
 
 
 class GGN(CurvatureOperator):
-    """Generalized Gauss-Newton matrix ``G = Jᵀ H_L J`` (Schraudolph 2002; Martens 2010 §4.2).
+    """Generalized Gauss-Newton matrix ``G = Jᵀ H_L J`` ([Sch02]; [M10 §4.2]).
 
-    PSD for matching losses. ``structural_damping=μ > 0`` (Martens & Sutskever 2011) makes
+    PSD for matching losses. ``structural_damping=μ > 0`` ([M&S11]) makes
     :meth:`damped` add ``μλ · J_aᵀ D J_a`` on the hidden pre-activations that the model returns
     from ``forward(inputs, return_hidden=True)``; ``G @ v`` itself stays undamped.
     """
@@ -211,7 +211,7 @@ class GGN(CurvatureOperator):
 
 
 class Hessian(CurvatureOperator):
-    """Hessian of the objective; may be indefinite (Martens 2010 §4.2: prefer the GGN)."""
+    """Hessian of the objective; may be indefinite ([M10 §4.2]: prefer the GGN)."""
 
     kind = "hessian"
 
@@ -222,7 +222,8 @@ class Hessian(CurvatureOperator):
 class EmpiricalFisher(CurvatureOperator):
     """Empirical Fisher ``s Σ_i ∇l_i ∇l_iᵀ`` (``s = 1/N`` for ``mean``) plus weight decay.
 
-    Its diagonal (:meth:`diagonal`) is Martens' preconditioner statistic (papers.md §2.5).
+    Its diagonal (:meth:`diagonal`) is Martens' preconditioner statistic
+    ([HFDemo: preconditioner]).
     """
 
     kind = "fisher"

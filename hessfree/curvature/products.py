@@ -16,12 +16,17 @@ matrices):
 * ``"sequential"``: analytic R-operator passes for ``nn.Sequential`` stacks of ``Linear`` and
   elementwise units (:mod:`hessfree.curvature.sequential`), the fastest where it applies.
 
-The GGN product is ``Jᵀ (H_L (J v))`` with ``H_L`` in closed form (Martens 2010 §2.1; Schraudolph
-2002); the empirical Fisher product is ``Σ_i s ∇l_i (∇l_iᵀ v)``, computed as
+Block products (``ChunkProduct.mm``, behind ``op @ V`` for ``V`` of ``k`` columns) take the ``k``
+columns in one pass where that is not slower: stacked R-operator passes (``sequential``),
+``torch.func.vmap`` (``forward``), autograd's ``is_grads_batched`` (``double-backward``, off the
+CPU only: see :func:`batched_backward`); else ``k`` single products.
+
+The GGN product is ``Jᵀ (H_L (J v))`` with ``H_L`` in closed form ([HFDemo: matching losses];
+[Sch02]); the empirical Fisher product is ``Σ_i s ∇l_i (∇l_iᵀ v)``, computed as
 ``Jᵀ (s e ⊙ ⟨e, J v⟩_case)`` without per-case gradients; the Hessian product differentiates the
 gradient graph (reverse-over-reverse) or linearizes the gradient (forward-over-reverse).
 
-Structural damping (Martens & Sutskever 2011; papers.md §3.1): when the model exposes hidden
+Structural damping ([M&S11]; [HF-RNN]): when the model exposes hidden
 pre-activations ``a`` (``forward(..., return_hidden=True) -> (outputs, a)``), the GGN factory can
 add ``μλ · J_aᵀ D J_a`` with ``D = s·f'(a)`` the Hessian of the matching loss of the hidden
 nonlinearity ``f`` (tanh: ``1 - tanh(a)²``), in the same backward pass as the GGN product.
@@ -96,13 +101,21 @@ def _flat_block(ts: Tensors, k: int) -> Tensor:
     return torch.cat([t.reshape(k, -1) for t in ts], 1)
 
 
-def _loop_block(mv: Callable[[Tensors, float], Tensor]) -> Callable[[Tensors, float], Tensor]:
-    """The block product as ``k`` single products (where nothing faster exists)."""
+def batched_backward(device: torch.device) -> bool:
+    """Whether double-backward block products use ``is_grads_batched`` on ``device``.
 
-    def mm(v: Tensors, weight: float = 0.0) -> Tensor:
-        return torch.stack([mv([t[j] for t in v], weight) for j in range(v[0].shape[0])])
+    Not on the CPU: there the ``k`` single backward passes already run their matrix products at
+    the rate of one large GEMM, and the batched passes were 5-18% slower on the quiet 2-core
+    test machine (``benchmarks/results/spectral.md``); elsewhere (GPUs, where one product leaves
+    the device mostly idle) the vectorised passes are used. Not measured on a GPU in this
+    project.
+    """
+    return device.type != "cpu"
 
-    return mm
+
+def _loop(mv: Callable[[Tensors, float], Tensor], v: Tensors, weight: float) -> Tensor:
+    """The block product as ``k`` single products, stacked to ``(k, dim)``."""
+    return torch.stack([mv([t[j] for t in v], weight) for j in range(v[0].shape[0])])
 
 
 #: losses whose ``H_L u`` is elementwise along leading dimensions, so it takes ``k`` columns
@@ -121,8 +134,8 @@ def hidden_curvature(problem: Problem, hidden: Tensor, scale: float) -> Tensor:
     """``D``: the matching-loss Hessian of the hidden units at pre-activations ``hidden``.
 
     The nonlinearity is the model's ``hidden_nonlinearity`` attribute (default ``"tanh"``):
-    tanh gives ``1 - tanh(a)²``, logistic ``σ(a)(1 - σ(a))``, linear ``1`` (Martens & Sutskever
-    2011; Sutskever's HF-RNN code). Scaled like the loss (``1/N`` for ``mean``).
+    tanh gives ``1 - tanh(a)²``, logistic ``σ(a)(1 - σ(a))``, linear ``1`` ([M&S11];
+    [HF-RNN]). Scaled like the loss (``1/N`` for ``mean``).
     """
     kind = getattr(problem.model, "hidden_nonlinearity", "tanh")
     a = hidden.detach()
@@ -160,6 +173,7 @@ class _DoubleBackwardJ:
                  scale: float, hidden: bool) -> None:
         leaves = _leaves(params)
         self.plist = list(leaves.values())
+        self.batched = batched_backward(self.plist[0].device)
         with torch.enable_grad():
             res = problem.forward(leaves, chunk.inputs, return_hidden=hidden)
             self.out, self.hid = _split_outputs(problem, res, chunk, hidden)
@@ -287,6 +301,8 @@ def ggn_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scal
         return lin.vjp([lin.state.hvp(jv_out)])
 
     def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+        if not getattr(lin, "batched", True):
+            return _loop(mv, v, weight)
         if weight and d_hid is not None:
             jv_out, jv_hid = lin.jvp_block(v, hidden=True)
             return lin.vjp_block([_hvp_block(problem, lin.state, jv_out),
@@ -310,6 +326,8 @@ def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, s
         return lin.vjp([g * coef.view((n,) + (1,) * (g.dim() - 1))])
 
     def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+        if not getattr(lin, "batched", True):
+            return _loop(mv, v, weight)
         (jv,) = lin.jvp_block(v)  # (k, N, ...)
         k = jv.shape[0]
         coef = (g * jv).reshape(k, n, -1).sum(2) / lin.state.scale
@@ -336,8 +354,12 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
             return _flat(_grad([g[i] for i in live], plist, [v[i] for i in live],
                                retain_graph=True))
 
+        batched = batched_backward(plist[0].device)
+
         def mm(v: Tensors, weight: float = 0.0) -> Tensor:
             k = v[0].shape[0]
+            if not batched:
+                return _loop(mv, v, weight)
             if not live:
                 return plist[0].new_zeros(k, sum(p.numel() for p in plist))
             return _flat_block(_grad([g[i] for i in live], plist, [v[i] for i in live],

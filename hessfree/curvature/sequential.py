@@ -1,10 +1,11 @@
 """Analytic ``J v`` / ``Jᵀ u`` for ``nn.Sequential`` stacks of ``Linear`` and elementwise units.
 
-The R-operator forward pass and the backward pass of Martens' HFDemo ``computeGV`` (papers.md
-§2.1; Pearlmutter 1994), written once for any layer sizes with plain torch ops, so it runs on any
-device and dtype. It applies when the model is an ``nn.Sequential`` (its own ``forward``) whose
-children are ``nn.Linear`` or elementwise units (Sigmoid, Tanh, ReLU, Identity), or a model that
-declares such a chain through ``curvature_layers()``, and every parameter is trained.
+The R-operator forward pass and the backward pass of Martens' HFDemo ``computeGV``
+([HFDemo: computeGV]; [Pea94]), written once for any layer sizes with plain torch ops, so it runs
+on any device and dtype. It applies when the model is an ``nn.Sequential`` (its own
+``forward``) whose children are ``nn.Linear`` or elementwise units (Sigmoid, Tanh, ReLU,
+Identity), or a model that declares such a chain through ``curvature_layers()``, and every
+parameter is trained. ``jvp_block``/``vjp_block`` run the same passes for ``k`` columns at once.
 
 Why a third backend: generic autodiff spends a third of a GGN product outside matrix products
 (re-deriving ``f'(z)``, accumulating gradient contributions, concatenating results; measured in
@@ -138,7 +139,7 @@ class SequentialJ:
             self.grad = self.vjp([self.state.grad])
 
     def jvp(self, v: list[Tensor], hidden: bool = False) -> list[Tensor]:
-        """``[J v]``: the R-operator forward pass (Pearlmutter 1994; Martens' ``computeGV``)."""
+        """``[J v]``: the R-operator forward pass ([Pea94]; [HFDemo: computeGV])."""
         it = iter(v)
         rz: Tensor | None = None
         for i, blk in enumerate(self.blocks):
@@ -157,7 +158,7 @@ class SequentialJ:
         """``Jᵀ u`` as one flat vector: the backward pass, results written in place.
 
         With ``squares`` (a flat buffer), also add ``Σ_i (δ_i x_iᵀ)² = (δ²)ᵀ(x²)`` per layer
-        into it: the per-case squared gradients of the rows of ``u`` (Martens' ``grad2``).
+        into it: the per-case squared gradients of the rows of ``u`` ([HFDemo: preconditioner]).
         """
         res = torch.empty(self.dim, dtype=self.dtype, device=self.device)
         delta = us[0]
@@ -237,7 +238,8 @@ def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], chunks: 
     """Objective, flat gradient and exact diagonal empirical Fisher in one pass, or None.
 
     One forward and one backward pass per chunk, plus one ``(δ²)ᵀ(x²)`` matmul per layer:
-    HFDemo computes ``grad2`` alongside the gradient the same way (papers.md §2.5). Weight decay
+    HFDemo computes ``grad2`` alongside the gradient the same way ([HFDemo: preconditioner]).
+    Weight decay
     is included in all three. None when the analytic backend does not apply.
     """
     layers = sequential_layers(problem, params)

@@ -1,11 +1,11 @@
-"""CG against NAG, CM and gradient descent on one quadratic (Sutskever et al. 2013 §5, Fig. 5).
+"""CG against NAG, CM and gradient descent on one quadratic ([S13 §5], [S13 Fig. 5]).
 
 Every method starts from ``x_0 = 0`` and spends one curvature product per iteration, so iteration
 ``k`` costs ``k`` products for all of them:
 
 * CG: :func:`hessfree.cg.solve` on ``(G + λI) x = −g``, no preconditioner, ``stop=[]`` (only the
-  cap); its φ_k is ``q(x_k) − q(0) = q(x_k)`` (papers.md §1.8: CG initialised from zero).
-* NAG, CM (Sutskever et al. 2013 Eq. 1-4) and GD with ε = 1/L, L the largest eigenvalue of
+  cap); its φ_k is ``q(x_k) − q(0) = q(x_k)`` ([S13 Fig. 5]: CG and NAG start from zero).
+* NAG, CM ([S13 Eq. 1-4]) and GD with ε = 1/L, L the largest eigenvalue of
   ``G + λI`` by Lanczos (its products are reported apart, not charged to the methods).
   On a quadratic the gradient is ``(G + λI)x + g``; the recursions keep ``A x`` and ``A v`` up to
   date (``A v_{t+1} = μ A v_t − ε A ∇``), so the one product per iteration is ``A ∇`` and
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from hessfree import _checks, cg
+from hessfree.curvature.spectral import eigsh
 from hessfree.errors import InputError, InputTypeError
-from hessfree.linops import single_threaded_blas
 from hessfree.quadratic.core import Quadratic, value_from
 from hessfree.schedules import SutskeverSchedule
 
@@ -40,21 +40,20 @@ TABLE_KS = (10, 20, 50, 120, 250)
 
 
 def largest_eigenvalue(q: Quadratic, tol: float = 1e-6) -> tuple[float, int]:
-    """L = λ_max(G + λI) by Lanczos (``scipy.sparse.linalg.eigsh``, k=1, "LA"); (L, products).
+    """L = λ_max(G + λI) by Lanczos; returns (L, products).
 
-    scipy runs with one OpenBLAS thread (:func:`hessfree.linops.single_threaded_blas`): its
-    spinning threads would slow the torch products 2-3x on 2 cores (``benchmarks/results/cg.md``).
+    :func:`hessfree.curvature.eigsh` (k=1, "LA", relative tolerance ``tol``), in torch on the
+    quadratic's dtype and device, from a start vector seeded with 0; the dense matrix when
+    ``dim < 3``.
     """
     start = q.products
     if q.dim < 3:
-        lam = float(np.linalg.eigvalsh(q.dense().double().cpu().numpy())[-1])
+        lam = float(torch.linalg.eigvalsh(q.dense().double())[-1])
     else:
-        from scipy.sparse.linalg import eigsh
-
-        v0 = np.random.default_rng(0).standard_normal(q.dim)
-        with single_threaded_blas():
-            lam = float(eigsh(q.to_scipy(), k=1, which="LA", tol=tol, v0=v0,
-                              return_eigenvectors=False)[0])
+        values = eigsh(q, 1, "LA", tol=tol, return_eigenvectors=False,
+                       generator=torch.Generator().manual_seed(0))
+        assert isinstance(values, torch.Tensor)
+        lam = float(values[0])
     return lam, q.products - start
 
 
@@ -226,7 +225,7 @@ def compare(q: Quadratic, iters: int = 250, methods: Sequence[str] = METHODS,
             mu: float | Sequence[float] | str = MU_GRID, mu_max: float = 0.999,
             L: float | None = None, lanczos_tol: float = 1e-6, q_star: float | None = None,
             check: bool = True) -> Comparison:
-    """Compare CG, NAG, CM and GD on ``q`` at equal products (Sutskever et al. 2013 §5, Fig. 5).
+    """Compare CG, NAG, CM and GD on ``q`` at equal products ([S13 §5], [S13 Fig. 5]).
 
     Args:
         q: the quadratic (e.g. one saved in the middle of an HF run on CURVES).

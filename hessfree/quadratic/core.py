@@ -1,11 +1,11 @@
-"""The local quadratic model of one HF step: ``q(p) = gᵀp + ½ pᵀ(G + λI)p`` (Martens 2010 §3-4).
+"""The local quadratic model of one HF step: ``q(p) = gᵀp + ½ pᵀ(G + λI)p`` ([M10 §4]).
 
 Two kinds of :class:`Quadratic`:
 
 * *operator-backed*: ``Quadratic(G, g, lam)`` with ``G`` an undamped curvature operator
   (``hessfree.GGN(...)``, ``Hessian``, ``EmpiricalFisher``) at the step's parameters θ. The
   curvature is ``G.damped(lam)``: ``G + λI``, plus ``μλS`` when ``G`` is a GGN built with
-  ``structural_damping=μ`` (Martens & Sutskever 2011).
+  ``structural_damping=μ`` ([M&S11]).
 * *dense*: ``Quadratic.from_dense(A, b)`` with an explicit symmetric matrix. **Sign convention**
   (that of CG, :func:`hessfree.cg.solve`): ``q(p) = −bᵀp + ½ pᵀAp``, so ``b = −g`` and the
   minimiser solves ``A p = b``. ``A`` is the whole (already damped) curvature; ``lam`` is 0.
@@ -78,7 +78,7 @@ def _check_flat(v: object, name: str, n: int, dtype: torch.dtype, device: torch.
 
 
 class Quadratic(FlatOperator):
-    """``q(p) = gᵀp + ½ pᵀ(G + λI)p``, the model HF minimises by CG (Martens 2010 §3).
+    """``q(p) = gᵀp + ½ pᵀ(G + λI)p``, the model HF minimises by CG ([M10 §4]).
 
     Args:
         operator: the *undamped* curvature operator at θ (e.g. ``hessfree.GGN(problem, batch)``).

@@ -1,8 +1,9 @@
 """The extreme eigenvalues of ``G + λI`` and a plot of a :class:`Comparison`.
 
-How CG and NAG fare on a quadratic depends on its eigenvalue spread (Sutskever et al. 2013 §5;
-Theorem 2.1: NAG damps direction i like CM with momentum μ(1 − λ_i ε)); :func:`spectrum` gives the
-k largest and k smallest eigenvalues and the condition-number estimate they imply.
+How CG and NAG fare on a quadratic depends on its eigenvalue spread ([S13 §5]; [S13 §2,
+Theorem 2.1]: NAG damps direction i like CM with momentum μ(1 − λ_i ε)); :func:`spectrum` gives
+the k largest and k smallest eigenvalues and the condition-number estimate they imply, by the
+torch Lanczos of :func:`hessfree.curvature.eigsh`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from hessfree import _checks
-from hessfree.linops import single_threaded_blas
+from hessfree.curvature.spectral import eigsh
 from hessfree.quadratic.comparison import Comparison
 from hessfree.quadratic.core import Quadratic
 
@@ -50,37 +53,53 @@ class Spectrum:
                 f"{self.products} products)")
 
 
-def _eigsh(op: Any, **kw: Any) -> np.ndarray:
-    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+class _Flipped:
+    """``shift·I − A`` for a quadratic's ``A`` (products counted by the quadratic)."""
 
+    def __init__(self, q: Quadratic, shift: float) -> None:
+        self.q, self.shift = q, shift
+        self.dim, self.dtype, self.device = q.dim, q.dtype, q.device
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return self.q.matvec(v).mul_(-1).add_(v, alpha=self.shift)
+
+    def matmat(self, V: Tensor) -> Tensor:
+        return self.q.matmat(V).mul_(-1).add_(V, alpha=self.shift)
+
+
+def _lanczos(op: Any, k: int, block: int | None, **kw: Any) -> np.ndarray:
     try:
-        with single_threaded_blas():
-            return eigsh(op, which="LA", **kw)
-    except ArpackNoConvergence as err:
+        values = eigsh(op, k, "LA", block=block, return_eigenvectors=False, **kw)
+    except RuntimeError as err:
         raise RuntimeError(
             f"spectrum: Lanczos did not converge ({err}); pass a larger tol, ncv or maxiter"
         ) from err
+    assert isinstance(values, Tensor)
+    return values.double().cpu().numpy()
 
 
 def spectrum(q: Quadratic, k: int = 6, tol: float = 1e-8, ncv: int | None = None,
              maxiter: int | None = None) -> Spectrum:
-    """The k largest and k smallest eigenvalues of ``G + λI`` (Sutskever et al. 2013 §5).
+    """The k largest and k smallest eigenvalues of ``G + λI`` ([S13 §5]).
 
-    Lanczos (``scipy.sparse.linalg.eigsh`` on :meth:`Quadratic.to_scipy`) when
-    ``2k + 1 < dim``, else ``numpy.linalg.eigvalsh`` of the dense matrix. The largest come from
-    ``which="LA"``; the smallest as ``λ_max − (the largest of λ_max·I − A)``, so both ends are
-    accurate to about ``tol·λ_max``. The small end of a GGN is a tight cluster at λ (plus weight
-    decay; a GGN of rank < dim has λ as a multiple eigenvalue), which Lanczos resolves slowly:
-    it costs far more products than the large end. scipy runs with one OpenBLAS thread
-    (:func:`hessfree.linops.single_threaded_blas`).
+    Lanczos (:func:`hessfree.curvature.eigsh`, in the quadratic's dtype and on its device)
+    when ``2k + 1 < dim``, else ``torch.linalg.eigvalsh`` of the dense matrix. The largest come
+    from ``which="LA"`` (single-vector Lanczos); the smallest as ``λ_max − (the largest of
+    λ_max·I − A)``, so both ends are accurate to about ``tol·λ_max``. The small end of a GGN is
+    a tight cluster at λ (plus weight decay; a GGN of rank < dim has λ as a multiple
+    eigenvalue): it is found by block Lanczos with ``k`` start vectors, which returns up to
+    ``k`` copies of a multiple eigenvalue, and it costs far more products than the large end.
+    The start vectors come from seeded generators (the result is reproducible).
 
     Args:
         q: the quadratic.
         k: how many at each end (>= 1).
-        tol: ``eigsh``'s relative tolerance (here relative to λ_max at both ends).
-        ncv: Lanczos vectors kept (memory: ``ncv·dim`` float64); None: ``min(dim, max(2k+1,
-            40))``.
-        maxiter: ``eigsh``'s limit on restarts (None: its default).
+        tol: Lanczos' relative tolerance (here relative to λ_max at both ends; see
+            :func:`~hessfree.curvature.eigsh`).
+        ncv: Lanczos vectors kept (memory: ``ncv·dim`` numbers of the quadratic's dtype);
+            None: ``min(dim, max(2k+1, 40))`` (at the small end at least ``3k``; there it is
+            rounded down to a multiple of ``k``, the block size).
+        maxiter: the limit on restarts (None: :func:`~hessfree.curvature.eigsh`'s default).
 
     Raises:
         RuntimeError: Lanczos did not converge (raise ``tol``, ``ncv`` or ``maxiter``).
@@ -88,25 +107,21 @@ def spectrum(q: Quadratic, k: int = 6, tol: float = 1e-8, ncv: int | None = None
     _checks.integer(k, "k", minimum=1)
     start = q.products
     if 2 * k + 1 < q.dim:
-        from scipy.sparse.linalg import LinearOperator
-
-        op = q.to_scipy()
-        v0 = np.random.default_rng(0).standard_normal(q.dim)
-        kw = {"k": k, "tol": tol, "maxiter": maxiter, "v0": v0, "return_eigenvectors": False,
-              "ncv": min(q.dim, max(2 * k + 1, 40)) if ncv is None else ncv}
-        top = np.sort(_eigsh(op, **kw))[::-1]
-        # the small end as the top of top[0]·I − A: same Krylov space, but ARPACK's relative
-        # criterion is then relative to λ_max, not to the small eigenvalues themselves
+        m = min(q.dim, max(2 * k + 1, 40)) if ncv is None else ncv
+        kw = {"tol": tol, "maxiter": maxiter}
+        top = np.sort(_lanczos(q, k, None, ncv=m, generator=torch.Generator().manual_seed(0),
+                               **kw))[::-1]
+        # the small end as the top of top[0]·I − A: the tolerance is then relative to λ_max,
+        # not to the small eigenvalues themselves
         shift = float(top[0])
-        def flip(x: np.ndarray) -> np.ndarray:
-            x = x.reshape(-1)
-            return shift * x - op.matvec(x)
-
-        flipped = LinearOperator(op.shape, matvec=flip, dtype=np.float64)
-        bottom = np.sort(shift - _eigsh(flipped, **kw))
+        m_small = max(m, min(q.dim, 3 * k)) if ncv is None else ncv
+        m_small -= m_small % k
+        flipped = _Flipped(q, shift)
+        bottom = np.sort(shift - _lanczos(flipped, k, k, ncv=m_small,
+                                          generator=torch.Generator().manual_seed(1), **kw))
         method = "lanczos"
     else:
-        ev = np.linalg.eigvalsh(q.dense().double().cpu().numpy())
+        ev = torch.linalg.eigvalsh(q.dense().double()).cpu().numpy()
         top, bottom, method = ev[::-1][:k].copy(), ev[:k].copy(), "dense"
     cond = float(top[0] / bottom[0]) if bottom[0] > 0 else math.inf
     return Spectrum(top, bottom, cond, q.products - start, method)
