@@ -1,20 +1,30 @@
-"""Batches: ``(inputs, targets)`` pairs, lists of them (chunks), and slicing along the case axis.
+"""Batches: ``(inputs, targets)`` pairs, lists of them, iterables of them, and case slicing.
 
-A *batch* is a tuple ``(inputs, targets)``. ``inputs`` is a tensor or a (nested) tuple/list of
-tensors (the model is then called as ``model(*inputs)``); ``targets`` is a tensor or
-``(values, mask)`` (see :mod:`hessfree.curvature.losses`). Every tensor has the number of cases
-as its first dimension. A *list* of batches is one batch given in chunks: losses, gradients and
-curvature products are accumulated over the chunks with the weights of the joined batch
-(``mean``: each case weighs ``1/N_total``), so a batch larger than memory works.
+A *batch* is a tuple ``(inputs, targets)``. ``inputs`` is a tensor, a (nested) tuple/list of
+tensors (the model is then called as ``model(*inputs)``) or a dict of tensors (called as
+``model(**inputs)``); ``targets`` is a tensor or ``(values, mask)`` (see
+:mod:`hessfree.curvature.losses`). Every tensor has the number of cases as its first dimension.
 
-This module is the one place that walks such nested structures: :func:`take` (index the cases),
-:func:`to` (device and dtype), :func:`split` (cut into chunks), :func:`as_chunks` (check and
-normalise).
+A batch may also come in chunks, accumulated exactly with the weights of the joined batch
+(``mean``: each case weighs ``1/N_total``), so a batch larger than memory works:
+
+* a *list* of batches (held in memory);
+* any other *iterable* of batches — a ``torch.utils.data.DataLoader`` or your own re-iterable
+  object — read chunk by chunk, never materialised: every pass over the batch (an objective, a
+  gradient, an operator's set-up, each product of an uncached operator) iterates it again.
+  Passes must see the same cases: a DataLoader with a random sampler (``shuffle=True``) is
+  refused, and a one-shot iterator (a generator) too, since a second pass would see nothing —
+  wrap it in :func:`materialize` to read it once into memory. :class:`DictBatches` adapts
+  loaders of dict batches (``{"input_ids": ..., "labels": ...}``).
+
+This module is the one place that walks such structures: :func:`take` (index the cases),
+:func:`to` (device and dtype), :func:`split` (cut into chunks), :func:`iter_chunks` (check and
+stream), :func:`as_chunks` (check and list).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +34,8 @@ from torch import Tensor
 from hessfree._checks import all_finite
 from hessfree.errors import InputError, InputTypeError
 
-__all__ = ["Batch", "Chunk", "as_chunks", "count", "leaves", "split", "take", "to", "unsqueeze"]
+__all__ = ["Batch", "Chunk", "DictBatches", "as_chunks", "count", "is_source", "iter_chunks",
+           "leaves", "materialize", "split", "take", "to", "unsqueeze"]
 
 Batch = tuple[Any, Any]
 
@@ -55,6 +66,8 @@ def take(x: Any, idx: Tensor | slice) -> Any:
         return x[idx]
     if isinstance(x, (tuple, list)):
         return type(x)(take(item, idx) for item in x)
+    if isinstance(x, Mapping):
+        return {k: take(v, idx) for k, v in x.items()}
     return x
 
 
@@ -62,6 +75,8 @@ def unsqueeze(x: Any) -> Any:
     """Add a leading case dimension of size one (one case seen as a batch), nested."""
     if isinstance(x, Tensor):
         return x.unsqueeze(0)
+    if isinstance(x, Mapping):
+        return {k: unsqueeze(v) for k, v in x.items()}
     return type(x)(unsqueeze(item) for item in x)
 
 
@@ -71,6 +86,8 @@ def to(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
         return x.to(device, dtype) if x.is_floating_point() else x.to(device)
     if isinstance(x, (tuple, list)):
         return type(x)(to(item, device, dtype) for item in x)
+    if isinstance(x, Mapping):
+        return {k: to(v, device, dtype) for k, v in x.items()}
     return x
 
 
@@ -117,11 +134,114 @@ def _check_chunk(batch: Any, where: str) -> Chunk:
     return Chunk(inputs, targets, int(n))
 
 
-def as_chunks(batch: Any, where: str = "batch") -> list[Chunk]:
-    """Normalise a batch or a list of minibatches into checked :class:`Chunk` s."""
+def is_source(batch: Any) -> bool:
+    """Whether ``batch`` is an iterable of batches (not a tuple, list, tensor or dict)."""
+    return (not isinstance(batch, (tuple, list, Tensor, Mapping, str, bytes))
+            and isinstance(batch, Iterable))
+
+
+def _check_source(batch: Any, where: str) -> None:
+    if iter(batch) is batch:
+        raise InputTypeError(
+            f"{where}: a one-shot iterator (a generator) can be read only once, and a batch is "
+            "read once per pass; pass a list, a DataLoader, a re-iterable object, or "
+            "hessfree.batches.materialize(...) of it")
+    sampler = getattr(batch, "sampler", None)
+    if sampler is not None:
+        from torch.utils.data import RandomSampler
+
+        if isinstance(sampler, RandomSampler) or (
+                getattr(batch, "batch_sampler", None) is not None
+                and isinstance(getattr(batch.batch_sampler, "sampler", None), RandomSampler)):
+            raise InputError(
+                f"{where}: a DataLoader with shuffle=True gives other minibatches on every "
+                "pass, so the objective, gradient and curvature products of one step would not "
+                "agree; use shuffle=False (a full pass does not depend on the order) or draw "
+                "one shuffled minibatch per step yourself")
+
+
+def iter_chunks(batch: Any, where: str = "batch") -> Iterator[Chunk]:
+    """Checked chunks of a batch, a list of batches or an iterable of batches (one pass)."""
     if isinstance(batch, list):
         if not batch:
             raise InputError(f"{where}: the list of minibatches is empty")
-        return [_check_chunk(b, f"{where}[{i}]") for i, b in enumerate(batch)]
-    return [_check_chunk(batch, where)]
+        for i, b in enumerate(batch):
+            yield _check_chunk(b, f"{where}[{i}]")
+        return
+    if is_source(batch):
+        _check_source(batch, where)
+        empty = True
+        for i, b in enumerate(batch):
+            empty = False
+            if isinstance(b, list) and len(b) == 2:  # DataLoader's default collate gives lists
+                b = tuple(b)
+            yield _check_chunk(b, f"{where}[{i}]")
+        if empty:
+            raise InputError(f"{where}: the iterable gave no minibatch")
+        return
+    yield _check_chunk(batch, where)
 
+
+def materialize(batch: Any) -> list[Batch]:
+    """Read a batch given in any form (a generator too) into a list of ``(inputs, targets)``.
+
+    Use it to fix a curvature batch drawn from a shuffled loader once, or to read a generator.
+    """
+    if is_source(batch):
+        out = [tuple(b) if isinstance(b, list) and len(b) == 2 else b for b in batch]
+        return [(c.inputs, c.targets) for c in as_chunks(out)]
+    return [(c.inputs, c.targets) for c in as_chunks(batch)]
+
+
+class DictBatches:
+    """Dict batches (``{"input_ids": ..., "labels": ...}``) seen as ``(inputs, targets)``.
+
+    A re-iterable view of a loader or list of such dicts.
+
+    Args:
+        source: the loader (or list) of dict batches.
+        inputs: the keys passed to the model, as keywords (``model(**inputs)``), or one key
+            passed positionally.
+        targets: the key of the targets (or ``(values_key, mask_key)``).
+    """
+
+    def __init__(self, source: Iterable[Mapping[str, Any]], inputs: str | Sequence[str],
+                 targets: str | tuple[str, str] = "labels") -> None:
+        if not isinstance(source, Iterable) or isinstance(source, (str, bytes, Mapping)):
+            raise InputTypeError(f"source: expected a loader or list of dict batches, got "
+                                 f"{type(source).__name__}")
+        self.source = source
+        self.inputs = inputs
+        self.targets = targets
+        if isinstance(source, Iterator):
+            raise InputTypeError("source: a one-shot iterator can be read only once; pass a "
+                                 "DataLoader or a list")
+        self.sampler = getattr(source, "sampler", None)
+        self.batch_sampler = getattr(source, "batch_sampler", None)
+
+    def _pick(self, d: Mapping[str, Any], key: Any) -> Any:
+        keys = [key] if isinstance(key, str) else list(key)
+        missing = [k for k in keys if k not in d]
+        if missing:
+            raise InputError(f"batch: the dict batch has no key(s) {missing}; it has "
+                             f"{sorted(d)}")
+        return d[key] if isinstance(key, str) else tuple(d[k] for k in key)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for d in self.source:
+            if not isinstance(d, Mapping):
+                raise InputTypeError(f"batch: expected dict batches, got {type(d).__name__}")
+            if isinstance(self.inputs, str):
+                x = self._pick(d, self.inputs)
+            else:
+                self._pick(d, tuple(self.inputs))  # names missing keys
+                x = {k: d[k] for k in self.inputs}
+            yield x, self._pick(d, self.targets)
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+
+def as_chunks(batch: Any, where: str = "batch") -> list[Chunk]:
+    """Checked chunks of a batch, a list of batches or an iterable of batches, as a list."""
+    return list(iter_chunks(batch, where))

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hessfree import _checks
-from hessfree.batches import Chunk, as_chunks, leaves, take
+from hessfree.batches import Chunk, as_chunks, is_source, iter_chunks, leaves, take
 from hessfree.curvature.losses import LossLike, as_loss, split_mask
 from hessfree.distributed import Reducer
 from hessfree.errors import InputError, InputTypeError
@@ -56,6 +56,8 @@ class Problem:
         self.weight_decay = _checks.number(weight_decay, "weight_decay", 0.0)
         self.reducer: Reducer | None = None if group is None else \
             (group if isinstance(group, Reducer) else Reducer(group))
+        #: cases of the last :meth:`value` / :meth:`value_and_grad` (over all ranks)
+        self.last_cases = 0
 
     def with_weight_decay(self, weight_decay: float) -> Problem:
         """The same model, loss and group with another weight decay (a new ``Problem``).
@@ -71,8 +73,11 @@ class Problem:
                                                          self.weight_decay)
 
     def n_cases(self, batch: Any) -> int:
-        """Cases in ``batch`` — over all ranks when distributed (one small all-reduce)."""
-        n = sum(c.n for c in as_chunks(batch))
+        """Cases in ``batch`` — over all ranks when distributed (one small all-reduce).
+
+        An iterable batch is read once to count it.
+        """
+        n = sum(c.n for c in iter_chunks(batch))
         if self.reducer is None:
             return n
         return int(self.reducer.sum_(torch.tensor([float(n)], dtype=torch.float64)).item())
@@ -157,6 +162,8 @@ class Problem:
         kwargs = {"return_hidden": True} if return_hidden else {}
         try:
             if self.is_module:
+                if isinstance(inputs, Mapping):  # dict batches: model(**inputs)
+                    return functional_call(self.model, dict(params), (), {**inputs, **kwargs})
                 args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
                 return functional_call(self.model, dict(params), args, kwargs)
             return self.model(params, inputs, **kwargs)
@@ -221,22 +228,34 @@ class Problem:
             return 0.0
         return 0.5 * self.weight_decay * float(flat_params.square().sum())
 
+    def deferred(self, batch: Any) -> bool:
+        """Whether sums over ``batch`` are weighted after the pass.
+
+        So they are under data parallelism, and for an iterable batch, whose number of cases is
+        known only once it is read.
+        """
+        return self.reducer is not None or is_source(batch)
+
     def value(self, params: Mapping[str, Tensor], batch: Any) -> float:
         """The objective on ``batch`` (loss + weight decay), without gradients."""
-        chunks = as_chunks(batch)
-        total_n = sum(c.n for c in chunks)
-        # distributed: sum weights here, the global weight after one all-reduce
-        scale = self.loss.scale_for(total_n) if self.reducer is None else 1.0
-        value = 0.0
+        value, total_n = 0.0, 0
+        deferred = self.deferred(batch)
+        chunks = iter_chunks(batch) if deferred else as_chunks(batch)
+        # deferred: sum weights during the pass, the (global) weight after it
+        scale = 1.0 if deferred else self.loss.scale_for(sum(c.n for c in chunks))
         with torch.no_grad():
             for c in chunks:
                 out = self.check_outputs(self.forward(params, c.inputs), c)
                 value += float(self.loss.value(out, c.targets, scale))
+                total_n += c.n
             if self.reducer is not None:
                 like = next(iter(params.values()))
                 total, n = self.reducer.sum_parts(value, total_n,
                                                   like=like.new_zeros(0, dtype=torch.float64))
-                value = float(total) * self.loss.scale_for(int(n.item()))
+                value, total_n = float(total), int(round(float(n)))
+            if deferred:
+                value *= self.loss.scale_for(total_n)
+            self.last_cases = total_n
             if not self.weight_decay:
                 return value
             flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
@@ -244,9 +263,10 @@ class Problem:
 
     def value_and_grad(self, params: Mapping[str, Tensor], batch: Any) -> tuple[float, Tensor]:
         """Objective and flat gradient on ``batch`` (chunks accumulated), one backward each."""
-        chunks = as_chunks(batch)
-        local_n = sum(c.n for c in chunks)
-        scale = self.loss.scale_for(local_n) if self.reducer is None else 1.0
+        deferred = self.deferred(batch)
+        chunks = iter_chunks(batch) if deferred else as_chunks(batch)
+        scale = 1.0 if deferred else self.loss.scale_for(sum(c.n for c in chunks))
+        local_n = 0
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         plist = list(leaves.values())
         grad: Tensor | None = None
@@ -260,12 +280,16 @@ class Problem:
             flat_g = torch.cat([g.reshape(-1) for g in gs])
             grad = flat_g if grad is None else grad.add_(flat_g)
             value += float(state.value)
+            local_n += c.n
         assert grad is not None
         if self.reducer is not None:
             grad, total, n = self.reducer.sum_parts(grad, value, local_n)
-            s = self.loss.scale_for(int(round(float(n))))
+            value, local_n = float(total), int(round(float(n)))
+        if deferred:
+            s = self.loss.scale_for(local_n)
             grad.mul_(s)
-            value = float(total) * s
+            value *= s
+        self.last_cases = local_n
         if not self.weight_decay:
             return value, grad
         flat = torch.cat([p.detach().reshape(-1) for p in plist])
