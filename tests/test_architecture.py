@@ -25,12 +25,13 @@ PACKAGE = Path(hessfree.__file__).resolve().parent
 LAYERS = {
     "_version": 0, "errors": 0,
     "_checks": 1, "vectors": 1,
-    "schedules": 2, "batches": 2, "linops": 2, "_files": 2, "distributed": 2,
-    "cg": 3, "curvature": 3, "models": 3, "data": 3,
-    "quadratic": 4, "momentum": 4,
-    "hf": 5,
-    "runs": 6,
-    "__main__": 7, "<facade>": 7,
+    "schedules": 2, "batches": 2, "linops": 2, "_files": 2,
+    "distributed": 3,
+    "cg": 4, "curvature": 4, "models": 4, "data": 4,
+    "quadratic": 5, "momentum": 5,
+    "hf": 6,
+    "runs": 7,
+    "__main__": 8, "<facade>": 8,
 }
 #: the linear solver knows nothing about networks (DESIGN.md)
 CG_MAY_IMPORT = {"cg", "vectors", "_checks", "errors"}

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from hessfree.batches import Chunk, take, unsqueeze
+from hessfree.batches import Chunk, iter_chunks, take, unsqueeze
 from hessfree.curvature.problem import Problem
 from hessfree.errors import InputError
 
@@ -105,23 +105,33 @@ def linear_grad_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
     return torch.cat([sq[n].reshape(-1) for n in params])
 
 
-def fisher_diagonal(problem: Problem, params: Mapping[str, Tensor], chunks: list[Chunk],
+def fisher_diagonal(problem: Problem, params: Mapping[str, Tensor], batch: Any,
                     chunk_size: int | None = None, method: str = "auto") -> Tensor:
-    """Exact ``diag`` of the empirical Fisher (weight decay included) over all chunks, flat.
+    """Exact ``diag`` of the empirical Fisher (weight decay included) over a batch, flat.
 
     Args:
-        problem: the problem.
+        problem: the problem (with a process group: summed over the ranks' shards, one
+            all-reduce).
         params: where to evaluate.
-        chunks: the batch, as checked chunks.
+        batch: the batch in any form of :mod:`hessfree.batches` (or a list of checked chunks).
         chunk_size: cases per vmap slice (default: about 64 MiB of gradients).
         method: ``"auto"`` (the Linear fast path when it applies, else vmap), ``"vmap"`` or
             ``"linear"`` (raise when it does not apply).
     """
     if method not in METHODS:
         raise InputError(f"method: expected one of {METHODS}, got {method!r}")
-    scale = problem.loss.scale_for(sum(c.n for c in chunks))
-    diag = sum(_chunk_sq(problem, params, c, chunk_size, method) for c in chunks)
-    diag = diag * scale
+    chunks = batch if isinstance(batch, list) and batch and isinstance(batch[0], Chunk) \
+        else iter_chunks(batch)
+    diag, n = None, 0
+    for c in chunks:
+        sq = _chunk_sq(problem, params, c, chunk_size, method)
+        diag = sq if diag is None else diag + sq
+        n += c.n
+    assert diag is not None
+    if problem.reducer is not None:
+        diag, total = problem.reducer.sum_parts(diag, n)
+        n = int(round(float(total)))
+    diag = diag * problem.loss.scale_for(n)
     if problem.weight_decay:
         diag = diag + problem.weight_decay
     return diag

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree.batches import Chunk, as_chunks
+from hessfree.batches import Chunk, as_chunks, is_source, iter_chunks
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.problem import Problem
 from hessfree.curvature.products import (
@@ -72,6 +72,13 @@ class CurvatureOperator(FlatOperator):
             :func:`resolve_backend`).
         cache: keep each chunk's graphs between products (fast) or recompute them (lean).
         check: reject Dropout/BatchNorm in training mode and non-deterministic forward passes.
+
+    Passes over the batch: the set-up reads it once (objective, gradient and, with ``cache``,
+    every chunk's graphs: memory grows with the cases); without ``cache`` every product reads it
+    again (an iterable batch — a DataLoader — is iterated again, one pass per product, with the
+    memory of one chunk; a pass that sees another number of cases is refused). With a process
+    group (``Problem(group=)``) the operator is that of the batch joined over the ranks: the
+    set-up and every product cost one all-reduce of one flat buffer.
     """
 
     #: short name of the matrix, used in messages and saved files
@@ -86,16 +93,25 @@ class CurvatureOperator(FlatOperator):
         # a snapshot: the operator stays valid (and exact) after the live parameters move
         self.params = {n: p.detach().clone() for n, p in problem.resolve_params(params).items()}
         self.layout = ParamLayout.from_params(self.params)
-        self.chunks: list[Chunk] = as_chunks(batch)
-        self.n_cases = sum(c.n for c in self.chunks)
-        self.scale = problem.loss.scale_for(self.n_cases)
-        self.backend = resolve_backend(backend, problem, self.params, self.chunks,
-                                       getattr(self, "structural_damping", 0.0) > 0, self.kind)
         self.cache = _checks.boolean(cache, "cache")
+        # deferred: chunks are built with sum weights and the (global) weight is applied after
+        # the sum over chunks (and ranks); the batch's size is known only after one pass
+        self.deferred = problem.deferred(batch)
+        self._source = batch if is_source(batch) else None
+        if self._source is not None:
+            first = next(iter_chunks(batch))
+            self.chunks: list[Chunk] = []  # an iterable is read again, never held
+        else:
+            self.chunks = as_chunks(batch)
+            first = self.chunks[0]
+        self.n_cases = sum(c.n for c in self.chunks)
+        self.scale = 1.0 if self.deferred else problem.loss.scale_for(self.n_cases)
+        self.backend = resolve_backend(backend, problem, self.params, self.chunks or [first],
+                                       getattr(self, "structural_damping", 0.0) > 0, self.kind)
         self.products = 0
         if check:
             problem.check_modes()
-            problem.check_deterministic(self.params, self.chunks[0])
+            problem.check_deterministic(self.params, first)
         self._theta = torch.cat([p.detach().reshape(-1) for p in self.params.values()])
         self._cached: list[ChunkProduct] = []
         self._setup()
@@ -104,16 +120,32 @@ class CurvatureOperator(FlatOperator):
     def _build(self, chunk: Chunk) -> ChunkProduct:
         raise NotImplementedError
 
+    def _chunks_of_a_pass(self) -> Any:
+        return self.chunks if self._source is None else iter_chunks(self._source)
+
     def _setup(self) -> None:
         value = 0.0
         grad: Tensor | None = None
-        for chunk in self.chunks:
+        local = 0
+        for chunk in self._chunks_of_a_pass():
             cp = self._build(chunk)
             value += float(cp.value)
             grad = cp.grad.clone() if grad is None else grad.add_(cp.grad)
+            local += chunk.n
             if self.cache:
                 self._cached.append(cp)
         assert grad is not None
+        self._local_cases = local
+        self.weight = 1.0
+        if self.deferred:
+            n = local
+            if self.problem.reducer is not None:
+                grad, total, count = self.problem.reducer.sum_parts(grad, value, local)
+                value, n = float(total), int(round(float(count)))
+            self.n_cases = n
+            self.weight = self.problem.loss.scale_for(n)
+            grad.mul_(self.weight)
+            value *= self.weight
         wd = self.problem.weight_decay
         if wd:
             grad.add_(self._theta, alpha=wd)
@@ -123,11 +155,31 @@ class CurvatureOperator(FlatOperator):
     def _chunk_products(self) -> Any:
         if self.cache:
             return iter(self._cached)
-        return (self._build(c) for c in self.chunks)
+        return self._rebuilt()
+
+    def _rebuilt(self) -> Any:
+        """Chunk products of a new pass (uncached), checking it sees the same cases."""
+        seen = 0
+        for c in self._chunks_of_a_pass():
+            seen += c.n
+            yield self._build(c)
+        if seen != self._local_cases:
+            raise InputError(f"batch: a pass over the batch gave {seen} cases, the operator was "
+                             f"built on {self._local_cases}; an iterable batch must give the "
+                             "same cases on every pass")
+
+    def _reduce(self, out: Tensor) -> Tensor:
+        """The sum over ranks (one all-reduce) and the deferred weight."""
+        if self.problem.reducer is not None:
+            self.problem.reducer.sum_(out)
+        if self.deferred:
+            out.mul_(self.weight)
+        return out
 
     def __repr__(self) -> str:
+        chunks = len(self.chunks) if self._source is None else "streamed"
         return (f"{type(self).__name__}(dim={self.dim}, cases={self.n_cases}, "
-                f"chunks={len(self.chunks)}, backend={self.backend!r})")
+                f"chunks={chunks}, backend={self.backend!r})")
 
     # -- products ------------------------------------------------------------------------------
     def _product(self, v: Tensor, structural: float = 0.0) -> Tensor:
@@ -138,6 +190,7 @@ class CurvatureOperator(FlatOperator):
             res = cp.mv(parts, structural)
             out = res if out is None else out.add_(res)
         assert out is not None
+        out = self._reduce(out)
         wd = self.problem.weight_decay
         if wd:
             out.add_(v, alpha=wd)
@@ -162,6 +215,7 @@ class CurvatureOperator(FlatOperator):
             res = cp.mm(parts, structural)
             out = res if out is None else out.add_(res)
         assert out is not None
+        out = self._reduce(out.contiguous())
         wd = self.problem.weight_decay
         if wd:
             out.add_(Vt, alpha=wd)
@@ -233,7 +287,8 @@ class EmpiricalFisher(CurvatureOperator):
 
     def diagonal(self, chunk_size: int | None = None, method: str = "auto") -> Tensor:
         """Exact diagonal (flat), from per-case gradients: see :func:`fisher_diagonal`."""
-        return fisher_diagonal(self.problem, self.params, self.chunks, chunk_size, method)
+        batch = self.chunks if self._source is None else self._source
+        return fisher_diagonal(self.problem, self.params, batch, chunk_size, method)
 
 
 class DampedOperator(FlatOperator):

@@ -16,12 +16,14 @@ parameter gradients are written straight into the flat result.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hessfree.batches import Chunk
+from hessfree.batches import Chunk, as_chunks, iter_chunks
 from hessfree.curvature.losses import LossState
 from hessfree.curvature.problem import Problem
 
@@ -233,7 +235,7 @@ class SequentialJ:
         return res
 
 
-def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], chunks: list[Chunk],
+def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], batch: Any,
                         ) -> tuple[float, Tensor, Tensor] | None:
     """Objective, flat gradient and exact diagonal empirical Fisher in one pass, or None.
 
@@ -243,10 +245,22 @@ def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], chunks: 
     is included in all three. None when the analytic backend does not apply.
     """
     layers = sequential_layers(problem, params)
-    if layers is None or not all(isinstance(c.inputs, Tensor) for c in chunks):
+    if layers is None:
         return None
-    scale = problem.loss.scale_for(sum(c.n for c in chunks))
-    value, grad, squares = 0.0, None, None
+    deferred = problem.deferred(batch)
+    if deferred:  # weights after the pass (data parallelism, iterable batches)
+        chunks = iter_chunks(batch)
+        first = next(chunks)
+        chunks = itertools.chain([first], chunks)
+        if not isinstance(first.inputs, Tensor):
+            return None
+        scale = 1.0
+    else:
+        chunks = as_chunks(batch)
+        if not all(isinstance(c.inputs, Tensor) for c in chunks):
+            return None
+        scale = problem.loss.scale_for(sum(c.n for c in chunks))
+    value, grad, squares, n = 0.0, None, None, 0
     for chunk in chunks:
         lin = SequentialJ(problem, params, layers, chunk, scale, grad=False)
         if squares is None:
@@ -254,8 +268,19 @@ def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], chunks: 
         g = lin.vjp([lin.state.grad], squares)
         grad = g if grad is None else grad.add_(g)
         value += float(lin.state.value)
+        n += chunk.n
     assert grad is not None and squares is not None
-    diag = squares.div_(scale)  # δ carry the factor s: s Σ_i (δ_i/s)² x_i² = Σ δ² x² / s
+    if deferred:
+        if problem.reducer is not None:
+            grad, squares, total, count = problem.reducer.sum_parts(grad, squares, value, n)
+            value, n = float(total), int(round(float(count)))
+        s = problem.loss.scale_for(n)
+        grad.mul_(s)
+        value *= s
+        diag = squares.mul_(s)  # unscaled δ: s Σ_i δ_i² x_i²
+    else:
+        diag = squares.div_(scale)  # δ carry the factor s: s Σ_i (δ_i/s)² x_i² = Σ δ² x² / s
+    problem.last_cases = n
     if problem.weight_decay:
         theta = torch.cat([p.detach().reshape(-1) for p in params.values()])
         grad.add_(theta, alpha=problem.weight_decay)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from hessfree import cg
 from hessfree._checks import is_finite
-from hessfree.batches import as_chunks, take
+from hessfree.batches import iter_chunks, take
 from hessfree.curvature import GGN, Hessian, Problem
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.sequential import value_grad_diagonal
@@ -272,7 +272,7 @@ class HessianFree:
         units = []
         with torch.no_grad():
             for name, batch in (("grad_batch", grad_batch), ("curvature_batch", curv_batch)):
-                c = as_chunks(batch, name)[0]
+                c = next(iter_chunks(batch, name))
                 units.append(self.objective.forward(theta, take(c.inputs, slice(0, 1)))
                              .shape[-1])
         if units[0] != units[1]:
@@ -284,16 +284,15 @@ class HessianFree:
         """Steps 1-2: the curvature operator and the objective and gradient at θ."""
         same = curvature_batch is None
         curv_batch = grad_batch if same else curvature_batch
-        n_grad = sum(c.n for c in as_chunks(grad_batch, "grad_batch"))
-        n_curv = n_grad if same else sum(c.n for c in as_chunks(curv_batch, "curvature_batch"))
         if not same:
             self._check_outputs(theta, grad_batch, curv_batch)
         with _Timer(record, "seconds_setup"):
             G = self._operator(theta, curv_batch)
+        n_curv = G.n_cases  # over all ranks
         record.gradient(n_curv)
         if same:
-            return _Model(G, G.value, G.grad, None, n_grad, n_curv, True)
-        f0, g, diag = self._gradient(theta, grad_batch, n_grad, record)
+            return _Model(G, G.value, G.grad, None, n_curv, n_curv, True)
+        f0, g, diag, n_grad = self._gradient(theta, grad_batch, record)
         return _Model(G, f0, g, diag, n_grad, n_curv, False)
 
     def quadratic(self, grad_batch: Any, curvature_batch: Any = None) -> Quadratic:
@@ -369,8 +368,8 @@ class HessianFree:
             record.step_norm = abs(size.alpha) * float(bt.step.norm())
         return self._finish(record, t_start, size.rejection or ACCEPTED)
 
-    def _gradient(self, theta: dict[str, Tensor], batch: Any, cases: int, record: _StepRecord
-                  ) -> tuple[float, Tensor, Tensor | None]:
+    def _gradient(self, theta: dict[str, Tensor], batch: Any, record: _StepRecord
+                  ) -> tuple[float, Tensor, Tensor | None, int]:
         """Objective and gradient on the gradient batch (and the diagonal EF when fused).
 
         With the preconditioner on the gradient batch and a model the analytic backend serves,
@@ -379,15 +378,17 @@ class HessianFree:
         with _Timer(record, "seconds_gradient"):
             fused = None
             if self.config.preconditioner and self.config.precond_batch == "gradient":
-                fused = value_grad_diagonal(self.objective, theta, as_chunks(batch))
+                fused = value_grad_diagonal(self.objective, theta, batch)
             if fused is None:
                 f0, g = self.objective.value_and_grad(theta, batch)
                 diag = None
             else:
                 f0, g, diag = fused
+            cases = self.objective.last_cases  # over all ranks
+            if fused is not None:
                 record.forward(cases)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
             record.gradient(cases)
-        return f0, g, diag
+        return f0, g, diag, cases
 
     def _preconditioner(self, theta: dict[str, Tensor], batch: Any, cases: int,
                         record: _StepRecord, diag: Tensor | None = None) -> Tensor | None:
@@ -395,7 +396,7 @@ class HessianFree:
             return None
         with _Timer(record, "seconds_precond"):
             if diag is None:
-                diag = fisher_diagonal(self.objective, theta, as_chunks(batch))
+                diag = fisher_diagonal(self.objective, theta, batch)
                 record.gradient(cases)
             M = inverse_preconditioner(diag, self.lam, self.config.precond_exponent)
         return M if is_finite(M) else None
@@ -444,8 +445,10 @@ class HessianFree:
     def _check(self, theta: dict[str, Tensor], batch: Any, step: Tensor,
                record: _StepRecord) -> tuple[Any, int]:
         """The objective on the check batch before and after ``step`` (in the record)."""
-        n = sum(c.n for c in as_chunks(batch, "check_batch"))
-        record.check_loss_before = self._value(theta, batch, record, n, step, 0.0)
+        before = self.objective.value(theta, batch)
+        n = self.objective.last_cases
+        record.forward(n)
+        record.check_loss_before = before
         record.check_loss_after = self._value(theta, batch, record, n, step, 1.0)
         return batch, n
 
