@@ -1,0 +1,62 @@
+"""The examples run at a small size and print what they claim (not just exit 0)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(name: str, *args: str, tmp_path: Path) -> str:
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path,
+                          env={**__import__("os").environ, "HESSFREE_DATA": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def number(text: str, pattern: str) -> float:
+    m = re.search(pattern, text)
+    assert m, (pattern, text)
+    return float(m.group(1))
+
+
+@pytest.mark.slow
+def test_train_your_model(tmp_path):
+    out = run("train_your_model.py", "--seconds", "8", "--train-size", "600", "--test-size",
+              "300", "--out", "cnn.png", tmp_path=tmp_path)
+    assert "data: generated" in out and "SmallCNN" in out
+    hf = number(out, r"HF   : .* train error ([0-9.]+)")
+    adam = number(out, r"Adam : .* train error ([0-9.]+)")
+    assert 0 <= hf < 0.9 and 0 <= adam < 0.9  # both learned something (10 classes: 0.9)
+    ge = number(out, r"equal gradient-equivalents \(([0-9.]+)\)")
+    assert ge > 0
+    assert (tmp_path / "cnn.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cg_vs_nag_on_a_quadratic(tmp_path):
+    out = run("cg_vs_nag_on_a_quadratic.py", "--n-train", "500", "--hidden", "64,16,4",
+              "--min-cg", "25", "--iters", "60", "--out", "fig5.png", tmp_path=tmp_path)
+    step_cg = number(out, r"HF's CG ran (\d+) iterations")
+    assert step_cg >= 25  # a mid-run quadratic, not a plateau one
+    cg = number(out, r"cg : .*products to 90% of the gap: (\d+)")
+    nag = re.search(r"nag: .*products to 90% of the gap: (>?\d+)", out).group(1)
+    assert nag.startswith(">") or cg <= float(nag)  # CG is the better method on it ([S13 §5])
+    assert (tmp_path / "fig5.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curvature_in_your_research(tmp_path):
+    out = run("curvature_in_your_research.py", "--cases", "64", "--channels", "1",
+              "--out", "density.png", tmp_path=tmp_path)
+    assert number(out, r"max relative difference ([0-9.e+-]+)") < 1e-6  # eigsh = scipy
+    estimate = number(out, r"trace: ([0-9.e+-]+) \+-")
+    exact = number(out, r"exact ([0-9.e+-]+)")
+    stderr = number(out, r"\+- ([0-9.e+-]+)")
+    assert abs(estimate - exact) < 5 * stderr
+    assert number(out, r"relative residual ([0-9.e+-]+)") < 1e-2
+    assert (tmp_path / "density.png").read_bytes()[:4] == b"\x89PNG"
