@@ -33,6 +33,7 @@ def products_to(values, q_star: float, q0: float, fraction: float) -> int | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the example (``argv``: the command-line arguments)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-train", type=int, default=5000)
     p.add_argument("--min-cg", type=int, default=60,

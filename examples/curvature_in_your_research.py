@@ -36,11 +36,13 @@ class TinyConvNet(nn.Module):
         self.head = nn.Linear(channels * 6 * 6, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of the 10 classes."""
         h = torch.nn.functional.avg_pool2d(torch.tanh(self.conv(x)), 2)
         return self.head(h.flatten(1))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the example (``argv``: the command-line arguments)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=512)
     p.add_argument("--channels", type=int, default=6, help="convolution channels")

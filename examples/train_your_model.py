@@ -36,6 +36,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(16 * 7 * 7, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of the 10 classes."""
         return self.head(self.features(x.view(-1, 1, 28, 28)).flatten(1))
 
 
@@ -108,6 +109,7 @@ def at(curve, key: int, value: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the example (``argv``: the command-line arguments)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.environ.get("HESSFREE_DATA"), help="MNIST folder")
     p.add_argument("--train-size", type=int, default=6000)

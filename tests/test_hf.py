@@ -338,8 +338,8 @@ def test_deep_autoencoder_training_both_presets_and_sgd():
     opt = HessianFree(problem, config=HFConfig.momentum_like(initial_lambda=1.0, cg_max_iters=25))
     g = torch.Generator().manual_seed(1)
     for _ in range(40):
-        idx = torch.randint(0, 512, (128,), generator=g)
-        opt.step((x[idx], x[idx]))
+        idx, check = torch.randint(0, 512, (2, 128), generator=g)
+        opt.step((x[idx], x[idx]), check_batch=(x[check], x[check]))
     f_momentum = problem.value(problem.parameters(), (x, x))
     assert f_momentum < f0 / 8
 

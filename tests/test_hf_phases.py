@@ -137,20 +137,27 @@ def test_quadratic_is_the_one_the_step_solves():
 
 def test_check_batch_measures_rho_and_rejection_on_unseen_cases():
     _, prob, (x, y) = problem()
-    cfg = HFConfig.momentum_like(cg_max_iters=5, initial_lambda=1e-3)
     fit, held = (x[:32], y[:32]), (x[32:], y[32:])
-    opt = hessfree.HessianFree(prob, config=cfg)
-    held_before = prob.value(prob.parameters(), held)
-    s = opt.step(fit, check_batch=held)
-    assert math.isfinite(s.check_loss_before) and math.isfinite(s.check_loss_after)
-    assert s.check_loss_before == held_before
-    if s.accepted:
-        assert s.check_loss_after == pytest.approx(prob.value(prob.parameters(), held))
-    expected = (s.check_loss_after - s.check_loss_before) / s.model_change
-    assert s.rho == pytest.approx(expected) or s.check_loss_after > s.check_loss_before
-    assert s.accepted == (s.check_loss_after <= s.check_loss_before)
+    for on_check in (True, False):
+        _, prob, _ = problem()
+        cfg = HFConfig.momentum_like(cg_max_iters=5, initial_lambda=1e-3,
+                                     reject_on_check=on_check)
+        opt = hessfree.HessianFree(prob, config=cfg)
+        held_before = prob.value(prob.parameters(), held)
+        fit_before = prob.value(prob.parameters(), fit)
+        s = opt.step(fit, check_batch=held)
+        assert s.check_loss_before == held_before and math.isfinite(s.check_loss_after)
+        # ρ: the check batch's change against the model built with its own gradient
+        assert s.check_model_change != s.model_change
+        want = (s.check_loss_after - s.check_loss_before) / s.check_model_change
+        assert s.rho == pytest.approx(want) or (s.rho == -math.inf and want < 0)
+        if on_check:
+            assert s.accepted == (s.check_loss_after <= s.check_loss_before)
+        else:
+            fit_after = s.curv_loss_after  # the fitted batch's objective after the step
+            assert s.accepted == (fit_after <= fit_before)
     plain = hessfree.HessianFree(problem()[1], config=cfg).step(fit)
-    assert math.isnan(plain.check_loss_before)
+    assert math.isnan(plain.check_loss_before) and math.isnan(plain.check_model_change)
 
 
 def test_reset_on_reject_does_not_carry_the_rejected_direction():

@@ -81,6 +81,7 @@ class _StepRecord:
     step_norm: float = 0.0
     check_loss_before: float = math.nan
     check_loss_after: float = math.nan
+    check_model_change: float = math.nan
     gradients: int = 0
     forwards: int = 0
     products: int = 0
@@ -319,8 +320,10 @@ class HessianFree:
             on_quadratic: called with the step's :class:`~hessfree.Quadratic` (the one
                 :meth:`quadratic` would give) before CG runs, e.g. to save it.
             check_batch: a batch the step was not fitted to, on which ρ and ``reject_worse``
-                measure the step instead of the curvature batch (two objective evaluations);
-                None: as HFDemo, on the curvature (or backtracking) batch.
+                measure the step instead of the curvature batch (one gradient and one
+                objective evaluation; ρ compares with the quadratic model built with this
+                batch's gradient, :meth:`_check`); None: as HFDemo, on the curvature (or
+                backtracking) batch.
         """
         t_start = time.perf_counter()
         cfg, theta = self.config, self._theta()
@@ -348,12 +351,14 @@ class HessianFree:
         record.backtrack_iter, record.backtrack_evals = bt.iteration, bt.evaluations
         record.curv_loss_after = bt.value if cfg.backtrack_batch == "curvature" else math.nan
         p_rho, f_rho = (bt.step, bt.value) if cfg.rho_after_backtracking else (res.x, last_value)
-        record.model_change = self._model_change(m.G, m.g, p_rho, record, m.n_curv)
+        record.model_change, Bp = self._model_change(m.G, m.g, p_rho, record, m.n_curv)
         check = None
+        model_change = record.model_change
         if check_batch is not None:
-            check = self._check(theta, check_batch, p_rho, record)
+            check = self._check(theta, check_batch, p_rho, Bp, record)
             f_rho, f_ref = record.check_loss_after, record.check_loss_before
-        record.rho = reduction_ratio(f_rho, f_ref, record.model_change)
+            model_change = record.check_model_change
+        record.rho = reduction_ratio(f_rho, f_ref, model_change)
         if not (is_finite(bt.step) and is_finite(bt.value)):
             return self._finish(record, t_start, "non-finite step")
         with _Timer(record, "seconds_linesearch"):
@@ -434,22 +439,30 @@ class HessianFree:
         return bt, values[id(iterates[-1][1])]
 
     def _model_change(self, G: GGN | Hessian, g: Tensor, p: Tensor, record: _StepRecord,
-                      cases: int) -> float:
-        """q(p) − q(0) = gᵀp + ½ pᵀBp, B undamped (HFDemo) or damped; one product."""
+                      cases: int) -> tuple[float, Tensor]:
+        """q(p) − q(0) = gᵀp + ½ pᵀBp, B undamped (HFDemo) or damped; one product; and Bp."""
         t0 = time.perf_counter()
         B = G.damped(self.lam) if self.config.rho_damped else G
         Bp = B.matvec(p)
         record.product(cases, time.perf_counter() - t0)
-        return float(torch.dot(g, p) + 0.5 * torch.dot(p, Bp))
+        return float(torch.dot(g, p) + 0.5 * torch.dot(p, Bp)), Bp
 
-    def _check(self, theta: dict[str, Tensor], batch: Any, step: Tensor,
+    def _check(self, theta: dict[str, Tensor], batch: Any, step: Tensor, Bp: Tensor,
                record: _StepRecord) -> tuple[Any, int]:
-        """The objective on the check batch before and after ``step`` (in the record)."""
-        before = self.objective.value(theta, batch)
+        """The check batch's objective before and after ``step``, and the model's prediction.
+
+        The prediction uses the check batch's own gradient ``g_c`` with the step's curvature:
+        ``g_cᵀp + ½ pᵀBp`` (``Bp`` is the product ρ already took). A step fitted to its
+        minibatch gains less on other cases than the fitted model says; comparing with a model
+        built on the same cases measures how far the curvature model holds along ``p``, not how
+        much of the step fitted the minibatch's noise.
+        """
+        before, g_check = self.objective.value_and_grad(theta, batch)
         n = self.objective.last_cases
-        record.forward(n)
+        record.gradient(n)
         record.check_loss_before = before
         record.check_loss_after = self._value(theta, batch, record, n, step, 1.0)
+        record.check_model_change = float(torch.dot(g_check, step) + 0.5 * torch.dot(step, Bp))
         return batch, n
 
     def _step_size(self, theta: dict[str, Tensor], bt: Backtracked, m: _Model, grad_batch: Any,
@@ -465,7 +478,7 @@ class HessianFree:
         alpha = float(value_at(cfg.learning_rate, self.t))
 
         def compare(a: float) -> tuple[float, float, bool]:
-            if check is not None:  # judged on data the step was not fitted to
+            if check is not None and cfg.reject_on_check:  # on cases it was not fitted to
                 after = record.check_loss_after if a == 1.0 and checked_bt else \
                     self._value(theta, check[0], record, check[1], bt.step, a)
                 return after, record.check_loss_before, False

@@ -53,6 +53,7 @@ class StepStats:
     step_norm: float
     check_loss_before: float
     check_loss_after: float
+    check_model_change: float
     gradients: int
     forwards: int
     products: int

@@ -318,8 +318,9 @@ class MomentumHFSettings(Settings):
     shortened run): the rule of ``hessfree reproduce``; per-update settings (CG steps per
     update, minibatch size, ζ and ε values, weight decay) are unchanged.
     ``minibatch_cg_steps = 0`` keeps the first phase forever (generated data, small tasks).
-    ``check`` measures ρ and the rejection test of the first phase on a second minibatch the
-    step was not fitted to (see ``HessianFree.step``'s ``check_batch``).
+    ``check`` (default on: hessfree's fix of the minibatch phase, :meth:`HFConfig.momentum_like`)
+    measures ρ of the first phase on a second minibatch the step was not fitted to (see
+    ``HessianFree.step``'s ``check_batch``), so λ adapts to how well steps generalise.
 
     Attributes:
         config: the first phase's :class:`~hessfree.HFConfig` fields (flattened).
@@ -345,7 +346,7 @@ class MomentumHFSettings(Settings):
     numchunks: int = 4
     final_cg_steps: int = 500_000
     final_weight_decay: float = 0.0
-    check: bool = False
+    check: bool = True
     grad_chunk: int = GRAD_CHUNK
 
     def __post_init__(self) -> None:
