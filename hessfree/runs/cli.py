@@ -1,6 +1,7 @@
 """The ``hessfree`` command line (also ``python -m hessfree``).
 
-``list``, ``train``, ``compare``, ``plot``, ``report`` and ``demo``. Bad input — an unknown
+``list``, ``train``, ``compare``, ``plot``, ``report``, ``reproduce``, ``demo`` and
+``check-products``. Bad input — an unknown
 experiment, optimizer or setting, a value of the wrong type or out of range, a file that is not
 what it should be — and faults the run reports cleanly (a full disk) get one line on stderr,
 exit code 2 and no traceback. Anything else is a bug and keeps its traceback (exit code 1).
@@ -138,8 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     _reproduce_args(sub.add_parser(
         "reproduce", help="Table 1 or Table 5 of Sutskever et al. (2013) at a fraction of the "
         "budget"))
-    sub.add_parser("demo", help="GGN products on a small autoencoder, checked against a dense "
-                                "matrix")
+    p = sub.add_parser("demo", help="HF, the momentum-like HF and NAG at equal cost, then CG vs "
+                       "NAG on a saved quadratic (about 3 minutes on 2 cores)")
+    p.add_argument("--budget", type=_float("--budget"), default=400.0,
+                   help="gradient-equivalents per optimizer")
+    p.add_argument("--out", default="runs")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("check-products", help="GGN products on a small autoencoder, checked against "
+                   "a dense matrix")
     return parser
 
 
@@ -301,14 +309,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The curvature-product demo."""
+    """The main demo."""
     from hessfree.runs.demo import run_demo
+
+    folder = run_demo(args.out, budget=args.budget, quiet=args.quiet,
+                      overrides=_overrides(args.set))
+    print(folder)
+    return 0
+
+
+def cmd_check_products(args: argparse.Namespace) -> int:
+    """The curvature-product check against a dense matrix."""
+    from hessfree.runs.check_products import run_demo
 
     return run_demo()
 
 
 COMMANDS = {"list": cmd_list, "train": cmd_train, "compare": cmd_compare, "plot": cmd_plot,
-            "report": cmd_report, "reproduce": cmd_reproduce, "demo": cmd_demo}
+            "report": cmd_report, "reproduce": cmd_reproduce, "demo": cmd_demo,
+            "check-products": cmd_check_products}
 
 
 def _message(err: BaseException) -> str:

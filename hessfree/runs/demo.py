@@ -1,49 +1,154 @@
-"""``hessfree demo``: GGN products on a small autoencoder, checked against a dense matrix."""
+"""``hessfree demo``: HF, the momentum-like HF and NAG side by side, then CG against NAG.
+
+The main job of the README's two-command set-up. On ``curves-small`` (generated CURVES, 2000
+training images, a 784-200-100-50-25-6 autoencoder: built in, no data folder needed, and small
+enough that every method leaves the mean-image plateau within the budget on a 2-core CPU), it
+
+1. trains Martens' HF, the momentum-like HF ([S13 A.6], its first phase with a check minibatch)
+   and NAG ([S13 Eq. 3-5]) for the same number of gradient-equivalents, each writing its
+   results file (HF also saves the quadratics of some of its steps);
+2. takes the saved quadratic on which HF's CG ran the most iterations (past the plateau: the
+   regime of [S13 Fig. 5]) and runs CG, NAG, CM and GD on it at equal products;
+3. prints a table and writes one figure with two panels: training error against
+   gradient-equivalents, and ``q − q*`` against curvature products.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
+from typing import Any
 
-import torch
-from torch import nn
-from torch.func import functional_call, hessian, jacrev
+import numpy as np
 
-from hessfree.curvature import GGN, Problem, losses
+from hessfree import quadratic
+from hessfree._files import save_figure
+from hessfree.runs import experiments
+from hessfree.runs.results import read_results
+from hessfree.runs.trainer import RunSpec, train
+
+__all__ = ["EXPERIMENT", "OPTIMIZERS", "run_demo"]
+
+log = logging.getLogger(__name__)
+EXPERIMENT = "curves-small"
+OPTIMIZERS = ("hf", "hf-momentum", "nag")
+LABELS = {"hf": "HF (Martens 2010)", "hf-momentum": "momentum-like HF (A.6)",
+          "nag": "NAG (Eq. 3-5)"}
 
 
-def _autoencoder() -> nn.Module:
-    """A 64-32-8-32-64 autoencoder: logistic hidden units, linear code, logits out."""
-    return nn.Sequential(nn.Linear(64, 32), nn.Sigmoid(), nn.Linear(32, 8), nn.Linear(8, 32),
-                         nn.Sigmoid(), nn.Linear(32, 64)).double()
+def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
+             quiet: bool = False, iters: int = 100, overrides: dict[str, Any] | None = None
+             ) -> Path:
+    """Run the demo; returns the folder holding the three results files, the figure and table.
+
+    Args:
+        out: the parent folder (a ``demo-<time>`` folder is made in it).
+        budget: gradient-equivalents of the training set per optimizer.
+        seed: the seed of data, initialization and minibatches.
+        quiet: no progress bars.
+        iters: curvature products per method on the saved quadratic.
+        overrides: settings for every run (e.g. a smaller ``n_train`` in a test).
+    """
+    folder = Path(out) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = {}
+    for opt in OPTIMIZERS:
+        over = {k: v for k, v in (overrides or {}).items()
+                if k in _keys(opt)}
+        paths[opt] = train(RunSpec(
+            experiment=EXPERIMENT, optimizer=opt, budget=budget, seed=seed, out=str(folder),
+            name=opt, quiet=quiet, eval_every=5 if opt != "nag" else 100, overrides=over,
+            save_quadratics_every=2 if opt == "hf" else None))
+    runs = {opt: read_results(p) for opt, p in paths.items()}
+    step, comparison = _compare(paths["hf"], runs["hf"], iters)
+    lines = _table(runs, step, comparison, budget)
+    (folder / "demo.md").write_text("\n".join(lines) + "\n")
+    figure = _figure(runs, comparison, step, folder / "demo.png")
+    print("\n".join(lines))
+    print(f"figure: {figure}")
+    return folder
 
 
-def run_demo(seed: int = 0) -> int:
-    """Build a GGN operator, multiply, and compare with ``Jᵀ H_L J`` from jacrev/hessian."""
-    torch.manual_seed(seed)
-    model = _autoencoder()
-    x = (torch.rand(200, 64, dtype=torch.float64) > 0.7).double()
-    problem = Problem(model, losses.BCEWithLogits(), weight_decay=1e-5)
-    t0 = time.perf_counter()
-    G = GGN(problem, (x, x))
-    setup = time.perf_counter() - t0
-    v = torch.randn(G.dim, dtype=torch.float64)
-    G @ v  # warm-up: the first product pays autograd's one-time costs
-    t0 = time.perf_counter()
-    gv = G @ v
-    prod = time.perf_counter() - t0
+def _keys(optimizer: str) -> set[str]:
+    exp = experiments.get(EXPERIMENT)
+    return set(exp.data_defaults().keys()) | set(exp.optimizer_defaults(optimizer).keys())
 
-    params = {k: p.detach() for k, p in model.named_parameters()}
-    theta = torch.cat([p.reshape(-1) for p in params.values()])
 
-    def f(th: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, G.layout.split(th), (x,))
+def _compare(path: Path, res: Any, iters: int) -> tuple[int, Any]:
+    """CG vs NAG/CM/GD on the saved quadratic whose step ran CG the longest."""
+    saved = [int(k) for k in res.quadratics]
+    if not saved:
+        return -1, None
+    cg_iters = dict(zip(res.steps["step"].tolist(), res.steps["cg_iters"].tolist()))
+    step = max(saved, key=lambda k: (cg_iters.get(k, 0), k))
+    import h5py
 
-    J = jacrev(lambda th: f(th).reshape(-1))(theta)
-    out = f(theta)
-    HL = hessian(lambda z: problem.loss(z.reshape(out.shape), x))(out.reshape(-1))
-    ref = J.T @ (HL @ (J @ v)) + 1e-5 * v
-    err = float((gv - ref).norm() / ref.norm())
-    print(f"{G!r}\n  loss {G.value:.6f}   |grad| {float(G.grad.norm()):.4e}")
-    print(f"  set-up {setup * 1e3:.1f} ms, one product G@v {prod * 1e3:.2f} ms")
-    print(f"  |G@v - J'H J v| / |J'H J v| = {err:.2e}  (dense float64 reference by jacrev/hessian)")
-    return 0 if err < 1e-10 else 1
+    with h5py.File(path, "r", locking=False) as f:
+        q = quadratic.Quadratic.load(f[f"quadratics/{step}"],
+                                     build_model=experiments.build_model)
+    return step, quadratic.compare(q, iters=iters)
+
+
+def _final(res: Any) -> tuple[float, float, float]:
+    ev = res.eval
+    return float(ev["train_error"][-1]), float(ev["test_error"][-1]), float(ev["grad_equiv"][-1])
+
+
+def _table(runs: dict[str, Any], step: int, c: Any, budget: float) -> list[str]:
+    lines = [f"# hessfree demo: {EXPERIMENT}, {budget:g} gradient-equivalents per optimizer",
+             "", "| optimizer | updates | rejected | seconds | gradient-equivalents | "
+             "training error | test error |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for opt, res in runs.items():
+        tr, te, ge = _final(res)
+        st = res.steps
+        lines.append(f"| {LABELS[opt]} | {len(st['step'])} | {int((~st['accepted']).sum())} | "
+                     f"{float(np.sum(st['seconds'])):.1f} | {ge:.0f} | {tr:.3f} | {te:.3f} |")
+    if c is not None:
+        q_star = min(float(np.nanmin(v)) for v in c.values.values())
+        lines += ["", f"CG vs NAG on the quadratic of HF's step {step} "
+                  f"({c.dim:,} parameters): products to close 90% / 99% of the gap to the "
+                  "minimum", "", "| method | 90% | 99% | q after "
+                  f"{c.iters} products |", "|---|---:|---:|---:|"]
+        for m in c.methods:
+            k90, k99 = (_products_to(c.values[m], q_star, f) for f in (0.9, 0.99))
+            lines.append(f"| {m} | {k90} | {k99} | {c.values[m][-1]:.6g} |")
+    return lines
+
+
+def _products_to(values: np.ndarray, q_star: float, fraction: float) -> str:
+    target = q_star * fraction  # q(0) = 0
+    hit = np.nonzero(values <= target)[0]
+    return str(int(hit[0])) if len(hit) else f">{len(values) - 1}"
+
+
+def _figure(runs: dict[str, Any], c: Any, step: int, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    for opt, res in runs.items():
+        ev = res.eval
+        left.plot(ev["grad_equiv"], ev["train_error"], label=LABELS[opt])
+    left.set_xlabel("gradient-equivalents of the training set")
+    left.set_ylabel("training error")
+    left.set_yscale("log")
+    left.set_title(f"{EXPERIMENT}: equal cost")
+    left.grid(True, alpha=0.3)
+    left.legend()
+    if c is not None:
+        q_star = min(float(np.nanmin(v)) for v in c.values.values())
+        floor = max(abs(q_star) * 1e-9, 1e-300)
+        for m in c.methods:
+            gap = np.maximum(c.values[m] - q_star, floor)
+            right.plot(np.arange(len(gap)), gap, label=m.upper())
+        right.set_yscale("log")
+        right.set_xlabel("curvature products")
+        right.set_ylabel("q(x_k) − q*")
+        right.set_title(f"the quadratic of HF's step {step}")
+        right.grid(True, alpha=0.3)
+        right.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+

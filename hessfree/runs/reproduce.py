@@ -314,10 +314,12 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
          "jobs": [dataclasses.asdict(j) for j in job_list]}, indent=1))
     if jobs == 1:
         outcomes = [_run_one(j, out, device, dtype, seed, resume, False) for j in job_list]
-    else:
+    else:  # the long HF runs first, so the short ones fill the gaps at the end
+        order = sorted(job_list, key=lambda j: j.optimizer not in ("hf-momentum", "hf"))
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            outcomes = list(pool.map(
-                lambda j: _run_one(j, out, device, dtype, seed, resume, True), job_list))
+            done = dict(zip(map(id, order), pool.map(
+                lambda j: _run_one(j, out, device, dtype, seed, resume, True), order)))
+        outcomes = [done[id(j)] for j in job_list]
     return summarize(table, fraction, out, outcomes)
 
 

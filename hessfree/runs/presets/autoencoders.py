@@ -83,8 +83,14 @@ def _error(model: nn.Module, batch: Any, settings: Any) -> float:
 
 def _model(preset: str) -> Callable[[AutoencoderData, torch.Generator], nn.Module]:
     def build(settings: AutoencoderData, g: torch.Generator) -> nn.Module:
-        return sparse_init_(getattr(models, preset)(), scale=settings.si_scale, generator=g)
+        make = _SMALL.get(preset) or getattr(models, preset)
+        return sparse_init_(make(), scale=settings.si_scale, generator=g)
     return build
+
+
+#: the demo's smaller CURVES network: 784-200-100-50-25-6 and mirror
+_SMALL = {"curves_small_autoencoder": lambda: models.DeepAutoencoder(
+    [784, 200, 100, 50, 25, 6, 25, 50, 100, 200, 784], output="logistic")}
 
 
 def _curves(s: AutoencoderData, seed: int) -> Dataset:
@@ -153,6 +159,28 @@ def _autoencoder(name: str, data: Any, preset: str, loss: Any, n_train: int, hf_
     return factory
 
 
+def _curves_small() -> Experiment:
+    """CURVES at demo size (not a paper benchmark): 2000 training images, a narrower net."""
+    nag = MomentumSettings(batch_size=100, lr=0.005, schedule="sutskever", mu_max=0.99,
+                           final_mu=0.9, final_steps=100)
+    return Experiment(
+        name="curves-small", description="CURVES at demo size: 2000 images, autoencoder "
+        "784-200-100-50-25-6 (the main demo's problem; not a paper benchmark)",
+        data=_curves, model=_model("curves_small_autoencoder"),
+        loss=lambda s: losses.BCEWithLogits(), error=_error,
+        error_name="squared reconstruction error (sum over pixels, mean over cases)",
+        settings={
+            "data": AutoencoderData(n_train=2000, n_test=1000),
+            "hf": HFSettings(HFConfig.martens2010(initial_lambda=1.0), weight_decay=2e-5,
+                             numchunks=4),
+            "hf-momentum": MomentumHFSettings(HFConfig.momentum_like(initial_lambda=1.0),
+                                              weight_decay=2e-5, batch_divisor=8,
+                                              minibatch_cg_steps=0),
+            "nag": nag, "cm": nag, "sgd": nag.replace(mu_max=0.0),
+        },
+        model_spec=lambda s: {"preset": "curves_small_autoencoder", "si_scale": s.si_scale})
+
+
 AUTOENCODERS = {
     "curves-ae": _autoencoder(
         "curves-ae", _curves, "curves_autoencoder", losses.BCEWithLogits, 20000, 2e-5, 4,
@@ -166,4 +194,5 @@ AUTOENCODERS = {
         "faces-ae", _faces, "faces_autoencoder", losses.MSE, 103500, 1e-5, 20,
         A6["faces-ae"],
         "FACES autoencoder 625-2000-1000-500-30 (re-built from Olivetti), linear output"),
+    "curves-small": _curves_small,
 }
