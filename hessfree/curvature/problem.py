@@ -181,6 +181,7 @@ class Problem:
             f"{name or 'model'} ({type(m).__name__})"
             for name, m in self.model.named_modules()
             if m.training and isinstance(m, _TRAIN_MODE_MODULES)
+            and not (isinstance(m, nn.modules.dropout._DropoutNd) and m.p == 0)  # identity
         ]
         if bad:
             raise InputError(
