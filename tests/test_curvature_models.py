@@ -81,11 +81,16 @@ def test_ggn_and_hessian_match_dense_references(name):
     x = x.double() if x.is_floating_point() else x
     if loss_name == "mse":
         t = torch.randn(tshape, generator=g, dtype=F64)
-        loss, ref_loss = hessfree.losses.MSE(), lambda z: ((z - t) ** 2).sum() / z.shape[0]
+        loss = hessfree.losses.MSE()
+
+        def ref_loss(z):
+            return ((z - t) ** 2).sum() / z.shape[0]
     else:
         t = torch.randint(0, 3 if name != "embedding" else 4, tshape, generator=g)
         loss = hessfree.losses.CrossEntropy()
-        ref_loss = lambda z: torch.nn.functional.cross_entropy(z, t, reduction="sum") / z.shape[0]
+
+        def ref_loss(z):
+            return torch.nn.functional.cross_entropy(z, t, reduction="sum") / z.shape[0]
     problem = hessfree.Problem(model, loss)
     params = {n: p.detach() for n, p in model.named_parameters()}
     theta = torch.cat([p.reshape(-1) for p in params.values()])
