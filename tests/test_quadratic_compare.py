@@ -9,6 +9,7 @@ import torch
 from curvature_cases import make_case
 
 import hessfree
+from hessfree.errors import InputError
 from hessfree.quadratic import (
     MU_GRID,
     Quadratic,
@@ -239,3 +240,22 @@ def test_plot_writes_a_file(tmp_path):
     c.q_star = None  # unknown minimum: q itself is drawn
     plot(c, tmp_path / "cmp.svg")
     assert open(tmp_path / "cmp.svg").read(200).lstrip().startswith("<?xml")
+
+
+def test_plot_follows_the_umask_and_never_overwrites_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    h5py = pytest.importorskip("h5py")
+    c = compare(rotated(np.logspace(0, 1, 6), 1), iters=8, mu=0.9)
+    old = os.umask(0o022)
+    try:
+        path = plot(c, tmp_path / "sub" / "cmp.png")  # a missing folder is made
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    results = tmp_path / "results.png"
+    with h5py.File(results, "w") as f:  # an HDF5 file under an image name
+        f["x"] = 1
+    with pytest.raises(InputError, match="path: .*HDF5"):
+        plot(c, results)
+    with h5py.File(results, "r") as f:
+        assert f["x"][()] == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
+from hessfree._files import save_figure
 from hessfree.curvature.spectral import eigsh
 from hessfree.quadratic.comparison import Comparison
 from hessfree.quadratic.core import Quadratic
@@ -138,8 +138,6 @@ def plot(comparison: Comparison, path: str | os.PathLike, title: str | None = No
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - matplotlib is a dev/plot extra
         raise ImportError("plot: needs matplotlib (pip install 'hessfree[plot]')") from err
-    path = os.fspath(path)
-    fmt = os.path.splitext(path)[1].lstrip(".") or "png"
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -156,13 +154,4 @@ def plot(comparison: Comparison, path: str | os.PathLike, title: str | None = No
     ax.set_ylabel("q(x) − q*" if star is not None else "q(x)")
     ax.set_title(title or f"CG vs first-order methods, dim {comparison.dim}")
     ax.legend()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=f".{fmt}")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return str(save_figure(fig, path, name="path"))
