@@ -60,3 +60,16 @@ def test_curvature_in_your_research(tmp_path):
     assert abs(estimate - exact) < 5 * stderr
     assert number(out, r"relative residual ([0-9.e+-]+)") < 1e-2
     assert (tmp_path / "density.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_readme_quick_start_runs_and_learns(capsys):
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    import torch
+    torch.manual_seed(0)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 10 and ns["stats"].accepted
+    first, last = float(printed[0].split()[0]), float(printed[-1].split()[0])
+    assert last < 0.3 * first  # the labelling is learnable: the objective falls

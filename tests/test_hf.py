@@ -233,7 +233,8 @@ def test_mismatched_curvature_batch_outputs():
 def test_momentum_like_fixed_cg_steps_and_learning_rate_schedule():
     model, problem, x = _ae_problem(dtype=torch.float32)
     cfg = HFConfig.momentum_like(cg_max_iters=7, learning_rate=InverseDecay(1.0, t0=1),
-                                 cg_decay=Ramp(0.5, 0.9, 0, 2), initial_lambda=1.0)
+                                 cg_decay=Ramp(0.5, 0.9, 0, 2), initial_lambda=1.0,
+                                 line_search=False)  # the fixed-rate path
     opt = HessianFree(problem, config=cfg)
     stats = [opt.step((x[:16], x[:16])) for _ in range(4)]
     assert [s.cg_iters for s in stats] == [7, 7, 7, 7]
@@ -279,7 +280,7 @@ def test_config_presets_and_json_round_trip():
     assert m.line_search and m.backtracking and m.preconditioner and not m.rho_damped
     ml = HFConfig.momentum_like(cg_decay=Ramp(0.95, 0.999, 0, 100, "momentum"),
                                 learning_rate=Piecewise((10,), (1.0, 0.5)))
-    assert not ml.line_search and ml.cg_fixed_iters and ml.cg_max_iters == 50
+    assert ml.line_search and ml.cg_fixed_iters and ml.cg_max_iters == 50
     back = HFConfig.from_json(ml.to_json()) if hasattr(HFConfig, "from_json") else \
         HFConfig.from_dict(__import__("json").loads(ml.to_json()))
     assert back == ml

@@ -140,7 +140,7 @@ def test_check_batch_measures_rho_and_rejection_on_unseen_cases():
     fit, held = (x[:32], y[:32]), (x[32:], y[32:])
     for on_check in (True, False):
         _, prob, _ = problem()
-        cfg = HFConfig.momentum_like(cg_max_iters=5, initial_lambda=1e-3,
+        cfg = HFConfig.momentum_like(cg_max_iters=5, initial_lambda=1e-3, line_search=False,
                                      reject_on_check=on_check)
         opt = hessfree.HessianFree(prob, config=cfg)
         held_before = prob.value(prob.parameters(), held)
@@ -164,12 +164,25 @@ def test_reset_on_reject_does_not_carry_the_rejected_direction():
     for reset in (False, True):
         _, prob, batch = problem()
         cfg = HFConfig.momentum_like(cg_max_iters=4, initial_lambda=1.0, learning_rate=50.0,
-                                     reset_on_reject=reset)  # rate 50: the step overshoots
+                                     line_search=False,  # rate 50: the step overshoots
+                                     reset_on_reject=reset)
         opt = hessfree.HessianFree(prob, config=cfg)
         before = opt.last_solution.clone()
         s = opt.step(batch)
         assert not s.accepted and s.reason == "loss increased"
         assert torch.equal(opt.last_solution, before) == reset
+
+
+def test_momentum_like_line_search_shortens_an_overshooting_step_from_its_rate():
+    _, prob, batch = problem()
+    cfg = HFConfig.momentum_like(cg_max_iters=4, initial_lambda=1.0, learning_rate=50.0)
+    opt = hessfree.HessianFree(prob, config=cfg)
+    f0 = prob.value(prob.parameters(), batch)
+    s = opt.step(batch)  # rate 50 overshoots (the test above); Armijo shortens it instead
+    k = round(math.log(s.step_size / 50.0) / math.log(cfg.ls_shrink))
+    assert s.accepted and k >= 1 and s.step_size == pytest.approx(50.0 * cfg.ls_shrink ** k)
+    assert s.ls_evals == k + 1 and s.loss_after < f0
+    assert s.loss_after == pytest.approx(prob.value(prob.parameters(), batch), rel=1e-6)
 
 
 def test_a6_presets_and_the_fraction_rule():

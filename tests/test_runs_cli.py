@@ -187,8 +187,10 @@ def test_momentum_like_runs_the_a6_phases(capsys, tmp_path):
     assert list(r.steps["cg_decay"]) == pytest.approx([0.95, 0.95] + [0.995] * 4)
     assert [p["name"] for p in r.attrs["phases"]["phases"]] == ["minibatch", "full", "final"]
     # minibatch of 256/8 = 32 cases (its gradient, then per-case gradients for the
-    # preconditioner), then the whole training set for the gradient (in chunks)
-    assert list(r.steps["grad_cases"][:2]) == [2 * 32, 2 * 32]
+    # preconditioner) and a check minibatch of 32 for ρ (its gradient), then the whole
+    # training set for the gradient (in chunks)
+    assert list(r.steps["grad_cases"][:2]) == [3 * 32, 3 * 32]
+    assert all(c > 0 for c in r.steps["check_loss_before"][:2])
     assert all(g >= 256 for g in r.steps["grad_cases"][2:])
 
 

@@ -471,11 +471,12 @@ class HessianFree:
         """The step-size policy of the config: line search, or a fixed rate."""
         cfg = self.config
         bt_on_grad = m.same or cfg.backtrack_batch == "gradient"
+        alpha = float(value_at(cfg.learning_rate, self.t))
         if cfg.line_search:
+            known_at_start = bt.value if bt_on_grad and alpha == 1.0 else None
             return line_search(
                 lambda a: self._value(theta, grad_batch, record, m.n_grad, bt.step, a),
-                m.f0, float(torch.dot(m.g, bt.step)), bt.value if bt_on_grad else None, cfg)
-        alpha = float(value_at(cfg.learning_rate, self.t))
+                m.f0, float(torch.dot(m.g, bt.step)), known_at_start, cfg, alpha0=alpha)
 
         def compare(a: float) -> tuple[float, float, bool]:
             if check is not None and cfg.reject_on_check:  # on cases it was not fitted to

@@ -38,10 +38,13 @@ class StepSize:
 
 
 def line_search(objective: Callable[[float], float], f0: float, slope: float,
-                first_value: float | None, config: HFConfig) -> StepSize:
-    """Armijo backtracking from rate 1 (``first_value``: the objective at rate 1 if known)."""
+                first_value: float | None, config: HFConfig, alpha0: float = 1.0) -> StepSize:
+    """Armijo backtracking from rate ``alpha0`` (``first_value``: the objective there if known).
+
+    Martens' HF starts at 1; the momentum-like HF starts at its scheduled rate ε ([S13 A.6]).
+    """
     ls = armijo(objective, f0, slope, config.ls_c, config.ls_shrink, config.ls_max_tries,
-                first_value=first_value)
+                alpha0=alpha0, first_value=first_value)
     if ls.accepted:
         return StepSize(ls.alpha, ls.value, ls.evaluations, None)
     return StepSize(0.0, f0, ls.evaluations, LINE_SEARCH_FAILED)
