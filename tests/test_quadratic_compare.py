@@ -259,3 +259,23 @@ def test_plot_follows_the_umask_and_never_overwrites_results(tmp_path):
         plot(c, results)
     with h5py.File(results, "r") as f:
         assert f["x"][()] == 1
+
+
+@pytest.mark.parametrize("dtype,rtol,tol",
+                         [(torch.float64, 1e-10, 1e-12), (torch.float32, 1e-5, 1e-6)])
+def test_minimum_matches_the_dense_solve(dtype, rtol, tol):
+    from hessfree.quadratic import minimum
+
+    g = torch.Generator().manual_seed(5)
+    Q, _ = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=F64))
+    A = (Q * torch.logspace(0, 3, 40, dtype=F64)) @ Q.T
+    b = torch.randn(40, generator=g, dtype=F64)
+    q = Quadratic.from_dense(A.to(dtype), b=b.to(dtype))
+    ref = -0.5 * float(b.numpy() @ np.linalg.solve(A.numpy(), b.numpy()))
+    m = minimum(q, rtol=rtol, max_iters=500)
+    assert m.converged and m.reason == "residual tolerance" and 0 < m.products <= 500
+    assert m.value == pytest.approx(ref, rel=tol)
+    short = minimum(q, rtol=rtol, max_iters=3)  # not converged: says so
+    assert not short.converged and short.products == 3 and short.value > m.value
+    with pytest.raises(InputError, match="rtol"):
+        minimum(q, rtol=0.0)

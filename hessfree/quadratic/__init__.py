@@ -18,8 +18,10 @@ from hessfree.quadratic.comparison import (
     METHODS,
     MU_GRID,
     Comparison,
+    Minimum,
     compare,
     largest_eigenvalue,
+    minimum,
 )
 from hessfree.quadratic.core import Quadratic, load, save
 from hessfree.quadratic.eigen import Spectrum, plot, spectrum
@@ -30,11 +32,13 @@ __all__ = [
     "MU_GRID",
     "SCHEMA_VERSION",
     "Comparison",
+    "Minimum",
     "Quadratic",
     "Spectrum",
     "compare",
     "largest_eigenvalue",
     "load",
+    "minimum",
     "plot",
     "save",
     "spectrum",

@@ -221,6 +221,39 @@ def _first_order(q: Quadratic, method: str, iters: int, eps: float, mu: object, 
     return x
 
 
+@dataclass(frozen=True)
+class Minimum:
+    """What :func:`minimum` found: q at CG's last iterate, its cost, whether it converged."""
+
+    value: float
+    products: int
+    converged: bool
+    reason: str
+
+
+def minimum(q: Quadratic, rtol: float = 1e-6, max_iters: int = 2000) -> Minimum:
+    """q* of a quadratic too large to factorise: CG run to a small residual.
+
+    The reference a comparison's gap ``q(x_k) − q*`` needs ([S13 Fig. 5] plots it): the best
+    value a method reached within the comparison's budget is not the minimum. CG stops at
+    ``‖r‖ <= rtol·‖b‖``; then ``q(x) − q* = ½ rᵀ(G + λI)⁻¹r <= ½‖r‖²/λ_min``.
+
+    Args:
+        q: the quadratic.
+        rtol: residual tolerance relative to ``‖b‖`` (float32 quadratics reach about 1e-6).
+        max_iters: products at most.
+    """
+    if not isinstance(q, Quadratic):
+        raise InputTypeError(f"q: expected a Quadratic, got {type(q).__name__}")
+    _checks.number(rtol, "rtol", 0.0, strict_min=True)
+    _checks.integer(max_iters, "max_iters", 1)
+    phis: list[float] = []
+    res = cg.solve(q, q.b, stop=[cg.ResidualTolerance(rtol)], max_iters=max_iters, store=False,
+                   callback=lambda i, x, phi: phis.append(phi))
+    value = min(phis) if phis else 0.0
+    return Minimum(value, res.products, res.reason == "residual tolerance", res.reason)
+
+
 def compare(q: Quadratic, iters: int = 250, methods: Sequence[str] = METHODS,
             mu: float | Sequence[float] | str = MU_GRID, mu_max: float = 0.999,
             L: float | None = None, lanczos_tol: float = 1e-6, q_star: float | None = None,
