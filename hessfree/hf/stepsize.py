@@ -1,11 +1,13 @@
 """How far to move along HF's chosen step: one function per policy.
 
 * :func:`line_search`: Martens' Armijo backtracking on the gradient batch ([M10 §4.6]; HFDemo
-  "bog-standard back-tracking", :func:`hessfree.hf.linesearch.armijo`); the step is rejected when
-  no rate within ``ls_max_tries`` reductions gives sufficient decrease.
-* :func:`fixed_rate`: a given learning rate ε (the momentum-like HF of [S13 A.6]: ε = 1, decayed
-  late by a schedule), optionally rejecting an update that raises the objective
-  (``reject_worse``), compared on the batch whose objective is already known.
+  "bog-standard back-tracking", :func:`hessfree.hf.linesearch.armijo`) from rate 1, or from the
+  scheduled rate ε in the momentum-like HF's preset ([S13 A.6]; see
+  :meth:`hessfree.hf.config.HFConfig.momentum_like`); the step is rejected when no rate within
+  ``ls_max_tries`` reductions gives sufficient decrease.
+* :func:`fixed_rate`: a given learning rate ε with no search, optionally rejecting an update
+  that raises the objective (``reject_worse``), compared on the batch whose objective is
+  already known.
 
 Both return a :class:`StepSize`: the rate, the gradient-batch objective after the step when it was
 evaluated (NaN otherwise), how many objective evaluations the policy spent, and why the step is
