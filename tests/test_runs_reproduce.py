@@ -97,6 +97,24 @@ def test_table1_end_to_end_at_a_tiny_fraction(capsys, tmp_path):
     code, _, err = run(capsys, "reproduce", "table1", "--fraction", "1e-5", "--experiments",
                        "curves-ae", "--out", out, *SMALL_AE)
     assert code == 2 and "is not empty" in err
+    # --summary-only runs nothing: the runs of a larger plan that are not there are listed,
+    # and a run that was killed (its file still says running, no writer) is marked
+    with h5py.File(out / "curves-ae" / "hf-momentum" / "results.h5", "r+") as f:
+        f.attrs["status"] = "running"
+    code, stdout, err = run(capsys, "reproduce", "table1", "--fraction", "1e-5",
+                            "--experiments", "curves-ae", "--mu", "0.99,0.9", "--lrs",
+                            "0.01,0.005", "--out", out, "--summary-only", *SMALL_AE)
+    assert code == 0, err
+    assert (out / "curves-ae" / "hf" / "results.h5").stat().st_mtime_ns == before
+    assert not (out / "curves-ae" / "nag-0.9N-lr0.01").exists()
+    md = (out / "summary.md").read_text()
+    assert "Not started: " in md and "curves-ae nag-0.9N-lr0.005" in md and "0.99N" in md
+    assert "Unfinished runs" in md and "curves-ae hf-momentum (" in md
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "reproduce", "table1", "--fraction", "1e-5", "--experiments",
+                       "curves-ae", "--out", empty, "--summary-only", *SMALL_AE)
+    assert code == 2 and "holds none of the runs" in err
 
 
 def test_table5_end_to_end_with_jobs(capsys, tmp_path):

@@ -73,6 +73,8 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue unfinished runs in --out, skip finished ones")
     p.add_argument("--out", default="reproduce", help="folder for the runs and the summary")
+    p.add_argument("--summary-only", action="store_true",
+                   help="run nothing: summarize the runs already in --out, finished or not")
     p.add_argument("--seed", type=_int("--seed"), default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run (repeatable)")
@@ -302,7 +304,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     md = reproduce(args.table, args.fraction, out=args.out, experiments_=args.experiments,
                    optimizers=args.optimizers, mus=args.mu, lrs=args.lrs, device=args.device,
                    dtype=args.dtype, jobs=args.jobs, resume=args.resume, seed=args.seed,
-                   overrides=_overrides(args.set))
+                   overrides=_overrides(args.set), summary_only=args.summary_only)
     print(md.read_text())
     print(md)
     return 0

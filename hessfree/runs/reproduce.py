@@ -283,7 +283,7 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
               optimizers: Sequence[str] | None = None, mus: Sequence[float] | None = None,
               lrs: Sequence[float] | None = None, device: str = "cpu", dtype: str = "float32",
               jobs: int = 1, resume: bool = False, seed: int = 0,
-              overrides: dict[str, Any] | None = None) -> Path:
+              overrides: dict[str, Any] | None = None, summary_only: bool = False) -> Path:
     """Run ``table``'s protocol at ``fraction`` of its budget; returns ``summary.md``'s path.
 
     Args:
@@ -301,10 +301,15 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
         resume: continue unfinished runs, skip finished ones.
         seed: the seed of every run.
         overrides: extra settings for every run (e.g. a smaller ``n_train`` for a test).
+        summary_only: run nothing; summarize the runs already in ``out``, finished or not
+            (e.g. while the protocol runs, or after it was stopped), marking the unfinished
+            and the missing ones.
     """
     job_list = plan(table, fraction, experiments_, optimizers, mus, lrs, overrides)
     _checks.integer(jobs, "--jobs", minimum=1)
     out = Path(out)
+    if summary_only:
+        return _summarize_existing(table, fraction, out, job_list)
     if out.exists() and any(out.iterdir()) and not resume:
         raise InputError(f"--out: {out} is not empty; continue it with --resume or choose "
                          "another folder")
@@ -321,6 +326,18 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
                 lambda j: _run_one(j, out, device, dtype, seed, resume, True), order)))
         outcomes = [done[id(j)] for j in job_list]
     return summarize(table, fraction, out, outcomes)
+
+
+def _summarize_existing(table: str, fraction: float, out: Path, job_list: list[Job]) -> Path:
+    if not out.is_dir():
+        raise InputError(f"--out: {out} is not a folder of runs")
+    outcomes = [_outcome(j, p) for j in job_list
+                if (p := out / j.experiment / j.name / "results.h5").is_file()]
+    if not outcomes:
+        raise InputError(f"--out: {out} holds none of the runs of this plan")
+    missing = [j for j in job_list
+               if not (out / j.experiment / j.name / "results.h5").is_file()]
+    return summarize(table, fraction, out, outcomes, missing)
 
 
 # -- the summary --------------------------------------------------------------------------------
@@ -349,8 +366,12 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def summarize(table: str, fraction: float, out: Path, outcomes: list[Outcome]) -> Path:
-    """Write ``summary.md``, ``summary.h5`` and one figure per experiment; return the markdown."""
+def summarize(table: str, fraction: float, out: Path, outcomes: list[Outcome],
+              missing: Sequence[Job] = ()) -> Path:
+    """Write ``summary.md``, ``summary.h5`` and one figure per experiment; return the markdown.
+
+    ``missing``: planned runs that have no results yet (listed, not tabled).
+    """
     exps = list(dict.fromkeys(o.job.experiment for o in outcomes))
     cols = _columns(table, outcomes)
     metric = "training squared error" if table == "table1" else "zero-one error (test)"
@@ -375,6 +396,13 @@ def summarize(table: str, fraction: float, out: Path, outcomes: list[Outcome]) -
     for (exp, c), b in best.items():
         lines.append(f"| {exp} | {c} | {b.job.optimizer} | {_fmt(b.job.lr)} | {b.updates} | "
                      f"{_fmt(b.grad_equiv)} | {_fmt(b.seconds)} | {b.status} |")
+    unfinished = [o for o in outcomes if o.status not in ("failed",)
+                  and not o.status.startswith("finished")]
+    if unfinished:
+        lines += ["", "Unfinished runs (their last evaluation is tabled): " + "; ".join(
+            f"{o.job.experiment} {o.job.name} ({o.updates} updates)" for o in unfinished)]
+    if missing:
+        lines += ["", "Not started: " + ", ".join(f"{j.experiment} {j.name}" for j in missing)]
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         lines += ["", "Runs that failed: " + "; ".join(f"{o.job.experiment} {o.job.name}: "
