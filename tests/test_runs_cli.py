@@ -155,7 +155,10 @@ def test_killed_run_leaves_a_readable_file(tmp_path):
     (["plot", "missing.h5"], "results: no such file"),
     (["report", "missing.h5"], "results: no such file"),
     (["compare", "missing.h5"], "quadratic: no such file"),
-    (["train", "toy-quartic", "--steps", "1", "--resume", "nowhere"], "--resume: no results.h5"),
+    (["train", "toy-quartic", "--steps", "1", "--resume", "nowhere"],
+     "--resume: no such run folder 'nowhere'"),
+    (["train", "toy-quartic", "--steps", "1", "--resume", "."],
+     "--resume: '.' is not a run folder (expected results.h5 and checkpoint.pt in '.')"),
 ])
 def test_bad_input_one_line_exit_2(capsys, tmp_path, argv, needle):
     if "--device" in argv:

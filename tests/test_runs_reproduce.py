@@ -57,6 +57,20 @@ def test_bad_plans_are_refused(args, needle):
         plan(*args)
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--device", "tpu"], "--device: unknown device 'tpu'"),
+    (["--dtype", "float16"], "--dtype: expected one of"),
+    (["--seed", "-1"], "--seed: expected an integer in"),
+    (["--jobs", "0"], "--jobs: expected an integer >= 1"),
+])
+def test_bad_run_options_are_refused_before_any_run_starts(capsys, tmp_path, argv, needle):
+    out = tmp_path / "t1"
+    code, _, err = run(capsys, "reproduce", "table1", "--fraction", "1e-5", "--experiments",
+                       "curves-ae", "--out", out, *argv, *SMALL_AE)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_a_setting_no_run_has_is_refused():
     with pytest.raises(InputError, match=r"no run of table1 has the setting\(s\) \['T'\]"):
         plan("table1", 0.01, ["curves-ae"], overrides={"T": 5})

@@ -45,7 +45,8 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # torch raises many kinds on garbage: all mean "unreadable"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (damaged or not written by "
+                              f"hessfree; torch says {type(err).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("checkpoint_version") != CHECKPOINT_VERSION:
         version = state.get("checkpoint_version") if isinstance(state, dict) else None
         raise CheckpointError(f"{path}: checkpoint format {version!r}, this hessfree reads "

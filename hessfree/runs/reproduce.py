@@ -305,8 +305,14 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
             (e.g. while the protocol runs, or after it was stopped), marking the unfinished
             and the missing ones.
     """
+    from hessfree.runs.trainer import DTYPES, MAX_SEED, resolve_device
+
     job_list = plan(table, fraction, experiments_, optimizers, mus, lrs, overrides)
     _checks.integer(jobs, "--jobs", minimum=1)
+    _checks.integer(seed, "--seed", 0, MAX_SEED)
+    _checks.choice(dtype, "--dtype", tuple(DTYPES))
+    if not summary_only:  # every run would fail on it: say so once, before any starts
+        resolve_device(device)
     out = Path(out)
     if summary_only:
         return _summarize_existing(table, fraction, out, job_list)

@@ -345,11 +345,14 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
             ``save_quadratics_every`` given here are applied (and recorded).
     """
     check_budgets(steps, seconds, budget)
-    path = Path(path)
-    path = path / "results.h5" if path.is_dir() else path
+    given = Path(path)
+    if not given.exists():
+        raise InputError(f"--resume: no such run folder {str(given)!r}")
+    path = given / "results.h5" if given.is_dir() else given
     ckpt = path.with_name("checkpoint.pt")
     if not path.exists() or not ckpt.exists():
-        raise InputError(f"--resume: no results.h5 and checkpoint.pt in {path.parent}")
+        raise InputError(f"--resume: {str(given)!r} is not a run folder (expected results.h5 "
+                         f"and checkpoint.pt in {str(path.parent)!r})")
     state = checkpoint.load(ckpt)
     saved = _saved_spec(state, ckpt)
     changes = _check_resume(saved, expect)
