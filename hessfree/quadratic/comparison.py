@@ -251,7 +251,7 @@ def minimum(q: Quadratic, rtol: float = 1e-6, max_iters: int = 2000) -> Minimum:
     res = cg.solve(q, q.b, stop=[cg.ResidualTolerance(rtol)], max_iters=max_iters, store=False,
                    callback=lambda i, x, phi: phis.append(phi))
     value = min(phis) if phis else 0.0
-    return Minimum(value, res.products, res.reason == "residual tolerance", res.reason)
+    return Minimum(value, res.products, res.reason == cg.RESIDUAL_TOLERANCE, res.reason)
 
 
 def compare(q: Quadratic, iters: int = 250, methods: Sequence[str] = METHODS,

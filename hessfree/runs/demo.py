@@ -25,6 +25,7 @@ import numpy as np
 from hessfree import quadratic
 from hessfree._files import save_figure
 from hessfree.runs import experiments
+from hessfree.runs.h5file import open_results
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 
@@ -81,9 +82,7 @@ def _compare(path: Path, res: Any, iters: int) -> tuple[int, Any]:
         return -1, None
     cg_iters = dict(zip(res.steps["step"].tolist(), res.steps["cg_iters"].tolist()))
     step = max(saved, key=lambda k: (cg_iters.get(k, 0), k))
-    import h5py
-
-    with h5py.File(path, "r", locking=False) as f:
+    with open_results(path, "r") as f:
         q = quadratic.Quadratic.load(f[f"quadratics/{step}"],
                                      build_model=experiments.build_model)
     c = quadratic.compare(q, iters=iters)

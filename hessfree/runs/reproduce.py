@@ -311,11 +311,10 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
     _checks.integer(jobs, "--jobs", minimum=1)
     _checks.integer(seed, "--seed", 0, MAX_SEED)
     _checks.choice(dtype, "--dtype", tuple(DTYPES))
-    if not summary_only:  # every run would fail on it: say so once, before any starts
-        resolve_device(device)
     out = Path(out)
     if summary_only:
         return _summarize_existing(table, fraction, out, job_list)
+    resolve_device(device)  # every run would fail on it: say so once, before any starts
     if out.exists() and any(out.iterdir()) and not resume:
         raise InputError(f"--out: {out} is not empty; continue it with --resume or choose "
                          "another folder")
@@ -337,12 +336,15 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
 def _summarize_existing(table: str, fraction: float, out: Path, job_list: list[Job]) -> Path:
     if not out.is_dir():
         raise InputError(f"--out: {out} is not a folder of runs")
-    outcomes = [_outcome(j, p) for j in job_list
-                if (p := out / j.experiment / j.name / "results.h5").is_file()]
+    outcomes, missing = [], []
+    for j in job_list:
+        path = out / j.experiment / j.name / "results.h5"
+        if path.is_file():
+            outcomes.append(_outcome(j, path))
+        else:
+            missing.append(j)
     if not outcomes:
         raise InputError(f"--out: {out} holds none of the runs of this plan")
-    missing = [j for j in job_list
-               if not (out / j.experiment / j.name / "results.h5").is_file()]
     return summarize(table, fraction, out, outcomes, missing)
 
 
@@ -402,8 +404,8 @@ def summarize(table: str, fraction: float, out: Path, outcomes: list[Outcome],
     for (exp, c), b in best.items():
         lines.append(f"| {exp} | {c} | {b.job.optimizer} | {_fmt(b.job.lr)} | {b.updates} | "
                      f"{_fmt(b.grad_equiv)} | {_fmt(b.seconds)} | {b.status} |")
-    unfinished = [o for o in outcomes if o.status not in ("failed",)
-                  and not o.status.startswith("finished")]
+    unfinished = [o for o in outcomes
+                  if o.status != "failed" and not o.status.startswith("finished")]
     if unfinished:
         lines += ["", "Unfinished runs (their last evaluation is tabled): " + "; ".join(
             f"{o.job.experiment} {o.job.name} ({o.updates} updates)" for o in unfinished)]
