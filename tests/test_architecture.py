@@ -25,7 +25,7 @@ PACKAGE = Path(hessfree.__file__).resolve().parent
 LAYERS = {
     "_version": 0, "errors": 0,
     "_checks": 1, "vectors": 1,
-    "schedules": 2, "batches": 2, "linops": 2, "_files": 2,
+    "schedules": 2, "batches": 2, "linops": 2, "_files": 2, "_h5": 2,
     "distributed": 3,
     "cg": 4, "curvature": 4, "models": 4, "data": 4,
     "quadratic": 5, "momentum": 5,

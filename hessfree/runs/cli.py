@@ -231,6 +231,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from hessfree import quadratic
     from hessfree._files import check_image_output
+    from hessfree._h5 import open_file
     from hessfree.runs import experiments
 
     path, group = _split_quadratic_arg(args.quadratic)
@@ -238,11 +239,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"quadratic: no such file {path!r}")
     if args.plot:
         check_image_output(args.plot, [path], "--plot")
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except OSError as err:
-        raise UsageError(f"quadratic: {path} cannot be opened as HDF5 ({err})") from None
-    with f:
+    _check_int(args.iters, "--iters", 1)
+    with open_file(path, "r", what="quadratic file") as f:
         saved = sorted(f["quadratics"].keys(), key=lambda k: (len(k), k)) \
             if isinstance(f.get("quadratics"), h5py.Group) else []
         if group is None:
@@ -256,7 +254,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UsageError(f"quadratic: {path} has no quadratic at {group!r}; saved "
                              f"quadratics: {have}")
         q = quadratic.Quadratic.load(node, build_model=experiments.build_model)
-    _check_int(args.iters, "--iters", 1)
     result = quadratic.compare(q, iters=args.iters)
     print(f"{path}:{group}")
     print(result.format())

@@ -25,7 +25,7 @@ import numpy as np
 from hessfree import quadratic
 from hessfree._files import save_figure
 from hessfree.runs import experiments
-from hessfree.runs.h5file import open_results
+from hessfree.runs.h5 import open_results
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 

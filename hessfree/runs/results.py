@@ -48,9 +48,10 @@ import h5py
 import numpy as np
 import torch
 
+from hessfree._h5 import open_file, write_tensor
 from hessfree._version import __version__
 from hessfree.errors import InputError, InputTypeError
-from hessfree.runs.h5file import (
+from hessfree.runs.h5 import (
     FORMAT,
     SCHEMA_VERSION,
     ResultsError,
@@ -224,7 +225,7 @@ class ResultsWriter:
                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         own.update({"git_commit": git_commit()} if git_commit() else {})
         try:
-            f = h5py.File(self.path, "x", locking=False)  # fails if the file exists
+            f = open_file(self.path, "x")  # fails if the file exists
         except FileExistsError:
             raise FileExistsError(f"{self.path}: a results file already exists; use mode='append' "
                                   "to resume it or choose another path") from None
@@ -284,9 +285,7 @@ class ResultsWriter:
         for key, t in tensors.items():
             if not key or "/" in key or key in (".", ".."):
                 raise InputError(f"tensors: parameter name {key!r} cannot be an HDF5 dataset name")
-            t = t.detach().cpu() if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t))
-            new.create_dataset(key, data=(t.float() if t.dtype == torch.bfloat16 else t).numpy())
-            new[key].attrs["torch_dtype"] = str(t.dtype).removeprefix("torch.")
+            write_tensor(new, key, t)
         new.attrs["names"] = json.dumps(list(tensors))
         if name in group:
             del group[name]
