@@ -6,6 +6,10 @@ succeeded and removed otherwise, so a kill or an error never leaves half a file 
 temporary one. Checkpoints, summaries, saved quadratics, downloaded data and images all use it
 (:func:`write_text` for text).
 
+Every figure the package draws starts from :func:`figure` (matplotlib's Agg canvas used directly,
+so the host's pyplot backend is never touched; matplotlib is the ``[plot]`` extra) and has its
+axes labelled by :func:`label_axes`.
+
 Every figure the package writes (``hessfree plot``, ``hessfree compare --plot``,
 :func:`hessfree.quadratic.plot`) goes through :func:`save_figure`: the format follows the
 extension (:data:`IMAGE_FORMATS`, anything else is refused with the list), the path may not be one
@@ -26,8 +30,8 @@ from typing import Any
 
 from hessfree.errors import InputError
 
-__all__ = ["IMAGE_FORMATS", "atomic_path", "check_image_output", "image_format", "save_figure",
-           "write_text"]
+__all__ = ["IMAGE_FORMATS", "atomic_path", "check_image_output", "figure", "image_format",
+           "label_axes", "save_figure", "write_text"]
 
 #: extension -> matplotlib format
 IMAGE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
@@ -111,6 +115,41 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def figure(width: float, height: float, panels: int = 1) -> tuple[Any, list[Any]]:
+    """A matplotlib ``Figure`` on an Agg canvas with ``panels`` axes side by side.
+
+    Raises:
+        ImportError: matplotlib is not installed (naming the ``[plot]`` extra).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("figures need matplotlib (pip install 'hessfree[plot]')") from err
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def label_axes(ax: Any, xlabel: str, ylabel: str, title: str | None = None, *,
+               log_x: bool = False, log_y: bool = False, grid: bool = True,
+               legend: bool = True, legend_size: float | None = None) -> None:
+    """Labels, log scales, a light grid and a legend: the package's one axes style."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    if log_x:
+        ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    if grid:
+        ax.grid(True, alpha=0.3)
+    if legend:
+        ax.legend(fontsize=legend_size)
 
 
 def save_figure(fig: Any, path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (),

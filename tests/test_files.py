@@ -99,3 +99,19 @@ def test_tensors_round_trip_with_their_dtype(tmp_path, dtype):
     with h5py.File(tmp_path / "a.h5", "w") as f:  # a numpy array is written the same way
         _h5.write_tensor(f, "a", np.ones(3, dtype=np.float32))
         assert _h5.read_tensor(f["a"]).dtype == torch.float32
+
+
+def test_figure_helper_draws_on_agg_and_leaves_pyplot_alone(tmp_path):
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    fig, axes = _files.figure(8, 3, panels=2)
+    assert len(axes) == 2 and fig.canvas.get_default_filetype() == "png"
+    axes[0].plot([1, 2, 3], [1, 10, 100], label="a")
+    _files.label_axes(axes[0], "x", "y", "t", log_y=True)
+    assert axes[0].get_yscale() == "log" and axes[0].get_xscale() == "linear"
+    assert axes[0].get_title() == "t" and axes[0].get_legend() is not None
+    _files.label_axes(axes[1], "u", "v", legend=False, log_x=True)
+    assert axes[1].get_legend() is None and axes[1].get_xscale() == "log"
+    out = _files.save_figure(fig, tmp_path / "f.png")
+    assert out.read_bytes()[:4] == b"\x89PNG" and matplotlib.get_backend() == backend

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hessfree import quadratic
-from hessfree._files import save_figure
+from hessfree._files import figure, label_axes, save_figure
 from hessfree.runs import experiments
 from hessfree.runs.h5 import open_results
 from hessfree.runs.results import read_results
@@ -126,33 +126,19 @@ def _products_to(values: np.ndarray, q_star: float, fraction: float) -> str:
 
 
 def _figure(runs: dict[str, Any], c: Any, step: int, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = figure(11, 4.2, panels=2)
     for opt, res in runs.items():
         ev = res.eval
         left.plot(ev["grad_equiv"], ev["train_error"], label=LABELS[opt])
-    left.set_xlabel("gradient-equivalents of the training set")
-    left.set_ylabel("training error")
-    left.set_yscale("log")
-    left.set_title(f"{EXPERIMENT}: equal cost")
-    left.grid(True, alpha=0.3)
-    left.legend()
+    label_axes(left, "gradient-equivalents of the training set", "training error",
+               f"{EXPERIMENT}: equal cost", log_y=True)
     if c is not None:
         q_star = c.q_star
         floor = max(abs(q_star) * 1e-7, 1e-300)  # float32 quadratics: q to about 1e-7
         for m in c.methods:
             gap = np.maximum(c.values[m] - q_star, floor)
             right.plot(np.arange(len(gap)), gap, label=m.upper())
-        right.set_yscale("log")
-        right.set_xlabel("curvature products")
-        right.set_ylabel("q(x_k) − q*")
-        right.set_title(f"the quadratic of HF's step {step}")
-        right.grid(True, alpha=0.3)
-        right.legend()
+        label_axes(right, "curvature products", "q(x_k) − q*",
+                   f"the quadratic of HF's step {step}", log_y=True)
     fig.tight_layout()
     return save_figure(fig, path)
-

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hessfree._files import check_image_output, save_figure
+from hessfree._files import check_image_output, figure, label_axes, save_figure
 from hessfree.errors import InputError
 from hessfree.runs.results import RunResults, read_results
 
@@ -81,23 +81,14 @@ def _labels(runs: Sequence[RunResults], labels: Sequence[str] | None) -> list[st
 
 def _figure(curves: list[tuple[str, np.ndarray, np.ndarray]], x: str, y: str,
             title: str | None) -> Any:
-    """An Agg-backed ``Figure`` with one line per curve; log y when every value is positive."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    """A figure with one line per curve; log y when every value is positive."""
+    fig, (ax,) = figure(7, 4.5)
     for label, xs, ys in curves:
         ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
     values = np.concatenate([ys for _, _, ys in curves])
-    if values.size and np.all(values > 0):
-        ax.set_yscale("log")
-    ax.set_xlabel(X_AXES[x])
-    ax.set_ylabel(Y_AXES[y][2])
-    ax.set_title(title if title is not None else f"{Y_AXES[y][2]} against {X_AXES[x]}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    label_axes(ax, X_AXES[x], Y_AXES[y][2],
+               title if title is not None else f"{Y_AXES[y][2]} against {X_AXES[x]}",
+               log_y=bool(values.size and np.all(values > 0)))
     fig.tight_layout()
     return fig
 
