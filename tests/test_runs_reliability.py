@@ -250,6 +250,27 @@ def test_the_trainer_rejects_a_nan_update_and_records_it(capsys, tmp_path, monke
     assert all(np.isfinite(v).all() for v in res.params("final").values())
 
 
+def test_the_trainer_rejects_an_update_whose_loss_alone_is_not_finite(capsys, tmp_path,
+                                                                      monkeypatch):
+    """The momentum runner leaves rejection to the optimizer (``skip_non_finite``), which also
+    rejects a non-finite loss with a finite gradient."""
+    from hessfree.curvature.problem import Problem
+
+    real = Problem.value_and_grad
+    calls = {"n": 0}
+
+    def poisoned(self, params, batch):
+        value, grad = real(self, params, batch)
+        calls["n"] += 1
+        return (math.inf, grad) if calls["n"] == 2 else (value, grad)
+
+    monkeypatch.setattr(Problem, "value_and_grad", poisoned)
+    path = train(capsys, tmp_path, "toy-quartic", "--optimizer", "cm", "--steps", 4)
+    res = read_results(path)
+    assert list(res.steps["accepted"]) == [True, False, True, True]
+    assert res.steps["reason"][1] == "non-finite gradient" and res.steps["loss"][1] == math.inf
+
+
 # -- 11. λ has a maximum; no progress ends the run cleanly ------------------------------------
 def test_a_converged_problem_ends_the_run_with_its_results(capsys, tmp_path):
     w = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)

@@ -9,7 +9,7 @@ the momentum methods) into the cases of update ``t``:
   ``numchunks``, [HFDemo]);
 * ``"minibatch"``: the next minibatch of an :class:`EpochSampler` (a seeded permutation per
   epoch, consumed in order);
-* for generated data (a :class:`~hessfree.runs.experiment.Dataset` with ``fresh``), every kind is
+* for generated data (a :class:`~hessfree.runs.dataset.Dataset` with ``fresh``), every kind is
   a fresh draw of ``size`` (or ``n_train``) cases whose seed depends on the run's seed, ``t`` and
   the batch's role (gradient 0, curvature 1), so any step can be re-drawn exactly.
 
@@ -31,7 +31,7 @@ from hessfree.batches import Batch, split, take
 from hessfree.distributed import shard
 from hessfree.errors import InputError
 from hessfree.hf.phases import BatchSpec
-from hessfree.runs.experiment import Dataset
+from hessfree.runs.dataset import Dataset
 
 __all__ = ["BatchDrawer", "EpochSampler", "CHECK", "CURVATURE", "GRADIENT"]
 

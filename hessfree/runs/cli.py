@@ -32,7 +32,7 @@ class UsageError(InputError):
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", nargs="?", default=None,
                    help="experiment name (see `hessfree list`); optional with --resume")
-    p.add_argument("--optimizer", help="hf, hf-momentum, nag, cm or sgd (default hf)")
+    p.add_argument("--optimizer", help="an optimizer family of `hessfree list` (default hf)")
     p.add_argument("--steps", type=_int("--steps"), help="stop after this many outer steps")
     p.add_argument("--seconds", type=_float("--seconds"),
                    help="stop after this much optimizer time")
@@ -170,12 +170,12 @@ def _overrides(items: list[str]) -> dict[str, str]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print the experiments and optimizers."""
-    from hessfree.runs import experiments
+    from hessfree.runs import experiments, families
 
     print("experiments:")
     for name in experiments.names():
         print(f"  {name:22s} {experiments.get(name).description}")
-    print("optimizers: " + ", ".join(experiments.OPTIMIZERS))
+    print("optimizers: " + ", ".join(families.names()))
     return 0
 
 

@@ -17,25 +17,41 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hessfree import quadratic
-from hessfree._files import figure, label_axes, save_figure
-from hessfree.runs import experiments
+from hessfree._files import figure, label_axes, save_figure, write_text
+from hessfree.runs import experiments, families
 from hessfree.runs.h5 import open_results
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 
-__all__ = ["EXPERIMENT", "OPTIMIZERS", "run_demo"]
+__all__ = ["EXPERIMENT", "RUNS", "DemoRun", "run_demo"]
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "curves-small"
-OPTIMIZERS = ("hf", "hf-momentum", "nag")
-LABELS = {"hf": "HF (Martens 2010)", "hf-momentum": "momentum-like HF (A.6)",
-          "nag": "NAG (Eq. 3-5)"}
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One run of the demo: an optimizer family, its evaluation interval, its saved quadratics.
+
+    The first run that saves quadratics (every ``save_quadratics_every`` steps) gives the
+    quadratic of the CG-against-NAG comparison.
+    """
+
+    optimizer: str
+    eval_every: int
+    save_quadratics_every: int | None = None
+
+
+#: the demo's runs, in table order (about 50 evaluations each within the default budget)
+RUNS = (DemoRun("hf", 5, save_quadratics_every=2), DemoRun("hf-momentum", 5),
+        DemoRun("nag", 100))
 
 
 def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
@@ -53,17 +69,17 @@ def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
     """
     folder = Path(out) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = {}
-    for opt in OPTIMIZERS:
-        over = {k: v for k, v in (overrides or {}).items()
-                if k in _keys(opt)}
-        paths[opt] = train(RunSpec(
-            experiment=EXPERIMENT, optimizer=opt, budget=budget, seed=seed, out=str(folder),
-            name=opt, quiet=quiet, eval_every=5 if opt != "nag" else 100, overrides=over,
-            save_quadratics_every=2 if opt == "hf" else None))
+    for r in RUNS:
+        over = {k: v for k, v in (overrides or {}).items() if k in _keys(r.optimizer)}
+        paths[r.optimizer] = train(RunSpec(
+            experiment=EXPERIMENT, optimizer=r.optimizer, budget=budget, seed=seed,
+            out=str(folder), name=r.optimizer, quiet=quiet, eval_every=r.eval_every,
+            overrides=over, save_quadratics_every=r.save_quadratics_every))
     runs = {opt: read_results(p) for opt, p in paths.items()}
-    step, comparison = _compare(paths["hf"], runs["hf"], iters)
+    saver = next(r.optimizer for r in RUNS if r.save_quadratics_every)
+    step, comparison = _compare(paths[saver], runs[saver], iters)
     lines = _table(runs, step, comparison, budget)
-    (folder / "demo.md").write_text("\n".join(lines) + "\n")
+    write_text(folder / "demo.md", "\n".join(lines) + "\n")
     figure = _figure(runs, comparison, step, folder / "demo.png")
     print("\n".join(lines))
     print(f"figure: {figure}")
@@ -105,7 +121,8 @@ def _table(runs: dict[str, Any], step: int, c: Any, budget: float) -> list[str]:
     for opt, res in runs.items():
         tr, te, ge = _final(res)
         st = res.steps
-        lines.append(f"| {LABELS[opt]} | {len(st['step'])} | {int((~st['accepted']).sum())} | "
+        lines.append(f"| {families.get(opt).label} | {len(st['step'])} | "
+                     f"{int((~st['accepted']).sum())} | "
                      f"{float(np.sum(st['seconds'])):.1f} | {ge:.0f} | {tr:.3f} | {te:.3f} |")
     if c is not None:
         q_star = c.q_star
@@ -129,7 +146,7 @@ def _figure(runs: dict[str, Any], c: Any, step: int, path: Path) -> Path:
     fig, (left, right) = figure(11, 4.2, panels=2)
     for opt, res in runs.items():
         ev = res.eval
-        left.plot(ev["grad_equiv"], ev["train_error"], label=LABELS[opt])
+        left.plot(ev["grad_equiv"], ev["train_error"], label=families.get(opt).label)
     label_axes(left, "gradient-equivalents of the training set", "training error",
                f"{EXPERIMENT}: equal cost", log_y=True)
     if c is not None:

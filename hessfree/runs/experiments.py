@@ -14,11 +14,11 @@ from typing import Any
 from torch import nn
 
 from hessfree.errors import InputError, InputTypeError
-from hessfree.runs.experiment import Dataset, Experiment
+from hessfree.runs.dataset import Dataset
+from hessfree.runs.experiment import Experiment
 from hessfree.runs.presets import BUILTIN
-from hessfree.runs.settings import OPTIMIZERS
 
-__all__ = ["OPTIMIZERS", "Dataset", "Experiment", "build_model", "get", "names", "register"]
+__all__ = ["Dataset", "Experiment", "build_model", "get", "names", "register"]
 
 _REGISTRY: dict[str, Callable[[], Experiment]] = dict(BUILTIN)
 

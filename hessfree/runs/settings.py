@@ -5,9 +5,10 @@ and the Python API alike):
 
 * the data/model record of its experiment (a subclass of :class:`DataSettings`: sizes, the
   sequence length, hidden units, the data root, ...), and
-* the optimizer record: :class:`HFSettings` (Martens' HF: an :class:`~hessfree.HFConfig` plus
-  the batch settings of HFDemo), :class:`MomentumHFSettings` (the momentum-like HF of
-  [S13 A.6] as phases) or :class:`MomentumSettings` (NAG, CM, SGD).
+* the optimizer record of its family (:mod:`hessfree.runs.families` says which):
+  :class:`HFSettings` (Martens' HF: an :class:`~hessfree.HFConfig` plus the batch settings of
+  HFDemo), :class:`MomentumHFSettings` (the momentum-like HF of [S13 A.6] as phases) or
+  :class:`MomentumSettings` (NAG, CM, SGD).
 
 Both are seen by the command line as one flat namespace of ``key=value`` settings: the fields of
 each record, with an ``HFConfig`` flattened into its own fields (``--set cg_max_iters=50``).
@@ -39,9 +40,7 @@ __all__ = [
     "MOMENTUM_SCHEDULES",
     "MomentumHFSettings",
     "MomentumSettings",
-    "OPTIMIZERS",
     "Settings",
-    "record_for",
     "apply_overrides",
     "data_settings_from",
     "flat",
@@ -51,8 +50,6 @@ __all__ = [
 #: the μ schedules of the momentum family: Eq. 5 of [S13 §3], the RNN schedule of [S13 §4],
 #: or a constant
 MOMENTUM_SCHEDULES = ("sutskever", "rnn", "constant")
-#: the optimizers every experiment can be trained with, and the settings record of each
-OPTIMIZERS = ("hf", "hf-momentum", "nag", "cm", "sgd")
 #: memory chunk of a whole-training-set pass, in cases (HFDemo passes the whole set at once;
 #: chunks only bound memory and do not change any value)
 GRAD_CHUNK = 5000
@@ -470,11 +467,3 @@ class MomentumSettings(Settings):
             return Constant(self.mu_max)
         return SutskeverSchedule(self.mu_max, final_mu=self.final_mu,
                                  final_steps=self.final_steps, total_steps=total_steps)
-
-
-
-def record_for(optimizer: str) -> type:
-    """The settings record of ``optimizer`` (one of :data:`OPTIMIZERS`)."""
-    _checks.choice(optimizer, "optimizer", OPTIMIZERS)
-    return {"hf": HFSettings, "hf-momentum": MomentumHFSettings}.get(optimizer,
-                                                                     MomentumSettings)
