@@ -335,6 +335,59 @@ def test_a_bad_json_attribute_is_a_clean_error(capsys, nag_run):
     one_line_error(code, err, "attribute 'config' is not valid JSON")
 
 
+def _delete(f, name):
+    del f[name]
+
+
+def _as_group(f, name):
+    del f[name]
+    f.create_group(name)
+
+
+def _as_matrix(f, name):
+    del f[name]
+    f.create_dataset(name, data=np.zeros((3, 2)))
+
+
+def _bad_fields(f, name):
+    f[name.rsplit("/", 1)[0]].attrs["fields"] = "not JSON"
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (_delete, "/steps/loss: the column is missing"),
+    (_as_group, "/steps/loss: not a column"),
+    (_as_matrix, "/steps/loss: not a column"),
+    (_bad_fields, "/steps: attribute 'fields' is not a JSON list"),
+])
+@pytest.mark.parametrize("command", ["report", "plot", "resume"])
+def test_a_missing_or_damaged_column_is_one_line(capsys, nag_run, tmp_path, damage, needle,
+                                                 command):
+    with h5py.File(nag_run, "r+", locking=False) as f:
+        damage(f, "steps/loss")
+    argv = {"report": ["report", nag_run],
+            "plot": ["plot", nag_run, "--y", "loss", "--out", tmp_path / "p.png"],
+            "resume": ["train", "--resume", nag_run.parent, "--steps", 9, "--quiet"]}[command]
+    code, _, err = run(capsys, *argv)
+    one_line_error(code, err, needle)
+    assert str(nag_run) in err and "damaged" in err
+    assert not (nag_run.parent / ".lock").exists()  # a refused resume lets go of the run
+
+
+def test_a_column_a_file_never_had_is_skipped_or_named(capsys, nag_run, tmp_path):
+    """A consistent file without a column (written by other code) plots what it has."""
+    with h5py.File(nag_run, "r+", locking=False) as f:
+        del f["eval/seconds"]
+        fields = json.loads(f["eval"].attrs["fields"])
+        f["eval"].attrs["fields"] = json.dumps([k for k in fields if k != "seconds"])
+    code, out, err = run(capsys, "report", nag_run)
+    assert code == 0, err
+    code, _, err = run(capsys, "plot", nag_run, "--x", "seconds", "--out", tmp_path / "p.png")
+    one_line_error(code, err, "no run has the fields to plot y='train_error' against "
+                   "x='seconds'")
+    code, _, err = run(capsys, "plot", nag_run, "--x", "steps", "--out", tmp_path / "p.png")
+    assert code == 0, err
+
+
 def test_compare_names_the_file_and_lists_saved_quadratics(capsys, tmp_path):
     path = train(capsys, tmp_path, "toy-quartic", "--optimizer", "hf", "--steps", 3,
                  "--save-quadratics-every", "2")

@@ -36,23 +36,22 @@ _EVAL_X = {"steps": "step", "seconds": "seconds", "grad-equiv": "grad_equiv"}
 
 
 def _steps_x(res: RunResults, x: str) -> np.ndarray | None:
-    """The x values of ``/steps`` rows (shared columns), or None if the run has no rows."""
+    """The x values of ``/steps`` rows (shared columns), or None if the run lacks them."""
     s = res.steps
-    if "step" not in s:
+    column = {"steps": "step", "seconds": "seconds", "grad-equiv": "grad_equiv"}[x]
+    if column not in s:
         return None
-    if x == "steps":
-        return s["step"].astype(np.float64)
-    return np.cumsum(s["seconds" if x == "seconds" else "grad_equiv"])
+    return s["step"].astype(np.float64) if x == "steps" else np.cumsum(s[column])
 
 
 def _series(res: RunResults, x: str, y: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(x, y)`` of one run with non-finite points dropped, or None if it lacks the column."""
+    """``(x, y)`` of one run with non-finite points dropped, or None if it lacks a column."""
     table, column, _ = Y_AXES[y]
     columns = res.table(table)
     if column not in columns:
         return None  # e.g. λ of a NAG run
     if table == "eval":
-        xs = columns[_EVAL_X[x]].astype(np.float64)
+        xs = columns[_EVAL_X[x]].astype(np.float64) if _EVAL_X[x] in columns else None
     else:
         xs = _steps_x(res, x)
     if xs is None:

@@ -92,7 +92,7 @@ class _Table:
 
     def __init__(self, group: h5py.Group):
         self.group, self.n = group, _table_len(group)
-        self._set_columns(json.loads(group.attrs.get("fields", "[]")))
+        self._set_columns(list(_columns(group)))
         group.attrs.create("n_rows", self.n, dtype=np.int64)
         self._count = h5py.h5a.open(group.id, b"n_rows")
 
@@ -152,9 +152,36 @@ class _Table:
             dset.set_extent((n,))
 
 
+def _columns(group: h5py.Group) -> dict[str, h5py.Dataset]:
+    """The columns a table lists in ``fields``, each checked to be a 1-D dataset of a column type.
+
+    Raises:
+        ResultsError: one line naming the file and the missing or damaged column.
+    """
+    where = f"{group.file.filename}: {group.name}"
+    try:
+        names = json.loads(group.attrs.get("fields", "[]"))
+    except (TypeError, ValueError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(k, str) for k in names):
+        raise ResultsError(f"{where}: attribute 'fields' is not a JSON list of column names "
+                           "(the file is damaged)")
+    out = {}
+    for k in names:
+        ds = group.get(k)
+        if ds is None:
+            raise ResultsError(f"{where}/{k}: the column is missing (the table lists it in "
+                               "'fields'; the file is damaged)")
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind not in _DTYPES:
+            raise ResultsError(f"{where}/{k}: not a column (expected a 1-D dataset of float, "
+                               "int, bool or str; the file is damaged)")
+        out[k] = ds
+    return out
+
+
 def _table_len(group: h5py.Group) -> int:
     """Committed rows: ``n_rows``, or less if a column is shorter."""
-    lengths = [len(group[k]) for k in json.loads(group.attrs.get("fields", "[]"))]
+    lengths = [len(ds) for ds in _columns(group).values()]
     return min([*lengths, int(group.attrs.get("n_rows", min(lengths, default=0)))])
 
 
@@ -181,8 +208,7 @@ def _read_table(group: h5py.Group | None, damaged: list[str]) -> dict[str, np.nd
     if group is None:
         return {}
     n = _table_len(group)
-    columns = {k: _read_column(group[k], n, damaged)
-               for k in json.loads(group.attrs.get("fields", "[]"))}
+    columns = {k: _read_column(ds, n, damaged) for k, ds in _columns(group).items()}
     n = min((len(c) for c in columns.values()), default=0)
     return {k: c[:n] for k, c in columns.items()}
 
