@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from hessfree.errors import InputError
 from hessfree.runs.lock import is_live
 from hessfree.runs.results import RunResults, read_results
 
@@ -26,7 +27,7 @@ def paper_numbers(experiment: str, optimizer: str) -> dict[str, float]:
 
     try:
         paper = experiments.get(experiment).paper
-    except ValueError:
+    except InputError:
         return {}
     return {k: v for k, v in paper.items() if k.split(" ")[0] == optimizer}
 

@@ -253,7 +253,7 @@ class ResultsWriter:
         try:
             f = open_file(self.path, "x")  # fails if the file exists
         except FileExistsError:
-            raise FileExistsError(f"{self.path}: a results file already exists; use mode='append' "
+            raise ResultsError(f"{self.path}: a results file already exists; use mode='append' "
                                   "to resume it or choose another path") from None
         try:
             write_attrs(f, own, own=True)
@@ -357,7 +357,7 @@ class RunResults:
     def table(self, name: str) -> dict[str, np.ndarray]:
         """The columns of ``"steps"`` or ``"eval"``."""
         if name not in TABLES:
-            raise KeyError(f"table: expected one of {TABLES}, got {name!r}")
+            raise InputError(f"table: expected one of {TABLES}, got {name!r}")
         return self.steps if name == "steps" else self.eval
 
     def params(self, name: str = "final") -> dict[str, np.ndarray]:
@@ -365,7 +365,7 @@ class RunResults:
         with open_results(self.path, "r") as f:
             group = f.get(f"params/{name}")
             if group is None:
-                raise KeyError(f"{self.path}: no /params/{name}; saved: {self.param_sets}")
+                raise ResultsError(f"{self.path}: no /params/{name}; saved: {self.param_sets}")
             return {key: group[key][()] for key in json.loads(group.attrs["names"])}
 
 
@@ -435,7 +435,7 @@ def _record(path: Path) -> RunRecord:
 def list_runs(folder: str | os.PathLike) -> list[RunRecord]:
     """Every ``results.h5`` below ``folder``, oldest first; unreadable ones are skipped (logged)."""
     if not os.path.isdir(folder):
-        raise NotADirectoryError(f"folder: {os.fspath(folder)} is not a directory")
+        raise InputError(f"folder: {os.fspath(folder)} is not a directory")
     records = []
     for path in Path(folder).rglob("results.h5"):
         try:
