@@ -183,3 +183,48 @@ def test_citations_resolve_inside_the_repository(path):
     text = (PACKAGE.parent / path).read_text()
     for outside in ("papers.md", "anchors.md", "datasets.md", "DESIGN.md"):
         assert outside not in text, f"{path} cites {outside}, which is not in the repository"
+
+
+DOC = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def _doc_section(title: str) -> str:
+    text = DOC.read_text()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_the_map_names_existing_modules_only():
+    """Every ``path.py`` the architecture document names is a module of the package."""
+    import re
+
+    named = set(re.findall(r"`([a-z_]+(?:/[a-z_]+)*\.py)`", DOC.read_text()))
+    assert named
+    missing = sorted(p for p in named
+                     if not (PACKAGE / p).is_file() and not (PACKAGE.parent / p).is_file())
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+
+
+def test_every_runs_module_is_on_the_map():
+    """A new module of ``runs`` gets its line in docs/architecture.md."""
+    text = DOC.read_text()
+    modules = sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "runs").glob("*.py")
+                     if p.name != "__init__.py")
+    absent = [m for m in modules
+              if f"`{m}`" not in text and f"`runs.{Path(m).stem}" not in text]
+    assert not absent, f"runs modules missing from docs/architecture.md: {absent}"
+
+
+def test_the_runs_section_names_the_registry_and_session_api():
+    """The names the section promises exist (a rename must update the map)."""
+    from hessfree.runs import families, session, trainer
+
+    section = _doc_section("Runs: the family registry, the session, the run path")
+    for owner, names in ((families, ("Family", "register", "get", "names")),
+                         (session.RunSession, ("create", "reopen", "write_step", "write_eval",
+                                               "save_quadratic", "write_checkpoint",
+                                               "write_params", "finish")),
+                         (session, ("NullWriter",)), (trainer, ("train", "resume", "_loop"))):
+        for name in names:
+            assert f"{name}" in section and hasattr(owner, name), name
