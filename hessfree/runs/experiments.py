@@ -1,6 +1,6 @@
 """The experiment registry: built-in presets and the user's own experiments, by name.
 
-``get(name)`` returns a fresh :class:`~hessfree.runs.experiment.Experiment`; ``names()`` lists
+``get(name)`` returns a fresh :class:`~hessfree.runs.definition.Experiment`; ``names()`` lists
 them; users add their own with :func:`register` (a call, or a decorator on a zero-argument
 factory). The built-in experiments (:mod:`hessfree.runs.presets`) are known from the start.
 """
@@ -15,7 +15,7 @@ from torch import nn
 
 from hessfree.errors import InputError, InputTypeError
 from hessfree.runs.dataset import Dataset
-from hessfree.runs.experiment import Experiment
+from hessfree.runs.definition import Experiment
 from hessfree.runs.presets import BUILTIN
 
 __all__ = ["Dataset", "Experiment", "build_model", "get", "names", "register"]

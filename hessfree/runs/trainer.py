@@ -40,7 +40,7 @@ from hessfree.curvature import Problem
 from hessfree.errors import InputError
 from hessfree.quadratic import Quadratic
 from hessfree.runs import checkpoint, experiments, families
-from hessfree.runs.experiment import Experiment
+from hessfree.runs.definition import Experiment
 from hessfree.runs.runners import Runner
 from hessfree.runs.session import CHECKPOINT_NAME, RESULTS_NAME, RunSession
 from hessfree.runs.settings import GRAD_CHUNK, apply_overrides, flat, from_flat

@@ -20,7 +20,7 @@ from hessfree import data as hdata
 from hessfree.curvature import losses
 from hessfree.hf import HFConfig
 from hessfree.models.init import esn_init_
-from hessfree.runs.experiment import Dataset, Experiment
+from hessfree.runs.definition import Dataset, Experiment
 from hessfree.runs.settings import (
     DataSettings,
     HFSettings,

@@ -1,11 +1,11 @@
-"""What an experiment is: data, model, loss, error metric, and default settings per optimizer.
+"""The definition of an experiment: data, model, loss, error metric, default settings per family.
 
 An :class:`Experiment` says how to build its data set (:class:`~hessfree.runs.dataset.Dataset`)
 and its model (with the papers' initialization), which matching loss to train with, how to
 measure error, and the default settings of each optimizer family on it (typed records of
 :mod:`hessfree.runs.settings`; the families are :mod:`hessfree.runs.families`). The registry of
-named experiments is :mod:`hessfree.runs.experiments`; the built-in ones are in
-:mod:`hessfree.runs.presets`.
+named experiments is :mod:`hessfree.runs.experiments` (this module is what one of them is); the
+built-in ones are in :mod:`hessfree.runs.presets`.
 """
 
 from __future__ import annotations
