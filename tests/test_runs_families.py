@@ -162,3 +162,15 @@ def test_the_literal_dispatch_check_can_fail(tmp_path):
     bad.write_text('def f(o):\n    return 1 if o == "nag" else {"hf": 2}.get(o)\n'
                    'x = o in ("cm", "sgd")\n')
     assert len(_literal_dispatches(bad)) == 3
+
+
+def test_table_roles_name_the_papers_columns():
+    cells = {"0": "sgd", "0.9N": "nag", "0.999N": "nag", "0.995M": "cm", "HF*": "hf",
+             "HF": "hf", "HF†": "hf-momentum", "SGD_C": None, "biases": None, "N": None}
+    assert {c: getattr(families.family_of_cell(c), "name", None) for c in cells} == cells
+    assert families.Grid(mark="N").cell_of(0.99) == "0.99N"
+    assert families.Grid(cell="0").cell_of(0.99) == "0"
+    with pytest.raises(InputError, match="not both or neither"):
+        families.Grid(mark="N", cell="0")
+    with pytest.raises(InputTypeError, match="table: expected a Grid"):
+        families.Family("x", MomentumSettings, families.hf_runner, table="grid")

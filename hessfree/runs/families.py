@@ -35,11 +35,76 @@ from hessfree.runs.dataset import Dataset
 from hessfree.runs.runners import HFRunner, MomentumOptimizer, MomentumRunner, Runner
 from hessfree.runs.settings import HFSettings, MomentumHFSettings, MomentumSettings, Settings
 
-__all__ = ["DEFAULT", "Family", "RunnerFactory", "get", "hf_runner", "momentum_runner", "names",
-           "register"]
+__all__ = ["DEFAULT", "EqualCost", "Family", "Grid", "OwnSchedule", "RunnerFactory", "TableRole",
+           "family_of_cell", "get", "hf_runner", "momentum_runner", "names", "register"]
 
 #: ``(family name, problem, data, settings record, seed, total updates or None) -> Runner``
 RunnerFactory = Callable[[str, Problem, Dataset, Any, int, "int | None"], Runner]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A table role: one run per learning rate of the grid (per μ too with a ``mark``).
+
+    Each run is as long as the protocol's updates ([S13 §3, §4]).
+
+    Attributes:
+        mark: the letter after μ in the table's columns (``"N"``: ``"0.99N"``); empty: no μ
+            schedule and one column, ``cell``.
+        cell: the column of a family without μ (SGD: ``"0"``).
+    """
+
+    mark: str = ""
+    cell: str = ""
+
+    def __post_init__(self) -> None:
+        """Exactly one of ``mark`` and ``cell``."""
+        if bool(self.mark) == bool(self.cell):
+            raise InputError(f"Grid: give a μ mark or a cell, not both or neither (mark "
+                             f"{self.mark!r}, cell {self.cell!r})")
+
+    def cell_of(self, mu: float) -> str:
+        """The column of a run at μ (``mu`` ignored without a mark)."""
+        return f"{mu:g}{self.mark}" if self.mark else self.cell
+
+    def owns(self, cell: str) -> bool:
+        """Whether the table column ``cell`` is this role's."""
+        if not self.mark:
+            return cell == self.cell
+        head = cell[:-len(self.mark)] if cell.endswith(self.mark) else ""
+        return bool(head) and head.replace(".", "", 1).isdigit()
+
+
+@dataclass(frozen=True)
+class EqualCost:
+    """A table role: one run at the gradient-equivalents of one run of the grid.
+
+    Its column is the protocol's equal-cost one (Martens' HF: ``HF*`` in Table 1, ``HF`` in
+    Table 5).
+    """
+
+    def owns(self, cell: str) -> bool:
+        """The equal-cost columns of the papers' tables."""
+        return cell in ("HF*", "HF")
+
+
+@dataclass(frozen=True)
+class OwnSchedule:
+    """A table role: one run on the family's own phase schedule, scaled by the fraction.
+
+    The schedule is scaled through the family's ``fraction`` setting; the run lasts as long as
+    its phases (the momentum-like HF: ``HF†``).
+    """
+
+    cell: str
+
+    def owns(self, cell: str) -> bool:
+        """Its one column."""
+        return cell == self.cell
+
+
+#: how a family takes part in the papers' table protocols (``hessfree reproduce``)
+TableRole = Grid | EqualCost | OwnSchedule
 
 
 @dataclass(frozen=True)
@@ -53,6 +118,7 @@ class Family:
         runner: builds its :class:`~hessfree.runs.runners.Runner` (:data:`RunnerFactory`).
         label: how tables and figures name it.
         quadratics: whether its steps build quadratics (``--save-quadratics-every``).
+        table: how it takes part in the papers' table protocols (:data:`TableRole`), or None.
     """
 
     name: str
@@ -60,6 +126,7 @@ class Family:
     runner: RunnerFactory
     label: str = ""
     quadratics: bool = False
+    table: TableRole | None = None
 
     def __post_init__(self) -> None:
         """Check the registration once."""
@@ -74,6 +141,9 @@ class Family:
             raise InputTypeError(f"family {self.name!r}: runner: expected a callable, got "
                                  f"{type(self.runner).__name__}")
         _checks.boolean(self.quadratics, "quadratics")
+        if self.table is not None and not isinstance(self.table, (Grid, EqualCost, OwnSchedule)):
+            raise InputTypeError(f"family {self.name!r}: table: expected a Grid, EqualCost or "
+                                 f"OwnSchedule, got {type(self.table).__name__}")
         if not self.label:
             object.__setattr__(self, "label", self.name)
 
@@ -112,6 +182,12 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def family_of_cell(cell: str) -> Family | None:
+    """The family whose table role owns the column ``cell`` of a paper's table, or None."""
+    return next((f for f in _REGISTRY.values() if f.table is not None and f.table.owns(cell)),
+                None)
+
+
 def hf_runner(name: str, problem: Problem, data: Dataset,
               settings: HFSettings | MomentumHFSettings, seed: int,
               total_steps: int | None) -> HFRunner:
@@ -140,9 +216,12 @@ def _sgd(params: list, s: MomentumSettings, total: int | None) -> momentum.CM:
     return momentum.SGD(params, lr=s.lr, skip_non_finite=True)
 
 
-register(Family("hf", HFSettings, hf_runner, "HF (Martens 2010)", quadratics=True))
+register(Family("hf", HFSettings, hf_runner, "HF (Martens 2010)", quadratics=True,
+                table=EqualCost()))
 register(Family("hf-momentum", MomentumHFSettings, hf_runner, "momentum-like HF (A.6)",
-                quadratics=True))
-register(Family("nag", MomentumSettings, momentum_runner(_nag), "NAG (Eq. 3-5)"))
-register(Family("cm", MomentumSettings, momentum_runner(_cm), "CM (Eq. 1-2)"))
-register(Family("sgd", MomentumSettings, momentum_runner(_sgd), "SGD"))
+                quadratics=True, table=OwnSchedule("HF†")))
+register(Family("nag", MomentumSettings, momentum_runner(_nag), "NAG (Eq. 3-5)",
+                table=Grid(mark="N")))
+register(Family("cm", MomentumSettings, momentum_runner(_cm), "CM (Eq. 1-2)",
+                table=Grid(mark="M")))
+register(Family("sgd", MomentumSettings, momentum_runner(_sgd), "SGD", table=Grid(cell="0")))
