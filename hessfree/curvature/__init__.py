@@ -2,7 +2,8 @@
 
 No optimizer logic lives here. See :mod:`hessfree.curvature.operator` for the operators,
 :mod:`hessfree.curvature.products` for the per-chunk factories and the ``J v`` backends, and
-:mod:`hessfree.curvature.spectral` for ``eigsh``, ``trace`` and ``density`` on any operator.
+:mod:`hessfree.curvature.spectral` for ``eigsh``, ``trace`` and ``density`` on any operator,
+:mod:`hessfree.curvature.solves` for damped solves (many right-hand sides and dampings).
 """
 
 from hessfree.curvature import losses
@@ -16,6 +17,7 @@ from hessfree.curvature.operator import (
     resolve_backend,
 )
 from hessfree.curvature.problem import Problem
+from hessfree.curvature.solves import LowRankInverse, SolveResult, lowrank_inverse, solve
 from hessfree.curvature.spectral import SpectralDensity, TraceEstimate, density, eigsh, trace
 
 __all__ = [
@@ -24,13 +26,17 @@ __all__ = [
     "EmpiricalFisher",
     "GGN",
     "Hessian",
+    "LowRankInverse",
     "Problem",
+    "SolveResult",
     "SpectralDensity",
     "TraceEstimate",
     "density",
     "eigsh",
     "fisher_diagonal",
     "losses",
+    "lowrank_inverse",
     "resolve_backend",
+    "solve",
     "trace",
 ]

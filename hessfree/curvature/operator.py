@@ -29,6 +29,7 @@ from hessfree.curvature.products import (
     hessian_chunk,
 )
 from hessfree.curvature.sequential import applies
+from hessfree.curvature.solves import SolveResult, solve
 from hessfree.errors import InputError, InputTypeError
 from hessfree.linops import FlatOperator
 from hessfree.vectors import ParamLayout
@@ -228,6 +229,10 @@ class CurvatureOperator(FlatOperator):
         """The operator ``self + λI`` (Tikhonov damping, [M10 §4.1])."""
         return DampedOperator(self, lam)
 
+    def solve(self, B: Any, damping: Any = 0.0, **kwargs: Any) -> SolveResult:
+        """``(self + λI)⁻¹ B`` by CG: see :func:`hessfree.curvature.solve`."""
+        return solve(self, B, damping, **kwargs)
+
 
 class GGN(CurvatureOperator):
     """Generalized Gauss-Newton matrix ``G = Jᵀ H_L J`` ([Sch02]; [M10 §4.2]).
@@ -316,3 +321,7 @@ class DampedOperator(FlatOperator):
     def _apply_block(self, V: Tensor) -> Tensor:
         self.base.products += V.shape[1]
         return self.base._product_block(V, self.structural).add_(V, alpha=self.lam)
+
+    def solve(self, B: Any, damping: Any = 0.0, **kwargs: Any) -> SolveResult:
+        """``(self + damping·I)⁻¹ B`` by CG: see :func:`hessfree.curvature.solve`."""
+        return solve(self, B, damping, **kwargs)
