@@ -3,11 +3,15 @@
 No optimizer logic lives here. See :mod:`hessfree.curvature.operator` for the operators,
 :mod:`hessfree.curvature.products` for the per-chunk factories and the ``J v`` backends, and
 :mod:`hessfree.curvature.spectral` for ``eigsh``, ``trace`` and ``density`` on any operator,
-:mod:`hessfree.curvature.solves` for damped solves (many right-hand sides and dampings).
+:mod:`hessfree.curvature.solves` for damped solves (many right-hand sides and dampings),
+:mod:`hessfree.curvature.diagonals` for diagonals (exact, Monte-Carlo, Gauss-Newton-Bartlett,
+Hutchinson) with standard errors.
 """
 
 from hessfree.curvature import losses
 from hessfree.curvature.diagonal import fisher_diagonal
+from hessfree.curvature.diagonals import DiagonalEstimate, diag
+from hessfree.curvature.jacobians import jacobian
 from hessfree.curvature.operator import (
     GGN,
     CurvatureOperator,
@@ -23,6 +27,7 @@ from hessfree.curvature.spectral import SpectralDensity, TraceEstimate, density,
 __all__ = [
     "CurvatureOperator",
     "DampedOperator",
+    "DiagonalEstimate",
     "EmpiricalFisher",
     "GGN",
     "Hessian",
@@ -32,8 +37,10 @@ __all__ = [
     "SpectralDensity",
     "TraceEstimate",
     "density",
+    "diag",
     "eigsh",
     "fisher_diagonal",
+    "jacobian",
     "losses",
     "lowrank_inverse",
     "resolve_backend",
