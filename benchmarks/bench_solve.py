@@ -91,6 +91,82 @@ def curvlinops_solver(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam: f
     return (lambda B: inverse @ B), count
 
 
+def rhs_table(ctx: tuple, ks: list[int], name: str) -> list[str]:
+    """One row per number of right-hand sides: hessfree's solve and curvlinops' CG inverse."""
+    a, model, G, problem, xb, yb, B_all, max_iter, true_rel = ctx
+    lines = [f"# Damped GGN solves: hessfree vs curvlinops ({platform.node()}, torch "
+             f"{torch.__version__}, {torch.get_num_threads()} threads)", "",
+             f"MLP 784-{a.hidden}-10 ({G.dim} parameters), {a.cases} {name} cases, {a.dtype}, "
+             f"λ = {a.lam:g}, rtol = {a.rtol:g}; medians of {a.repeats} runs.", "",
+             "| right-hand sides | hessfree products / rhs | hessfree s | hessfree max rel. "
+             "residual | curvlinops products / rhs | curvlinops s | curvlinops max rel. "
+             "residual | time ratio (curvlinops / hessfree) |", "|---|---|---|---|---|---|---|---|"]
+    for k in ks:
+        B = B_all[:, :k].contiguous()
+        inv, count = curvlinops_solver(model, xb, yb, a.lam, a.rtol, max_iter)
+        t_h, t_c = [], []
+        for _ in range(a.repeats):
+            before = G.products
+            t, res = timed(lambda: G.solve(B, a.lam, rtol=a.rtol))
+            t_h.append(t)
+            prod_h = G.products - before
+            count.n = 0
+            t, X_c = timed(lambda: inv(B))
+            t_c.append(t)
+            prod_c = count.n
+        th, tc = statistics.median(t_h), statistics.median(t_c)
+        lines.append(f"| {k} | {prod_h / k:.1f} | {th:.3f} | {true_rel(res.x, B, a.lam):.1e} | "
+                     f"{prod_c / k:.1f} | {tc:.3f} | {true_rel(X_c, B, a.lam):.1e} | "
+                     f"{tc / th:.2f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def dampings_table(ctx: tuple, ks: list[int]) -> list[str]:
+    """Several dampings: hessfree's shifted CG against one curvlinops solve per damping."""
+    a, model, G, problem, xb, yb, B_all, max_iter, true_rel = ctx
+    lams = [float(v) for v in a.dampings.split(",")]
+    k = ks[min(1, len(ks) - 1)]
+    B = B_all[:, :k].contiguous()
+    before = G.products
+    t_sh, res = timed(lambda: G.solve(B, lams, rtol=a.rtol))
+    prod_sh = G.products - before
+    prod_c, t_c, worst = 0, 0.0, 0.0
+    for i, lam in enumerate(lams):
+        inv, count = curvlinops_solver(model, xb, yb, lam, a.rtol, max_iter)
+        t, X_c = timed(lambda: inv(B))
+        t_c += t
+        prod_c += count.n
+        worst = max(worst, true_rel(X_c, B, lam))
+    worst_h = max(true_rel(res.x[i], B, lam) for i, lam in enumerate(lams))
+    lines = ["", f"Several dampings ({', '.join(f'{v:g}' for v in lams)}), {k} right-hand "
+              "sides: hessfree's shifted CG (one Krylov basis) vs one curvlinops solve per "
+              "damping.", "",
+              "| | products | s | max rel. residual |", "|---|---|---|---|",
+              f"| hessfree shifted CG | {prod_sh} | {t_sh:.3f} | {worst_h:.1e} |",
+              f"| curvlinops, {len(lams)} solves | {prod_c} | {t_c:.3f} | {worst:.1e} |"]
+    print("\n".join(lines[-4:]), flush=True)
+    return lines
+
+
+
+def diagonal_cost(ctx: tuple) -> list[str]:
+    """The exact GGN diagonal's time in gradients of the same batch, and its passes."""
+    a, model, G, problem, xb, yb, B_all, max_iter, true_rel = ctx
+    t_g, t_d = [], []
+    for _ in range(a.repeats):
+        t_g.append(timed(lambda: problem.value_and_grad(G.params, (xb, yb)))[0])
+        t, est = timed(lambda: diag(G, "exact"))
+        t_d.append(t)
+    ratio = statistics.median(t_d) / statistics.median(t_g)
+    lines = ["", f"Exact GGN diagonal: {est.passes} backward passes (one per output class "
+              "with a nonzero eigenvalue of H_L), "
+              f"{statistics.median(t_d):.3f} s = {ratio:.1f} gradients "
+              f"(one gradient: {statistics.median(t_g):.4f} s)."]
+    print(lines[-1])
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=1000)
@@ -122,65 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         R = B - G._apply_block(X) - lam * X  # not counted: the check of either answer
         return float((R.norm(dim=0) / B.norm(dim=0)).max())
 
-    lines = [f"# Damped GGN solves: hessfree vs curvlinops ({platform.node()}, torch "
-             f"{torch.__version__}, {torch.get_num_threads()} threads)", "",
-             f"MLP 784-{a.hidden}-10 ({G.dim} parameters), {a.cases} {name} cases, {a.dtype}, "
-             f"λ = {a.lam:g}, rtol = {a.rtol:g}; medians of {a.repeats} runs.", "",
-             "| right-hand sides | hessfree products / rhs | hessfree s | hessfree max rel. "
-             "residual | curvlinops products / rhs | curvlinops s | curvlinops max rel. "
-             "residual | time ratio (curvlinops / hessfree) |", "|---|---|---|---|---|---|---|---|"]
-    for k in ks:
-        B = B_all[:, :k].contiguous()
-        inv, count = curvlinops_solver(model, xb, yb, a.lam, a.rtol, max_iter)
-        t_h, t_c = [], []
-        for _ in range(a.repeats):
-            before = G.products
-            t, res = timed(lambda: G.solve(B, a.lam, rtol=a.rtol))
-            t_h.append(t)
-            prod_h = G.products - before
-            count.n = 0
-            t, X_c = timed(lambda: inv(B))
-            t_c.append(t)
-            prod_c = count.n
-        th, tc = statistics.median(t_h), statistics.median(t_c)
-        lines.append(f"| {k} | {prod_h / k:.1f} | {th:.3f} | {true_rel(res.x, B, a.lam):.1e} | "
-                     f"{prod_c / k:.1f} | {tc:.3f} | {true_rel(X_c, B, a.lam):.1e} | "
-                     f"{tc / th:.2f} |")
-        print(lines[-1], flush=True)
-
-    lams = [float(v) for v in a.dampings.split(",")]
-    k = ks[min(1, len(ks) - 1)]
-    B = B_all[:, :k].contiguous()
-    before = G.products
-    t_sh, res = timed(lambda: G.solve(B, lams, rtol=a.rtol))
-    prod_sh = G.products - before
-    prod_c, t_c, worst = 0, 0.0, 0.0
-    for i, lam in enumerate(lams):
-        inv, count = curvlinops_solver(model, xb, yb, lam, a.rtol, max_iter)
-        t, X_c = timed(lambda: inv(B))
-        t_c += t
-        prod_c += count.n
-        worst = max(worst, true_rel(X_c, B, lam))
-    worst_h = max(true_rel(res.x[i], B, lam) for i, lam in enumerate(lams))
-    lines += ["", f"Several dampings ({', '.join(f'{v:g}' for v in lams)}), {k} right-hand "
-              "sides: hessfree's shifted CG (one Krylov basis) vs one curvlinops solve per "
-              "damping.", "",
-              "| | products | s | max rel. residual |", "|---|---|---|---|",
-              f"| hessfree shifted CG | {prod_sh} | {t_sh:.3f} | {worst_h:.1e} |",
-              f"| curvlinops, {len(lams)} solves | {prod_c} | {t_c:.3f} | {worst:.1e} |"]
-    print("\n".join(lines[-4:]), flush=True)
-
-    t_g, t_d = [], []
-    for _ in range(a.repeats):
-        t_g.append(timed(lambda: problem.value_and_grad(G.params, (xb, yb)))[0])
-        t, est = timed(lambda: diag(G, "exact"))
-        t_d.append(t)
-    ratio = statistics.median(t_d) / statistics.median(t_g)
-    lines += ["", f"Exact GGN diagonal: {est.passes} backward passes (one per output class "
-              "with a nonzero eigenvalue of H_L), "
-              f"{statistics.median(t_d):.3f} s = {ratio:.1f} gradients "
-              f"(one gradient: {statistics.median(t_g):.4f} s)."]
-    print(lines[-1])
+    ctx = (a, model, G, problem, xb, yb, B_all, max_iter, true_rel)
+    lines = rhs_table(ctx, ks, name) + dampings_table(ctx, ks) + diagonal_cost(ctx)
     if a.out:
         with open(a.out, "w") as f:
             f.write("\n".join(lines) + "\n\nCommand: `python benchmarks/bench_solve.py "

@@ -187,18 +187,8 @@ def solve_batched(matmat: MatMat, B: Tensor, shifts: Sequence[float] | float | N
     sig = _shift_vector(shifts, c, B)
     M = _check_precond(M, B)
     rule = _rule(stop, max_iters)
-    every = torch.arange(c, device=B.device)
-    products = 0
-    if X0 is None:
-        X, S = torch.zeros_like(B), B.clone()
-    else:
-        X = _check_block(X0, "X0").clone()
-        if X.shape != B.shape or X.dtype != B.dtype:
-            raise InputError(f"X0: expected shape {tuple(B.shape)} and dtype {B.dtype}, got "
-                             f"{tuple(X.shape)}, {X.dtype}")
-        S = B - matmat(X) - sig * X
-        products += c
-    Z = _precondition(M, S, every)
+    X, S, products = _start(matmat, B, sig, X0)
+    Z = _precondition(M, S, torch.arange(c, device=B.device))
     P = Z.clone()
     cols = _Columns(c, rule, torch.linalg.vector_norm(B, dim=0).tolist())
     rz = _read(S, Z, X, B, cols, list(range(c)))
@@ -209,14 +199,7 @@ def solve_batched(matmat: MatMat, B: Tensor, shifts: Sequence[float] | float | N
         APa = matmat(Pa) + sig[idx] * Pa
         products += len(active)
         pap = (Pa * APa).sum(0).tolist()  # host sync 1
-        alive = []
-        for pos, j in enumerate(active):
-            if not math.isfinite(pap[pos]):
-                cols.reasons[j] = NON_FINITE
-            elif pap[pos] <= 0:
-                cols.reasons[j] = NEGATIVE_CURVATURE
-            else:
-                alive.append(pos)
+        alive = _positive(cols, active, pap)
         if not alive:
             break
         keep = torch.tensor(alive, device=B.device)
@@ -239,6 +222,31 @@ def solve_batched(matmat: MatMat, B: Tensor, shifts: Sequence[float] | float | N
             P[:, sidx] = Z[:, sidx] + beta * P[:, sidx]
         active = still
     return cols.result(X, products)
+
+
+def _positive(cols: _Columns, active: list[int], pap: list[float]) -> list[int]:
+    """Positions in ``active`` whose ``pᵀ(A + σ)p`` is positive; the others get their reason."""
+    alive = []
+    for pos, j in enumerate(active):
+        if not math.isfinite(pap[pos]):
+            cols.reasons[j] = NON_FINITE
+        elif pap[pos] <= 0:
+            cols.reasons[j] = NEGATIVE_CURVATURE
+        else:
+            alive.append(pos)
+    return alive
+
+
+def _start(matmat: MatMat, B: Tensor, sig: Tensor, X0: Tensor | None
+           ) -> tuple[Tensor, Tensor, int]:
+    """``x_0`` and ``s_0 = b − (A + σ)x_0`` (one block product for a hot start)."""
+    if X0 is None:
+        return torch.zeros_like(B), B.clone(), 0
+    X = _check_block(X0, "X0").clone()
+    if X.shape != B.shape or X.dtype != B.dtype:
+        raise InputError(f"X0: expected shape {tuple(B.shape)} and dtype {B.dtype}, got "
+                         f"{tuple(X.shape)}, {X.dtype}")
+    return X, B - matmat(X) - sig * X, B.shape[1]
 
 
 def _read(S: Tensor, Z: Tensor, X: Tensor, B: Tensor, cols: _Columns, active: list[int],

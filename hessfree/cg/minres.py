@@ -20,9 +20,8 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree.cg.block import BlockResult, MatMat, _check_block, _shift_vector
+from hessfree.cg.block import BlockResult, MatMat, _check_block, _shift_vector, _start
 from hessfree.cg.stopping import CONVERGED, MAX_ITERATIONS, NON_FINITE, RESIDUAL_TOLERANCE
-from hessfree.errors import InputError
 
 __all__ = ["solve_minres"]
 
@@ -100,15 +99,7 @@ def solve_minres(matmat: MatMat, B: Tensor, shifts: Sequence[float] | float | No
     rtol = _checks.number(rtol, "rtol", 0.0)
     atol = _checks.number(atol, "atol", 0.0)
     max_iters = _checks.integer(max_iters, "max_iters", 0)
-    products = 0
-    if X0 is None:
-        X, S = torch.zeros_like(B), B.clone()
-    else:
-        X = _check_block(X0, "X0").clone()
-        if X.shape != B.shape:
-            raise InputError(f"X0: expected shape {tuple(B.shape)}, got {tuple(X.shape)}")
-        S = B - matmat(X) - sig * X
-        products += c
+    X, S, products = _start(matmat, B, sig, X0)
     st = _Lanczos(B, X, S)
     limit = [max(rtol * b, atol) for b in torch.linalg.vector_norm(B, dim=0).tolist()]
     iters, reasons = [0] * c, [""] * c
