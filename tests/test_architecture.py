@@ -26,11 +26,11 @@ LAYERS = {
     "_version": 0, "errors": 0,
     "_checks": 1, "vectors": 1,
     "schedules": 2, "batches": 2, "linops": 2, "_files": 2, "_h5": 2,
-    "distributed": 3,
-    "cg": 4, "curvature": 4, "models": 4, "data": 4,
+    "distributed": 3, "cg": 3,
+    "curvature": 4, "models": 4, "data": 4,
     "quadratic": 5, "momentum": 5,
     "hf": 6,
-    "runs": 7,
+    "runs": 7, "integrations": 7,
     "__main__": 8, "<facade>": 8,
 }
 #: the linear solver knows nothing about networks (DESIGN.md)
@@ -126,6 +126,13 @@ def test_no_import_cycle():
     assert not cycles, f"import cycles: {cycles}"
 
 
+def test_the_core_never_imports_the_integrations():
+    """Integrations are adapters on top of the core: nothing else imports them."""
+    bad = [f"{a} -> {b}" for a, targets in _graph().items() for b in targets
+           if _component(b) == "integrations" and _component(a) != "integrations"]
+    assert not bad, bad
+
+
 def test_no_import_below_code():
     """Imports sit at the top of a file (no ``noqa: E402`` workaround in the package)."""
     offenders = [str(p) for p in PACKAGE.rglob("*.py") if "noqa: E402" in p.read_text()]
@@ -143,6 +150,11 @@ def test_each_subpackage_imports_alone():
                 del sys.modules[m]
             try:
                 importlib.import_module(name)
+            except ModuleNotFoundError as e:
+                # an integration whose optional tool is not installed (an extra)
+                if not (name.startswith("hessfree.integrations.")
+                        and not (e.name or "").startswith("hessfree")):
+                    failures[name] = f"{type(e).__name__}: {e}"
             except Exception as e:
                 failures[name] = f"{type(e).__name__}: {e}"
         print(json.dumps(failures))
