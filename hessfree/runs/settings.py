@@ -465,6 +465,8 @@ class MomentumSettings(Settings):
             ``final_steps`` updates), ``"rnn"`` (0.9 for ``warm_steps`` updates, then ``mu0``) or
             ``"constant"`` (``mu_max``). SGD ignores it (μ = 0).
         mu_max, final_mu, final_steps, mu0, warm_steps: the schedules' constants.
+        mu_stage: updates per stage of Eq. 5 (250, [S13 Eq. 5]; ``hessfree reproduce`` scales it
+            with the fraction of the budget unless told not to).
     """
 
     weight_decay: float = 0.0
@@ -476,6 +478,7 @@ class MomentumSettings(Settings):
     final_steps: int = 1000
     mu0: float = 0.995
     warm_steps: int = 1000
+    mu_stage: int = 250
 
     def __post_init__(self) -> None:
         """Validate."""
@@ -487,6 +490,7 @@ class MomentumSettings(Settings):
             _checks.probability(getattr(self, name), name)
         _checks.integer(self.final_steps, "final_steps", minimum=0)
         _checks.integer(self.warm_steps, "warm_steps", minimum=0)
+        _checks.integer(self.mu_stage, "mu_stage", minimum=1)
 
     def mu_schedule(self, total_steps: int | None) -> Any:
         """The μ schedule (``total_steps`` places Eq. 5's final low-momentum phase)."""
@@ -494,7 +498,7 @@ class MomentumSettings(Settings):
             return RNNSchedule(self.mu0, warm_steps=self.warm_steps)
         if self.schedule == "constant":
             return Constant(self.mu_max)
-        return SutskeverSchedule(self.mu_max, final_mu=self.final_mu,
+        return SutskeverSchedule(self.mu_max, warm=self.mu_stage, final_mu=self.final_mu,
                                  final_steps=self.final_steps, total_steps=total_steps)
 
 
