@@ -105,9 +105,10 @@ class HFConfig:
             before it, not the rejected one (HFDemo carries the rejected solution: False).
         zero_on_reject: after a rejected step, start the next CG from zero ([HF-RNN]: "setting
             CG_x to zero because we chose a stepsize of 0").
-        boost_on_reject: a step the step-size search rejects raises λ ×``lm_boost`` (True; as a
-            NaN ρ in HFDemo's rule) or λ follows the step's ρ (False: [HF-RNN] updates λ from ρ
-            before its line search).
+        boost_on_reject: a step the step-size search rejects raises λ ×``lm_boost`` (True) or λ
+            follows the step's ρ (False: HFDemo and [HF-RNN] compute ρ before the search, and a
+            search that ends at rate 0 does not change it). A step rejected for a non-finite
+            value has ρ = NaN and raises λ either way (HFDemo ``isnan(rho)``).
     """
 
     initial_lambda: float = 45.0
@@ -148,7 +149,7 @@ class HFConfig:
     reject_on_check: bool = True
     reset_on_reject: bool = False
     zero_on_reject: bool = False
-    boost_on_reject: bool = True
+    boost_on_reject: bool = False
 
     def __post_init__(self) -> None:
         """Validate every field; raise ``ValueError`` naming the field."""
@@ -224,7 +225,7 @@ class HFConfig:
         """
         base = dict(line_search=True, learning_rate=1.0, cg_fixed_iters=True, cg_max_iters=50,
                     cg_decay=0.95, backtracking=False, reject_worse=True,
-                    reject_on_check=False)
+                    reject_on_check=False, boost_on_reject=True)
         base.update(overrides)
         return cls(**base)
 
