@@ -324,7 +324,8 @@ class MomentumHFSettings(Settings):
 
     1. *minibatch*: gradient and curvature on the same minibatch of 1/``batch_divisor`` of the
        data (A.6: 1/16 CURVES, 1/20 MNIST), the config of :meth:`HFConfig.momentum_like` (50 CG
-       steps, no line search, ε = 1, ζ = 0.95), for ``minibatch_cg_steps`` CG iterations (A.6:
+       steps, ε = 1, ζ = 0.95, and Armijo backtracking from ε where A.6 has no line search:
+       hessfree's choice, README "Fidelity table"), for ``minibatch_cg_steps`` CG iterations (A.6:
        250k for both: CURVES "250k CG steps", MNIST 25k + 225k). ζ is raised "gradually" to
        ``decay_final`` (0.999 CURVES, 0.995 MNIST) from update ``decay_switch`` (CURVES 4000,
        MNIST 500) over ``decay_ramp`` updates (A.6 gives no length: 500, our choice, on the
@@ -345,8 +346,9 @@ class MomentumHFSettings(Settings):
     update, minibatch size, ζ and ε values, weight decay) are unchanged.
     ``minibatch_cg_steps = 0`` keeps the first phase forever (generated data, small tasks).
     ``check`` (default on: hessfree's fix of the minibatch phase, :meth:`HFConfig.momentum_like`)
-    measures ρ of the first phase on a second minibatch the step was not fitted to (see
-    ``HessianFree.step``'s ``check_batch``), so λ adapts to how well steps generalise.
+    measures ρ of the first phase on a second minibatch of the same size, drawn from the cases
+    outside the fitted one (disjoint from it; ``HessianFree.step``'s ``check_batch``), so λ
+    adapts to how well steps generalise.
 
     Attributes:
         config: the first phase's :class:`~hessfree.HFConfig` fields (flattened).
