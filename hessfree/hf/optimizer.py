@@ -14,7 +14,8 @@ One step (``docs/architecture.md``, "One HF step"; [M10 §4]):
 7. the step size: Armijo line search on the gradient batch, HF-RNN's first-decrease search, or a
    fixed learning rate (:mod:`hessfree.hf.stepsize`);
 8. the parameters move in place — or, when anything is non-finite or the loss went up, the step
-   is rejected: parameters stay bit-identical and λ is raised.
+   is rejected: parameters stay bit-identical and λ is raised (a step the search rejects: λ
+   follows ρ, as in HFDemo and HF-RNN, unless ``boost_on_reject``).
 
 The settings of a step come from the current :class:`~hessfree.hf.phases.Phase` of the
 optimizer's :class:`~hessfree.hf.phases.PhaseSchedule` (one phase unless given), which the
@@ -340,9 +341,10 @@ class HessianFree:
         """
         t_start = time.perf_counter()
         cfg, theta = self.config, self._theta()
-        _needs("backtrack_batch", cfg.backtrack_batch == "heldout" and cfg.backtracking,
-               backtrack_batch)
-        _needs("search_batch", cfg.ls_batch == "heldout" and cfg.line_search, search_batch)
+        _needs("backtrack_batch", "backtrack_batch",
+               cfg.backtrack_batch == "heldout" and cfg.backtracking, backtrack_batch)
+        _needs("search_batch", "ls_batch", cfg.ls_batch == "heldout" and cfg.line_search,
+               search_batch)
         self._solution_before = self.last_solution
         record = _StepRecord(self.t, self.phase_index, self.lam,
                              float(value_at(cfg.cg_decay, self.t)))
@@ -666,9 +668,8 @@ class HessianFree:
             raise InputError(f"state: saved with other {name}: saved {saved!r}, now {ours!r}")
 
 
-def _needs(name: str, needed: bool, batch: Any) -> None:
+def _needs(name: str, field: str, needed: bool, batch: Any) -> None:
     """Refuse a step whose config asks for a held-out batch the caller did not give."""
     if needed and batch is None:
-        raise InputError(f"{name}: the config evaluates on a held-out batch "
-                         f"({'backtrack_batch' if name == 'backtrack_batch' else 'ls_batch'}"
-                         f"='heldout'); pass {name}=<batch>")
+        raise InputError(f"{name}: the config evaluates on a held-out batch ({field}='heldout'); "
+                         f"pass {name}=<batch>")
