@@ -69,7 +69,7 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--jobs", type=_int("--jobs"), default=1,
-                   help="runs at a time (subprocesses)")
+                   help="runs at a time (worker processes running the same path)")
     p.add_argument("--resume", action="store_true",
                    help="continue unfinished runs in --out, skip finished ones")
     p.add_argument("--out", default="reproduce", help="folder for the runs and the summary")

@@ -42,7 +42,11 @@ class Experiment:
             plain dict for user experiments); each optimizer family's name
             (:func:`hessfree.runs.families.names`): its default settings record (or a dict of
             its fields). Families not listed get their record's defaults.
-        paper: published numbers to compare with (``hessfree report``), by optimizer label.
+        paper: the paper's published row: a table column (``"0.99N"``, ``"HF*"``: the
+            columns of the families' table roles, :mod:`hessfree.runs.families`) -> its number
+            (None: not published); ``hessfree report`` and ``reproduce`` read it (the one
+            source of the tables). A label whose first word is a family (``"nag (mu 0.9)"``)
+            works too.
         model_spec: ``data settings -> dict`` describing the model, saved with quadratics so
             :func:`hessfree.runs.experiments.build_model` can rebuild it.
     """
@@ -55,7 +59,7 @@ class Experiment:
     error: Callable[[nn.Module, Batch, Any], float]
     error_name: str
     settings: dict[str, Any] = field(default_factory=dict)
-    paper: dict[str, float] = field(default_factory=dict)
+    paper: dict[str, float | None] = field(default_factory=dict)
     model_spec: Callable[[Any], dict] | None = None
 
     def data_defaults(self) -> DataSettings:
