@@ -445,3 +445,19 @@ def test_status_attribute_while_running_and_after(capsys, nag_run):
     attrs = read_results(nag_run).attrs
     assert attrs["status"] == "finished" and attrs["steps_done"] == 7
     assert json.loads(json.dumps(attrs["spec"]))["steps"] == 7
+
+
+def test_a_setting_renamed_since_still_reads(capsys, tmp_path):
+    """``check`` (the momentum-like HF's held-out ρ minibatch) is ``heldout_rho`` now: old
+    results files and checkpoints, and ``--set check=...``, still read."""
+    from hessfree.runs.settings import MomentumHFSettings, from_flat
+
+    old = flat(MomentumHFSettings())
+    old["check"] = old.pop("heldout_rho")
+    assert not from_flat(MomentumHFSettings, {**old, "check": False}).heldout_rho
+    path = train(capsys, tmp_path, "toy-quartic", "--optimizer", "hf-momentum", "--steps", 2,
+                 "--set", "check=false")
+    assert read_results(path).attrs["config"]["heldout_rho"] is False
+    code, _, err = run(capsys, "train", "--resume", path.parent, "--steps", 3, "--quiet",
+                       "--set", "check=false")
+    assert code == 0, err

@@ -4,9 +4,9 @@ The main job of the README's two-command set-up. On ``curves-small`` (generated 
 training images, a 784-200-100-50-25-6 autoencoder: built in, no data folder needed, and small
 enough that every method leaves the mean-image plateau within the budget on a 2-core CPU), it
 
-1. trains Martens' HF, the momentum-like HF ([S13 A.6], its first phase with a check minibatch)
-   and NAG ([S13 Eq. 3-5]) for the same number of gradient-equivalents, each writing its
-   results file (HF also saves the quadratics of some of its steps);
+1. trains Martens' HF, the momentum-like HF ([S13 A.6], its first phase with ρ measured on a
+   held-out minibatch) and NAG ([S13 Eq. 3-5]) for the same number of gradient-equivalents,
+   each writing its results file (HF also saves the quadratics of some of its steps);
 2. takes the saved quadratic on which HF's CG ran the most iterations (past the plateau: the
    regime of [S13 Fig. 5]) and runs CG, NAG, CM and GD on it at equal products;
 3. prints a table and writes one figure with two panels: training error against

@@ -176,25 +176,25 @@ class _Context:
 
 
 def _chosen(given: Sequence[Any] | None, default: tuple[Any, ...], flag: str,
-            check: Any) -> tuple[Any, ...]:
-    """The default, or the given values: at least one, each checked by ``check(x, flag)``."""
+            validate: Any) -> tuple[Any, ...]:
+    """The default, or the given values: at least one, each passing ``validate(x, flag)``."""
     if given is None:
         return default
     out = tuple(given)
     if not out:
         raise InputError(f"{flag}: expected at least one value, got none")
     for x in out:
-        check(x, flag)
+        validate(x, flag)
     return out
 
 
 def _member_of(table: str, allowed: tuple[str, ...]) -> Any:
-    """A check that a value is one of ``allowed`` (a table's experiments or families)."""
-    def check(x: Any, flag: str) -> None:
+    """Validation that a value is one of ``allowed`` (a table's experiments or families)."""
+    def validate(x: Any, flag: str) -> None:
         if x not in allowed:
             raise InputError(f"{flag}: {x!r} is not in {table}; choose from "
                              f"{', '.join(allowed)}")
-    return check
+    return validate
 
 
 def _seeds(seeds: Sequence[int] | int | None, seed: int) -> tuple[int, ...]:

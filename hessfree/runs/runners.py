@@ -29,7 +29,7 @@ from hessfree.errors import InputTypeError
 from hessfree.hf import HessianFree
 from hessfree.hf.phases import PhaseSchedule
 from hessfree.quadratic import Quadratic
-from hessfree.runs.batching import BACKTRACK, CHECK, CURVATURE, GRADIENT, SEARCH, BatchDrawer
+from hessfree.runs.batching import BACKTRACK, CURVATURE, GRADIENT, RHO, SEARCH, BatchDrawer
 from hessfree.runs.dataset import Dataset
 from hessfree.runs.rows import hf_row, momentum_row
 from hessfree.runs.settings import GRAD_CHUNK, HFSettings, MomentumHFSettings, MomentumSettings
@@ -131,7 +131,7 @@ class HFRunner:
         grad = self.drawer.draw(phase.gradient, t, GRADIENT)
         curv = self.drawer.draw(phase.curvature, t, CURVATURE)
         held = {f"{role}_batch": self.drawer.draw(getattr(phase, role), t, code)
-                for role, code in (("check", CHECK), ("backtrack", BACKTRACK),
+                for role, code in (("check", RHO), ("backtrack", BACKTRACK),
                                    ("search", SEARCH)) if getattr(phase, role) is not None}
         return grad, curv, held
 

@@ -43,7 +43,7 @@ from hessfree.runs import checkpoint, experiments, families
 from hessfree.runs.definition import Experiment
 from hessfree.runs.runners import Runner
 from hessfree.runs.session import CHECKPOINT_NAME, RESULTS_NAME, RunSession
-from hessfree.runs.settings import GRAD_CHUNK, apply_overrides, flat, from_flat
+from hessfree.runs.settings import GRAD_CHUNK, apply_overrides, flat, from_flat, today
 
 __all__ = ["DTYPES", "RunSpec", "resolve_device", "resume", "train"]
 
@@ -374,6 +374,7 @@ def _check_overrides(exp: Experiment, optimizer: str, data: Any, opt: Any,
     """``--set`` on resume: accepted when it equals the run's setting, else refused."""
     if not overrides:
         return
+    overrides = today((data, opt), overrides)
     asked = apply_overrides((data, opt), overrides, f"{exp.name} with {optimizer}")
     have = {**flat(data), **flat(opt)}
     got = {**flat(asked[0]), **flat(asked[1])}
