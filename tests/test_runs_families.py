@@ -174,3 +174,102 @@ def test_table_roles_name_the_papers_columns():
         families.Grid(mark="N", cell="0")
     with pytest.raises(InputTypeError, match="table: expected a Grid"):
         families.Family("x", MomentumSettings, families.hf_runner, table="grid")
+
+
+# -- a new baseline, Adam, by one registration (its runner and settings written here) ------------
+@dataclass(frozen=True)
+class AdamSettings(Settings):
+    """Adam in a run: the keys a table protocol gives a grid run (lr, batch_size) and more."""
+
+    weight_decay: float = 0.0
+    batch_size: int = 1
+    lr: float = 1e-3
+    beta2: float = 0.999
+
+
+class AdamRunner:
+    """torch.optim.Adam on minibatches, rejecting non-finite updates (the Runner protocol)."""
+
+    def __init__(self, name, problem, data, settings, seed, total_steps):
+        import contextlib
+
+        import torch
+
+        from hessfree.runs.batching import BatchDrawer
+        from hessfree.vectors import ParamLayout
+
+        self.optimizer, self.problem, self.settings = name, problem, settings
+        self.params = problem.resolve_params()
+        self.layout = ParamLayout.from_params(self.params)
+        self.opt = torch.optim.Adam(list(self.params.values()), lr=settings.lr,
+                                    betas=(0.9, settings.beta2))
+        self.drawer = BatchDrawer(data, seed, 5000)
+        self.n_train, self.t, self._null = data.n_train, 0, contextlib.nullcontext
+        self.objective, self.stop_reason, self.phases = problem, None, None
+
+    def step(self, on_quadratic=None):
+        import math
+        import time
+
+        t0, n = time.perf_counter(), self.settings.batch_size
+        value, grad = self.problem.value_and_grad(self.params, self.drawer.minibatch(self.t, n))
+        ok = math.isfinite(value) and bool(grad.isfinite().all())
+        if ok:
+            for p, g in zip(self.params.values(), self.layout.split(grad).values()):
+                p.grad = g
+            self.opt.step()
+        self.t += 1
+        return {"step": self.t - 1, "accepted": ok, "reason": "accepted" if ok else "non-finite",
+                "loss": value, "grad_equiv": n / self.n_train,
+                "seconds": time.perf_counter() - t0, "lr": float(self.settings.lr)}
+
+    def evaluation_context(self):
+        return self._null()
+
+    def postfix(self, row):
+        return {"loss": f"{row['loss']:.4g}"}
+
+    def state_dict(self):
+        return {"opt": self.opt.state_dict(), "t": self.t, "batches": self.drawer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.opt.load_state_dict(state["opt"])
+        self.t = int(state["t"])
+        self.drawer.load_state_dict(state["batches"])
+
+
+@pytest.fixture
+def adam():
+    fam = families.register(families.Family("adam", AdamSettings, AdamRunner, "Adam",
+                                            table=families.Grid(cell="Adam")))
+    yield fam
+    families._REGISTRY.pop(fam.name)
+
+
+def test_adam_by_one_registration_trains_resumes_and_joins_a_table(capsys, tmp_path, adam):
+    args = ["toy-quartic", "--optimizer", "adam", "--set", "lr=0.05", "--eval-every", 2,
+            "--checkpoint-every", 2, "--quiet"]
+    code, out, err = run(capsys, "train", *args, "--steps", 6, "--out", tmp_path / "a")
+    assert code == 0, err
+    full = read_results(out.strip())
+    assert full.steps["loss"][-1] < full.steps["loss"][0] and full.attrs["config"]["lr"] == 0.05
+    code, out, err = run(capsys, "train", *args, "--steps", 3, "--out", tmp_path / "b")
+    part = Path(out.strip())
+    code, _, err = run(capsys, "train", "--resume", part.parent, "--steps", 6, "--quiet")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_results(part).steps["loss"], full.steps["loss"])
+    # a table protocol runs it on its learning-rate grid, in its own column
+    out = tmp_path / "t1"
+    code, _, err = run(capsys, "reproduce", "table1", "--fraction", "1e-5", "--experiments",
+                       "curves-ae", "--optimizers", "adam,sgd", "--lrs", "0.01,0.005", "--out",
+                       out, "--set", "n_train=200", "--set", "n_test=20", "--set", "beta2=0.99")
+    assert code == 0, err
+    md = (out / "summary.md").read_text()
+    assert "| experiment | 0 | Adam |" in md
+    runs = sorted(p.parent.name for p in (out / "curves-ae").glob("*/results.h5"))
+    assert runs == ["adam-Adam-lr0.005", "adam-Adam-lr0.01", "sgd-0-lr0.005", "sgd-0-lr0.01"]
+    assert "failed" not in md
+    adam_run = read_results(out / "curves-ae" / "adam-Adam-lr0.01" / "results.h5")
+    assert adam_run.attrs["status"] == "finished" and len(adam_run.steps["step"]) == 8
+    assert adam_run.attrs["config"]["beta2"] == 0.99
+    assert adam_run.attrs["config"]["batch_size"] == 200  # the protocol's minibatch

@@ -33,7 +33,8 @@ papers' protocol and a small ``f`` is the same protocol on a shorter clock, neve
 one.
 
 ``seeds`` runs every cell once per seed (run folders ``<name>-seed<s>`` when there is more than
-one).
+one). Beyond the table's own optimizers, ``--optimizers`` may name any registered family with a
+:class:`~hessfree.runs.families.Grid` role (a new baseline runs on the table's grids).
 
 **Refused before anything runs.** :func:`plan` checks the whole plan: the table, the fraction,
 the subsets, the μ and learning-rate grids (given ones are not empty), the seeds, and every job's
@@ -188,6 +189,15 @@ def _chosen(given: Sequence[Any] | None, default: tuple[Any, ...], flag: str,
     return out
 
 
+def _baselines(p: Protocol) -> tuple[str, ...]:
+    """Registered families beyond the table's that run on its grid (a Grid role).
+
+    So a new baseline joins ``--optimizers`` by its registration alone.
+    """
+    return tuple(n for n in families.names()
+                 if n not in p.optimizers and isinstance(families.get(n).table, Grid))
+
+
 def _member_of(table: str, allowed: tuple[str, ...]) -> Any:
     """Validation that a value is one of ``allowed`` (a table's experiments or families)."""
     def validate(x: Any, flag: str) -> None:
@@ -281,7 +291,8 @@ def plan(table: str, fraction: float, experiments_: Sequence[str] | None = None,
                    _checks.choice(mu_stages, "--mu-stages", MU_STAGES), dict(overrides or {}))
     exps = _chosen(experiments_, p.experiments, "--experiments",
                    _member_of(table, p.experiments))
-    opts = _chosen(optimizers, p.optimizers, "--optimizers", _member_of(table, p.optimizers))
+    opts = _chosen(optimizers, p.optimizers, "--optimizers",
+                   _member_of(table, p.optimizers + _baselines(p)))
     seed_list = _seeds(seeds, seed)
     jobs, used = [], set()
     defined = {e: experiments.get(e) for e in exps}
