@@ -273,3 +273,16 @@ def test_adam_by_one_registration_trains_resumes_and_joins_a_table(capsys, tmp_p
     assert adam_run.attrs["status"] == "finished" and len(adam_run.steps["step"]) == 8
     assert adam_run.attrs["config"]["beta2"] == 0.99
     assert adam_run.attrs["config"]["batch_size"] == 200  # the protocol's minibatch
+
+
+def test_the_registration_example_of_the_module_docstring_runs():
+    import textwrap
+
+    doc = families.__doc__
+    code = textwrap.dedent(doc.split("::\n", 1)[1].split("\n\nafter which", 1)[0])
+    try:
+        exec(compile(code, "families docstring", "exec"), {})
+        fam = families.get("nag-constant")
+        assert fam.settings is MomentumSettings and fam.label == "NAG, constant μ"
+    finally:
+        families._REGISTRY.pop("nag-constant", None)
