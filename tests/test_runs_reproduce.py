@@ -131,11 +131,11 @@ def test_table1_end_to_end_at_a_tiny_fraction(capsys, tmp_path):
     assert code == 2 and "holds none of the runs" in err
 
 
-def test_table5_end_to_end_with_jobs(capsys, tmp_path):
+def test_table5_end_to_end(capsys, tmp_path):
     out = tmp_path / "t5"
     code, _, err = run(capsys, "reproduce", "table5", "--fraction", "2e-4", "--experiments",
                        "addition", "--optimizers", "nag,hf", "--mu", "0.995", "--lrs",
-                       "0.001,0.0001", "--jobs", "2", "--out", out, "--set", "T=20",
+                       "0.001,0.0001", "--out", out, "--set", "T=20",
                        "--set", "n_hidden=8", "--set", "n_test=100", "--set", "grad_cases=100",
                        "--set", "curv_cases=50", "--set", "cg_max_iters=5")
     assert code == 0, err
@@ -289,17 +289,17 @@ def test_a_damaged_results_file_is_refused_before_any_run_resumes(capsys, tmp_pa
 
 def test_jobs_in_worker_processes_run_the_same_path_as_in_process(capsys, tmp_path):
     argv = ["reproduce", "table5", "--fraction", "1e-4", "--experiments", "addition",
-            "--optimizers", "nag,hf", "--mu", "0.995", "--lrs", "0.001,0.0001", "--dtype",
+            "--optimizers", "nag,hf", "--mu", "0.995", "--lrs", "0.001", "--dtype",
             "float64", "--set", "T=20", "--set", "n_hidden=8", "--set", "n_test=50",
             "--set", "grad_cases=50", "--set", "curv_cases=25", "--set", "cg_max_iters=4"]
-    for jobs in (1, 3):
+    for jobs in (1, 2):
         code, _, err = run(capsys, *argv, "--jobs", jobs, "--out", tmp_path / f"j{jobs}")
         assert code == 0, err
     names = sorted(p.parent.name for p in (tmp_path / "j1" / "addition").glob("*/results.h5"))
-    assert names == ["hf", "nag-0.995N-lr0.0001", "nag-0.995N-lr0.001"]
+    assert names == ["hf", "nag-0.995N-lr0.001"]
     for name in names:
         a, b = (read_results(tmp_path / j / "addition" / name / "results.h5")
-                for j in ("j1", "j3"))
+                for j in ("j1", "j2"))
         assert a.attrs["config"] == b.attrs["config"] and a.attrs["spec"]["seed"] == 0
         for k in a.steps:
             if not k.startswith("seconds"):
