@@ -222,6 +222,9 @@ def test_bad_closures_are_refused_in_one_line():
         opt.step(lambda: 3)
     one_line(err, "closure: returned int")
     with pytest.raises(InputTypeError) as err:
+        opt.step(batch=x)
+    one_line(err, "batch: got Tensor")
+    with pytest.raises(InputTypeError) as err:
         opt.step(closure=(x, y))
     one_line(err, "closure: expected a callable")
     assert opt.hf.t == 0 and opt.last_stats is None

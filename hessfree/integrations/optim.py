@@ -226,10 +226,10 @@ class HessianFreeOptimizer(torch.optim.Optimizer):
         self._building = False
 
     def _curvature_policy(self, curvature: Any) -> Any:
-        if curvature is None or isinstance(curvature, bool):
-            if curvature is not None:
-                raise InputTypeError("curvature: expected None, a fraction, a number of cases "
-                                     "or a batch, got a bool")
+        if isinstance(curvature, bool):
+            raise InputTypeError("curvature: expected None, a fraction, a number of cases or a "
+                                 "batch, got a bool")
+        if curvature is None:
             return None
         if isinstance(curvature, float):
             if not (math.isfinite(curvature) and 0.0 < curvature <= 1.0):
@@ -318,12 +318,14 @@ class HessianFreeOptimizer(torch.optim.Optimizer):
                                  f"outputs?); {_CLOSURE}")
             if got is not None and batch is not None:
                 raise InputError("batch: given both by the closure and as batch=; give one")
+        where = "batch" if got is None else "closure"
         got = batch if got is None else got
         if got is None:
             raise InputError("batch: step needs the gradient batch, from the closure or as "
                              f"batch=, and got neither; {_CLOSURE}")
         if not isinstance(got, (tuple, list, Mapping)) and not is_source(got):
-            raise InputTypeError(f"closure: returned {type(got).__name__}; {_CLOSURE}")
+            said = "returned" if where == "closure" else "got"
+            raise InputTypeError(f"{where}: {said} {type(got).__name__}; {_CLOSURE}")
         return _batch(got, self.targets, "batch")
 
     def _curvature_of(self, grad_batch: Any) -> Any:
