@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import collections
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -188,10 +189,54 @@ def test_import_changes_no_global_state():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
 
 
+#: a bracket that is not an index or a type argument: ``[KEY]``, ``[KEY part]``, ``[A; B]``
+_BRACKET = re.compile(r"(?<![\w\[\]])\[([A-Z][^\[\]\n]{0,80})\]")
+#: what a citation key looks like: author letters and a two-digit year (``M10``, ``H&S06``,
+#: ``Sut13T``), or one of the named sources without a year
+_KEY_SHAPE = re.compile(r"[A-Z][A-Za-z&\-]*\d\d[A-Za-z]?")
+_NAMED = ("HFDemo", "HF-RNN", "K-FAC", "ARPACK", "Data", "Other")
+
+
+def _reference_keys() -> set[str]:
+    """The keys docs/references.md defines: bracketed headings and ``**[KEY]**`` entries."""
+    text = (PACKAGE.parent / "docs" / "references.md").read_text()
+    return set(re.findall(r"^#+ \[([^\]]+)\]", text, re.M)) | set(
+        re.findall(r"\*\*\[([^\]]+)\]\*\*", text))
+
+
+def _citations(text: str) -> list[str]:
+    """Every citation in ``text``: the key of each ``[KEY ...]`` (split at ``;``)."""
+    out = []
+    for m in _BRACKET.finditer(text):
+        for part in m.group(1).split(";"):
+            part = part.strip()
+            head = re.split(r"[\s:,]", part, maxsplit=1)[0]
+            if not (_KEY_SHAPE.fullmatch(head) or head in _NAMED):
+                continue  # an index or a formula, not a citation
+            if head == "Data" and ":" in part:  # [Data: CURVES]
+                head = "Data: " + part.split(":", 1)[1].strip().split()[0]
+            elif head == "Other":
+                head = " ".join(part.split()[:3])
+            out.append(head)
+    return out
+
+
+def test_the_citation_scanner_finds_citations_and_only_them():
+    found = _citations("as in [M10 §4.1], [S13 Table 1]; [HFDemo: matching losses] and "
+                       "[Data: FACES], [Ste01; WS00], [Other HF codes] but not x[N, T], "
+                       "list[str], [None, :], [J_out v] or [0, 1]; unknown [Zz99 §2]")
+    assert found == ["M10", "S13", "HFDemo", "Data: FACES", "Ste01", "WS00", "Other HF codes",
+                     "Zz99"]
+
+
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(PACKAGE.parent))
                                         for p in PACKAGE.rglob("*.py")))
 def test_citations_resolve_inside_the_repository(path):
-    """Docstrings cite ``docs/references.md``, never notes outside the repository."""
+    """Every ``[KEY ...]`` cited in the package is a key of ``docs/references.md``, and no
+    docstring points to notes outside the repository."""
     text = (PACKAGE.parent / path).read_text()
     for outside in ("papers.md", "anchors.md", "datasets.md", "DESIGN.md"):
         assert outside not in text, f"{path} cites {outside}, which is not in the repository"
+    keys = _reference_keys()
+    unknown = sorted({k for k in _citations(text) if k not in keys})
+    assert not unknown, f"{path} cites {unknown}, not keys of docs/references.md"
