@@ -4,4 +4,6 @@ Each module here imports its tool at import time and is imported only by name
 (``import hessfree.integrations.laplace``); the tools are optional extras of the package.
 
 * :mod:`hessfree.integrations.laplace` — a laplace-torch curvature backend (``backend=``).
+* :mod:`hessfree.integrations.optim` — HF behind the ``torch.optim.Optimizer`` interface, for
+  training loops (plain, PyTorch Lightning, Accelerate); it needs only torch.
 """
