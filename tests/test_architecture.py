@@ -30,7 +30,7 @@ LAYERS = {
     "cg": 4, "curvature": 4, "models": 4, "data": 4,
     "quadratic": 5, "momentum": 5,
     "hf": 6,
-    "runs": 7,
+    "runs": 7, "integrations": 7,
     "__main__": 8, "<facade>": 8,
 }
 #: the linear solver knows nothing about networks (DESIGN.md)

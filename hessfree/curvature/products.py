@@ -219,6 +219,26 @@ class _DoubleBackwardJ:
                                  is_grads_batched=True), us[0].shape[0])
 
 
+def _linearized(f: Callable[[Any], Any], prim: dict[str, Tensor]) -> tuple[Any, Any]:
+    """``(f(prim), t -> J_f t)``: ``torch.func.linearize``, or one ``torch.func.jvp`` per product.
+
+    ``linearize`` traces ``f`` once (``make_fx``) and replays the tangent graph; a model with
+    Python control flow on values computed inside its forward pass (Hugging Face's mask code
+    asks whether the padding mask is all ones) cannot be traced, and then each product runs
+    ``torch.func.jvp`` instead: a forward pass with tangents, slower, the same numbers.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # fx const-folding noise in linearize
+            return torch.func.linearize(f, prim)
+    except (RuntimeError, InputError) as err:
+        if "tracing tensor" not in str(err) and "data-dependent" not in str(err):
+            raise
+    with torch.no_grad():
+        out = f(prim)
+    return out, lambda t: torch.func.jvp(f, (prim,), (t,))[1]
+
+
 class _ForwardJ:
     """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``."""
 
@@ -232,9 +252,7 @@ class _ForwardJ:
                                       hidden)
             return (out, hid) if hidden else (out,)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # fx const-folding noise in linearize
-            outs, self._jvp = torch.func.linearize(f, prim)
+        outs, self._jvp = _linearized(f, prim)
         _, self._vjp = torch.func.vjp(f, prim)
         self.out = outs[0]
         self.hid = outs[1] if hidden else None
@@ -376,9 +394,7 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
         with torch.no_grad():
             value = loss_of(prim, check=True)
         gfun = torch.func.grad(loss_of)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            gdict, hvp = torch.func.linearize(gfun, prim)
+        gdict, hvp = _linearized(gfun, prim)
         g = [gdict[n] for n in names]
 
         def mv(v: Tensors, weight: float = 0.0) -> Tensor:
