@@ -23,22 +23,27 @@ a flash-attention package's ``autograd.Function``, a compiled flex attention) ca
 differentiated as the products need; :func:`kernel_error` turns torch's message into one line
 naming the kernel and what to do (:class:`~hessfree.errors.InputError`), and
 :func:`translating_kernel_errors` applies it around the passes and products of an operator.
+Where torch raises nothing — a backward marked ``@once_differentiable`` or written with
+non-differentiable kernels makes a second derivative silently zero —
+:func:`undifferentiable_backward` finds the cut in the double-backward graph at set-up.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
+from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hessfree.errors import InputError
 
-__all__ = ["differentiable_attention", "kernel_error", "translating_kernel_errors"]
+__all__ = ["differentiable_attention", "kernel_error", "translating_kernel_errors",
+           "undifferentiable_backward"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,6 +77,8 @@ _PATTERNS = (
     (re.compile(r"implement the jvp function|jvp is not implemented", re.IGNORECASE),
      "no forward-mode derivative (an autograd.Function without jvp; the 'forward' backend "
      "needs one)"),
+    (re.compile(r"backward through (\S+) but no autograd formula was registered"),
+     "no derivative registered (a torch.library custom op without register_autograd)"),
 )
 
 _WHAT_TO_DO = ("compute attention with torch.nn.functional.scaled_dot_product_attention or "
@@ -87,10 +94,48 @@ def kernel_error(err: BaseException) -> InputError | None:
     for pattern, lacks in _PATTERNS:
         m = pattern.search(text)
         if m:
-            kernel = m.group(1) if m.groups() else "a custom autograd.Function"
-            return InputError(f"model: the kernel {kernel} has {lacks}, so curvature products "
-                              f"cannot run through it; {_WHAT_TO_DO}")
+            kernel = f"the kernel {m.group(1)}" if m.groups() else "a custom autograd.Function"
+            return _cut(kernel, lacks)
     return None
+
+
+#: autograd's node for the outputs of a backward marked ``@once_differentiable``
+_DELAYED_ERROR = ("Error", "DelayedError")
+
+
+def undifferentiable_backward(grads: Sequence[Tensor], names: Sequence[str], linear: bool,
+                              ) -> InputError | None:
+    """An error when the graph of ``grads`` (built with ``create_graph``) was cut, else None.
+
+    Differentiating a backward pass again runs through the backward of every kernel. A kernel
+    whose backward is marked ``@once_differentiable`` leaves an error node that autograd
+    treats as *unused*, and a backward written with non-differentiable kernels leaves
+    gradients that do not depend on what they were seeded with: either way a second
+    derivative would silently come out as zero. ``linear``: the gradients are ``Jᵀw`` for a
+    seed ``w``, so a non-zero one that does not depend on ``w`` is such a cut.
+    """
+    seen: set[Any] = set()
+    stack = [g.grad_fn for g in grads if g.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ in _DELAYED_ERROR:
+            return _cut("a custom autograd.Function", "a backward marked @once_differentiable")
+        stack.extend(f for f, _ in node.next_functions)
+    if linear:
+        for name, g in zip(names, grads):
+            if not g.requires_grad and bool(g.any()):
+                return _cut(f"a kernel on the path to parameter {name!r}",
+                            "a backward that does not depend on its input (written with "
+                            "kernels that have no derivative)")
+    return None
+
+
+def _cut(kernel: str, lacks: str) -> InputError:
+    return InputError(f"model: {kernel} has {lacks}, so curvature products cannot run through "
+                      f"it; {_WHAT_TO_DO}")
 
 
 def translating_kernel_errors(fn: F) -> F:

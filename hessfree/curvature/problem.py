@@ -176,6 +176,7 @@ class Problem:
             with differentiable_attention():
                 if not self.is_module:
                     return self.model(params, inputs, **kwargs)
+                params = self._with_constants(params)
                 kwargs.update(self.adapter.call_kwargs(self.model))
                 if isinstance(inputs, Mapping):  # dict batches: model(**inputs)
                     res = functional_call(self.model, dict(params), (), {**inputs, **kwargs})
@@ -191,6 +192,18 @@ class Problem:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise InputError(f"batch: the model failed on inputs of shape {shapes}: {first}") \
                 from err
+
+    def _with_constants(self, params: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """``params`` completed with the module's other parameters, detached (constants).
+
+        An operator on some of the parameters treats the rest as constants: no graph is built
+        for them, and ``torch.func`` transforms do not capture live leaves that require grad
+        (``linearize`` then fails on an in-place update of such a leaf).
+        """
+        own = dict(self.model.named_parameters())
+        if len(params) >= len(own):
+            return params
+        return {**{n: p.detach() for n, p in own.items() if n not in params}, **params}
 
     def check_modes(self) -> None:
         """Reject modules whose forward pass differs between calls or couples the cases."""
