@@ -135,8 +135,9 @@ def ref_per_sequence(logits: torch.Tensor, labels: torch.Tensor, shift: bool) ->
     """Per-sequence summed token cross-entropy (B,), by F.cross_entropy."""
     if shift:
         logits, labels = logits[:, :-1], labels[:, 1:]
-    return F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
-                           reduction="none").sum(1)
+    per_token = F.cross_entropy(logits.movedim(-1, 1), labels, ignore_index=-100,
+                                reduction="none")
+    return per_token.reshape(labels.shape[0], -1).sum(1)
 
 
 class Dense:

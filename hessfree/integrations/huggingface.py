@@ -111,12 +111,23 @@ def default_loss(model: nn.Module) -> Any:
                      "hessfree.losses.MSE()) or hessfree.TokenCrossEntropy()")
 
 
-def _dropouts(config: Any) -> dict[str, float]:
-    """The config's non-zero dropout probabilities (``*dropout*``, ``*pdrop*``)."""
-    out = {}
-    for key, value in vars(config).items():
-        if ("dropout" in key or "pdrop" in key) and isinstance(value, float) and value > 0:
-            out[key] = value
+#: config fields of attention dropout applied as a function (no nn.Dropout module to see)
+_ATTENTION_DROPOUT = ("attention_dropout", "attn_dropout", "attention_probs_dropout_prob",
+                      "attn_pdrop")
+
+
+def _dropouts(model: nn.Module) -> dict[str, float]:
+    """Non-zero dropout probabilities that apply in training mode.
+
+    ``nn.Dropout`` modules, and the config's attention dropout (applied as a function by
+    Hugging Face's attention code).
+    """
+    out = {name or "model": float(m.p) for name, m in model.named_modules()
+           if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0}
+    for key in _ATTENTION_DROPOUT:
+        value = getattr(model.config, key, None)
+        if isinstance(value, float) and value > 0:
+            out[f"config.{key}"] = value
     return out
 
 
@@ -164,13 +175,12 @@ class HuggingFaceAdapter(ModelAdapter):
         """Refuse a model in training mode with dropout (its forward pass is random)."""
         if not model.training:
             return
-        drop = _dropouts(model.config)
-        drop.update({name or "model": m.p for name, m in model.named_modules()
-                     if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0})
+        drop = _dropouts(model)
         if drop:
-            shown = ", ".join(f"{k}={v:g}" for k, v in list(drop.items())[:4])
+            shown = ", ".join(f"{k}={v:g}" for k, v in list(drop.items())[:3])
+            more = f" and {len(drop) - 3} more" if len(drop) > 3 else ""
             raise InputError(
-                f"model: {type(model).__name__} is in training mode with dropout ({shown}), "
+                f"model: {type(model).__name__} is in training mode with dropout ({shown}{more}), "
                 "which makes every forward pass different, so there is no fixed curvature for "
                 "CG; call model.eval() for the curvature (or build the model with its dropout "
                 "probabilities at 0)")
