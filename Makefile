@@ -1,4 +1,5 @@
-# Set-up is part of each target: the first call creates .venv and installs the project with [dev].
+# Set-up is part of each target: the first call creates .venv and installs the project with [dev]
+# and the extras its tests use ([huggingface]: the real transformers package).
 # TORCH can point at another wheel or version, e.g. a CPU-only build installed beforehand.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ TORCH ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,huggingface]"
 	touch $@
 
 # The main job (about 3 minutes on 2 cores, built-in data): HF, the momentum-like HF and NAG at

@@ -9,6 +9,9 @@ user's model is never changed; unsupported kernels get one line.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -19,6 +22,7 @@ from transformer_cases import (
     Seq2SeqLM,
     dense_hessian,
     module_logits,
+    ref_loss,
     rel,
     seeded,
     token_batch,
@@ -328,3 +332,21 @@ def test_dropout_in_training_mode_is_refused_in_one_line():
     with pytest.raises(InputError, match="model.eval()") as info:
         hessfree.GGN(problem, (ids, labels))
     assert "\n" not in str(info.value)
+
+
+def readme_code(heading: str) -> str:
+    """The first python block after ``heading`` in the README."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.search(re.escape(heading) + r"\n+```python\n(.*?)```", readme, re.S).group(1)
+
+
+def test_the_readme_transformer_example_runs(capsys):
+    torch.manual_seed(0)
+    ns: dict = {}
+    exec(compile(readme_code("### A transformer"), "README.md", "exec"), ns)
+    value, count, norm = capsys.readouterr().out.split()
+    labels = ns["labels"]
+    assert int(count) == int(labels[:, 1:].ne(-100).sum()) == ns["G"].count
+    with torch.no_grad():
+        want = ref_loss(ns["model"](ns["ids"]), labels, shift=True)
+    assert float(value) == pytest.approx(float(want), rel=1e-5) and float(norm) > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_curvature_attention import readme_code
 from transformer_cases import Dense, dense_hessian, module_logits, rel, require
 
 import hessfree
@@ -193,6 +194,20 @@ def test_ten_hf_steps_lower_a_gpt2_training_loss(tf):
     after = problem.value(problem.parameters(), data)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert sum(s.accepted for s in stats) >= 5 and after < before - 0.2, (before, after)
+
+
+def test_the_readme_hugging_face_example_runs_and_learns(tf, capsys):
+    torch.manual_seed(0)
+    ns: dict = {}
+    exec(compile(readme_code("### A Hugging Face model"), "README.md", "exec"), ns)
+    losses = [float(line.split()[0]) for line in capsys.readouterr().out.strip().splitlines()]
+    problem, batches = ns["problem"], ns["batches"]
+    with torch.no_grad():
+        theirs = sum(float(ns["model"](**b).loss) * int(b["labels"][:, 1:].ne(-100).sum())
+                     for b in batches) / sum(int(b["labels"][:, 1:].ne(-100).sum())
+                                             for b in batches)
+    assert problem.value(problem.parameters(), batches) == pytest.approx(theirs, rel=1e-5)
+    assert len(losses) == 5 and losses[-1] < losses[0]
 
 
 # -- refusals: one line each ------------------------------------------------------------------
