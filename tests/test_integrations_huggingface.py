@@ -172,23 +172,23 @@ def test_dict_chunks_of_different_sizes_equal_the_joined_batch(tf):
 
 
 def test_ten_hf_steps_lower_a_gpt2_training_loss(tf):
-    """HF on a tiny GPT-2 (float32) from dict batches, 16 sequences of a learnable language
-    (counting up by a per-sequence stride), in four chunks of four. Settings for a language
-    model: λ₀ = 1 (Martens' 45 was for autoencoder losses summed over 784 outputs; a mean token
-    cross-entropy has curvature of order one), at most 30 CG iterations a step, the rest as
+    """HF on a tiny GPT-2 (float32) from dict batches, 12 sequences of a learnable language
+    (counting up by a per-sequence stride), in two chunks. Settings for a language model:
+    λ₀ = 1 (Martens' 45 was for autoencoder losses summed over 784 outputs; a mean token
+    cross-entropy has curvature of order one), at most 20 CG iterations a step, the rest as
     Martens (2010): preconditioner, CG-backtracking, Armijo line search."""
     model = gpt2(tf, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # training mode, no dropout
     g = torch.Generator().manual_seed(0)
-    start = torch.randint(0, VOCAB, (16, 1), generator=g)
-    ids = (start + torch.randint(1, 4, (16, 1), generator=g) * torch.arange(10)) % VOCAB
+    start = torch.randint(0, VOCAB, (12, 1), generator=g)
+    ids = (start + torch.randint(1, 4, (12, 1), generator=g) * torch.arange(10)) % VOCAB
     mask = torch.ones_like(ids)
     mask[::4, 7:] = 0
     labels = ids.masked_fill(mask == 0, -100)
-    data = [{"input_ids": ids[i:i + 4], "attention_mask": mask[i:i + 4],
-             "labels": labels[i:i + 4]} for i in range(0, 16, 4)]
+    data = [{"input_ids": ids[i:i + 6], "attention_mask": mask[i:i + 6],
+             "labels": labels[i:i + 6]} for i in (0, 6)]
     problem = hessfree.Problem(model)
     opt = hessfree.HessianFree(problem, config=hessfree.HFConfig.martens2010(
-        initial_lambda=1.0, cg_max_iters=30))
+        initial_lambda=1.0, cg_max_iters=20))
     before = problem.value(problem.parameters(), data)
     stats = [opt.step(data) for _ in range(10)]
     after = problem.value(problem.parameters(), data)
@@ -207,7 +207,7 @@ def test_the_readme_hugging_face_example_runs_and_learns(tf, capsys):
                      for b in batches) / sum(int(b["labels"][:, 1:].ne(-100).sum())
                                              for b in batches)
     assert problem.value(problem.parameters(), batches) == pytest.approx(theirs, rel=1e-5)
-    assert len(losses) == 5 and losses[-1] < losses[0]
+    assert len(losses) == 3 and losses[-1] < losses[0]
 
 
 # -- refusals: one line each ------------------------------------------------------------------
