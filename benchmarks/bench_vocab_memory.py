@@ -32,12 +32,15 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from bench_products import _rss_kb  # the same RSS reading (this folder is on sys.path)
 from torch import nn
 
 import hessfree
 
 
 class TinyLM(nn.Module):
+    """Token embedding, one causal pre-LN encoder layer, LayerNorm, an untied head."""
+
     def __init__(self, vocab: int, d: int = 64) -> None:
         super().__init__()
         self.emb = nn.Embedding(vocab, d)
@@ -47,17 +50,10 @@ class TinyLM(nn.Module):
         self.head = nn.Linear(d, vocab, bias=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, T, V)``."""
         t = ids.shape[1]
         mask = nn.Transformer.generate_square_subsequent_mask(t)
         return self.head(self.norm(self.layer(self.emb(ids), src_mask=mask, is_causal=True)))
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def _reset_peak() -> int:

@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _dist_products import quantities as products_quantities  # noqa: E402
+
 import hessfree  # noqa: E402
 from hessfree.batches import take_cases  # noqa: E402
 from hessfree.distributed import shard  # noqa: E402
@@ -54,20 +56,11 @@ def case(model_name: str, n: int, seed: int):
 
 
 def quantities(problem, batch, v, V) -> dict:
-    out = {}
-    for name, cls in (("ggn", hessfree.GGN), ("hessian", hessfree.Hessian),
-                      ("fisher", hessfree.EmpiricalFisher)):
-        op = cls(problem, batch)
-        out[f"{name}_mv"] = op @ v
-        out[f"{name}_mm"] = op @ V
-        out[f"{name}_grad"] = op.grad
-        out[f"{name}_value"] = torch.tensor(op.value)
-        out[f"{name}_count"] = torch.tensor(op.count)
-    out["fisher_diag"] = hessfree.EmpiricalFisher(problem, batch).diagonal()
-    params = problem.parameters()
-    value, grad = problem.value_and_grad(params, batch)
-    out["value_and_grad"] = grad
-    out["value"] = torch.tensor([problem.value(params, batch), value])
+    """Those of ``_dist_products`` (products, damped, gradients, values, EF diagonal) and the
+    token counts."""
+    out = products_quantities(problem, batch, v, V)
+    for name, cls in (("ggn", hessfree.GGN), ("fisher", hessfree.EmpiricalFisher)):
+        out[f"{name}_count"] = torch.tensor(cls(problem, batch).count)
     return out
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import hessian
-from transformer_cases import CausalLM, rel, ref_loss, token_batch
+from transformer_cases import CausalLM, ref_loss, rel, token_batch
 
 import hessfree
 from hessfree.curvature.sequence_loss import TokenCrossEntropy

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_curvature_attention import readme_code
-from transformer_cases import Dense, dense_hessian, module_logits, rel, require
+from transformer_cases import Dense, dense_hessian, module_logits, rel, require, seeded
 
 import hessfree
 from hessfree.errors import InputError
@@ -28,12 +28,7 @@ def tf():
 
 
 def _seeded(model, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    model = model.double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
-    return model
+    return seeded(model, seed, scale=0.1, perturb=True)
 
 
 def gpt2(tf, seed: int = 0, **overrides):

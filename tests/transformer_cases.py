@@ -112,13 +112,15 @@ def token_batch(n: int, seed: int, t: int = T, vocab: int = VOCAB, pad_from: dic
     return ids, labels, pad
 
 
-def seeded(model: nn.Module, seed: int) -> nn.Module:
-    """``model`` in float64 and eval mode, parameters drawn from ``seed``."""
+def seeded(model: nn.Module, seed: int, scale: float = 0.3, perturb: bool = False) -> nn.Module:
+    """``model`` in float64 and eval mode, parameters drawn from ``seed`` (``scale`` times a
+    normal draw; with ``perturb``, added to the model's own initial values)."""
     g = torch.Generator().manual_seed(seed)
     model = model.double().eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64) * scale
+            p.add_(noise) if perturb else p.copy_(noise)
     return model
 
 
