@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from extras import require
 from test_distributed import launch, rel
-from transformer_cases import require
 
 import hessfree
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from extras import require
 from test_curvature_attention import readme_code
-from transformer_cases import Dense, dense_hessian, module_logits, rel, require, seeded
+from transformer_cases import Dense, dense_hessian, module_logits, rel, seeded
 
 import hessfree
 from hessfree.errors import InputError
@@ -130,6 +131,12 @@ def test_the_objective_is_the_models_own_loss(tf, gpt2_case):
         want = float(classifier(**cls_batch).loss)
     assert cls_problem.value(cls_problem.parameters(), cls_batch) == pytest.approx(want,
                                                                                   rel=1e-12)
+    masked = _seeded(tf.BertForMaskedLM(classifier.config), 5)  # no shift, -100 ignored
+    mlm_problem = hessfree.Problem(masked)
+    assert not mlm_problem.loss.shift
+    with torch.no_grad():
+        want = float(masked(**batch).loss)
+    assert mlm_problem.value(mlm_problem.parameters(), batch) == pytest.approx(want, rel=1e-12)
 
 
 def test_llama_and_bert_ggn_equal_dense_references(tf):

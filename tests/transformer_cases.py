@@ -9,9 +9,6 @@ sizes (2 layers, d_model 16, vocabulary 50, 8 tokens) keep the dense matrices sm
 
 from __future__ import annotations
 
-import os
-
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,18 +16,6 @@ from torch.func import functional_call, hessian, jacrev
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 VOCAB, D, T = 50, 16, 8
-
-
-def require(package: str):
-    """Import an optional extra; skip loudly when absent, fail in CI (which installs it)."""
-    try:
-        return __import__(package)
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail(f"{package} is not installed, but CI installs the extras the tests need "
-                        "(.ci/run: pip install -e '.[dev,huggingface]')")
-        pytest.skip(f"SKIPPED LOUDLY: optional extra {package!r} is not installed "
-                    "(pip install -e '.[huggingface]')")
 
 
 class CausalLM(nn.Module):

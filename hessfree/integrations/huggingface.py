@@ -44,6 +44,7 @@ imports it only once a model of the package is seen, and registers its adapter w
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from typing import Any
@@ -57,9 +58,8 @@ from hessfree.errors import InputError
 
 __all__ = ["HuggingFaceAdapter", "default_loss", "is_huggingface_model"]
 
-#: attention implementations products can differentiate (hessfree runs SDPA as math)
-SUPPORTED_ATTENTION = ("eager", "sdpa")
-#: implementations known to call fused kernels without a second derivative
+#: attention implementations known to call fused kernels without a second derivative (hub
+#: kernels, named "owner/repo", too); "eager" and "sdpa" are differentiable (SDPA runs as math)
 _FUSED = ("flash_attention", "flex_attention", "paged|")
 
 
@@ -131,6 +131,11 @@ def _dropouts(model: nn.Module) -> dict[str, float]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_use_cache(cls: type) -> bool:
+    return "use_cache" in inspect.signature(cls.forward).parameters
+
+
 class HuggingFaceAdapter(ModelAdapter):
     """How :class:`~hessfree.Problem` calls a ``transformers.PreTrainedModel``."""
 
@@ -146,8 +151,7 @@ class HuggingFaceAdapter(ModelAdapter):
 
     def call_kwargs(self, model: nn.Module) -> dict[str, Any]:
         """``use_cache=False`` where the model takes it (no key-value cache is built)."""
-        params = inspect.signature(model.forward).parameters
-        return {"use_cache": False} if "use_cache" in params else {}
+        return {"use_cache": False} if _takes_use_cache(type(model)) else {}
 
     def outputs(self, model: Any, result: Any) -> Any:
         """The ``logits`` of the output object (a tensor passes through)."""
