@@ -7,7 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import hessian
-from transformer_cases import CausalLM, ref_loss, rel, token_batch
+from transformer_cases import (
+    CausalLM,
+    Dense,
+    SDPABlock,
+    module_logits,
+    ref_loss,
+    rel,
+    seeded,
+    token_batch,
+)
 
 import hessfree
 from hessfree.curvature.sequence_loss import TokenCrossEntropy
@@ -131,3 +140,22 @@ def test_shift_needs_a_token_dimension_and_arguments_are_checked():
     z, y = _logits(), torch.randint(0, 7, (3, 6))
     assert float(summed(z, y)) == pytest.approx(float(F.cross_entropy(
         z.reshape(-1, 7), y.reshape(-1), reduction="sum")), rel=1e-13)
+
+
+def test_ggn_diagonals_divide_by_the_token_count():
+    """hessfree.curvature.diag sums over chunks with the loss's count: exact equals the dense
+    diagonal of Jᵀ H_L J, and the Monte-Carlo estimate (labels drawn at the tokens that
+    count) agrees with it within its standard error."""
+    model = seeded(SDPABlock(vocab=7, d=8), 3)
+    ids, labels, _ = token_batch(3, 5, t=4, vocab=7)
+    labels[1, 2] = -100
+    problem = hessfree.Problem(model, TokenCrossEntropy(shift=True))
+    ref = Dense(module_logits(model, ids), problem.parameters(), labels, shift=True)
+    want = ((ref.H_L @ ref.J) * ref.J).sum(0)
+    G = hessfree.GGN(problem, [(ids[:1], labels[:1]), (ids[1:], labels[1:])])
+    exact = hessfree.curvature.diag(G, method="exact")
+    assert rel(exact.value, want) < 1e-10
+    mc = hessfree.curvature.diag(G, method="mc", samples=64,
+                                 generator=torch.Generator().manual_seed(0))
+    z = (mc.value - want).abs() / mc.stderr.clamp_min(1e-12)
+    assert float((z < 4).double().mean()) > 0.95

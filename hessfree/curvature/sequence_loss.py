@@ -103,6 +103,10 @@ class TokenCrossEntropy(MatchingLoss):
         """The tokens that count in a batch with these targets (after the shift)."""
         return int(self._labels(targets)[1].sum())
 
+    def token_weights(self, targets: Any) -> Tensor:
+        """1 at the positions of the logits whose (shifted) label counts, else 0 (bool)."""
+        return self._labels(targets)[1]
+
     def scale_for(self, n_cases: int) -> float:
         """``1/N`` for ``mean`` over ``N`` counted tokens; refuses a batch with none."""
         if self.reduction == "mean" and n_cases == 0:
