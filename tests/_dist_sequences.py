@@ -19,7 +19,6 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _dist_products import quantities as products_quantities  # noqa: E402
 
 import hessfree  # noqa: E402
 from hessfree.batches import take_cases  # noqa: E402
@@ -56,12 +55,20 @@ def case(model_name: str, n: int, seed: int):
 
 
 def quantities(problem, batch, v, V) -> dict:
-    """Those of ``_dist_products`` (products, damped, gradients, values, EF diagonal) and the
-    token counts."""
-    out = products_quantities(problem, batch, v, V)
-    for name, cls in (("ggn", hessfree.GGN), ("fisher", hessfree.EmpiricalFisher)):
-        out[f"{name}_count"] = torch.tensor(cls(problem, batch).count)
-    return out
+    """Every reduced quantity of the token loss: the three operators (products, gradient,
+    value, token count), the EF diagonal, a damped solve and the objective."""
+    ops = {"ggn": hessfree.GGN(problem, batch), "hessian": hessfree.Hessian(problem, batch),
+           "fisher": hessfree.EmpiricalFisher(problem, batch)}
+    out = {"fisher_diag": ops["fisher"].diagonal(),
+           "ggn_solve": ops["ggn"].solve(V, 0.5, rtol=1e-12).x}
+    for name, op in ops.items():
+        out.update({f"{name}_mv": op @ v, f"{name}_mm": op @ V, f"{name}_grad": op.grad,
+                    f"{name}_value": torch.tensor(op.value),
+                    f"{name}_count": torch.tensor(op.count)})
+    theta = problem.parameters()
+    objective, gradient = problem.value_and_grad(theta, batch)
+    return {**out, "value_and_grad": gradient,
+            "value": torch.tensor([problem.value(theta, batch), objective])}
 
 
 def main() -> None:
