@@ -15,7 +15,7 @@ from hessfree.curvature import losses
 from hessfree.errors import InputError
 from hessfree.hf import HFConfig
 from hessfree.models.init import esn_init_
-from hessfree.runs.experiment import Dataset, Experiment
+from hessfree.runs.definition import Dataset, Experiment
 from hessfree.runs.settings import (
     GRAD_CHUNK,
     DataSettings,
