@@ -75,8 +75,9 @@ def build(args: argparse.Namespace) -> tuple[nn.Module, nn.Module, Tensor]:
 
         config = GPT2Config(vocab_size=args.vocab, n_positions=args.tokens, n_embd=args.width,
                             n_layer=args.layers, n_head=args.heads, resid_pdrop=0.0,
-                            embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-        model = GPT2LMHeadModel(config, attn_implementation="sdpa").eval()
+                            embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+                            attn_implementation="sdpa")
+        model = GPT2LMHeadModel(config).eval()
         logits = _HFLogits(model)
     ids = torch.randint(0, args.vocab, (args.batch, args.tokens))
     return model, logits, ids
@@ -240,9 +241,14 @@ def cases(model: nn.Module, logits: nn.Module, ids: Tensor, args: argparse.Names
     plist = list(params.values())
     G = hessfree.GGN(problem, batch, check=False)
     assert G.backend == "double-backward", G.backend
+    Gj = hessfree.GGN(problem, batch, check=False, backend="jvp")
+    Gf = hessfree.GGN(problem, batch, check=False, backend="forward")
     v = torch.randn(G.dim)
     vl = list(G.layout.split(v).values())
     ours = G @ v
+    for name, op in (("jvp", Gj), ("forward", Gf)):
+        print(f"  backend {name!r}: relative difference to double-backward's G v "
+              f"{float((op @ v - ours).norm() / ours.norm()):.1e}")
 
     def grad_default() -> Any:
         return torch.autograd.grad(torch_loss(logits, ids), plist)
@@ -259,6 +265,10 @@ def cases(model: nn.Module, logits: nn.Module, ids: Tensor, args: argparse.Names
         "GGN product, cached (double-backward)": lambda: G @ v,
         "GGN set-up (forward, gradient, the cached graphs)": lambda: hessfree.GGN(
             problem, batch, check=False),
+        "GGN product, backend='jvp'": lambda: Gj @ v,
+        "GGN set-up, backend='jvp'": lambda: hessfree.GGN(problem, batch, check=False,
+                                                          backend="jvp"),
+        "GGN product, backend='forward' (linearize)": lambda: Gf @ v,
     }
     failed: dict[str, str] = {}
     if not args.no_peers:
@@ -296,6 +306,8 @@ MEMORY = {
     "ggn-product": "GGN product on the cached operator",
     "ggn-setup-product": "GGN set-up + product (what CG holds)",
     "ggn-uncached": "GGN product, cache=False",
+    "ggn-jvp": "GGN set-up + product, backend='jvp'",
+    "ggn-forward": "GGN set-up + product, backend='forward'",
     "curvlinops": "curvlinops matvec, math kernel",
     "backpack": "BackPACK forward + product, math kernel",
 }
@@ -335,6 +347,9 @@ def _memory_child(what: str, args: argparse.Namespace) -> None:
             return G, G @ v
         if what == "ggn-uncached":
             return hessfree.GGN(problem, batch, check=False, cache=False) @ v
+        if what in ("ggn-jvp", "ggn-forward"):
+            G = hessfree.GGN(problem, batch, check=False, backend=what[4:])
+            return G, G @ v
         return held[0]()  # a peer's product
 
     if what == "ggn-product":
