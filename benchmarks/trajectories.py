@@ -1,9 +1,11 @@
 """Fingerprint of training trajectories, to check that a refactor changes no number.
 
 Runs every optimizer on ``toy-quartic`` and a few steps of HF / momentum-like HF / NAG on a
-small ``curves-ae`` and ``addition`` in float64, and writes every step and evaluation row
-(timings dropped) and a hash of the final parameters to a JSON file. Two such files from before
-and after a change must be identical (``--compare OLD.json``).
+small ``curves-ae`` and ``addition`` in float64, and HF and NAG on ``curves-ae`` with two
+processes (gloo on 127.0.0.1, started as torchrun starts them: uneven shards, one all-reduce per
+reduction), and writes every step and evaluation row (timings dropped) and a hash of the final
+parameters to a JSON file. Two such files from before and after a change must be identical
+(``--compare OLD.json``).
 
     python benchmarks/trajectories.py --out before.json
     python benchmarks/trajectories.py --out after.json --compare before.json
@@ -15,6 +17,9 @@ import argparse
 import hashlib
 import json
 import math
+import os
+import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -42,6 +47,16 @@ RUNS = {
                     "--set", "curv_cases=32", "--set", "cg_max_iters=8", "--set", "n_test=64",
                     "--set", "n_train=64"],
 }
+#: runs with two processes (``--set`` values give uneven shards of 61 cases)
+DIST_SMALL = ["--set", "n_train=61", "--set", "n_test=16"]
+DIST_RUNS = {
+    "dist2/curves-ae/hf": ["curves-ae", "--optimizer", "hf", "--steps", "4", "--eval-every", "2",
+                           *DIST_SMALL, "--set", "numchunks=2", "--set", "grad_chunk=25",
+                           "--set", "cg_max_iters=12"],
+    "dist2/curves-ae/nag": ["curves-ae", "--optimizer", "nag", "--steps", "30",
+                            "--eval-every", "15", *DIST_SMALL, "--set", "batch_size=29",
+                            "--set", "lr=0.05"],
+}
 
 
 def _clean(table: dict) -> dict:
@@ -55,6 +70,15 @@ def _clean(table: dict) -> dict:
     return out
 
 
+def _print(res_path: str) -> dict:
+    res = read_results(res_path)
+    h = hashlib.sha256()
+    for k, arr in res.params("final").items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return {"steps": _clean(res.steps), "eval": _clean(res.eval), "params": h.hexdigest()}
+
+
 def fingerprint(name: str, argv: list[str], tmp: Path) -> dict:
     import contextlib
     import io
@@ -64,12 +88,28 @@ def fingerprint(name: str, argv: list[str], tmp: Path) -> dict:
         code = cli(["train", *argv, "--dtype", "float64", "--quiet", "--out", str(tmp)])
     if code != 0:
         raise SystemExit(f"{name}: exit {code}")
-    res = read_results(buf.getvalue().strip().splitlines()[-1])
-    h = hashlib.sha256()
-    for k, arr in res.params("final").items():
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return {"steps": _clean(res.steps), "eval": _clean(res.eval), "params": h.hexdigest()}
+    return _print(buf.getvalue().strip().splitlines()[-1])
+
+
+def distributed_fingerprint(name: str, argv: list[str], tmp: Path, world: int = 2) -> dict:
+    """The same, with ``world`` processes given torchrun's environment (gloo on 127.0.0.1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "hessfree", "train", *argv, "--dtype", "float64", "--quiet",
+             "--out", str(tmp)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"{name}: exit {[p.returncode for p in procs]}\n"
+                         + "\n".join(err[-2000:] for _, err in outs))
+    return _print(outs[0][0].strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -79,11 +119,13 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = {name: fingerprint(name, argv, Path(tmp)) for name, argv in RUNS.items()}
+        result.update({name: distributed_fingerprint(name, argv, Path(tmp))
+                       for name, argv in DIST_RUNS.items()})
     Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True))
     if args.compare:
         old = json.loads(Path(args.compare).read_text())
         bad = 0
-        for name in RUNS:
+        for name in [*RUNS, *DIST_RUNS]:
             a, b = old.get(name), result[name]
             same_params = a is not None and a["params"] == b["params"]
             diffs = []
