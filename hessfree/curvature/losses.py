@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hessfree.batches import unsqueeze
+from hessfree.batches import Chunk, unsqueeze
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = [
@@ -85,6 +85,15 @@ class _Reduced:
             raise InputError(f"{what}: expected 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
 
+    def count(self, chunk: Chunk) -> int:
+        """What ``mean`` divides by, in one chunk: its cases.
+
+        The sums over cases (:mod:`hessfree.curvature.accumulate`) add these over the chunks and
+        ranks and weigh every term by :meth:`scale_for` of the total. A loss that averages over
+        something else (the tokens that count in a masked sequence loss) overrides both.
+        """
+        return chunk.n
+
     def scale_for(self, n_cases: int) -> float:
         """Factor applied to the summed per-case losses of ``n_cases`` cases."""
         return 1.0 / n_cases if self.reduction == "mean" else 1.0
@@ -127,10 +136,15 @@ class MatchingLoss(_Reduced):
             elem = elem * mask.unsqueeze(-1) if elem.dim() == outputs.dim() else elem * mask
         return elem.reshape(outputs.shape[0], -1).sum(1)
 
-    def prepare(self, outputs: Tensor, targets: Any, scale: float) -> LossState:
-        """Value, ``dL/dz`` and the closed-form ``H_L u`` at ``outputs`` (no graph kept)."""
+    def prepare(self, outputs: Tensor, targets: Any, scale: float, check: bool = True,
+                ) -> LossState:
+        """Value, ``dL/dz`` and the closed-form ``H_L u`` at ``outputs`` (no graph kept).
+
+        ``check=False`` skips :meth:`check` (the targets were checked by an earlier pass).
+        """
         values, mask = split_mask(targets)
-        self.check(outputs, values, mask)
+        if check:
+            self.check(outputs, values, mask)
         with torch.no_grad():
             return self._prepare(outputs.detach(), values, mask, scale)
 
@@ -362,8 +376,12 @@ class AutodiffLoss(_Reduced):
 
         return torch.func.vmap(one)(outputs, targets)
 
-    def prepare(self, outputs: Tensor, targets: Any, scale: float) -> LossState:
-        """Value, gradient and a cached double-backward ``H_L u`` at ``outputs``."""
+    def prepare(self, outputs: Tensor, targets: Any, scale: float, check: bool = True,
+                ) -> LossState:
+        """Value, gradient and a cached double-backward ``H_L u`` at ``outputs``.
+
+        ``check`` is accepted for symmetry with :meth:`MatchingLoss.prepare` (nothing to check).
+        """
         z = outputs.detach().requires_grad_(True)
         with torch.enable_grad():
             value = self.value(z, targets, scale)

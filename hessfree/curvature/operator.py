@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree.batches import Chunk, as_chunks, is_source, iter_chunks
+from hessfree.batches import Chunk, Chunks
+from hessfree.curvature.accumulate import GRADIENT, VALUE, Sums
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.problem import Problem
 from hessfree.curvature.products import (
@@ -94,18 +95,10 @@ class CurvatureOperator(FlatOperator):
         self.params = {n: p.detach().clone() for n, p in problem.resolve_params(params).items()}
         self.layout = ParamLayout.from_params(self.params)
         self.cache = _checks.boolean(cache, "cache")
-        # deferred: chunks are built with sum weights and the (global) weight is applied after
-        # the sum over chunks (and ranks); the batch's size is known only after one pass
-        self.deferred = problem.deferred(batch)
-        self._source = batch if is_source(batch) else None
-        if self._source is not None:
-            first = next(iter_chunks(batch))
-            self.chunks: list[Chunk] = []  # an iterable is read again, never held
-        else:
-            self.chunks = as_chunks(batch)
-            first = self.chunks[0]
-        self.n_cases = sum(c.n for c in self.chunks)
-        self.scale = 1.0 if self.deferred else problem.loss.scale_for(self.n_cases)
+        self.batch = Chunks.of(batch)
+        # held chunks are kept; an iterable is read again on every pass, never held
+        self.chunks: list[Chunk] = list(self.batch.held or ())
+        first = self.batch.first()
         self.backend = resolve_backend(backend, problem, self.params, self.chunks or [first],
                                        getattr(self, "structural_damping", 0.0) > 0, self.kind)
         self.products = 0
@@ -117,40 +110,37 @@ class CurvatureOperator(FlatOperator):
         self._setup()
 
     # -- construction -------------------------------------------------------------------------
-    def _build(self, chunk: Chunk) -> ChunkProduct:
+    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
         raise NotImplementedError
 
-    def _chunks_of_a_pass(self) -> Any:
-        return self.chunks if self._source is None else iter_chunks(self._source)
+    @property
+    def streamed(self) -> bool:
+        """Whether the batch is an iterable read again on every pass (nothing held)."""
+        return self.batch.streamed
 
     def _setup(self) -> None:
-        value = 0.0
-        grad: Tensor | None = None
+        """One pass: every chunk's product (cached), the objective and gradient on the batch."""
         local = 0
-        for chunk in self._chunks_of_a_pass():
-            cp = self._build(chunk)
-            value += float(cp.value)
-            grad = cp.grad.clone() if grad is None else grad.add_(cp.grad)
+
+        def build(chunk: Chunk, scale: float) -> tuple[Tensor, Tensor]:
+            nonlocal local
+            cp = self._build(chunk, scale)
             local += chunk.n
             if self.cache:
                 self._cached.append(cp)
-        assert grad is not None
+            return cp.value, cp.grad
+
+        # a chunk's gradient stays in its cached product: the sum starts from a copy
+        sums = self.problem.accumulator.sums(self.batch, build, (VALUE, GRADIENT), self._theta,
+                                             copy=True)
         self._local_cases = local
-        self.weight = 1.0
-        if self.deferred:
-            n = local
-            if self.problem.reducer is not None:
-                grad, total, count = self.problem.reducer.sum_parts(grad, value, local)
-                value, n = float(total), int(round(float(count)))
-            self.n_cases = n
-            self.weight = self.problem.loss.scale_for(n)
-            grad.mul_(self.weight)
-            value *= self.weight
-        wd = self.problem.weight_decay
-        if wd:
-            grad.add_(self._theta, alpha=wd)
-        self.value: float = value + self.problem.decay_value(self._theta)
-        self.grad: Tensor = grad
+        self.setup: Sums = sums
+        #: cases over every chunk and rank (what the loss counts)
+        self.n_cases = sums.count
+        #: the factor each chunk's product was built with (the weight, or 1 when deferred)
+        self.scale = sums.scale
+        self.value: float = sums.parts[0]
+        self.grad: Tensor = sums.parts[1]
 
     def _chunk_products(self) -> Any:
         if self.cache:
@@ -160,24 +150,16 @@ class CurvatureOperator(FlatOperator):
     def _rebuilt(self) -> Any:
         """Chunk products of a new pass (uncached), checking it sees the same cases."""
         seen = 0
-        for c in self._chunks_of_a_pass():
+        for c in self.batch:
             seen += c.n
-            yield self._build(c)
+            yield self._build(c, self.scale)
         if seen != self._local_cases:
             raise InputError(f"batch: a pass over the batch gave {seen} cases, the operator was "
                              f"built on {self._local_cases}; an iterable batch must give the "
                              "same cases on every pass")
 
-    def _reduce(self, out: Tensor) -> Tensor:
-        """The sum over ranks (one all-reduce) and the deferred weight."""
-        if self.problem.reducer is not None:
-            self.problem.reducer.sum_(out)
-        if self.deferred:
-            out.mul_(self.weight)
-        return out
-
     def __repr__(self) -> str:
-        chunks = len(self.chunks) if self._source is None else "streamed"
+        chunks = "streamed" if self.streamed else len(self.chunks)
         return (f"{type(self).__name__}(dim={self.dim}, cases={self.n_cases}, "
                 f"chunks={chunks}, backend={self.backend!r})")
 
@@ -185,16 +167,9 @@ class CurvatureOperator(FlatOperator):
     def _product(self, v: Tensor, structural: float = 0.0) -> Tensor:
         """The curvature (plus ``structural`` times the structural-damping term) times flat v."""
         parts = list(self.layout.split(v).values())
-        out: Tensor | None = None
-        for cp in self._chunk_products():
-            res = cp.mv(parts, structural)
-            out = res if out is None else out.add_(res)
-        assert out is not None
-        out = self._reduce(out)
-        wd = self.problem.weight_decay
-        if wd:
-            out.add_(v, alpha=wd)
-        return out
+        return self.problem.accumulator.product(
+            (cp.mv(parts, structural) for cp in self._chunk_products()), v,
+            self.setup.weight_after)
 
     def _apply(self, v: Tensor) -> Tensor:
         return self._product(v)
@@ -210,15 +185,9 @@ class CurvatureOperator(FlatOperator):
         k = Vt.shape[0]
         parts = [p.reshape((k,) + s) for p, s in
                  zip(torch.split(Vt, self.layout.sizes, 1), self.layout.shapes)]
-        out: Tensor | None = None
-        for cp in self._chunk_products():
-            res = cp.mm(parts, structural)
-            out = res if out is None else out.add_(res)
-        assert out is not None
-        out = self._reduce(out.contiguous())
-        wd = self.problem.weight_decay
-        if wd:
-            out.add_(Vt, alpha=wd)
+        out = self.problem.accumulator.product(
+            (cp.mm(parts, structural) for cp in self._chunk_products()), Vt,
+            self.setup.weight_after)
         return out.T
 
     def _apply_block(self, V: Tensor) -> Tensor:
@@ -244,9 +213,9 @@ class GGN(CurvatureOperator):
         self.structural_damping = _checks.number(structural_damping, "structural_damping", 0.0)
         super().__init__(problem, batch, params, backend, cache, check)
 
-    def _build(self, chunk: Chunk) -> ChunkProduct:
+    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
         try:
-            return ggn_chunk(self.problem, self.params, chunk, self.scale, self.backend,
+            return ggn_chunk(self.problem, self.params, chunk, scale, self.backend,
                              structural=self.structural_damping > 0)
         except TypeError as err:
             if self.structural_damping > 0 and "return_hidden" in str(err):
@@ -269,8 +238,8 @@ class Hessian(CurvatureOperator):
 
     kind = "hessian"
 
-    def _build(self, chunk: Chunk) -> ChunkProduct:
-        return hessian_chunk(self.problem, self.params, chunk, self.scale, self.backend)
+    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+        return hessian_chunk(self.problem, self.params, chunk, scale, self.backend)
 
 
 class EmpiricalFisher(CurvatureOperator):
@@ -282,13 +251,12 @@ class EmpiricalFisher(CurvatureOperator):
 
     kind = "fisher"
 
-    def _build(self, chunk: Chunk) -> ChunkProduct:
-        return fisher_chunk(self.problem, self.params, chunk, self.scale, self.backend)
+    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+        return fisher_chunk(self.problem, self.params, chunk, scale, self.backend)
 
     def diagonal(self, chunk_size: int | None = None, method: str = "auto") -> Tensor:
         """Exact diagonal (flat), from per-case gradients: see :func:`fisher_diagonal`."""
-        batch = self.chunks if self._source is None else self._source
-        return fisher_diagonal(self.problem, self.params, batch, chunk_size, method)
+        return fisher_diagonal(self.problem, self.params, self.batch, chunk_size, method)
 
 
 class DampedOperator(FlatOperator):

@@ -45,7 +45,7 @@ from torch import Tensor
 from hessfree.batches import Chunk
 from hessfree.curvature.losses import MSE, BCEWithLogits, CrossEntropy, LossState
 from hessfree.curvature.problem import Problem
-from hessfree.curvature.sequential import SequentialJ, sequential_layers
+from hessfree.curvature.sequential import SequentialJ, matrix_inputs, sequential_layers
 from hessfree.errors import InputError
 
 __all__ = [
@@ -273,11 +273,11 @@ def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, sca
                backend: str, hidden: bool) -> Any:
     if backend == "sequential":
         layers = sequential_layers(problem, params)
-        if layers is None or hidden or not isinstance(chunk.inputs, Tensor):
+        if layers is None or hidden or not matrix_inputs(chunk):
             raise InputError(
                 "backend: 'sequential' needs an nn.Sequential of Linear and elementwise units "
-                "(Sigmoid, Tanh, ReLU, Identity), all parameters trained, tensor inputs and no "
-                "structural damping; use 'double-backward' or 'auto'"
+                "(Sigmoid, Tanh, ReLU, Identity), all parameters trained, 2-D tensor inputs "
+                "(cases × features) and no structural damping; use 'double-backward' or 'auto'"
             )
         return SequentialJ(problem, params, layers, chunk, scale)
     if backend == "double-backward":

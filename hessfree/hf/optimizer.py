@@ -384,16 +384,12 @@ class HessianFree:
             fused = None
             if self.config.preconditioner and self.config.precond_batch == "gradient":
                 fused = value_grad_diagonal(self.objective, theta, batch)
-            if fused is None:
-                f0, g = self.objective.value_and_grad(theta, batch)
-                diag = None
-            else:
-                f0, g, diag = fused
-            cases = self.objective.last_cases  # over all ranks
+            e = fused or self.objective.evaluate(theta, batch, grad=True)
             if fused is not None:
-                record.forward(cases)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
-            record.gradient(cases)
-        return f0, g, diag, cases
+                record.forward(e.count)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
+            record.gradient(e.count)  # the count is over all ranks
+        assert e.grad is not None
+        return e.value, e.grad, e.diag, e.count
 
     def _preconditioner(self, theta: dict[str, Tensor], batch: Any, cases: int,
                         record: _StepRecord, diag: Tensor | None = None) -> Tensor | None:
@@ -457,8 +453,9 @@ class HessianFree:
         built on the same cases measures how far the curvature model holds along ``p``, not how
         much of the step fitted the minibatch's noise.
         """
-        before, g_check = self.objective.value_and_grad(theta, batch)
-        n = self.objective.last_cases
+        e = self.objective.evaluate(theta, batch, grad=True)
+        before, g_check, n = e.value, e.grad, e.count
+        assert g_check is not None
         record.gradient(n)
         record.check_loss_before = before
         record.check_loss_after = self._value(theta, batch, record, n, step, 1.0)
