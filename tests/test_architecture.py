@@ -33,8 +33,8 @@ LAYERS = {
     "runs": 7,
     "__main__": 8, "<facade>": 8,
 }
-#: the linear solver knows nothing about networks (DESIGN.md)
-CG_MAY_IMPORT = {"cg", "vectors", "_checks", "errors"}
+#: the linear solver knows nothing about networks (DESIGN.md): flat vectors and the operator base
+CG_MAY_IMPORT = {"cg", "vectors", "linops", "_checks", "errors"}
 
 
 def _modules() -> dict[str, Path]:
@@ -84,7 +84,7 @@ def test_imports_point_downward():
             if ca != cb and not LAYERS[cb] < LAYERS[ca]:
                 bad.append(f"{a} -> {b}")
             if ca == "cg" and cb not in CG_MAY_IMPORT:
-                bad.append(f"{a} -> {b} (cg imports nothing of ours but vectors)")
+                bad.append(f"{a} -> {b} (cg imports nothing of ours but vectors and linops)")
     assert not bad, "imports against the layers of docs/architecture.md:\n" + "\n".join(bad)
 
 

@@ -31,8 +31,8 @@ from hessfree.curvature.products import (
 )
 from hessfree.curvature.sequential import applies
 from hessfree.errors import InputError, InputTypeError
-from hessfree.linops import FlatOperator
-from hessfree.vectors import ParamLayout
+from hessfree.linops import Combination, FlatOperator
+from hessfree.vectors import ParamLayout, flat_vector
 
 __all__ = ["CurvatureOperator", "GGN", "Hessian", "EmpiricalFisher", "DampedOperator",
            "resolve_backend"]
@@ -84,6 +84,8 @@ class CurvatureOperator(FlatOperator):
 
     #: short name of the matrix, used in messages and saved files
     kind = "curvature"
+    #: μ of structural damping (a GGN's; 0 for every other matrix)
+    structural_damping: float = 0.0
 
     def __init__(self, problem: Problem, batch: Any, params: Any = None,
                  backend: str = "auto", cache: bool = True, check: bool = True) -> None:
@@ -91,6 +93,8 @@ class CurvatureOperator(FlatOperator):
             raise InputTypeError(
                 f"problem: expected a hessfree.Problem, got {type(problem).__name__}")
         self.problem = problem
+        if self.structural_damping > 0:
+            problem.require_hidden("structural_damping")
         # a snapshot: the operator stays valid (and exact) after the live parameters move
         self.params = {n: p.detach().clone() for n, p in problem.resolve_params(params).items()}
         self.layout = ParamLayout.from_params(self.params)
@@ -100,7 +104,7 @@ class CurvatureOperator(FlatOperator):
         self.chunks: list[Chunk] = list(self.batch.held or ())
         first = self.batch.first()
         self.backend = resolve_backend(backend, problem, self.params, self.chunks or [first],
-                                       getattr(self, "structural_damping", 0.0) > 0, self.kind)
+                                       self.structural_damping > 0, self.kind)
         self.products = 0
         if check:
             problem.check_modes()
@@ -164,7 +168,7 @@ class CurvatureOperator(FlatOperator):
                 f"chunks={chunks}, backend={self.backend!r})")
 
     # -- products ------------------------------------------------------------------------------
-    def _product(self, v: Tensor, structural: float = 0.0) -> Tensor:
+    def _curvature(self, v: Tensor, structural: float = 0.0) -> Tensor:
         """The curvature (plus ``structural`` times the structural-damping term) times flat v."""
         parts = list(self.layout.split(v).values())
         return self.problem.accumulator.product(
@@ -172,10 +176,10 @@ class CurvatureOperator(FlatOperator):
             self.setup.weight_after)
 
     def _apply(self, v: Tensor) -> Tensor:
-        return self._product(v)
+        return self._curvature(v)
 
-    def _product_block(self, V: Tensor, structural: float = 0.0) -> Tensor:
-        """:meth:`_product` of each column of ``V`` (``(dim, k)``), batched over the columns.
+    def _curvature_block(self, V: Tensor, structural: float = 0.0) -> Tensor:
+        """:meth:`_curvature` of each column of ``V`` (``(dim, k)``), batched over the columns.
 
         Each chunk takes the ``k`` columns in one pass of its backend (one larger matrix
         product per layer instead of ``k``: :mod:`hessfree.curvature.sequential`; autograd's
@@ -191,11 +195,43 @@ class CurvatureOperator(FlatOperator):
         return out.T
 
     def _apply_block(self, V: Tensor) -> Tensor:
-        return self._product_block(V)
+        return self._curvature_block(V)
+
+    def with_structural(self, weight: float) -> FlatOperator:
+        """The curvature plus ``weight`` times the structural-damping term, in one pass.
+
+        Its products are counted by this operator. ``weight = 0``: the operator itself.
+        """
+        return _WithStructural(self, weight) if weight else self
 
     def damped(self, lam: float) -> DampedOperator:
-        """The operator ``self + λI`` (Tikhonov damping, [M10 §4.1])."""
+        """The operator ``self + λI`` (Tikhonov damping, [M10 §4.1]; structural damping too)."""
         return DampedOperator(self, lam)
+
+
+class _WithStructural(FlatOperator):
+    """``G + w·S`` of a GGN built with structural damping: one pass per product ([M&S11])."""
+
+    def __init__(self, base: CurvatureOperator, weight: float) -> None:
+        self.base, self.weight, self.layout = base, weight, base.layout
+
+    @property
+    def products(self) -> int:  # type: ignore[override]
+        """The base operator's counter: a product of this view is one of the base."""
+        return self.base.products
+
+    @products.setter
+    def products(self, value: int) -> None:
+        self.base.products = value
+
+    def __repr__(self) -> str:
+        return f"{self.base!r} + {self.weight:g}·S"
+
+    def _apply(self, v: Tensor) -> Tensor:
+        return self.base._curvature(v, self.weight)
+
+    def _apply_block(self, V: Tensor) -> Tensor:
+        return self.base._curvature_block(V, self.weight)
 
 
 class GGN(CurvatureOperator):
@@ -214,23 +250,15 @@ class GGN(CurvatureOperator):
         super().__init__(problem, batch, params, backend, cache, check)
 
     def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
-        try:
-            return ggn_chunk(self.problem, self.params, chunk, scale, self.backend,
-                             structural=self.structural_damping > 0)
-        except TypeError as err:
-            if self.structural_damping > 0 and "return_hidden" in str(err):
-                raise InputError(
-                    "structural_damping: the model's forward does not accept return_hidden=True; "
-                    "structural damping needs a model that exposes its hidden pre-activations"
-                ) from err
-            raise
+        return ggn_chunk(self.problem, self.params, chunk, scale, self.backend,
+                         structural=self.structural_damping > 0)
 
     def structural_mv(self, v: Tensor) -> Tensor:
-        """``J_aᵀ D J_a v`` alone (flat), the structural-damping matrix without μλ."""
+        """``J_aᵀ D J_a v`` alone (flat), the structural-damping matrix without μλ (2 products)."""
         if self.structural_damping <= 0:
             raise InputError("structural_damping: the operator was built without it (μ = 0)")
-        self.products += 2
-        return self._product(v, 1.0) - self._product(v, 0.0)
+        v = flat_vector(v, "v", self.dim, self.dtype, self.device)
+        return self.with_structural(1.0).apply(v) - self.apply(v)
 
 
 class Hessian(CurvatureOperator):
@@ -259,8 +287,11 @@ class EmpiricalFisher(CurvatureOperator):
         return fisher_diagonal(self.problem, self.params, self.batch, chunk_size, method)
 
 
-class DampedOperator(FlatOperator):
+class DampedOperator(Combination):
     """``A + λI`` (plus ``μλ S`` structural damping when ``A`` is a GGN built with ``μ > 0``).
+
+    The combination ``A.with_structural(μλ) + λ·I`` (:class:`~hessfree.linops.Combination`):
+    one product of ``A`` (counted by ``A``) and one ``axpy`` per product.
 
     Args:
         base: the undamped operator.
@@ -270,17 +301,9 @@ class DampedOperator(FlatOperator):
     def __init__(self, base: CurvatureOperator, lam: float) -> None:
         self.base = base
         self.lam = _checks.number(lam, "lam", 0.0)
-        self.structural = getattr(base, "structural_damping", 0.0) * self.lam
-        self.layout = base.layout
-        self.products = 0
+        self.structural = base.structural_damping * self.lam
+        super().__init__([(1.0, base.with_structural(self.structural)),
+                          (self.lam, base.identity())])
 
     def __repr__(self) -> str:
         return f"DampedOperator({self.base!r}, lam={self.lam:g})"
-
-    def _apply(self, v: Tensor) -> Tensor:
-        self.base.products += 1
-        return self.base._product(v, self.structural).add_(v, alpha=self.lam)
-
-    def _apply_block(self, V: Tensor) -> Tensor:
-        self.base.products += V.shape[1]
-        return self.base._product_block(V, self.structural).add_(V, alpha=self.lam)

@@ -9,9 +9,10 @@ asked, and the count (cases) the loss averaged over, on every chunk and rank.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -25,10 +26,34 @@ from hessfree.distributed import Reducer
 from hessfree.errors import InputError, InputTypeError
 from hessfree.vectors import ParamLayout
 
-__all__ = ["Evaluation", "Problem"]
+__all__ = ["Evaluation", "HiddenStates", "Problem", "declares_hidden"]
 
 #: modules whose training-mode forward pass is random (Dropout) or couples the cases (BatchNorm)
 _TRAIN_MODE_MODULES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+class HiddenStates(Protocol):
+    """The model contract of structural damping ([M&S11]; ``hessfree.models.TanhRNN`` keeps it).
+
+    ``forward(inputs, return_hidden=True)`` (or ``f(params, inputs, return_hidden=True)`` for a
+    function) returns ``(outputs, hidden_preactivations)``; a model declares it by naming the
+    parameter ``return_hidden`` in its signature (:func:`declares_hidden`). The optional class
+    attribute ``hidden_nonlinearity`` (``"tanh"``, ``"logistic"`` or ``"linear"``; default
+    ``"tanh"``) names the hidden units whose matching loss the damping term uses.
+    """
+
+    def forward(self, *inputs: Any, return_hidden: bool = False) -> Any:  # pragma: no cover
+        """Outputs, or ``(outputs, hidden pre-activations)`` with ``return_hidden``."""
+        ...
+
+
+def declares_hidden(model: Any) -> bool:
+    """Whether ``model`` declares :class:`HiddenStates`: a ``return_hidden`` parameter."""
+    fn = model.forward if isinstance(model, nn.Module) else model
+    try:
+        return "return_hidden" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
 
 
 @dataclass(frozen=True)
@@ -109,6 +134,14 @@ class Problem:
     def __repr__(self) -> str:
         name = type(self.model).__name__ if isinstance(self.model, nn.Module) else "function"
         return f"Problem({name}, {self.loss!r}, weight_decay={self.weight_decay})"
+
+    def require_hidden(self, what: str) -> None:
+        """Raise naming ``what`` unless the model declares :class:`HiddenStates`."""
+        if not declares_hidden(self.model):
+            raise InputError(
+                f"{what}: the model's forward does not declare return_hidden (a parameter "
+                "return_hidden: bool = False making it return (outputs, hidden_preactivations)); "
+                "structural damping needs a model that exposes its hidden pre-activations")
 
     @property
     def is_module(self) -> bool:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -51,6 +51,7 @@ from hessfree.errors import InputError
 __all__ = [
     "BACKENDS",
     "ChunkProduct",
+    "Linearization",
     "ggn_chunk",
     "fisher_chunk",
     "hessian_chunk",
@@ -81,6 +82,39 @@ class ChunkProduct:
     mv: Callable[[Tensors, float], Tensor]
     state: LossState
     mm: Callable[[Tensors, float], Tensor]
+
+
+class Linearization(Protocol):
+    """The backend contract: ``J`` of one chunk, as each ``J v`` backend provides it.
+
+    Attributes:
+        out: the chunk's outputs; ``hid``: its hidden pre-activations (structural damping) or
+            None; ``state``: the loss state at ``out``; ``grad``: the chunk's flat gradient.
+        batched: whether ``jvp_block``/``vjp_block`` take ``k`` columns at least as fast as ``k``
+            single products (False: block products loop over the columns).
+    """
+
+    out: Tensor
+    hid: Tensor | None
+    state: LossState
+    grad: Tensor
+    batched: bool
+
+    def jvp(self, v: Tensors, hidden: bool = False) -> Tensors:  # pragma: no cover
+        """``[J_out v]`` (and ``J_hidden v`` when ``hidden``)."""
+        ...
+
+    def vjp(self, us: Tensors) -> Tensor:  # pragma: no cover
+        """``Jᵀ u`` (flat)."""
+        ...
+
+    def jvp_block(self, v: Tensors, hidden: bool = False) -> Tensors:  # pragma: no cover
+        """:meth:`jvp` for ``k`` columns stacked in front."""
+        ...
+
+    def vjp_block(self, us: Tensors) -> Tensor:  # pragma: no cover
+        """:meth:`vjp` for ``k`` columns: ``(k, dim)``."""
+        ...
 
 
 def _leaves(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -222,6 +256,9 @@ class _DoubleBackwardJ:
 class _ForwardJ:
     """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``."""
 
+    #: ``torch.func.vmap`` over the columns
+    batched = True
+
     def __init__(self, problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
                  scale: float, hidden: bool) -> None:
         prim = {n: p.detach() for n, p in params.items()}
@@ -270,7 +307,7 @@ class _ForwardJ:
 
 
 def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
-               backend: str, hidden: bool) -> Any:
+               backend: str, hidden: bool) -> Linearization:
     if backend == "sequential":
         layers = sequential_layers(problem, params)
         if layers is None or hidden or not matrix_inputs(chunk):
@@ -301,7 +338,7 @@ def ggn_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scal
         return lin.vjp([lin.state.hvp(jv_out)])
 
     def mm(v: Tensors, weight: float = 0.0) -> Tensor:
-        if not getattr(lin, "batched", True):
+        if not lin.batched:
             return _loop(mv, v, weight)
         if weight and d_hid is not None:
             jv_out, jv_hid = lin.jvp_block(v, hidden=True)
@@ -326,7 +363,7 @@ def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, s
         return lin.vjp([g * coef.view((n,) + (1,) * (g.dim() - 1))])
 
     def mm(v: Tensors, weight: float = 0.0) -> Tensor:
-        if not getattr(lin, "batched", True):
+        if not lin.batched:
             return _loop(mv, v, weight)
         (jv,) = lin.jvp_block(v)  # (k, N, ...)
         k = jv.shape[0]

@@ -115,6 +115,8 @@ class SequentialJ:
     """
 
     hid = None
+    #: stacked R-operator passes (one larger matrix product per layer)
+    batched = True
 
     def __init__(self, problem: Problem, params: Mapping[str, Tensor], layers: list[Layer],
                  chunk: Chunk, scale: float, grad: bool = True) -> None:

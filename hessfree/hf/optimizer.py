@@ -44,6 +44,7 @@ from hessfree.hf.phases import Phase, PhaseSchedule
 from hessfree.hf.precondition import inverse_preconditioner
 from hessfree.hf.stats import ACCEPTED, StepStats
 from hessfree.hf.stepsize import StepSize, fixed_rate, line_search
+from hessfree.linops import Counted, FlatOperator
 from hessfree.quadratic.core import Quadratic
 from hessfree.schedules import value_at
 from hessfree.vectors import ParamLayout
@@ -112,6 +113,10 @@ class _StepRecord:
         self.product_cases += cases
         self.seconds_products += seconds
 
+    def counted(self, op: FlatOperator, cases: int) -> Counted:
+        """``op`` with each of its products counted here (over ``cases`` cases) and timed."""
+        return Counted(op, lambda columns, seconds: self.product(cases, seconds))
+
     def freeze(self, reason: str, lambda_after: float, seconds: float) -> StepStats:
         """The :class:`StepStats` of the step (a rejected step has step size and norm 0)."""
         accepted = reason == ACCEPTED
@@ -120,20 +125,6 @@ class _StepRecord:
             values["step_size"] = values["step_norm"] = 0.0
         return StepStats(accepted=accepted, reason=reason, lambda_after=lambda_after,
                          seconds=seconds, **values)
-
-
-class _CountedOperator:
-    """The damped operator CG uses, counting and timing its products in the step record."""
-
-    def __init__(self, op: Any, record: _StepRecord, cases: int) -> None:
-        self.op, self.record, self.cases = op, record, cases
-        self.shape = op.shape
-
-    def __matmul__(self, v: Tensor) -> Tensor:
-        t0 = time.perf_counter()
-        out = self.op.matvec(v)
-        self.record.product(self.cases, time.perf_counter() - t0)
-        return out
 
 
 class _Timer:
@@ -411,7 +402,7 @@ class HessianFree:
             eps=cfg.cg_eps, min_gap=cfg.cg_min_gap, gap_ratio=cfg.cg_gap_ratio)
         store = cg.Geometric(cfg.cg_store_ratio, first=cfg.cg_store_first) \
             if cfg.backtracking else cg.Never()
-        A = _CountedOperator(G.damped(self.lam), record, cases)
+        A = record.counted(G.damped(self.lam), cases)
         x0 = self.last_solution.mul(zeta) if zeta > 0 and bool(self.last_solution.any()) \
             else None
         with _Timer(record, "seconds_cg"):
@@ -437,10 +428,8 @@ class HessianFree:
     def _model_change(self, G: GGN | Hessian, g: Tensor, p: Tensor, record: _StepRecord,
                       cases: int) -> tuple[float, Tensor]:
         """q(p) − q(0) = gᵀp + ½ pᵀBp, B undamped (HFDemo) or damped; one product; and Bp."""
-        t0 = time.perf_counter()
-        B = G.damped(self.lam) if self.config.rho_damped else G
-        Bp = B.matvec(p)
-        record.product(cases, time.perf_counter() - t0)
+        B = record.counted(G.damped(self.lam) if self.config.rho_damped else G, cases)
+        Bp = B.apply(p)
         return float(torch.dot(g, p) + 0.5 * torch.dot(p, Bp)), Bp
 
     def _check(self, theta: dict[str, Tensor], batch: Any, step: Tensor, Bp: Tensor,
