@@ -69,8 +69,8 @@ class FlatOperator:
     """A symmetric ``dim × dim`` linear operator applied by products (see the module docstring).
 
     Subclasses set ``layout`` (a :class:`~hessfree.vectors.ParamLayout`, or None when vectors
-    are only flat) and implement :meth:`_apply`; they override ``dim``/``dtype``/``device`` when
-    they have no layout.
+    are only flat) and implement :meth:`_apply`; they override :meth:`_space` when they have no
+    layout.
     """
 
     layout: ParamLayout | None = None
@@ -87,23 +87,25 @@ class FlatOperator:
         return torch.stack([self._apply(V[:, j].contiguous()) for j in range(V.shape[1])], 1)
 
     # -- shape ---------------------------------------------------------------------------------
+    def _space(self) -> tuple[int, torch.dtype, torch.device]:
+        """``(dim, dtype, device)`` of the vectors; a subclass without a layout overrides it."""
+        assert self.layout is not None
+        return self.layout.numel, self.layout.dtype, self.layout.device
+
     @property
     def dim(self) -> int:
         """Length of the vectors (the matrix is ``dim × dim``)."""
-        assert self.layout is not None
-        return self.layout.numel
+        return self._space()[0]
 
     @property
     def dtype(self) -> torch.dtype:
         """Dtype of the vectors the operator takes."""
-        assert self.layout is not None
-        return self.layout.dtype
+        return self._space()[1]
 
     @property
     def device(self) -> torch.device:
         """Device of the vectors the operator takes."""
-        assert self.layout is not None
-        return self.layout.device
+        return self._space()[2]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -206,20 +208,8 @@ class _Sized(FlatOperator):
         self.layout = layout
         self.products = 0
 
-    @property
-    def dim(self) -> int:
-        """Length of the vectors."""
-        return self._n
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the vectors."""
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the vectors."""
-        return self._device
+    def _space(self) -> tuple[int, torch.dtype, torch.device]:
+        return self._n, self._dtype, self._device
 
 
 class Identity(_Sized):
@@ -263,20 +253,8 @@ class Combination(FlatOperator):
         self._first = first
         self.products = 0
 
-    @property
-    def dim(self) -> int:
-        """Length of the vectors."""
-        return self._first.dim
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the vectors."""
-        return self._first.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the vectors."""
-        return self._first.device
+    def _space(self) -> tuple[int, torch.dtype, torch.device]:
+        return self._first._space()
 
     def __repr__(self) -> str:
         return " + ".join(f"{c:g}·{op!r}" if c != 1 else repr(op) for c, op in self.terms)
@@ -320,20 +298,8 @@ class Counted(FlatOperator):
         self.layout = op.layout
         self.products = 0
 
-    @property
-    def dim(self) -> int:
-        """Length of the vectors."""
-        return self.op.dim
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the vectors."""
-        return self.op.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the vectors."""
-        return self.op.device
+    def _space(self) -> tuple[int, torch.dtype, torch.device]:
+        return self.op._space()
 
     def __repr__(self) -> str:
         return f"Counted({self.op!r})"
@@ -436,31 +402,13 @@ class FunctionOperator(FlatOperator):
         self._device = None if device is None else torch.device(device)
         self.products = 0
 
-    def _known(self, what: str, value: Any) -> Any:
-        if value is None:
-            raise InputError(f"{self.name}: the {what} of a function operator is unknown; build "
-                             "it with FunctionOperator(fn, n, dtype, device)")
-        return value
-
-    @property
-    def dim(self) -> int:
-        """Length of the vectors."""
-        return self._known("size", self._n)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the vectors."""
-        return self._known("dtype", self._dtype)
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the vectors."""
-        return self._known("device", self._device)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(dim, dim)``."""
-        return (self.dim, self.dim)
+    def _space(self) -> tuple[int, torch.dtype, torch.device]:
+        unknown = [w for w, x in (("size", self._n), ("dtype", self._dtype),
+                                  ("device", self._device)) if x is None]
+        if unknown:
+            raise InputError(f"{self.name}: the {', '.join(unknown)} of a function operator "
+                             "are unknown; build it with FunctionOperator(fn, n, dtype, device)")
+        return self._n, self._dtype, self._device  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"FunctionOperator({self.fn!r})"

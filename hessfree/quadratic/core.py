@@ -115,20 +115,8 @@ class Quadratic(FlatOperator):
         """Whether the curvature is an explicit matrix (``from_dense``)."""
         return self.A is not None
 
-    @property
-    def dim(self) -> int:
-        """Length of ``p``."""
-        return self.g.numel()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of vectors."""
-        return self.g.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of vectors."""
-        return self.g.device
+    def _space(self) -> tuple[int, torch.dtype, torch.device]:
+        return self.g.numel(), self.g.dtype, self.g.device
 
     @property
     def b(self) -> Tensor:
