@@ -188,6 +188,8 @@ def solve(
 ) -> CGResult:
     """Minimise φ(x) = ½ xᵀA x − bᵀx by preconditioned CG (Martens' ``conjgrad_1.m``).
 
+    (Over 60 lines for this documentation of every argument and reason; the loop is 20 lines.)
+
     Args:
         A: symmetric operator with ``A @ v`` on flat 1-D tensors (an operator object, a square
             2-D tensor) or a callable v -> A v.

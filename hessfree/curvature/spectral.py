@@ -225,6 +225,8 @@ def eigsh(op: Any, k: int = 6, which: str = "LA", *, tol: float | None = None,
           return_eigenvectors: bool = True) -> Tensor | tuple[Tensor, Tensor]:
     """``k`` eigenpairs of a symmetric operator by Lanczos (scipy's ``eigsh`` in torch).
 
+    (Over 60 lines for this documentation of scipy's arguments; the steps are in ``_Krylov``.)
+
     Lanczos with full reorthogonalisation (classical Gram-Schmidt, twice; [GVL13 §10.1,
     §10.3]), restarted by Krylov-Schur, the thick restart of the symmetric case [Ste01; WS00]:
     the basis grows to ``ncv`` vectors; if the wanted Ritz pairs have not converged, the
@@ -281,36 +283,13 @@ def eigsh(op: Any, k: int = 6, which: str = "LA", *, tol: float | None = None,
         raise InputError(f"k: expected an integer with 1 <= k < n = {n} (for the whole spectrum "
                          f"use torch.linalg.eigvalsh on a dense matrix), got {k!r}")
     b = 1 if block is None else _checks.integer(block, "block", 1, n - k)
-    if ncv is None:
-        m = min(n, -(-max(20, 2 * k + 1, k + 2 * b, 6 * b) // b) * b)
-    else:
-        m = _checks.integer(ncv, "ncv", k + b, n)
-    m -= m % b
-    if m < k + b:
-        raise InputError(f"ncv: need a multiple of block = {b} with k + block <= ncv <= n = {n}, "
-                         f"got {ncv!r}")
+    m = _basis_size(ncv, n, k, b)
     eps = torch.finfo(A.dtype).eps
     tol = math.sqrt(eps) if tol is None else max(_checks.number(tol, "tol", 0.0), eps)
     maxiter = 1000 if maxiter is None else _checks.integer(maxiter, "maxiter", 0)
     _checks.boolean(return_eigenvectors, "return_eigenvectors")
-
-    if v0 is None:
-        V0 = _random((n, b), "gaussian", generator, A.dtype, A.device)
-    else:
-        if v0.shape not in ((n,), (n, b)):
-            raise InputError(f"v0: expected shape ({n},) or ({n}, {b}), got {tuple(v0.shape)}")
-        if v0.dtype != A.dtype or v0.device != A.device:
-            raise InputError(f"v0: expected dtype {A.dtype} on {A.device}, got {v0.dtype} on "
-                             f"{v0.device}")
-        if not bool(torch.isfinite(v0).all()) or not bool(v0.abs().sum(0).gt(0).all()):
-            raise InputError("v0: expected finite, nonzero start vectors")
-        V0 = v0.detach().reshape(n, -1).clone()
-        if V0.shape[1] < b:
-            extra = _random((n, b - V0.shape[1]), "gaussian", generator, A.dtype, A.device)
-            V0 = torch.cat([V0, extra], 1)
-
     K = _Krylov(A, m, b, generator)
-    K.start(V0)
+    K.start(_start_block(v0, A, b, generator))
     # keep about half of the room for the wanted pairs and their neighbours
     steps = max(1, min((m - (k + (m - k) // 2) + b - 1) // b, (m - k) // b))
     p = m - steps * b
@@ -333,6 +312,39 @@ def eigsh(op: Any, k: int = 6, which: str = "LA", *, tol: float | None = None,
                                f"{maxiter} restarts; raise maxiter, ncv or tol")
         restarts += 1
         j = K.restart(S, _select(theta, which, p), theta)
+
+
+def _basis_size(ncv: int | None, n: int, k: int, b: int) -> int:
+    """The Krylov basis size: a multiple of ``b`` in ``[k + b, n]`` (see :func:`eigsh`)."""
+    if ncv is None:
+        m = min(n, -(-max(20, 2 * k + 1, k + 2 * b, 6 * b) // b) * b)
+    else:
+        m = _checks.integer(ncv, "ncv", k + b, n)
+    m -= m % b
+    if m < k + b:
+        raise InputError(f"ncv: need a multiple of block = {b} with k + block <= ncv <= n = {n}, "
+                         f"got {ncv!r}")
+    return m
+
+
+def _start_block(v0: Tensor | None, A: FlatOperator, b: int,
+                 generator: torch.Generator | None) -> Tensor:
+    """``b`` start vectors: ``v0`` (checked), completed by Gaussian ones from ``generator``."""
+    n = A.dim
+    if v0 is None:
+        return _random((n, b), "gaussian", generator, A.dtype, A.device)
+    if v0.shape not in ((n,), (n, b)):
+        raise InputError(f"v0: expected shape ({n},) or ({n}, {b}), got {tuple(v0.shape)}")
+    if v0.dtype != A.dtype or v0.device != A.device:
+        raise InputError(f"v0: expected dtype {A.dtype} on {A.device}, got {v0.dtype} on "
+                         f"{v0.device}")
+    if not bool(torch.isfinite(v0).all()) or not bool(v0.abs().sum(0).gt(0).all()):
+        raise InputError("v0: expected finite, nonzero start vectors")
+    V0 = v0.detach().reshape(n, -1).clone()
+    if V0.shape[1] < b:
+        extra = _random((n, b - V0.shape[1]), "gaussian", generator, A.dtype, A.device)
+        V0 = torch.cat([V0, extra], 1)
+    return V0
 
 
 def _result(K: _Krylov, theta: Tensor, S: Tensor, want: Tensor, j: int,
@@ -476,6 +488,8 @@ def density(op: Any, num_probes: int = 8, num_steps: int = 64, *,
             generator: torch.Generator | None = None, distribution: str = "rademacher",
             block: int | None = None) -> SpectralDensity:
     """Spectral density of a symmetric operator by stochastic Lanczos quadrature [UCS17; Yao20].
+
+    (Over 60 lines for this documentation; the Lanczos runs are in ``_lanczos_probes``.)
 
     For each probe ``v`` (random, unit norm), ``num_steps`` Lanczos steps give a tridiagonal
     ``T`` with eigenvalues ``θ_i`` and eigenvectors ``u_i``; ``Σ_i τ_i f(θ_i)``, ``τ_i = u_i[0]²``,
