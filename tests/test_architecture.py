@@ -183,3 +183,72 @@ def test_citations_resolve_inside_the_repository(path):
     text = (PACKAGE.parent / path).read_text()
     for outside in ("papers.md", "anchors.md", "datasets.md", "DESIGN.md"):
         assert outside not in text, f"{path} cites {outside}, which is not in the repository"
+
+
+def _doc() -> str:
+    return (PACKAGE.parent / "docs" / "architecture.md").read_text()
+
+
+def _section(title: str) -> str:
+    text = _doc()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def _resolve(dotted: str) -> object:
+    """``hessfree.<dotted>``: a module, or an attribute of the longest module prefix."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module("hessfree." + ".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise AssertionError(f"{dotted} names nothing in hessfree")
+
+
+def test_the_one_place_of_each_concept_exists():
+    """Every module or name in the right column of "One place for each concept" resolves."""
+    import re
+
+    rows = [line for line in _section("One place for each concept").splitlines()
+            if line.startswith("| ") and not line.startswith("| concept")]
+    assert len(rows) >= 10
+    for row in rows:
+        home = row.rstrip(" |").rsplit(" | ", 1)[1]
+        names = [n for n in re.findall(r"`([A-Za-z_][\w.]*)`", home)
+                 if "." in n or n.startswith("_") or n.islower()]
+        assert names, row
+        for name in names:
+            if "." in name or (PACKAGE / f"{name}.py").exists() or (PACKAGE / name).is_dir():
+                _resolve(name)
+
+
+def _sources() -> dict[str, str]:
+    return {str(p.relative_to(PACKAGE)): p.read_text() for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_sum_over_cases_is_reduced_by_the_accumulator():
+    """Only the accumulator (and the reducer itself) all-reduces: one home for the reduction."""
+    bad = [path for path, text in _sources().items()
+           if path not in ("curvature/accumulate.py", "distributed.py")
+           and (".sum_(" in text or "sum_parts(" in text)]
+    assert not bad, f"reductions over ranks outside curvature/accumulate.py: {bad}"
+    assert not [p for p, t in _sources().items() if "last_cases" in t]
+
+
+def test_products_are_counted_in_one_place():
+    """Operators count products only in linops' apply/apply_block; HF's record is fed by Counted."""
+    import re
+
+    counted = {path for path, text in _sources().items()
+               if re.search(r"\bproducts\s*[+-]=", text)}
+    assert counted <= {"linops.py", "hf/optimizer.py"}, counted
+    hf = _sources()["hf/optimizer.py"]
+    assert "Counted" in hf and "def product(self, cases" in hf
+
