@@ -413,6 +413,15 @@ class FunctionOperator(FlatOperator):
     def __repr__(self) -> str:
         return f"FunctionOperator({self.fn!r})"
 
+    def matvec(self, v: Tensor) -> Tensor:
+        """``A v``, checked against what is known of the vectors (one product)."""
+        return self.apply(flat_vector(v, "v", self._n, self._dtype, self._device))
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """``A V`` for ``k`` columns, checked against what is known (``k`` products)."""
+        return self.apply_block(flat_vector(V, "V", self._n, self._dtype, self._device,
+                                            columns=True))
+
     def _apply(self, v: Tensor) -> Tensor:
         out = checked_result(self.fn(v), v, f"{self.name}: `{self.name} @ v`")
         return out.clone() if out.data_ptr() == v.data_ptr() else out

@@ -122,6 +122,7 @@ def test_function_operators_are_checked_and_never_hand_back_their_input():
         FunctionOperator(lambda x: x[:2], 3, F64, "cpu") @ v
     with pytest.raises(InputError, match="A: the size, dtype, device of a function operator"):
         FunctionOperator(lambda x: x).dim
+    assert torch.equal(FunctionOperator(lambda x: 2 * x) @ v, 2 * v)  # usable without a size
 
 
 def test_as_operator_and_the_one_matrix_check_name_the_argument():
