@@ -32,6 +32,7 @@ from hessfree.runs.results import read_results
 SMALL_AE = ["--set", "n_train=512", "--set", "n_test=128"]
 RUNS = {
     **{f"toy-quartic/{o}": ["toy-quartic", "--optimizer", o, "--steps", "30", "--eval-every", "5"]
+       + (["--set", "check=false"] if o == "hf-momentum" else [])  # one case: no held-out one
        for o in ("hf", "hf-momentum", "nag", "cm", "sgd")},
     "curves-ae/hf": ["curves-ae", "--optimizer", "hf", "--steps", "4", "--eval-every", "2",
                      *SMALL_AE, "--set", "grad_chunk=256", "--set", "cg_max_iters=20"],
@@ -40,12 +41,34 @@ RUNS = {
                               "--set", "full_cg_steps=20", "--set", "full_cg_iters=10",
                               "--set", "decay_switch=3", "--set", "lr_origin=3",
                               "--set", "lr_begin=3", "--set", "final_cg_steps=30"],
+    # the measurement switches off the presets' paths: ρ before backtracking, the curvature
+    # batch for backtracking and the preconditioner, a fixed rate judged on the curvature batch
+    "curves-ae/hf-switches": ["curves-ae", "--optimizer", "hf", "--steps", "4", "--eval-every",
+                              "2", *SMALL_AE, "--set", "grad_chunk=256", "--set",
+                              "cg_max_iters=20", "--set", "backtrack_batch=curvature", "--set",
+                              "precond_batch=curvature", "--set", "rho_after_backtracking=false",
+                              "--set", "line_search=false", "--set", "learning_rate=0.9",
+                              "--set", "rho_damped=true"],
+    # a fixed rate judged on the check batch (too large: some steps are rejected)
+    "curves-ae/hf-momentum-fixed": ["curves-ae", "--optimizer", "hf-momentum", "--steps", "6",
+                                    "--eval-every", "3", *SMALL_AE, "--set",
+                                    "minibatch_cg_steps=250", "--set", "cg_max_iters=10",
+                                    "--set", "line_search=false", "--set",
+                                    "reject_on_check=true", "--set", "learning_rate=3.0",
+                                    "--set", "lr_origin=100", "--set", "lr_begin=100"],
     "curves-ae/nag": ["curves-ae", "--optimizer", "nag", "--steps", "50", "--eval-every", "25",
                       *SMALL_AE, "--set", "batch_size=64"],
     "addition/hf": ["addition", "--optimizer", "hf", "--steps", "2", "--eval-every", "1",
                     "--set", "T=20", "--set", "n_hidden=8", "--set", "grad_cases=64",
                     "--set", "curv_cases=32", "--set", "cg_max_iters=8", "--set", "n_test=64",
                     "--set", "n_train=64"],
+    # HF-RNN's first-decrease search and its backtracking on the gradient batch
+    "addition/hf-gradient-search": ["addition", "--optimizer", "hf", "--steps", "2",
+                                    "--eval-every", "1", "--set", "T=20", "--set", "n_hidden=8",
+                                    "--set", "grad_cases=64", "--set", "curv_cases=32", "--set",
+                                    "cg_max_iters=8", "--set", "n_test=64", "--set",
+                                    "n_train=64", "--set", "ls_batch=gradient", "--set",
+                                    "backtrack_batch=gradient"],
 }
 #: runs with two processes (``--set`` values give uneven shards of 61 cases)
 DIST_SMALL = ["--set", "n_train=61", "--set", "n_test=16"]

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from curvature_cases import TokenMSE, sequence_case  # this script's folder is on sys.path
 
 import hessfree
+from hessfree.curvature import diag
 from hessfree.distributed import shard_range
 
 
@@ -46,6 +47,15 @@ def quantities(problem, batch, v, V) -> dict:
         out[f"{name}_value"] = torch.tensor(op.value)
         out[f"{name}_n"] = torch.tensor(op.n_cases)
     out["fisher_diag"] = hessfree.EmpiricalFisher(problem, batch).diagonal()
+    # the research services: diagonals, solves and blocks are sums over the joined batch too
+    G = hessfree.GGN(problem, batch)
+    out["ggn_diag_exact"] = diag(G, "exact").value
+    probes = torch.Generator().manual_seed(11)  # every rank draws the same probes
+    out["hessian_diag_hutchinson"] = diag(hessfree.Hessian(problem, batch), "hutchinson",
+                                          samples=4, generator=probes).value
+    out["ggn_solve"] = G.solve(V, [0.3, 1.0], rtol=1e-12).x
+    block = hessfree.GGN(problem, batch, param_filter="0")
+    out["ggn_block_mv"] = block @ v[:block.dim]
     params = problem.parameters()
     value, grad = problem.value_and_grad(params, batch)
     out["value_and_grad"] = grad

@@ -45,3 +45,14 @@ def local_mirror(tmp_path):
     mirror = data_fixtures.LocalMirror(served)
     yield mirror
     mirror.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say loudly how many tests skipped for missing real data, and how to make them run."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if data_fixtures.SKIP_PREFIX in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep(
+            "!", f"{len(skipped)} real-data tests SKIPPED: MNIST / Olivetti not found under "
+            f"{data_fixtures.shared_data_root()}; set HESSFREE_DATA (and "
+            f"{data_fixtures.REQUIRE}=1 to make this a failure, as CI does)", yellow=True)

@@ -158,10 +158,10 @@ class Reference:
         return s * Jl.T @ Jl + self.wd * torch.eye(Jl.shape[1], dtype=torch.float64)
 
     def structural(self):
-        """J_aᵀ diag(1 - tanh(a)²) J_a, scaled like the loss."""
+        """J_aᵀ diag(¼(1 - tanh(a)²)) J_a, scaled like the loss ([HF-RNN] ``Tanh.H_prod``)."""
         _, a = self.f(self.theta, hidden=True)
         Ja = jacrev(lambda th: self.f(th, hidden=True)[1].reshape(-1))(self.theta)
-        d = 1 - torch.tanh(a.reshape(-1)).square()
+        d = 0.25 * (1 - torch.tanh(a.reshape(-1)).square())
         s = 1.0 / a.shape[0] if self.reduction == "mean" else 1.0
         return s * Ja.T @ (d[:, None] * Ja)
 

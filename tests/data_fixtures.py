@@ -1,7 +1,9 @@
 """Shared helpers for the data tests: where the real data is, and a local HTTP mirror.
 
 The real files are found through HESSFREE_DATA, else through the `shared/data` folder beside the
-repository (relative to this file); tests that need them skip cleanly when they are absent.
+repository (relative to this file). Tests that need them skip when they are absent, with a reason
+that starts with :data:`SKIP_PREFIX` and that the session's summary repeats (conftest.py); with
+``HESSFREE_REQUIRE_DATA=1`` (CI sets it) an absent file fails the test instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ import pytest
 from hessfree.data.mnist import FILES
 
 MNIST_GZ = [spec.gz_name for spec in FILES.values()]
+#: the start of every skip reason for missing real data (conftest.py counts them)
+SKIP_PREFIX = "real data missing:"
+#: set to 1 to make missing real data fail the tests that need it (CI)
+REQUIRE = "HESSFREE_REQUIRE_DATA"
+
+
+def missing(what: str, root: Path) -> None:
+    """Skip the test (or fail it under ``HESSFREE_REQUIRE_DATA=1``) for missing real data."""
+    reason = f"{SKIP_PREFIX} {what} not found under {root} (set HESSFREE_DATA)"
+    if os.environ.get(REQUIRE) == "1":
+        pytest.fail(f"{reason}; {REQUIRE}=1 requires it")
+    pytest.skip(reason)
 
 
 def shared_data_root() -> Path:
@@ -32,7 +46,7 @@ def mnist_dir() -> Path:
     for folder in (root / "mnist", root):
         if all((folder / name).is_file() for name in MNIST_GZ):
             return folder
-    pytest.skip(f"real MNIST files not found under {root} (set HESSFREE_DATA)")
+    missing("the four MNIST .gz files", root)
 
 
 def olivetti_root() -> Path:
@@ -41,7 +55,7 @@ def olivetti_root() -> Path:
     for folder in (root, root / "olivetti"):
         if (folder / "olivettifaces.mat").is_file():
             return root
-    pytest.skip(f"olivettifaces.mat not found under {root} (set HESSFREE_DATA)")
+    missing("olivettifaces.mat", root)
 
 
 def regzip_with_change(src: Path, dst: Path, offset: int = -1) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import collections
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -26,11 +27,11 @@ LAYERS = {
     "_version": 0, "errors": 0,
     "_checks": 1, "vectors": 1,
     "schedules": 2, "batches": 2, "linops": 2, "_files": 2,
-    "distributed": 3,
-    "cg": 4, "curvature": 4, "models": 4, "data": 4,
+    "distributed": 3, "cg": 3,
+    "curvature": 4, "models": 4, "data": 4,
     "quadratic": 5, "momentum": 5,
     "hf": 6,
-    "runs": 7,
+    "runs": 7, "integrations": 7,
     "__main__": 8, "<facade>": 8,
 }
 #: the linear solver knows nothing about networks (DESIGN.md): flat vectors and the operator base
@@ -126,6 +127,13 @@ def test_no_import_cycle():
     assert not cycles, f"import cycles: {cycles}"
 
 
+def test_the_core_never_imports_the_integrations():
+    """Integrations are adapters on top of the core: nothing else imports them."""
+    bad = [f"{a} -> {b}" for a, targets in _graph().items() for b in targets
+           if _component(b) == "integrations" and _component(a) != "integrations"]
+    assert not bad, bad
+
+
 def test_no_import_below_code():
     """Imports sit at the top of a file (no ``noqa: E402`` workaround in the package)."""
     offenders = [str(p) for p in PACKAGE.rglob("*.py") if "noqa: E402" in p.read_text()]
@@ -143,6 +151,11 @@ def test_each_subpackage_imports_alone():
                 del sys.modules[m]
             try:
                 importlib.import_module(name)
+            except ModuleNotFoundError as e:
+                # an integration whose optional tool is not installed (an extra)
+                if not (name.startswith("hessfree.integrations.")
+                        and not (e.name or "").startswith("hessfree")):
+                    failures[name] = f"{type(e).__name__}: {e}"
             except Exception as e:
                 failures[name] = f"{type(e).__name__}: {e}"
         print(json.dumps(failures))
@@ -176,13 +189,57 @@ def test_import_changes_no_global_state():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
 
 
+#: a bracket that is not an index or a type argument: ``[KEY]``, ``[KEY part]``, ``[A; B]``
+_BRACKET = re.compile(r"(?<![\w\[\]])\[([A-Z][^\[\]\n]{0,80})\]")
+#: what a citation key looks like: author letters and a two-digit year (``M10``, ``H&S06``,
+#: ``Sut13T``), or one of the named sources without a year
+_KEY_SHAPE = re.compile(r"[A-Z][A-Za-z&\-]*\d\d[A-Za-z]?")
+_NAMED = ("HFDemo", "HF-RNN", "K-FAC", "ARPACK", "Data", "Other")
+
+
+def _reference_keys() -> set[str]:
+    """The keys docs/references.md defines: bracketed headings and ``**[KEY]**`` entries."""
+    text = (PACKAGE.parent / "docs" / "references.md").read_text()
+    return set(re.findall(r"^#+ \[([^\]]+)\]", text, re.M)) | set(
+        re.findall(r"\*\*\[([^\]]+)\]\*\*", text))
+
+
+def _citations(text: str) -> list[str]:
+    """Every citation in ``text``: the key of each ``[KEY ...]`` (split at ``;``)."""
+    out = []
+    for m in _BRACKET.finditer(text):
+        for part in m.group(1).split(";"):
+            part = part.strip()
+            head = re.split(r"[\s:,]", part, maxsplit=1)[0]
+            if not (_KEY_SHAPE.fullmatch(head) or head in _NAMED):
+                continue  # an index or a formula, not a citation
+            if head == "Data" and ":" in part:  # [Data: CURVES]
+                head = "Data: " + part.split(":", 1)[1].strip().split()[0]
+            elif head == "Other":
+                head = " ".join(part.split()[:3])
+            out.append(head)
+    return out
+
+
+def test_the_citation_scanner_finds_citations_and_only_them():
+    found = _citations("as in [M10 §4.1], [S13 Table 1]; [HFDemo: matching losses] and "
+                       "[Data: FACES], [Ste01; WS00], [Other HF codes] but not x[N, T], "
+                       "list[str], [None, :], [J_out v] or [0, 1]; unknown [Zz99 §2]")
+    assert found == ["M10", "S13", "HFDemo", "Data: FACES", "Ste01", "WS00", "Other HF codes",
+                     "Zz99"]
+
+
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(PACKAGE.parent))
                                         for p in PACKAGE.rglob("*.py")))
 def test_citations_resolve_inside_the_repository(path):
-    """Docstrings cite ``docs/references.md``, never notes outside the repository."""
+    """Every ``[KEY ...]`` cited in the package is a key of ``docs/references.md``, and no
+    docstring points to notes outside the repository."""
     text = (PACKAGE.parent / path).read_text()
     for outside in ("papers.md", "anchors.md", "datasets.md", "DESIGN.md"):
         assert outside not in text, f"{path} cites {outside}, which is not in the repository"
+    keys = _reference_keys()
+    unknown = sorted({k for k in _citations(text) if k not in keys})
+    assert not unknown, f"{path} cites {unknown}, not keys of docs/references.md"
 
 
 def _doc() -> str:

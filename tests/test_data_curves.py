@@ -29,14 +29,22 @@ def test_shapes_dtype_range(sample):
 
 
 def test_calibration_statistics_match_the_real_file(sample):
-    # targets from [Data: CURVES] (derived from the [HFDemo] CURVES run log)
+    """Targets from [Data: CURVES] (derived from the [HFDemo] CURVES run log).
+
+    The variance sum (16.9) and the per-image entropy bound (54.7) are matched. The mean-image
+    entropy is not: the real file's is about 124 nats, ours 130.7-131.0 (4000 images, seeds 3-6;
+    documented as an open gap in [Data: CURVES]). Its window is therefore a regression guard
+    around our own value, ±1.5 nats (five times the seed-to-seed spread), and the gap to 124 is
+    asserted to stay what the documentation says (5-8 nats above), not hidden in a wide window.
+    """
     for x in sample:
         x = x.double()
         total_var = x.var(0, unbiased=False).sum().item()
         assert abs(total_var - 16.9) < 0.6, total_var  # 16.9 = mean-image plateau error
     x = sample[0].double()
     mean_image_entropy = binary_entropy(x.mean(0)).sum().item()
-    assert 118 < mean_image_entropy < 136, mean_image_entropy  # real file: about 124
+    assert abs(mean_image_entropy - 130.8) < 1.5, mean_image_entropy  # ours (docstring)
+    assert 5 < mean_image_entropy - 124 < 8, mean_image_entropy  # the documented gap
     per_image_entropy = binary_entropy(x).sum(1).mean().item()
     assert 45 < per_image_entropy <= 54.7, per_image_entropy  # real file: at most 54.7
     # anti-aliased ink: plenty of grey, few saturated pixels ([Data: CURVES])

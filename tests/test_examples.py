@@ -73,3 +73,19 @@ def test_the_readme_quick_start_runs_and_learns(capsys):
     assert len(printed) == 10 and ns["stats"].accepted
     first, last = float(printed[0].split()[0]), float(printed[-1].split()[0])
     assert last < 0.3 * first  # the labelling is learnable: the objective falls
+
+
+def test_influence(tmp_path):
+    """The influence example at a tenth of its size: solves checked, kronfluence compared."""
+    from extras import require
+
+    require("kronfluence")
+    out = run("influence.py", "--scale", "0.1", "--out", "influence.png", tmp_path=tmp_path)
+    assert "data: generated" in out  # HESSFREE_DATA is cleared: the built-in data
+    assert number(out, r"solve vs dense torch.linalg.solve: max relative difference "
+                       r"([0-9.e+-]+)") < 1e-8
+    assert number(out, r"certified relative residual ([0-9.e+-]+)") <= 1e-10 * 1.01
+    assert number(out, r"hessfree CG vs exact: Spearman ([0-9.e+-]+)") > 0.999
+    rho = number(out, r"kronfluence EK-FAC vs exact: Spearman (-?[0-9.e+-]+)")
+    assert -1 <= rho <= 1
+    assert (tmp_path / "influence.png").read_bytes()[:4] == b"\x89PNG"

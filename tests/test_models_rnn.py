@@ -150,7 +150,7 @@ def test_structural_damping_matches_dense_reference():
 
     jac = jacrev(hidden)(flat)  # (N·T·H, P)
     a = hidden(flat)
-    d = (1 - torch.tanh(a).square()) / x.shape[0]  # tanh matching loss, mean over cases
+    d = 0.25 * (1 - torch.tanh(a).square()) / x.shape[0]  # HF-RNN's tanh H_prod, mean over cases
     expected = jac.T @ (d * (jac @ v))
     torch.testing.assert_close(op.structural_mv(v), expected, rtol=1e-9, atol=1e-12)
 

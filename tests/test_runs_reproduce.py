@@ -144,3 +144,92 @@ def test_table5_end_to_end_with_jobs(capsys, tmp_path):
     with h5py.File(out / "summary.h5", "r") as f:
         assert json.loads(f.attrs["cells"]) == ["0.995N", "HF"]
         assert np.all((f["test_error"][0] >= 0) & (f["test_error"][0] <= 1))
+
+
+# -- Eq. 5 at a fraction, seeds ------------------------------------------------------------------
+def _peak_mu(job):
+    """The largest μ the job's schedule uses before its final low-μ stretch (its settings)."""
+    from hessfree.runs.settings import MomentumSettings
+
+    o = job.overrides
+    s = MomentumSettings(**{k: o[k] for k in ("schedule", "mu_max", "final_steps", "mu_stage")})
+    sched = s.mu_schedule(job.steps)
+    return max(sched(t) for t in range(0, job.steps - s.final_steps, max(1, s.mu_stage)))
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.002])
+def test_scaled_stages_reach_every_mu_max_within_the_shortened_run(fraction):
+    """Eq. 5's stages scaled by f: μ_max is reached (same sixth of the run as at f = 1)."""
+    for j in plan("table1", fraction, ["curves-ae"], ["nag"], lrs=[0.01]):
+        assert j.overrides["mu_stage"] == max(1, round(250 * fraction))
+        assert _peak_mu(j) == pytest.approx(j.overrides["mu_max"])
+
+
+def test_unscaled_stages_stop_short_of_the_higher_mu_max():
+    """The published f = 0.02 runs before this change: k <= 59, μ <= 1 - 1/120."""
+    jobs = {j.cell: j for j in plan("table1", 0.02, ["curves-ae"], ["nag"], lrs=[0.01],
+                                    mu_stages="unscaled")}
+    assert jobs["0.999N"].overrides["mu_stage"] == 250
+    assert _peak_mu(jobs["0.999N"]) == pytest.approx(1 - 1 / 120)
+    assert _peak_mu(jobs["0.99N"]) == pytest.approx(0.99)
+    t5 = plan("table5", 0.1, ["addition"], ["nag"], [0.995], [1e-4])
+    assert t5[0].overrides["warm_steps"] == 100  # 1000 warm updates · f
+    with pytest.raises(InputError, match="--mu-stages"):
+        plan("table1", 0.02, ["curves-ae"], mu_stages="halved")
+
+
+def test_seeds_multiply_the_runs_and_name_them():
+    grid = [0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001]
+    jobs = plan("table1", 0.02, ["curves-ae"], ["sgd", "nag", "cm", "hf", "hf-momentum"],
+                [0.99, 0.999], grid, seeds=3)
+    nag = [j for j in jobs if j.cell == "0.999N"]
+    assert len(nag) == 6 * 3 and {j.lr for j in nag} == set(grid)  # the paper's whole grid
+    assert {j.seed for j in jobs} == {0, 1, 2} and len(jobs) == (6 * 5 + 2) * 3
+    assert {j.name for j in jobs if j.optimizer == "hf"} == {"hf-seed0", "hf-seed1", "hf-seed2"}
+    assert [j.seed for j in plan("table1", 0.02, ["curves-ae"], ["hf"], seeds=[4, 9])] == [4, 9]
+    assert [j.name for j in plan("table1", 0.02, ["curves-ae"], ["hf"], seed=7)] == ["hf"]
+    for bad in (0, [1, 1], [-1]):
+        with pytest.raises(InputError, match="--seeds"):
+            plan("table1", 0.02, ["curves-ae"], ["hf"], seeds=bad)
+
+
+def test_seeds_end_to_end_mean_spread_best_lr_and_mu_reached(capsys, tmp_path):
+    out = tmp_path / "seeds"
+    argv = ["reproduce", "table1", "--fraction", "1e-5", "--experiments", "curves-ae",
+            "--optimizers", "nag,hf", "--mu", "0.999", "--lrs", "0.05,0.01,0.005",
+            "--seeds", "2", "--out", out, *SMALL_AE]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    names = sorted(p.parent.name for p in (out / "curves-ae").glob("*/results.h5"))
+    assert names == sorted([f"nag-0.999N-lr{lr}-seed{s}" for lr in ("0.05", "0.01", "0.005")
+                            for s in (0, 1)] + ["hf-seed0", "hf-seed1"])
+    finals = {}
+    for p in (out / "curves-ae").glob("nag-*/results.h5"):
+        r = read_results(p)
+        finals[p.parent.name] = (float(r.eval["train_error"][-1]), float(np.max(r.steps["mu"])))
+    means = {lr: np.mean([finals[f"nag-0.999N-lr{lr}-seed{s}"][0] for s in (0, 1)])
+             for lr in ("0.05", "0.01", "0.005")}
+    best = min(means, key=means.get)
+    spread = np.std([finals[f"nag-0.999N-lr{best}-seed{s}"][0] for s in (0, 1)], ddof=1)
+    with h5py.File(out / "summary.h5", "r") as f:
+        cells = json.loads(f.attrs["cells"])
+        k = cells.index("0.999N")
+        assert f.attrs["mu_stages"] == "scaled" and json.loads(f.attrs["seeds"]) == [0, 1]
+        assert f["mean"][0, k] == pytest.approx(means[best], rel=1e-12)
+        assert f["std"][0, k] == pytest.approx(spread, rel=1e-9)
+        assert f["n_seeds"][0, k] == 2 and f["best_lr"][0, k] == float(best)
+        assert bool(f["best_lr_on_edge"][0, k]) == (best in ("0.05", "0.005"))
+        assert f["mu_reached"][0, k] == max(finals[f"nag-0.999N-lr{best}-seed{s}"][1]
+                                            for s in (0, 1))
+        assert len(f["runs/seed"]) == 8 and set(f["runs/seed"][:]) == {0.0, 1.0}
+    md = (out / "summary.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| curves-ae |"))
+    assert " ± " in row and "(0.074)" in row
+    assert "| μ reached |" in md and "Eq. 5's stages and the RNN warm-up scaled" in md
+    if best in ("0.05", "0.005"):
+        assert "on the edge of the grid searched for: curves-ae 0.999N" in md
+    # resumable: a second call runs nothing and tables the same numbers
+    before = (out / "curves-ae" / "hf-seed1" / "results.h5").stat().st_mtime_ns
+    code, _, err = run(capsys, *argv, "--resume")
+    assert code == 0, err
+    assert (out / "curves-ae" / "hf-seed1" / "results.h5").stat().st_mtime_ns == before

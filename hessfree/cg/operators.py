@@ -29,6 +29,7 @@ __all__ = [
     "Preconditioner",
     "as_operator",
     "as_preconditioner",
+    "block_operator",
     "quadratic_value",
 ]
 
@@ -120,6 +121,24 @@ def as_preconditioner(
     raise InputTypeError(
         f"M: expected a 1-D tensor, a callable r -> z or None, got {type(M).__name__}"
     )
+
+
+def block_operator(A: Any, like: Tensor) -> FlatOperator:
+    """``A`` for the block solvers, as a :class:`~hessfree.linops.FlatOperator`.
+
+    An operator of the base as it is, or a callable ``V -> A V`` on ``(n, c)`` blocks (the size,
+    dtype and device of ``like``): the solvers report the products its counter records.
+    """
+    if isinstance(A, FlatOperator):
+        return A
+    if not callable(A):
+        raise InputTypeError(f"matmat: expected an operator or a callable V -> A V, got "
+                             f"{type(A).__name__}")
+
+    def one(v: Tensor) -> Tensor:
+        return A(v.reshape(-1, 1)).reshape(-1)
+
+    return FunctionOperator(one, like.shape[0], like.dtype, like.device, block=A, name="matmat")
 
 
 def quadratic_value(A: OperatorLike, b: Tensor, x: Tensor) -> Tensor:

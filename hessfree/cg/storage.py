@@ -64,19 +64,28 @@ class Geometric:
 class Every:
     """Keep every ``step``-th iterate (x_step, x_2step, ...); ``Every()`` keeps them all.
 
+    ``first`` moves the start: ``Every(10, first=1)`` keeps x_1, x_11, x_21, ..., the iterates
+    Sutskever's HF-RNN code evaluates for backtracking (``i % cg_eval_freq == 0`` with a 0-based
+    ``i``, [HF-RNN]).
+
     Args:
         step: spacing, >= 1.
+        first: the first index kept, >= 1 (default: ``step``).
     """
 
     step: int = 1
+    first: int | None = None
 
     def __post_init__(self) -> None:
-        """Check ``step``."""
+        """Check ``step`` and ``first``."""
         _checks.integer(self.step, "Every.step", minimum=1)
+        if self.first is not None:
+            _checks.integer(self.first, "Every.first", minimum=1)
 
     def grid(self, limit: int) -> frozenset[int]:
-        """Indices step, 2·step, ... <= limit."""
-        return frozenset(range(self.step, limit + 1, self.step))
+        """Indices first, first + step, ... <= limit."""
+        start = self.step if self.first is None else self.first
+        return frozenset(range(start, limit + 1, self.step))
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,7 @@ class Accumulator:
                 p = p * weight if t is VALUE else p.mul_(weight)
             elif t.squared:
                 p = p.div_(scale)
-            out.append(self._decay(p, t, theta))
+            out.append(self.decay(p, t, theta))
         read = [i for i, t in enumerate(terms) if t is VALUE]
         if read:  # one host sync for every value of the pass
             for i, x in zip(read, torch.stack([out[i] for i in read]).tolist()):
@@ -231,7 +231,12 @@ class Accumulator:
             out[i] = p.double() if terms[i] is VALUE else p
         return out, int(round(float(n)))
 
-    def _decay(self, p: Tensor, term: Term, theta: Tensor | None) -> Tensor:
+    def decay(self, p: Tensor, term: Term, theta: Tensor | None = None) -> Tensor:
+        """``p`` with the weight-decay term of ``term`` added (in place where it can be).
+
+        Called by :meth:`sums` for every part; a caller that transforms a reduced sum first (the
+        Gauss-Newton-Bartlett diagonal squares it) adds the term itself through this.
+        """
         wd = self.weight_decay
         if not wd or term.decay is None:
             return p

@@ -18,11 +18,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import grad, vmap
 
 from hessfree.batches import Chunk, Chunks, take, unsqueeze
 from hessfree.curvature.accumulate import DIAGONAL
+from hessfree.curvature.jacobians import LinearTape
 from hessfree.curvature.problem import Problem
 from hessfree.errors import InputError
 
@@ -58,17 +59,8 @@ def per_case_grad_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chun
 
 
 def _linear_owners(problem: Problem, params: Mapping[str, Tensor]) -> dict[str, str] | None:
-    """``{module name: ""}`` for the Linear layers owning every parameter, or None."""
-    if not problem.is_module:
-        return None
-    owners: dict[str, str] = {}
-    for mod_name, mod in problem.model.named_modules():
-        if type(mod) is nn.Linear:
-            for pname, _ in mod.named_parameters(recurse=False):
-                owners[f"{mod_name}.{pname}" if mod_name else pname] = mod_name
-    if any(n not in owners for n in params):
-        return None
-    return owners
+    """``{parameter name: module name}`` for the Linear layers owning every parameter, or None."""
+    return LinearTape.owners(problem, params)
 
 
 def linear_grad_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,

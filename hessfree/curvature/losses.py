@@ -220,8 +220,10 @@ class MSE(MatchingLoss):
     """Squared error for linear output units: per case ``sum_d (z_d - t_d)^2``.
 
     Matching loss of the identity ([Sch02]; [HFDemo]): ``dL/dz = 2 (z - t)``, ``H_L = 2 I``.
-    This is the papers' reported "squared error" per case ([HFDemo] ``errtype='L2'``). Martens'
-    newer code minimises half of it, which is why his FACES weight cost is halved ([HFDemo]).
+    This is the papers' reported "squared error" per case ([HFDemo] ``errtype='L2'``), and the
+    objective HFDemo minimises for linear outputs ("the doubled version of the squared-error
+    objective"); its FACES weight cost is halved (1e-5/2) because the code of the paper scaled
+    this objective differently by a factor 2 ([HFDemo]).
     """
 
     name = "mse"

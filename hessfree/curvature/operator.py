@@ -20,6 +20,7 @@ from torch import Tensor
 from hessfree import _checks
 from hessfree.batches import Chunk, Chunks
 from hessfree.curvature.accumulate import GRADIENT, VALUE, Sums
+from hessfree.curvature.blocks import ParamFilter, block_problem
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.problem import Problem
 from hessfree.curvature.products import (
@@ -30,6 +31,7 @@ from hessfree.curvature.products import (
     hessian_chunk,
 )
 from hessfree.curvature.sequential import applies
+from hessfree.curvature.solves import SolveResult, solve
 from hessfree.errors import InputError, InputTypeError
 from hessfree.linops import Combination, FlatOperator
 from hessfree.vectors import ParamLayout, flat_vector
@@ -73,6 +75,9 @@ class CurvatureOperator(FlatOperator):
             :func:`resolve_backend`).
         cache: keep each chunk's graphs between products (fast) or recompute them (lean).
         check: reject Dropout/BatchNorm in training mode and non-deterministic forward passes.
+        param_filter: the block ``A[S, S]`` for the parameters ``S`` it chooses (a module name,
+            a pattern of parameter names, a list, or a callable; :mod:`hessfree.curvature.
+            blocks`), the others held at their values; products cost only what ``S`` needs.
 
     Passes over the batch: the set-up reads it once (objective, gradient and, with ``cache``,
     every chunk's graphs: memory grows with the cases); without ``cache`` every product reads it
@@ -88,15 +93,21 @@ class CurvatureOperator(FlatOperator):
     structural_damping: float = 0.0
 
     def __init__(self, problem: Problem, batch: Any, params: Any = None,
-                 backend: str = "auto", cache: bool = True, check: bool = True) -> None:
+                 backend: str = "auto", cache: bool = True, check: bool = True,
+                 param_filter: ParamFilter | None = None) -> None:
         if not isinstance(problem, Problem):
             raise InputTypeError(
                 f"problem: expected a hessfree.Problem, got {type(problem).__name__}")
+        # a snapshot: the operator stays valid (and exact) after the live parameters move
+        params = {n: p.detach().clone() for n, p in problem.resolve_params(params).items()}
+        if param_filter is not None:  # the block: the other parameters frozen at their values
+            if check:
+                problem.check_modes()
+            problem, params = block_problem(problem, params, param_filter)
         self.problem = problem
         if self.structural_damping > 0:
             problem.require_hidden("structural_damping")
-        # a snapshot: the operator stays valid (and exact) after the live parameters move
-        self.params = {n: p.detach().clone() for n, p in problem.resolve_params(params).items()}
+        self.params = params
         self.layout = ParamLayout.from_params(self.params)
         self.cache = _checks.boolean(cache, "cache")
         self.batch = Chunks.of(batch)
@@ -208,6 +219,10 @@ class CurvatureOperator(FlatOperator):
         """The operator ``self + λI`` (Tikhonov damping, [M10 §4.1]; structural damping too)."""
         return DampedOperator(self, lam)
 
+    def solve(self, B: Any, damping: Any = 0.0, **kwargs: Any) -> SolveResult:
+        """``(self + λI)⁻¹ B`` by CG: see :func:`hessfree.curvature.solve`."""
+        return solve(self, B, damping, **kwargs)
+
 
 class _WithStructural(FlatOperator):
     """``G + w·S`` of a GGN built with structural damping: one pass per product ([M&S11])."""
@@ -245,9 +260,10 @@ class GGN(CurvatureOperator):
     kind = "ggn"
 
     def __init__(self, problem: Problem, batch: Any, params: Any = None, backend: str = "auto",
-                 cache: bool = True, check: bool = True, structural_damping: float = 0.0) -> None:
+                 cache: bool = True, check: bool = True, structural_damping: float = 0.0,
+                 param_filter: ParamFilter | None = None) -> None:
         self.structural_damping = _checks.number(structural_damping, "structural_damping", 0.0)
-        super().__init__(problem, batch, params, backend, cache, check)
+        super().__init__(problem, batch, params, backend, cache, check, param_filter)
 
     def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
         return ggn_chunk(self.problem, self.params, chunk, scale, self.backend,
@@ -307,3 +323,7 @@ class DampedOperator(Combination):
 
     def __repr__(self) -> str:
         return f"DampedOperator({self.base!r}, lam={self.lam:g})"
+
+    def solve(self, B: Any, damping: Any = 0.0, **kwargs: Any) -> SolveResult:
+        """``(self + damping·I)⁻¹ B`` by CG: see :func:`hessfree.curvature.solve`."""
+        return solve(self, B, damping, **kwargs)

@@ -37,7 +37,8 @@ class HiddenStates(Protocol):
 
     ``forward(inputs, return_hidden=True)`` (or ``f(params, inputs, return_hidden=True)`` for a
     function) returns ``(outputs, hidden_preactivations)``; a model declares it by naming the
-    parameter ``return_hidden`` in its signature (:func:`declares_hidden`). The optional class
+    parameter ``return_hidden`` in its signature, a wrapper forwarding keywords by a
+    ``returns_hidden = True`` attribute (:func:`declares_hidden`). The optional class
     attribute ``hidden_nonlinearity`` (``"tanh"``, ``"logistic"`` or ``"linear"``; default
     ``"tanh"``) names the hidden units whose matching loss the damping term uses.
     """
@@ -48,7 +49,14 @@ class HiddenStates(Protocol):
 
 
 def declares_hidden(model: Any) -> bool:
-    """Whether ``model`` declares :class:`HiddenStates`: a ``return_hidden`` parameter."""
+    """Whether ``model`` declares :class:`HiddenStates`.
+
+    By a ``return_hidden`` parameter of its forward (or of the function), or — for a wrapper
+    that forwards its keywords — by a ``returns_hidden`` attribute saying so.
+    """
+    declared = getattr(model, "returns_hidden", None)
+    if isinstance(declared, bool):
+        return declared
     fn = model.forward if isinstance(model, nn.Module) else model
     try:
         return "return_hidden" in inspect.signature(fn).parameters

@@ -28,8 +28,9 @@ gradient graph (reverse-over-reverse) or linearizes the gradient (forward-over-r
 
 Structural damping ([M&S11]; [HF-RNN]): when the model exposes hidden
 pre-activations ``a`` (``forward(..., return_hidden=True) -> (outputs, a)``), the GGN factory can
-add ``μλ · J_aᵀ D J_a`` with ``D = s·f'(a)`` the Hessian of the matching loss of the hidden
-nonlinearity ``f`` (tanh: ``1 - tanh(a)²``), in the same backward pass as the GGN product.
+add ``μλ · J_aᵀ D J_a`` with ``D`` the Hessian of the matching loss of the hidden nonlinearity
+as [HF-RNN] writes it (tanh: ``¼(1 - tanh(a)²)``, see :func:`hidden_curvature`), scaled like the
+loss, in the same backward pass as the GGN product.
 """
 
 from __future__ import annotations
@@ -167,14 +168,17 @@ def _hvp_block(problem: Problem, state: LossState, u: Tensor) -> Tensor:
 def hidden_curvature(problem: Problem, hidden: Tensor, scale: float) -> Tensor:
     """``D``: the matching-loss Hessian of the hidden units at pre-activations ``hidden``.
 
-    The nonlinearity is the model's ``hidden_nonlinearity`` attribute (default ``"tanh"``):
-    tanh gives ``1 - tanh(a)²``, logistic ``σ(a)(1 - σ(a))``, linear ``1`` ([M&S11];
-    [HF-RNN]). Scaled like the loss (``1/N`` for ``mean``).
+    The nonlinearity is the model's ``hidden_nonlinearity`` attribute (default ``"tanh"``), with
+    the factors of [HF-RNN]'s ``H_prod`` (``opt/utils/nonlin.py``): tanh
+    ``¼(1 - tanh(a)²)``, logistic ``σ(a)(1 - σ(a))``, linear ``1`` ([M&S11]). The ¼ is the
+    logistic unit's ``p(1 - p)`` for ``p = (1 + tanh a)/2``: a scale convention that μ = 0.03
+    was tuned with, so it is kept (without it μ acts 4 times larger). Scaled like the loss
+    (``1/N`` for ``mean``).
     """
     kind = getattr(problem.model, "hidden_nonlinearity", "tanh")
     a = hidden.detach()
     if kind == "tanh":
-        d = 1 - torch.tanh(a).square()
+        d = 0.25 * (1 - torch.tanh(a).square())  # [HF-RNN] Tanh.H_prod
     elif kind == "logistic":
         s = torch.sigmoid(a)
         d = s * (1 - s)

@@ -23,6 +23,11 @@ __all__ = ["HFConfig"]
 _SCHEDULABLE = ("learning_rate", "cg_decay", "cg_max_iters")
 #: the curvature matrices HF can use
 CURVATURES = ("ggn", "hessian")
+#: batches of the CG-backtracking objective; rules choosing among the stored iterates
+BACKTRACK_BATCHES = ("gradient", "curvature", "heldout")
+BACKTRACK_RULES = ("walk-back", "best")
+#: step-size searches: HFDemo's Armijo, HF-RNN's first decrease
+LS_RULES = ("armijo", "first-decrease")
 
 
 @dataclass(frozen=True)
@@ -63,18 +68,33 @@ class HFConfig:
             or schedule.
         cg_store_first: first stored iterate for backtracking, 5 (``inext = 5``).
         cg_store_ratio: growth of the stored-iterate grid, 1.3 (``imult = 1.3``).
+        cg_store_every: 0 for the geometric grid above; k >= 1 keeps x_1, x_{1+k}, x_{1+2k}, ...
+            and the last iterate only when CG stopped before its cap ([HF-RNN]: the solution is
+            evaluated when ``i % cg_eval_freq == 0``, ``cg_eval_freq = 10``, and when CG stops
+            early).
         backtracking: CG-backtracking over the stored iterates ([M10 §4.6]); switch.
-        backtrack_batch: ``"curvature"`` (the issue's choice) or ``"gradient"`` (HFDemo's "full
-            training set version") batch for the backtracking objective.
+        backtrack_batch: the batch of the backtracking objective: ``"gradient"`` (HFDemo's
+            active "full training set version"; the "current mini-batch version" is commented
+            out there), ``"curvature"``, or ``"heldout"`` (a batch the step was not fitted to,
+            ``HessianFree.step``'s ``backtrack_batch``; [HF-RNN] ``BT_eval = 'objective'`` on
+            ``BT_batches``). ρ is measured on the curvature batch whatever this is (HFDemo:
+            ``ll_chunk``; [HF-RNN]: ``RHO_batches = GN_batches``).
+        backtrack_rule: ``"walk-back"`` (HFDemo: from the last stored iterate back while the
+            objective does not get worse) or ``"best"`` ([HF-RNN]: the stored iterate with the
+            lowest objective, the first one on ties).
         preconditioner: diagonal empirical-Fisher preconditioner ([M10 §4.7]); switch.
         precond_exponent: its exponent, 0.75 (HFDemo ``(grad2 + λ + weightcost).^(3/4)``).
         precond_batch: ``"gradient"`` (HFDemo: per-case gradients of the full training set) or
             ``"curvature"``.
-        line_search: Armijo backtracking line search on the gradient batch, from rate
-            ``learning_rate``; switch.
+        line_search: a step-size search (``ls_rule``) from rate ``learning_rate``; switch.
+        ls_rule: ``"armijo"`` (HFDemo: sufficient decrease with ``ls_c``) or
+            ``"first-decrease"`` ([HF-RNN] ``line_search``: the first rate with any decrease).
+        ls_batch: ``"gradient"`` (HFDemo: the whole training set) or ``"heldout"`` (the step's
+            ``search_batch``; [HF-RNN]: ``line_search_batches = [2]``, a third training batch).
         ls_c: sufficient-decrease constant, 1e-2 (HFDemo ``c = 10^(-2)``).
-        ls_shrink: step shrink factor, 0.8 (HFDemo ``rate = 0.8*rate``).
-        ls_max_tries: reductions before the step is rejected, 60 (HFDemo).
+        ls_shrink: step shrink factor, 0.8 (HFDemo ``rate = 0.8*rate``; [HF-RNN] ``.8**i``).
+        ls_max_tries: rates tried before the step is rejected: 60 (HFDemo: rates 0.8^0 ...
+            0.8^59 are tested, the 60th reduction rejects); [HF-RNN]: 50 (``range(50)``, then 0).
         learning_rate: step size ε (with the line search: the rate it starts from); 1
             ([S13 A.6]); float or schedule.
         reject_worse: without a line search, reject a step that raises the curvature-batch
@@ -83,6 +103,12 @@ class HFConfig:
             on the batch it was fitted to (False; ρ still comes from the check batch).
         reset_on_reject: after a rejected step, start the next CG from ζ times the solution
             before it, not the rejected one (HFDemo carries the rejected solution: False).
+        zero_on_reject: after a rejected step, start the next CG from zero ([HF-RNN]: "setting
+            CG_x to zero because we chose a stepsize of 0").
+        boost_on_reject: a step the step-size search rejects raises λ ×``lm_boost`` (True) or λ
+            follows the step's ρ (False: HFDemo and [HF-RNN] compute ρ before the search, and a
+            search that ends at rate 0 does not change it). A step rejected for a non-finite
+            value has ρ = NaN and raises λ either way (HFDemo ``isnan(rho)``).
     """
 
     initial_lambda: float = 45.0
@@ -105,12 +131,16 @@ class HFConfig:
     cg_decay: Any = 0.95
     cg_store_first: int = 5
     cg_store_ratio: float = 1.3
+    cg_store_every: int = 0
     backtracking: bool = True
-    backtrack_batch: str = "curvature"
+    backtrack_batch: str = "gradient"
+    backtrack_rule: str = "walk-back"
     preconditioner: bool = True
     precond_exponent: float = 0.75
     precond_batch: str = "gradient"
     line_search: bool = True
+    ls_rule: str = "armijo"
+    ls_batch: str = "gradient"
     ls_c: float = 1e-2
     ls_shrink: float = 0.8
     ls_max_tries: int = 60
@@ -118,6 +148,8 @@ class HFConfig:
     reject_worse: bool = True
     reject_on_check: bool = True
     reset_on_reject: bool = False
+    zero_on_reject: bool = False
+    boost_on_reject: bool = False
 
     def __post_init__(self) -> None:
         """Validate every field; raise ``ValueError`` naming the field."""
@@ -126,8 +158,41 @@ class HFConfig:
     # -- presets ------------------------------------------------------------------------------
     @classmethod
     def martens2010(cls, **overrides: Any) -> HFConfig:
-        """Martens (2010) as in his HFDemo code: every default above."""
+        """Martens (2010) as in his HFDemo code's active lines: every default above.
+
+        Among them: CG-backtracking on the gradient batch (HFDemo's "full training set
+        version"), ρ on the curvature chunk with the undamped model, Armijo on the gradient
+        batch (c = 1e-2, ×0.8, rates 0.8^0 ... 0.8^59), λ0 = 45, ζ = 0.95, at most 250 CG
+        iterations with Martens' progress test, iterates kept at ⌈5·1.3ʲ⌉, preconditioner
+        (diag EF + λ + weight cost)^0.75. The batches themselves (the whole training set for the
+        gradient, one of ``numchunks`` chunks for the curvature) are the caller's
+        (``hessfree.runs.settings.HFSettings``).
+        """
         return cls(**overrides)
+
+    @classmethod
+    def hf_rnn(cls, **overrides: Any) -> HFConfig:
+        """HF as Sutskever's HF-RNN code runs it ([HF-RNN] ``opt/hf.py``, ``opt/r/demo.py``).
+
+        No preconditioner; CG from 0.95 × the last CG solution, at most 300 iterations
+        (``max_cg_iter = 300``) with Martens' progress test, which the code applies at every
+        iteration (``min_cg_iter = 299`` only gates its unused stop on the curvature batch's
+        objective; the demo's comment "we use exactly 300 CG steps" describes the cap, not the
+        code path; ``cg_fixed_iters=True`` gives the comment's reading); CG-backtracking on the
+        objective of a held-out batch (``BT_eval = 'objective'``), evaluated at iterates 1, 11,
+        21, ... and the early-stopped last one, keeping the best; ρ on the curvature batch with
+        the damped model (``model(..., damp=True)``); then the first of 0.8^i, i < 50, that
+        lowers the objective of a third batch, else no step and the next CG starts from zero;
+        λ follows ρ either way. Structural damping μ = 0.03 and the initial λ (0.01 × the
+        task's ``num_outputs``) are the caller's (``structural_damping``, ``initial_lambda``).
+        """
+        base = dict(preconditioner=False, cg_max_iters=300, cg_decay=0.95, cg_store_every=10,
+                    backtrack_batch="heldout", backtrack_rule="best", rho_damped=True,
+                    rho_after_backtracking=True, line_search=True, ls_rule="first-decrease",
+                    ls_batch="heldout", ls_shrink=0.8, ls_max_tries=50, learning_rate=1.0,
+                    zero_on_reject=True, boost_on_reject=False)
+        base.update(overrides)
+        return cls(**base)
 
     @classmethod
     def momentum_like(cls, **overrides: Any) -> HFConfig:
@@ -160,7 +225,7 @@ class HFConfig:
         """
         base = dict(line_search=True, learning_rate=1.0, cg_fixed_iters=True, cg_max_iters=50,
                     cg_decay=0.95, backtracking=False, reject_worse=True,
-                    reject_on_check=False)
+                    reject_on_check=False, boost_on_reject=True)
         base.update(overrides)
         return cls(**base)
 
@@ -247,10 +312,17 @@ def _check(cfg: HFConfig) -> None:
     _checks.choice(cfg.curvature, "curvature", CURVATURES)
     if cfg.curvature == "hessian" and cfg.structural_damping:
         raise InputError("structural_damping: only defined for curvature='ggn'")
-    for name in ("backtrack_batch", "precond_batch"):
-        _checks.choice(getattr(cfg, name), name, ("gradient", "curvature"))
+    _checks.choice(cfg.precond_batch, "precond_batch", ("gradient", "curvature"))
+    _checks.choice(cfg.backtrack_batch, "backtrack_batch", BACKTRACK_BATCHES)
+    _checks.choice(cfg.backtrack_rule, "backtrack_rule", BACKTRACK_RULES)
+    _checks.choice(cfg.ls_rule, "ls_rule", LS_RULES)
+    _checks.choice(cfg.ls_batch, "ls_batch", ("gradient", "heldout"))
+    _checks.integer(cfg.cg_store_every, "cg_store_every", minimum=0)
+    if cfg.ls_batch == "heldout" and cfg.ls_rule == "armijo":
+        raise InputError("ls_batch: Armijo's test needs the gradient of the batch it searches "
+                         "on; 'heldout' goes with ls_rule='first-decrease'")
     for name in ("rho_damped", "rho_after_backtracking", "cg_fixed_iters", "backtracking",
                  "preconditioner", "line_search", "reject_worse", "reject_on_check",
-                 "reset_on_reject"):
+                 "reset_on_reject", "zero_on_reject", "boost_on_reject"):
         _checks.boolean(getattr(cfg, name), name)
     _checks.choice(cfg.backend, "backend", ("auto", *BACKENDS))

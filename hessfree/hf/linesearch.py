@@ -1,8 +1,8 @@
 """Armijo backtracking line search ([M10 §4.6]; [HFDemo] "bog-standard back-tracking").
 
 [HFDemo]: ``rate = 1; c = 10^(-2)``; accept when ``f(θ + rate·p) <= f(θ) + c·rate·gᵀp``, else
-``rate = 0.8·rate``, at most 60 reductions, then reject the step (rate 0). Evaluated on the
-gradient batch (the full training set in HFDemo).
+``rate = 0.8·rate``; ``while j < 60`` tests the rates 0.8^0 ... 0.8^59 and the 60th reduction
+rejects the step (rate 0). Evaluated on the gradient batch (the full training set in HFDemo).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class LineSearchResult:
 def armijo(objective: Callable[[float], float], f0: float, slope: float, c: float = 1e-2,
            shrink: float = 0.8, max_tries: int = 60, alpha0: float = 1.0,
            first_value: float | None = None) -> LineSearchResult:
-    """Largest ``alpha0·shrink^k`` (k < ``max_tries`` + 1) with sufficient decrease.
+    """Largest ``alpha0·shrink^k`` (k < ``max_tries``) with sufficient decrease.
 
     Args:
         objective: ``alpha -> f(θ + alpha·p)``.
@@ -35,13 +35,13 @@ def armijo(objective: Callable[[float], float], f0: float, slope: float, c: floa
         slope: ``gᵀp`` (negative for a descent direction).
         c: sufficient-decrease constant.
         shrink: reduction factor.
-        max_tries: reductions allowed after the first try.
+        max_tries: rates tested (HFDemo: 60, rates 0.8^0 ... 0.8^59).
         alpha0: first step size.
         first_value: ``f(θ + alpha0·p)`` if already known (saves one evaluation).
     """
     alpha = alpha0
     evaluations = 0
-    for k in range(max_tries + 1):
+    for k in range(max_tries):
         if k == 0 and first_value is not None:
             value = first_value
         else:

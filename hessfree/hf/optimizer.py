@@ -7,12 +7,15 @@ One step (``docs/architecture.md``, "One HF step"; [M10 §4]):
 3. the diagonal preconditioner ``(diag EF + λ)^0.75`` ([M10 §4.7]);
 4. CG on ``(G + λI) p = −g`` from ``ζ`` times the previous CG solution (the last iterate, not the
    backtracked one, as in HFDemo), Martens' stopping rule, stored iterates ([M10 §4.4-4.5]);
-5. CG-backtracking over the stored iterates ([M10 §4.6]);
-6. ρ = (f(θ+p) − f(θ)) / (q(p) − q(0)) and the Levenberg-Marquardt rule ([M10 §4.1]);
-7. the step size: Armijo line search on the gradient batch, or a fixed learning rate
-   (:mod:`hessfree.hf.stepsize`);
+5. CG-backtracking over the stored iterates ([M10 §4.6]) on the gradient batch (HFDemo), the
+   curvature batch or a held-out batch ([HF-RNN]);
+6. ρ = (f(θ+p) − f(θ)) / (q(p) − q(0)) on the curvature batch and the Levenberg-Marquardt rule
+   ([M10 §4.1]);
+7. the step size: Armijo line search on the gradient batch, HF-RNN's first-decrease search, or a
+   fixed learning rate (:mod:`hessfree.hf.stepsize`);
 8. the parameters move in place — or, when anything is non-finite or the loss went up, the step
-   is rejected: parameters stay bit-identical and λ is raised.
+   is rejected: parameters stay bit-identical and λ is raised (a step the search rejects: λ
+   follows ρ, as in HFDemo and HF-RNN, unless ``boost_on_reject``).
 
 The settings of a step come from the current :class:`~hessfree.hf.phases.Phase` of the
 optimizer's :class:`~hessfree.hf.phases.PhaseSchedule` (one phase unless given), which the
@@ -43,7 +46,14 @@ from hessfree.hf.damping import lm_update, reduction_ratio
 from hessfree.hf.phases import Phase, PhaseSchedule
 from hessfree.hf.precondition import inverse_preconditioner
 from hessfree.hf.stats import ACCEPTED, StepStats
-from hessfree.hf.stepsize import StepSize, fixed_rate, line_search
+from hessfree.hf.stepsize import (
+    LINE_SEARCH_FAILED,
+    LOSS_INCREASED,
+    StepSize,
+    first_decrease,
+    fixed_rate,
+    line_search,
+)
 from hessfree.linops import Counted, FlatOperator
 from hessfree.quadratic.core import Quadratic
 from hessfree.schedules import value_at
@@ -300,7 +310,8 @@ class HessianFree:
     # -- the step -----------------------------------------------------------------------------
     def step(self, grad_batch: Any, curvature_batch: Any = None,
              on_quadratic: Callable[[Quadratic], None] | None = None,
-             check_batch: Any = None) -> StepStats:
+             check_batch: Any = None, backtrack_batch: Any = None,
+             search_batch: Any = None) -> StepStats:
         """One outer HF iteration; updates the parameters in place and returns its record.
 
         Args:
@@ -313,11 +324,18 @@ class HessianFree:
             check_batch: a batch the step was not fitted to, on which ρ and ``reject_worse``
                 measure the step instead of the curvature batch (one gradient and one
                 objective evaluation; ρ compares with the quadratic model built with this
-                batch's gradient, :meth:`_check`); None: as HFDemo, on the curvature (or
-                backtracking) batch.
+                batch's gradient, :meth:`_check`); None: as HFDemo, on the curvature batch.
+            backtrack_batch: the held-out batch of CG-backtracking when the config says
+                ``backtrack_batch="heldout"`` ([HF-RNN] ``BT_batches``); else unused.
+            search_batch: the batch of the step-size search when the config says
+                ``ls_batch="heldout"`` ([HF-RNN] ``line_search_batches``); else unused.
         """
         t_start = time.perf_counter()
         cfg, theta = self.config, self._theta()
+        _needs("backtrack_batch", "backtrack_batch",
+               cfg.backtrack_batch == "heldout" and cfg.backtracking, backtrack_batch)
+        _needs("search_batch", "ls_batch", cfg.ls_batch == "heldout" and cfg.line_search,
+               search_batch)
         self._solution_before = self.last_solution
         record = _StepRecord(self.t, self.phase_index, self.lam,
                              float(value_at(cfg.cg_decay, self.t)))
@@ -335,13 +353,22 @@ class HessianFree:
         M = self._preconditioner(theta, grad_batch if on_grad else curv_batch,
                                  m.n_grad if on_grad else m.n_curv, record, m.diag)
         res = self._cg(m.G, m.g, M, record, m.n_curv)
-        bt_batch, n_bt, f_ref = ((grad_batch, m.n_grad, m.f0) if cfg.backtrack_batch == "gradient"
-                                 else (curv_batch, m.n_curv, m.G.value))
         with _Timer(record, "seconds_backtrack"):
+            bt_batch, n_bt, on_curv = self._backtrack_batch(theta, m, grad_batch, curv_batch,
+                                                            backtrack_batch, record)
             bt, last_value = self._backtrack(theta, res, bt_batch, n_bt, record)
         record.backtrack_iter, record.backtrack_evals = bt.iteration, bt.evaluations
-        record.curv_loss_after = bt.value if cfg.backtrack_batch == "curvature" else math.nan
-        p_rho, f_rho = (bt.step, bt.value) if cfg.rho_after_backtracking else (res.x, last_value)
+        p_rho = bt.step if cfg.rho_after_backtracking else res.x
+        # ρ on the curvature batch: HFDemo ll_chunk, [HF-RNN] RHO_batches
+        if on_curv and cfg.rho_after_backtracking:
+            f_rho = bt.value
+        elif on_curv and not math.isnan(last_value):
+            f_rho = last_value
+        else:
+            f_rho = self._value(theta, curv_batch, record, m.n_curv, p_rho)
+        record.curv_loss_after = f_rho if p_rho is bt.step else (bt.value if on_curv
+                                                                 else math.nan)
+        f_ref = m.G.value
         record.model_change, Bp = self._model_change(m.G, m.g, p_rho, record, m.n_curv)
         check = None
         model_change = record.model_change
@@ -354,7 +381,7 @@ class HessianFree:
             return self._finish(record, t_start, "non-finite step")
         with _Timer(record, "seconds_linesearch"):
             size = self._step_size(theta, bt, m, grad_batch, curv_batch, record, check,
-                                   p_rho is bt.step)
+                                   p_rho is bt.step, search_batch)
         record.loss_after, record.step_size = size.value, size.alpha
         record.ls_evals = size.evaluations
         if size.rejection is None:
@@ -400,8 +427,12 @@ class HessianFree:
         max_iters = int(value_at(cfg.cg_max_iters, self.t))
         stop = [] if cfg.cg_fixed_iters else cg.MartensProgress(
             eps=cfg.cg_eps, min_gap=cfg.cg_min_gap, gap_ratio=cfg.cg_gap_ratio)
-        store = cg.Geometric(cfg.cg_store_ratio, first=cfg.cg_store_first) \
-            if cfg.backtracking else cg.Never()
+        if not cfg.backtracking:
+            store = cg.Never()
+        elif cfg.cg_store_every:  # [HF-RNN]: x_1, x_11, x_21, ...
+            store = cg.Every(cfg.cg_store_every, first=1)
+        else:
+            store = cg.Geometric(cfg.cg_store_ratio, first=cfg.cg_store_first)
         A = record.counted(G.damped(self.lam), cases)
         x0 = self.last_solution.mul(zeta) if zeta > 0 and bool(self.last_solution.any()) \
             else None
@@ -411,9 +442,30 @@ class HessianFree:
         record.cg_iters, record.cg_reason = res.iters, res.reason
         return res
 
+    def _backtrack_batch(self, theta: dict[str, Tensor], m: _Model, grad_batch: Any,
+                         curv_batch: Any, heldout: Any, record: _StepRecord
+                         ) -> tuple[Any, int, bool]:
+        """The backtracking batch, its cases, and whether it is the curvature batch.
+
+        A held-out batch costs one evaluation at θ for its case count ([HF-RNN] evaluates it
+        there too: ``obj_reduction`` subtracts ``loss(0)``).
+        """
+        where = self.config.backtrack_batch
+        if where == "heldout" and self.config.backtracking:
+            n = self.objective.evaluate(theta, heldout).count
+            record.forward(n)
+            return heldout, n, False
+        if where == "gradient" and not m.same:
+            return grad_batch, m.n_grad, False
+        return curv_batch, m.n_curv, True
+
     def _backtrack(self, theta: dict[str, Tensor], res: cg.CGResult, batch: Any, cases: int,
                    record: _StepRecord) -> tuple[Backtracked, float]:
-        """The chosen step and the objective at the last CG iterate (for ρ before backtracking)."""
+        """The chosen step and the objective at the last CG iterate (for ρ before backtracking).
+
+        With ``cg_store_every`` ([HF-RNN]) the last iterate is a candidate only when CG stopped
+        before its cap or it lies on the grid; without backtracking it is the only one.
+        """
         values: dict[int, float] = {}
 
         def objective(step: Tensor) -> float:
@@ -421,9 +473,14 @@ class HessianFree:
             values[id(step)] = f
             return f
 
-        iterates = res.iterates if self.config.backtracking else [(res.iters, res.x)]
-        bt = cg_backtrack(objective, iterates)
-        return bt, values[id(iterates[-1][1])]
+        cfg = self.config
+        iterates = list(res.iterates) if cfg.backtracking else [(res.iters, res.x)]
+        if (cfg.backtracking and cfg.cg_store_every and res.reason == cg.MAX_ITERATIONS
+                and len(iterates) > 1 and (iterates[-1][0] - 1) % cfg.cg_store_every):
+            iterates.pop()  # [HF-RNN]: evaluated only at i % cg_eval_freq == 0 or an early stop
+        bt = cg_backtrack(objective, iterates, cfg.backtrack_rule)
+        final = res.iterates[-1][1] if cfg.backtracking else res.x
+        return bt, values.get(id(final), math.nan)  # NaN: the last iterate was not evaluated
 
     def _model_change(self, G: GGN | Hessian, g: Tensor, p: Tensor, record: _StepRecord,
                       cases: int) -> tuple[float, Tensor]:
@@ -453,11 +510,14 @@ class HessianFree:
 
     def _step_size(self, theta: dict[str, Tensor], bt: Backtracked, m: _Model, grad_batch: Any,
                    curv_batch: Any, record: _StepRecord, check: tuple[Any, int] | None = None,
-                   checked_bt: bool = True) -> StepSize:
-        """The step-size policy of the config: line search, or a fixed rate."""
+                   checked_bt: bool = True, search_batch: Any = None) -> StepSize:
+        """The step-size policy of the config: a search (Armijo, first decrease) or a fixed rate."""
         cfg = self.config
         bt_on_grad = m.same or cfg.backtrack_batch == "gradient"
         alpha = float(value_at(cfg.learning_rate, self.t))
+        if cfg.line_search and cfg.ls_rule == "first-decrease":
+            return self._first_decrease(theta, bt, m, grad_batch, record, search_batch, alpha,
+                                        bt_on_grad)
         if cfg.line_search:
             known_at_start = bt.value if bt_on_grad and alpha == 1.0 else None
             return line_search(
@@ -477,12 +537,36 @@ class HessianFree:
         known = bt.value if bt_on_grad and alpha == 1.0 else math.nan
         return fixed_rate(alpha, cfg.reject_worse, m.f0, known, compare)
 
+    def _first_decrease(self, theta: dict[str, Tensor], bt: Backtracked, m: _Model,
+                        grad_batch: Any, record: _StepRecord, search_batch: Any, alpha: float,
+                        bt_on_grad: bool) -> StepSize:
+        """[HF-RNN]'s search on the gradient batch or on the held-out ``search_batch``."""
+        if self.config.ls_batch == "heldout":
+            e = self.objective.evaluate(theta, search_batch)
+            f0, n = e.value, e.count
+            record.forward(n)
+            size = first_decrease(
+                lambda a: self._value(theta, search_batch, record, n, bt.step, a), f0,
+                self.config, alpha0=alpha)
+            # its value is the search batch's, not the gradient batch's: not reported as such
+            return StepSize(size.alpha, math.nan if size.rejection is None else m.f0,
+                            size.evaluations, size.rejection)
+
+        def objective(a: float) -> float:
+            if a == 1.0 and bt_on_grad:  # the backtracking evaluated it already
+                return bt.value
+            return self._value(theta, grad_batch, record, m.n_grad, bt.step, a)
+
+        return first_decrease(objective, m.f0, self.config, alpha0=alpha)
+
     def _finish(self, record: _StepRecord, t_start: float, reason: str) -> StepStats:
         """λ update (raised on rejection), counters, the record."""
         accepted = reason == ACCEPTED
         cfg = self.config
-        # a rejected step counts as ρ = NaN: λ is raised once (HFDemo treats NaN like ρ < 1/4)
-        rho = record.rho if accepted else math.nan
+        # a rejected step counts as ρ = NaN: λ is raised once (HFDemo treats NaN like ρ < 1/4);
+        # [HF-RNN] (boost_on_reject=False) updates λ from ρ before its search rejects a step
+        searched_out = reason in (LINE_SEARCH_FAILED, LOSS_INCREASED)
+        rho = record.rho if accepted or (searched_out and not cfg.boost_on_reject) else math.nan
         if record.grad_norm == 0.0:
             self.stop_reason = "converged: the gradient is exactly zero"
         elif not (rho >= cfg.lm_lower) and self.lam * cfg.lm_boost > cfg.lambda_max:
@@ -492,6 +576,8 @@ class HessianFree:
         self.lam = lm_update(self.lam, rho, cfg)
         if not accepted and cfg.reset_on_reject:
             self.last_solution = self._solution_before  # do not carry a rejected direction
+        if not accepted and cfg.zero_on_reject:  # [HF-RNN]: "setting CG_x to zero"
+            self.last_solution = torch.zeros_like(self.last_solution)
         stats = record.freeze(reason, self.lam, time.perf_counter() - t_start)
         index, steps, cg_steps = self._phase
         self._phase = (index, steps + 1, cg_steps + stats.cg_iters)
@@ -563,3 +649,10 @@ class HessianFree:
                                 for k in diff))
         elif saved != ours:
             raise InputError(f"state: saved with other {name}: saved {saved!r}, now {ours!r}")
+
+
+def _needs(name: str, field: str, needed: bool, batch: Any) -> None:
+    """Refuse a step whose config asks for a held-out batch the caller did not give."""
+    if needed and batch is None:
+        raise InputError(f"{name}: the config evaluates on a held-out batch ({field}='heldout'); "
+                         f"pass {name}=<batch>")

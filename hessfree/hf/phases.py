@@ -37,8 +37,11 @@ __all__ = ["BATCH_KINDS", "BatchSpec", "Phase", "PhaseSchedule"]
 
 #: "all": the whole set; "chunk": one of ``parts`` fixed pieces, piece ``t mod parts`` at update
 #: t; "minibatch": a fresh random minibatch (``fraction`` of the set or ``size`` cases) drawn
-#: without replacement within an epoch; "same": the gradient batch (curvature only)
-BATCH_KINDS = ("all", "chunk", "minibatch", "same")
+#: without replacement within an epoch; "same": the gradient batch (curvature only); "piece":
+#: piece ``index`` of ``parts`` equal pieces of this update's gradient batch (not for the
+#: gradient itself; [HF-RNN] cuts its gradient batches into curvature, backtracking and
+#: line-search batches this way)
+BATCH_KINDS = ("all", "chunk", "minibatch", "same", "piece")
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,14 @@ class BatchSpec:
         fraction: for ``"minibatch"``: the fraction of the training set (A.6: 1/16, 1/20).
         size: for ``"minibatch"``: a fixed number of cases instead (and for generated data,
             where every batch is drawn fresh, the number of cases of any kind).
+        index: for ``"piece"``: which of the ``parts`` pieces (0-based).
     """
 
     kind: str = "all"
     parts: int | None = None
     fraction: float | None = None
     size: int | None = None
+    index: int | None = None
 
     def __post_init__(self) -> None:
         """Check the combination."""
@@ -67,8 +72,13 @@ class BatchSpec:
             _checks.number(self.fraction, "fraction", 0.0, 1.0, strict_min=True)
         if self.size is not None:
             _checks.integer(self.size, "size", minimum=1)
-        if self.kind == "chunk" and self.parts is None:
-            raise InputError("parts: a 'chunk' batch needs the number of pieces (parts >= 1)")
+        if self.kind in ("chunk", "piece") and self.parts is None:
+            raise InputError(f"parts: a {self.kind!r} batch needs the number of pieces "
+                             "(parts >= 1)")
+        if (self.kind == "piece") != (self.index is not None):
+            raise InputError("index: a 'piece' batch needs it, other kinds take none")
+        if self.index is not None:
+            _checks.integer(self.index, "index", 0, int(self.parts) - 1)
         if self.kind == "minibatch" and (self.fraction is None) == (self.size is None):
             raise InputError("fraction/size: a 'minibatch' batch needs exactly one of them")
         if self.kind in ("all", "same") and (self.parts or self.fraction):
@@ -80,7 +90,7 @@ class BatchSpec:
             if self.size is not None:
                 return min(self.size, n)
             return max(1, int(math.floor(n * float(self.fraction) + 1e-9)))
-        if self.kind == "chunk":
+        if self.kind in ("chunk", "piece"):
             return n // int(self.parts)
         return n
 
@@ -88,6 +98,8 @@ class BatchSpec:
         """A few words for messages and tables."""
         if self.kind == "chunk":
             return f"1/{self.parts} chunk"
+        if self.kind == "piece":
+            return f"piece {self.index} of {self.parts} of the gradient batch"
         if self.kind == "minibatch":
             return f"minibatch of {self.size}" if self.size else f"minibatch {self.fraction:g}"
         return {"all": "whole set", "same": "gradient batch"}[self.kind]
@@ -95,6 +107,10 @@ class BatchSpec:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""
         return {k: v for k, v in vars(self).items() if v is not None}
+
+
+#: the batches of a phase besides the gradient and curvature ones, each a step argument
+_HELD_OUT = ("check", "backtrack", "search")
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,9 @@ class Phase:
         weight_decay: L2 coefficient of the phase's objective; None: the problem's.
         check: a batch the step is not fitted to, on which ρ and the rejection test measure it
             (``HessianFree.step``'s ``check_batch``); None: the curvature batch (HFDemo).
+        backtrack: the held-out CG-backtracking batch (``HessianFree.step``'s
+            ``backtrack_batch``, used when the config says ``backtrack_batch="heldout"``).
+        search: the held-out step-size search batch (``search_batch``; ``ls_batch="heldout"``).
     """
 
     name: str = "main"
@@ -122,6 +141,8 @@ class Phase:
     config: HFConfig | None = None
     weight_decay: float | None = None
     check: BatchSpec | None = None
+    backtrack: BatchSpec | None = None
+    search: BatchSpec | None = None
 
     def __post_init__(self) -> None:
         """Check every field."""
@@ -138,12 +159,14 @@ class Phase:
             if not isinstance(getattr(self, role), BatchSpec):
                 raise InputTypeError(f"{where}: {role}: expected a BatchSpec, got "
                                      f"{type(getattr(self, role)).__name__}")
-        if self.gradient.kind == "same":
-            raise InputError(f"{where}: gradient: 'same' is only meaningful for the curvature")
-        if self.check is not None and (not isinstance(self.check, BatchSpec)
-                                       or self.check.kind == "same"):
-            raise InputError(f"{where}: check: expected a BatchSpec of its own cases, got "
-                             f"{self.check!r}")
+        if self.gradient.kind in ("same", "piece"):
+            raise InputError(f"{where}: gradient: {self.gradient.kind!r} is only meaningful for "
+                             "the curvature and held-out batches")
+        for role in _HELD_OUT:
+            spec = getattr(self, role)
+            if spec is not None and (not isinstance(spec, BatchSpec) or spec.kind == "same"):
+                raise InputError(f"{where}: {role}: expected a BatchSpec of its own cases, got "
+                                 f"{spec!r}")
         if self.config is not None and not isinstance(self.config, HFConfig):
             raise InputTypeError(f"{where}: config: expected an HFConfig, got "
                                  f"{type(self.config).__name__}")
@@ -167,18 +190,21 @@ class Phase:
                 "gradient": self.gradient.to_dict(), "curvature": self.curvature.to_dict(),
                 "config": None if self.config is None else self.config.to_dict(),
                 "weight_decay": self.weight_decay,
-                "check": None if self.check is None else self.check.to_dict()}
+                **{role: getattr(self, role).to_dict() for role in _HELD_OUT
+                   if getattr(self, role) is not None},
+                **({} if self.check is not None else {"check": None})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Phase:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         cfg = d.pop("config", None)
-        check = d.pop("check", None)
+        held = {role: d.pop(role, None) for role in _HELD_OUT}
         return cls(**{**d, "gradient": BatchSpec(**d.get("gradient", {})),
                       "curvature": BatchSpec(**d.get("curvature", {"kind": "same"})),
                       "config": None if cfg is None else HFConfig.from_dict(cfg),
-                      "check": None if check is None else BatchSpec(**check)})
+                      **{role: None if v is None else BatchSpec(**v)
+                         for role, v in held.items()}})
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@
   scheduled rate ε in the momentum-like HF's preset ([S13 A.6]; see
   :meth:`hessfree.hf.config.HFConfig.momentum_like`); the step is rejected when no rate within
   ``ls_max_tries`` reductions gives sufficient decrease.
+* :func:`first_decrease`: Sutskever's search ([HF-RNN] ``HF.line_search``): the rates
+  ``0.8^i`` for ``i < 50`` in turn, the first that lowers the objective at all is taken; when
+  none does, the rate is 0 and the step is rejected;
 * :func:`fixed_rate`: a given learning rate ε with no search, optionally rejecting an update
   that raises the objective (``reject_worse``), compared on the batch whose objective is
   already known.
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 from hessfree.hf.config import HFConfig
 from hessfree.hf.linesearch import armijo
 
-__all__ = ["StepSize", "fixed_rate", "line_search", "LINE_SEARCH_FAILED", "LOSS_INCREASED"]
+__all__ = ["StepSize", "first_decrease", "fixed_rate", "line_search", "LINE_SEARCH_FAILED",
+           "LOSS_INCREASED"]
 
 LINE_SEARCH_FAILED = "line search failed"
 LOSS_INCREASED = "loss increased"
@@ -50,6 +54,24 @@ def line_search(objective: Callable[[float], float], f0: float, slope: float,
     if ls.accepted:
         return StepSize(ls.alpha, ls.value, ls.evaluations, None)
     return StepSize(0.0, f0, ls.evaluations, LINE_SEARCH_FAILED)
+
+
+def first_decrease(objective: Callable[[float], float], f0: float, config: HFConfig,
+                   alpha0: float = 1.0) -> StepSize:
+    """The first of ``alpha0·ls_shrink^i``, ``i < ls_max_tries``, with ``objective < f0``.
+
+    [HF-RNN]: ``distances = [.8**i for i in range(50)] + [0]``; the first distance whose
+    reduction ``LS_loss(step·v) − LS_loss(0)`` is negative is taken, else 0 (no step).
+    ``objective`` maps a rate to the objective there; ``f0`` is the objective at rate 0 on the
+    same batch. A non-finite value never counts as a decrease.
+    """
+    alpha = alpha0
+    for i in range(config.ls_max_tries):
+        value = objective(alpha)
+        if math.isfinite(value) and value < f0:
+            return StepSize(alpha, value, i + 1, None)
+        alpha *= config.ls_shrink
+    return StepSize(0.0, f0, config.ls_max_tries, LINE_SEARCH_FAILED)
 
 
 def fixed_rate(alpha: float, reject_worse: bool, f0: float, known: float,

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from hessfree import _checks
 from hessfree.curvature.operator import CurvatureOperator, DampedOperator
+from hessfree.curvature.solves import SolveResult, solve
 from hessfree.errors import InputError, InputTypeError
 from hessfree.linops import DenseOperator, FlatOperator, symmetric_matrix
 from hessfree.quadratic import io
@@ -161,6 +162,13 @@ class Quadratic(FlatOperator):
         if self.A is not None:
             return self.A
         return super().dense(max_dim, block)
+
+    def solve(self, B: Any = None, damping: Any = 0.0, **kwargs: Any) -> SolveResult:
+        """``(G + λI + damping·I)⁻¹ B`` by CG (:func:`hessfree.curvature.solve`).
+
+        ``B`` None: ``b``, so ``solve().x`` is the minimiser of q, with its certified residual.
+        """
+        return solve(self, self.b if B is None else B, damping, **kwargs)
 
     def minimizer(self, max_dim: int = 20_000) -> Tensor:
         """``p* = −(G + λI)⁻¹ g`` by ``torch.linalg.solve`` on :meth:`dense` (small ones only)."""

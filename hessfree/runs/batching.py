@@ -11,7 +11,12 @@ the momentum methods) into the cases of update ``t``:
   epoch, consumed in order);
 * for generated data (a :class:`~hessfree.runs.experiment.Dataset` with ``fresh``), every kind is
   a fresh draw of ``size`` (or ``n_train``) cases whose seed depends on the run's seed, ``t`` and
-  the batch's role (gradient 0, curvature 1), so any step can be re-drawn exactly.
+  the batch's role (gradient 0, curvature 1, check 2, backtracking 3, step-size search 4), so
+  any step can be re-drawn exactly; a draw larger than the memory chunk comes as a list of
+  chunks;
+* ``"piece"``: piece ``index`` of ``parts`` equal, consecutive pieces of the cases of this
+  update's gradient batch (drawn first), so it is a subset of the gradient batch and disjoint
+  from the other pieces ([HF-RNN]'s curvature, backtracking and line-search batches).
 
 The samplers' states are part of :meth:`BatchDrawer.state_dict`, so a resumed run draws the same
 batches as an uninterrupted one. Under data parallelism every rank draws the same global batch
@@ -27,16 +32,16 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree.batches import Batch, split, take
+from hessfree.batches import Batch, count, split, take
 from hessfree.distributed import shard
 from hessfree.errors import InputError
 from hessfree.hf.phases import BatchSpec
 from hessfree.runs.experiment import Dataset
 
-__all__ = ["BatchDrawer", "EpochSampler", "CHECK", "CURVATURE", "GRADIENT"]
+__all__ = ["BatchDrawer", "EpochSampler", "BACKTRACK", "CHECK", "CURVATURE", "GRADIENT", "SEARCH"]
 
 #: roles of a batch (they seed fresh draws and samplers differently)
-GRADIENT, CURVATURE, CHECK = 0, 1, 2
+GRADIENT, CURVATURE, CHECK, BACKTRACK, SEARCH = 0, 1, 2, 3, 4
 
 
 class EpochSampler:
@@ -91,6 +96,9 @@ class BatchDrawer:
         self._samplers: dict[str, EpochSampler] = {}
         self._partitions: dict[int, list[Batch]] = {}
         self._whole: list[Batch] | None = None
+        #: (update, unsharded cases) of the last gradient batch drawn, for "piece" batches
+        self._gradient: tuple[int, Any] | None = None
+        self._gradient_idx: tuple[int, Tensor] | None = None
 
     def _device(self) -> torch.device:
         x = self.data.train[0]
@@ -120,30 +128,77 @@ class BatchDrawer:
 
     def minibatch(self, t: int, size: int, role: int = GRADIENT) -> Batch:
         """A minibatch of ``size`` cases for update ``t`` (fresh data: a new draw)."""
+        return self._shard(self._cases(t, size, role))
+
+    def _cases(self, t: int, size: int, role: int) -> Batch:
+        """The unsharded cases of a minibatch (fresh data: a new draw).
+
+        A held-out minibatch (check, backtracking, search) is drawn from the cases outside this
+        update's gradient minibatch, so the two are disjoint (the check batch of the
+        momentum-like HF: "a batch the step was not fitted to").
+        """
         if self.data.fresh is not None:
-            return self._shard(self.data.fresh(size, step_seed(self.seed, t, role)))
-        idx = self._sampler(role, size).next().to(self._device())
+            return self.data.fresh(size, step_seed(self.seed, t, role))
+        sampler = self._sampler(role, size)
+        drawn = self._gradient_idx
+        if role in (CHECK, BACKTRACK, SEARCH) and drawn is not None and drawn[0] == t:
+            outside = torch.ones(self.n, dtype=torch.bool)
+            outside[drawn[1].cpu()] = False
+            pool = outside.nonzero().squeeze(1)
+            if size > len(pool):
+                raise InputError(f"batch_size: a held-out minibatch of {size} cases does not "
+                                 f"fit beside the gradient's {self.n - len(pool)} of {self.n}")
+            idx = pool[torch.randperm(len(pool), generator=sampler.gen)[:size]]
+        else:
+            idx = sampler.next()
+        idx = idx.to(self._device())
+        if role == GRADIENT:
+            self._gradient_idx = (t, idx)
         x, y = self.data.train
-        return self._shard((take(x, idx), take(y, idx)))
+        return (take(x, idx), take(y, idx))
 
     def _shard(self, batch: Any) -> Any:
         return shard(batch, self.rank, self.world_size) if self.world_size > 1 else batch
 
     def draw(self, spec: BatchSpec, t: int, role: int) -> Any:
-        """The batch ``spec`` describes for update ``t`` (None for ``"same"``)."""
+        """The batch ``spec`` describes for update ``t`` (None for ``"same"``).
+
+        A ``"piece"`` needs this update's gradient batch drawn first.
+        """
         if spec.kind == "same":
             return None
+        if spec.kind == "piece":
+            return self._shard(self._piece(spec, t))
         if self.data.fresh is not None:
-            return self._shard(self.data.fresh(spec.size or self.n,
-                                               step_seed(self.seed, t, role)))
-        if spec.kind == "minibatch":
-            return self.minibatch(t, spec.cases(self.n), role)
-        if spec.kind == "chunk":
+            batch = self._cases(t, spec.size or self.n, role)
+        elif spec.kind == "minibatch":
+            batch = self._cases(t, spec.cases(self.n), role)
+        elif spec.kind == "chunk":
             pieces = self._partition(int(spec.parts))
-            return self._shard(pieces[t % len(pieces)])
-        if self._whole is None:
-            self._whole = self._shard(split(self.data.train, self.chunk))
-        return self._whole
+            batch = pieces[t % len(pieces)]
+        else:
+            if role == GRADIENT:
+                self._gradient = (t, self.data.train)
+            if self._whole is None:
+                self._whole = self._shard(split(self.data.train, self.chunk))
+            return self._whole
+        if role == GRADIENT:
+            self._gradient = (t, batch)
+        batch = self._shard(batch)
+        big = self.data.fresh is not None and count(batch[0]) > self.chunk
+        return split(batch, self.chunk) if big else batch
+
+    def _piece(self, spec: BatchSpec, t: int) -> Batch:
+        if self._gradient is None or self._gradient[0] != t:
+            raise InputError(f"piece: a piece of the gradient batch of update {t} needs that "
+                             "batch drawn first")
+        whole = self._gradient[1]
+        size = count(whole[0]) // int(spec.parts)
+        if size < 1:
+            raise InputError(f"parts: cannot cut a gradient batch of {count(whole[0])} cases "
+                             f"into {spec.parts} pieces")
+        lo = int(spec.index) * size
+        return take(whole, slice(lo, lo + size))
 
     def state_dict(self) -> dict[str, Any]:
         """The samplers' states (partitions are rebuilt from the seed)."""

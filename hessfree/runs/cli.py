@@ -76,8 +76,25 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary-only", action="store_true",
                    help="run nothing: summarize the runs already in --out, finished or not")
     p.add_argument("--seed", type=_int("--seed"), default=0)
+    p.add_argument("--seeds", type=_seed_list,
+                   help="seeds per cell: a count N (--seed, --seed+1, ...) or a comma-separated "
+                        "list; each cell runs once per seed and the summary gives mean and spread")
+    p.add_argument("--mu-stages", choices=("scaled", "unscaled"), default="scaled",
+                   help="scale Eq. 5's 250-update stages and the RNN schedule's 1000 warm "
+                        "updates with --fraction (default, so μ reaches μ_max) or keep them")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run (repeatable)")
+
+
+def _seed_list(text: str) -> int | list[int]:
+    """``"3"``: three seeds; ``"0,4,7"``: those seeds."""
+    try:
+        if "," not in text:
+            return int(text)
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a comma-separated list of seeds, "
+                                         f"got {text!r}") from None
 
 
 def _list(kind: type) -> Any:
@@ -304,7 +321,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     md = reproduce(args.table, args.fraction, out=args.out, experiments_=args.experiments,
                    optimizers=args.optimizers, mus=args.mu, lrs=args.lrs, device=args.device,
                    dtype=args.dtype, jobs=args.jobs, resume=args.resume, seed=args.seed,
-                   overrides=_overrides(args.set), summary_only=args.summary_only)
+                   overrides=_overrides(args.set), summary_only=args.summary_only,
+                   seeds=args.seeds, mu_stages=args.mu_stages)
     print(md.read_text())
     print(md)
     return 0

@@ -17,17 +17,29 @@ structural damping ([M&S11], [HF-RNN]) at the same gradient-equivalents as one N
 **The fraction rule** (one rule for every schedule): at ``fraction = f``, everything that counts
 updates over the whole run is multiplied by ``f`` — NAG's 750,000 (Table 5: 50,000) updates and
 its final low-μ stretch of 1000 updates, HF*'s budget (which is NAG's in gradient-equivalents),
-and every length and time point of the A.6 phases (``MomentumHFSettings.fraction``). What
-happens *per update* is unchanged: minibatch sizes, Eq. 5's 250-update stages (μ's warm-up is a
-count of updates, so short runs reach a lower μ, which the table reports), the RNN schedule's
-1000 warm updates, learning rates, CG steps per update, ζ and ε values, weight decay. So ``f = 1``
-is the papers' protocol and a small ``f`` is the same protocol cut short, never a different one.
+every length and time point of the A.6 phases (``MomentumHFSettings.fraction``), and (with
+``mu_stages="scaled"``, the default) the μ schedules' warm-up: Eq. 5's 250-update stages become
+``max(1, round(250 f))`` updates and the RNN schedule's 1000 warm updates ``round(1000 f)``, so
+μ reaches μ_max (0.999 from update 124,750 of 750,000 at f = 1, i.e. after the same sixth of
+the run) and a "0.999" cell means 0.999. ``mu_stages="unscaled"`` keeps them at 250 and 1000
+updates, as a count per update; then a short run never reaches the higher μ_max (at f = 0.02,
+k = ⌊t/250⌋ ≤ 59, so μ ≤ 1 − 1/120 ≈ 0.992). Either way ``summary.md`` and ``summary.h5`` give
+the largest μ each cell's runs reached (read from their rows), and say which was used. What
+happens *per update* is unchanged: minibatch sizes, learning rates, CG steps per update, ζ and
+ε values, weight decay. So ``f = 1`` is the papers' protocol and a small ``f`` is the same
+protocol on a shorter clock, never a different one.
 
-Every run writes its own results file under ``<out>/<experiment>/<cell>-lr<lr>/``; at the end
+``seeds`` runs every cell once per seed (run folders ``<name>-seed<s>`` when there is more than
+one); the summary gives the mean and the spread (standard deviation, min and max) over seeds of
+each learning rate, the best learning rate by mean, and whether it lies on the edge of the grid
+searched (then a better one may lie outside it).
+
+Every run writes its own results file under ``<out>/<experiment>/<name>/``; at the end
 ``summary.md`` (the table's layout with the papers' numbers beside ours, the budget used, the
-best learning rate per cell), ``summary.h5`` (the same numbers) and one figure per experiment
-(training error against gradient-equivalents and against seconds, every cell's best run).
-``resume=True`` continues unfinished runs and skips finished ones.
+best learning rate per cell, the μ reached), ``summary.h5`` (the same numbers, and one row per
+run) and one figure per experiment (training error against gradient-equivalents and against
+seconds, every cell's best learning rate, one line per seed). ``resume=True`` continues
+unfinished runs and skips finished ones.
 """
 
 from __future__ import annotations
@@ -56,9 +68,15 @@ from hessfree.runs.presets.rnn import TABLE5_FULL
 from hessfree.runs.report import run_status
 from hessfree.runs.results import read_results
 
-__all__ = ["Job", "Outcome", "TABLES", "plan", "reproduce", "summarize"]
+__all__ = ["Job", "MU_STAGES", "Outcome", "TABLES", "plan", "reproduce", "summarize"]
 
 log = logging.getLogger(__name__)
+
+
+#: how the μ schedules' warm-up follows the fraction (module docstring)
+MU_STAGES = ("scaled", "unscaled")
+#: Eq. 5's stage and the RNN schedule's warm phase at f = 1, in updates ([S13 §3, §4])
+EQ5_STAGE, RNN_WARM = 250, 1000
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,7 @@ class Job:
         overrides: settings (``--set``).
         steps / budget: the run's budget (updates, or gradient-equivalents).
         lr: the learning rate (momentum methods), else None.
+        seed: the run's seed.
     """
 
     experiment: str
@@ -113,11 +132,12 @@ class Job:
     steps: int | None = None
     budget: float | None = None
     lr: float | None = None
+    seed: int = 0
 
 
 @dataclass
 class Outcome:
-    """A job and what its run reached."""
+    """A job and what its run reached (``mu_reached``: the largest μ in its rows, momentum)."""
 
     job: Job
     path: Path | None
@@ -128,6 +148,7 @@ class Outcome:
     grad_equiv: float = math.nan
     seconds: float = math.nan
     error: str = ""
+    mu_reached: float = math.nan
 
 
 def _cell(optimizer: str, mu: float, protocol: Protocol) -> str:
@@ -151,11 +172,41 @@ def _n_train(experiment: str, overrides: dict[str, Any]) -> int:
     return int(data.n_train)
 
 
+def _seeds(seeds: Sequence[int] | int | None, seed: int) -> tuple[int, ...]:
+    """``None``: ``(seed,)``; an integer N: N seeds from ``seed``; a list: those seeds."""
+    from hessfree.runs.trainer import MAX_SEED
+
+    if seeds is None:
+        return (seed,)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        _checks.integer(seeds, "--seeds", minimum=1)
+        seeds = range(seed, seed + seeds)
+    out = tuple(_checks.integer(s, "--seeds", 0, MAX_SEED) for s in seeds)
+    if not out or len(set(out)) != len(out):
+        raise InputError(f"--seeds: expected a count or distinct seeds, got {list(out)}")
+    return out
+
+
+def _schedule(p: Protocol, mu: float, f: float, mu_stages: str) -> dict[str, Any]:
+    """The μ-schedule settings of a CM/NAG cell at fraction ``f`` (module docstring)."""
+    scaled = mu_stages == "scaled"
+    if p.schedule == "sutskever":
+        return {"schedule": "sutskever", "mu_max": mu,
+                "final_steps": int(round(p.final_steps * f)),
+                "mu_stage": max(1, int(round(EQ5_STAGE * f))) if scaled else EQ5_STAGE}
+    return {"schedule": "rnn", "mu0": mu,
+            "warm_steps": int(round(RNN_WARM * f)) if scaled else RNN_WARM}
+
+
 def plan(table: str, fraction: float, experiments_: Sequence[str] | None = None,
          optimizers: Sequence[str] | None = None, mus: Sequence[float] | None = None,
-         lrs: Sequence[float] | None = None, overrides: dict[str, Any] | None = None
-         ) -> list[Job]:
-    """The jobs of ``table`` at ``fraction`` of its budget (see the module docstring)."""
+         lrs: Sequence[float] | None = None, overrides: dict[str, Any] | None = None,
+         seeds: Sequence[int] | int | None = None, seed: int = 0,
+         mu_stages: str = "scaled") -> list[Job]:
+    """The jobs of ``table`` at ``fraction`` of its budget (see the module docstring).
+
+    ``seeds``: a count (that many seeds from ``seed``) or a list; None: ``seed`` alone.
+    """
     if table not in TABLES:
         raise InputError(f"table: expected one of {sorted(TABLES)}, got {table!r}")
     p = TABLES[table]
@@ -177,6 +228,8 @@ def plan(table: str, fraction: float, experiments_: Sequence[str] | None = None,
     for lr in lr_grid:
         _checks.number(lr, "--lrs", 0.0, strict_min=True)
     given = dict(overrides or {})
+    _checks.choice(mu_stages, "--mu-stages", MU_STAGES)
+    seed_list = _seeds(seeds, seed)
     steps = max(1, int(round(p.updates * f)))
     jobs: list[Job] = []
     used: set[str] = set()
@@ -189,10 +242,7 @@ def plan(table: str, fraction: float, experiments_: Sequence[str] | None = None,
                 for mu in ((0.0,) if opt == "sgd" else mu_grid):
                     cell = _cell(opt, mu, p)
                     for lr in lr_grid:
-                        sched = ({"schedule": "sutskever", "mu_max": mu,
-                                  "final_steps": int(round(p.final_steps * f))}
-                                 if p.schedule == "sutskever" else
-                                 {"schedule": "rnn", "mu0": mu})
+                        sched = _schedule(p, mu, f, mu_stages)
                         over = {**extra, "lr": lr, "batch_size": p.batch_size,
                                 **({} if opt == "sgd" else sched)}
                         jobs.append(Job(exp, cell, opt, f"{opt}-{cell}-lr{lr:g}", over,
@@ -212,22 +262,26 @@ def plan(table: str, fraction: float, experiments_: Sequence[str] | None = None,
     unused = sorted(set(given) - used)
     if unused:
         raise InputError(f"--set: no run of {table} has the setting(s) {unused}")
-    return jobs
+    many = len(seed_list) > 1
+    return [dataclasses.replace(j, seed=s, name=f"{j.name}-seed{s}" if many else j.name)
+            for j in jobs for s in seed_list]
 
 
 def _outcome(job: Job, path: Path) -> Outcome:
     res = read_results(path)
     ev, st = res.eval, res.steps
     last = {k: (float(v[-1]) if len(v) else math.nan) for k, v in ev.items()}
+    mu = st.get("mu")
     return Outcome(job, path, run_status(res), last.get("train_error", math.nan),
                    last.get("test_error", math.nan), len(st.get("step", [])),
                    float(np.sum(st["grad_equiv"])) if "grad_equiv" in st else math.nan,
-                   float(np.sum(st["seconds"])) if "seconds" in st else math.nan)
+                   float(np.sum(st["seconds"])) if "seconds" in st else math.nan,
+                   mu_reached=float(np.max(mu)) if mu is not None and len(mu) else math.nan)
 
 
-def _argv(job: Job, out: Path, device: str, dtype: str, seed: int, eval_every: int) -> list[str]:
+def _argv(job: Job, out: Path, device: str, dtype: str, eval_every: int) -> list[str]:
     argv = ["train", job.experiment, "--optimizer", job.optimizer, "--out", str(out),
-            "--name", job.name, "--device", device, "--dtype", dtype, "--seed", str(seed),
+            "--name", job.name, "--device", device, "--dtype", dtype, "--seed", str(job.seed),
             "--eval-every", str(eval_every), "--quiet"]
     argv += ["--steps", str(job.steps)] if job.steps is not None else \
         ["--budget", repr(job.budget)]
@@ -241,7 +295,7 @@ def _eval_every(job: Job) -> int:
     return max(1, (job.steps or 50) // 50)
 
 
-def _run_one(job: Job, out: Path, device: str, dtype: str, seed: int, resume: bool,
+def _run_one(job: Job, out: Path, device: str, dtype: str, resume: bool,
              subprocess_: bool) -> Outcome:
     folder = out / job.experiment / job.name
     results = folder / "results.h5"
@@ -259,7 +313,7 @@ def _run_one(job: Job, out: Path, device: str, dtype: str, seed: int, resume: bo
             budget = ["--steps", str(job.steps)] if job.steps is not None else \
                 ["--budget", repr(job.budget)]
             argv = ["train", "--resume", str(folder), *budget, "--quiet"] if results.exists() \
-                else _argv(job, out, device, dtype, seed, _eval_every(job))
+                else _argv(job, out, device, dtype, _eval_every(job))
             cmd = [sys.executable, "-m", "hessfree", *argv]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
@@ -269,7 +323,7 @@ def _run_one(job: Job, out: Path, device: str, dtype: str, seed: int, resume: bo
             resume_run(folder, steps=job.steps, budget=job.budget, quiet=True)
         else:
             train(RunSpec(experiment=job.experiment, optimizer=job.optimizer, steps=job.steps,
-                          budget=job.budget, seed=seed, device=device, dtype=dtype,
+                          budget=job.budget, seed=job.seed, device=device, dtype=dtype,
                           out=str(out), overrides=dict(job.overrides), quiet=True,
                           name=job.name, eval_every=_eval_every(job)))
     except (InputError, RunError) as err:
@@ -283,7 +337,8 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
               optimizers: Sequence[str] | None = None, mus: Sequence[float] | None = None,
               lrs: Sequence[float] | None = None, device: str = "cpu", dtype: str = "float32",
               jobs: int = 1, resume: bool = False, seed: int = 0,
-              overrides: dict[str, Any] | None = None, summary_only: bool = False) -> Path:
+              overrides: dict[str, Any] | None = None, summary_only: bool = False,
+              seeds: Sequence[int] | int | None = None, mu_stages: str = "scaled") -> Path:
     """Run ``table``'s protocol at ``fraction`` of its budget; returns ``summary.md``'s path.
 
     Args:
@@ -299,7 +354,9 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
         jobs: runs at a time (1: one after another in this process; more: subprocesses,
             where cores or devices allow).
         resume: continue unfinished runs, skip finished ones.
-        seed: the seed of every run.
+        seed: the seed of every run (with ``seeds`` a count: the first seed).
+        seeds: a count of seeds or a list of seeds: every cell runs once per seed.
+        mu_stages: ``"scaled"`` or ``"unscaled"`` warm-up of the μ schedules (module docstring).
         overrides: extra settings for every run (e.g. a smaller ``n_train`` for a test).
         summary_only: run nothing; summarize the runs already in ``out``, finished or not
             (e.g. while the protocol runs, or after it was stopped), marking the unfinished
@@ -307,13 +364,14 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
     """
     from hessfree.runs.trainer import DTYPES, MAX_SEED, resolve_device
 
-    job_list = plan(table, fraction, experiments_, optimizers, mus, lrs, overrides)
-    _checks.integer(jobs, "--jobs", minimum=1)
     _checks.integer(seed, "--seed", 0, MAX_SEED)
+    job_list = plan(table, fraction, experiments_, optimizers, mus, lrs, overrides, seeds, seed,
+                    mu_stages)
+    _checks.integer(jobs, "--jobs", minimum=1)
     _checks.choice(dtype, "--dtype", tuple(DTYPES))
     out = Path(out)
     if summary_only:
-        return _summarize_existing(table, fraction, out, job_list)
+        return _summarize_existing(table, fraction, out, job_list, mu_stages)
     resolve_device(device)  # every run would fail on it: say so once, before any starts
     if out.exists() and any(out.iterdir()) and not resume:
         raise InputError(f"--out: {out} is not empty; continue it with --resume or choose "
@@ -321,21 +379,25 @@ def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(json.dumps(
         {"table": table, "fraction": fraction, "device": device, "dtype": dtype, "seed": seed,
-         "jobs": [dataclasses.asdict(j) for j in job_list]}, indent=1))
+         "mu_stages": mu_stages, "jobs": [dataclasses.asdict(j) for j in job_list]}, indent=1))
     if jobs == 1:
-        outcomes = [_run_one(j, out, device, dtype, seed, resume, False) for j in job_list]
+        outcomes = [_run_one(j, out, device, dtype, resume, False) for j in job_list]
     else:  # the long HF runs first, so the short ones fill the gaps at the end
         order = sorted(job_list, key=lambda j: j.optimizer not in ("hf-momentum", "hf"))
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
             done = dict(zip(map(id, order), pool.map(
-                lambda j: _run_one(j, out, device, dtype, seed, resume, True), order)))
+                lambda j: _run_one(j, out, device, dtype, resume, True), order)))
         outcomes = [done[id(j)] for j in job_list]
-    return summarize(table, fraction, out, outcomes)
+    return summarize(table, fraction, out, outcomes, mu_stages=mu_stages)
 
 
-def _summarize_existing(table: str, fraction: float, out: Path, job_list: list[Job]) -> Path:
+def _summarize_existing(table: str, fraction: float, out: Path, job_list: list[Job],
+                        mu_stages: str) -> Path:
     if not out.is_dir():
         raise InputError(f"--out: {out} is not a folder of runs")
+    planned = out / "plan.json"
+    if planned.is_file():  # say how the runs there were scheduled, whatever was asked now
+        mu_stages = json.loads(planned.read_text()).get("mu_stages", "unscaled")
     outcomes, missing = [], []
     for j in job_list:
         path = out / j.experiment / j.name / "results.h5"
@@ -345,7 +407,7 @@ def _summarize_existing(table: str, fraction: float, out: Path, job_list: list[J
             missing.append(j)
     if not outcomes:
         raise InputError(f"--out: {out} holds none of the runs of this plan")
-    return summarize(table, fraction, out, outcomes, missing)
+    return summarize(table, fraction, out, outcomes, missing, mu_stages)
 
 
 # -- the summary --------------------------------------------------------------------------------
@@ -362,10 +424,55 @@ def _columns(table: str, outcomes: list[Outcome]) -> list[str]:
     return [c for c in order if c in present]
 
 
-def _best(outcomes: list[Outcome], experiment: str, cell: str) -> Outcome | None:
+def _metric(table: str, o: Outcome) -> float:
+    """The number a cell reports: training error (Table 1), test zero-one error (Table 5)."""
+    return o.train_error if table == "table1" else o.test_error
+
+
+@dataclass
+class Cell:
+    """One cell of the table: its runs at the best learning rate (by the mean over seeds).
+
+    Attributes:
+        runs: the runs at the chosen learning rate, one per seed, that reached an evaluation.
+        lr: the chosen learning rate (None for HF).
+        grid: the learning rates searched for the cell (that reached an evaluation).
+        mean / std / low / high: the reported metric over ``runs`` (std 0 for one seed).
+        mu_reached: the largest μ any of ``runs`` used (NaN for HF).
+    """
+
+    runs: list[Outcome]
+    lr: float | None
+    grid: tuple[float, ...]
+    mean: float
+    std: float
+    low: float
+    high: float
+    mu_reached: float
+
+    @property
+    def on_edge(self) -> bool:
+        """The best learning rate is the grid's largest or smallest (a grid of at least two)."""
+        return self.lr is not None and len(self.grid) > 1 and self.lr in (min(self.grid),
+                                                                           max(self.grid))
+
+
+def _cell_of(table: str, outcomes: list[Outcome], experiment: str, cell: str) -> Cell | None:
     runs = [o for o in outcomes if o.job.experiment == experiment and o.job.cell == cell
-            and math.isfinite(o.train_error)]
-    return min(runs, key=lambda o: o.train_error) if runs else None
+            and math.isfinite(_metric(table, o))]
+    if not runs:
+        return None
+    by_lr: dict[float | None, list[Outcome]] = {}
+    for o in runs:
+        by_lr.setdefault(o.job.lr, []).append(o)
+    means = {lr: float(np.mean([_metric(table, o) for o in rs])) for lr, rs in by_lr.items()}
+    lr = min(means, key=lambda k: means[k])
+    values = np.array([_metric(table, o) for o in by_lr[lr]])
+    mus = [o.mu_reached for o in by_lr[lr] if math.isfinite(o.mu_reached)]
+    grid = tuple(sorted(k for k in by_lr if k is not None))
+    return Cell(sorted(by_lr[lr], key=lambda o: o.job.seed), lr, grid, means[lr],
+                float(values.std(ddof=1)) if len(values) > 1 else 0.0, float(values.min()),
+                float(values.max()), max(mus) if mus else math.nan)
 
 
 def _fmt(x: float | None) -> str:
@@ -374,36 +481,70 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def _value(c: Cell) -> str:
+    return _fmt(c.mean) if len(c.runs) == 1 else f"{_fmt(c.mean)} ± {_fmt(c.std)}"
+
+
 def summarize(table: str, fraction: float, out: Path, outcomes: list[Outcome],
-              missing: Sequence[Job] = ()) -> Path:
+              missing: Sequence[Job] = (), mu_stages: str = "scaled") -> Path:
     """Write ``summary.md``, ``summary.h5`` and one figure per experiment; return the markdown.
 
-    ``missing``: planned runs that have no results yet (listed, not tabled).
+    ``missing``: planned runs that have no results yet (listed, not tabled). ``mu_stages``: the
+    warm-up the momentum runs used (said in the summary).
     """
     exps = list(dict.fromkeys(o.job.experiment for o in outcomes))
     cols = _columns(table, outcomes)
     metric = "training squared error" if table == "table1" else "zero-one error (test)"
+    seeds = sorted({o.job.seed for o in outcomes})
+    stages = (f"Eq. 5's stages and the RNN warm-up scaled with the fraction "
+              f"({max(1, round(EQ5_STAGE * fraction))} and {round(RNN_WARM * fraction)} "
+              "updates)" if mu_stages == "scaled" else
+              f"Eq. 5's stages and the RNN warm-up unscaled ({EQ5_STAGE} and {RNN_WARM} "
+              "updates)")
     lines = [f"# {table} at fraction {fraction:g} of the papers' budget", "",
-             f"Each cell: ours (the paper's) — {metric}; for CM/NAG the best learning rate of "
-             "the grid. Columns: μ_max (Table 1) or μ0 (Table 5) with N = NAG, M = CM; 0 = "
-             "SGD.", "",
+             f"Each cell: ours (the paper's) — {metric}; for CM/NAG at the learning rate of the "
+             f"grid with the best mean over {len(seeds)} seed(s) {seeds}, as mean ± standard "
+             "deviation when there are several. Columns: μ_max (Table 1) or μ0 (Table 5) with "
+             f"N = NAG, M = CM; 0 = SGD. μ schedules: {stages}; the μ each cell reached is "
+             "tabled below.", "",
              "| experiment | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    best: dict[tuple[str, str], Outcome] = {}
+    best: dict[tuple[str, str], Cell] = {}
     for exp in exps:
         cells = []
         for c in cols:
-            b = _best(outcomes, exp, c)
+            b = _cell_of(table, outcomes, exp, c)
             if b is not None:
                 best[exp, c] = b
-            value = b.test_error if (b and table == "table5") else (b.train_error if b else None)
-            cells.append(f"{_fmt(value)} ({_fmt(_paper(table, exp, c))})")
+            cells.append(f"{_value(b) if b else '-'} ({_fmt(_paper(table, exp, c))})")
         lines.append(f"| {exp} | " + " | ".join(cells) + " |")
-    lines += ["", "Budget used and best learning rate:", "",
-              "| experiment | cell | optimizer | best lr | updates | gradient-equivalents | "
-              "seconds | status |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "Per cell: the best learning rate (by the mean over seeds; \\* = on the edge of "
+              "the grid searched), the grid, the μ reached, the spread over seeds and the "
+              "budget used (the first seed's run):", "",
+              "| experiment | cell | optimizer | best lr | grid | μ reached | seeds | min | max "
+              "| updates | gradient-equivalents | seconds | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (exp, c), b in best.items():
-        lines.append(f"| {exp} | {c} | {b.job.optimizer} | {_fmt(b.job.lr)} | {b.updates} | "
-                     f"{_fmt(b.grad_equiv)} | {_fmt(b.seconds)} | {b.status} |")
+        r = b.runs[0]
+        lr = "-" if b.lr is None else f"{_fmt(b.lr)}{' *' if b.on_edge else ''}"
+        grid = ", ".join(_fmt(x) for x in b.grid) or "-"
+        lines.append(f"| {exp} | {c} | {r.job.optimizer} | {lr} | {grid} | "
+                     f"{_fmt(b.mu_reached)} | {len(b.runs)} | {_fmt(b.low)} | {_fmt(b.high)} | "
+                     f"{r.updates} | {_fmt(r.grad_equiv)} | {_fmt(r.seconds)} | {r.status} |")
+    edges = [f"{e} {c} ({_fmt(b.lr)})" for (e, c), b in best.items() if b.on_edge]
+    if edges:
+        lines += ["", "The best learning rate lies on the edge of the grid searched for: "
+                  + "; ".join(edges) + " (a better one may lie outside it)."]
+    lines += _run_notes(outcomes, missing)
+    figures = _figures(table, out, exps, cols, best)
+    lines += [""] + [f"![{e}]({p.name})" for e, p in figures.items()]
+    md = out / "summary.md"
+    md.write_text("\n".join(lines) + "\n")
+    _write_h5(out / "summary.h5", table, fraction, exps, cols, best, outcomes, mu_stages)
+    return md
+
+
+def _run_notes(outcomes: list[Outcome], missing: Sequence[Job]) -> list[str]:
+    lines: list[str] = []
     unfinished = [o for o in outcomes
                   if o.status != "failed" and not o.status.startswith("finished")]
     if unfinished:
@@ -415,40 +556,59 @@ def summarize(table: str, fraction: float, out: Path, outcomes: list[Outcome],
     if failed:
         lines += ["", "Runs that failed: " + "; ".join(f"{o.job.experiment} {o.job.name}: "
                                                        f"{o.error}" for o in failed)]
-    figures = _figures(table, out, exps, cols, best)
-    lines += [""] + [f"![{e}]({p.name})" for e, p in figures.items()]
-    md = out / "summary.md"
-    md.write_text("\n".join(lines) + "\n")
-    _write_h5(out / "summary.h5", table, fraction, exps, cols, best)
-    return md
+    return lines
 
 
 def _write_h5(path: Path, table: str, fraction: float, exps: list[str], cols: list[str],
-              best: dict[tuple[str, str], Outcome]) -> None:
+              best: dict[tuple[str, str], Cell], outcomes: list[Outcome], mu_stages: str
+              ) -> None:
+    """The table as (experiment × cell) arrays, and ``/runs``: one row per run."""
     import h5py
+
+    def grid(get: Any) -> np.ndarray:
+        return np.array([[get(best[e, c]) if (e, c) in best else math.nan for c in cols]
+                         for e in exps], dtype=float)
 
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        f.attrs.update({"table": table, "fraction": fraction,
-                        "experiments": json.dumps(exps), "cells": json.dumps(cols)})
-        for name, get in (("train_error", lambda b: b.train_error),
-                          ("test_error", lambda b: b.test_error),
-                          ("best_lr", lambda b: b.job.lr if b.job.lr else math.nan),
-                          ("updates", lambda b: float(b.updates)),
-                          ("grad_equiv", lambda b: b.grad_equiv),
-                          ("seconds", lambda b: b.seconds)):
-            f[name] = np.array([[get(best[e, c]) if (e, c) in best else math.nan for c in cols]
-                                for e in exps])
+        f.attrs.update({"table": table, "fraction": fraction, "mu_stages": mu_stages,
+                        "metric": "train_error" if table == "table1" else "test_error",
+                        "experiments": json.dumps(exps), "cells": json.dumps(cols),
+                        "seeds": json.dumps(sorted({o.job.seed for o in outcomes}))})
+        f["mean"] = grid(lambda b: b.mean)
+        f["std"] = grid(lambda b: b.std)
+        f["min"] = grid(lambda b: b.low)
+        f["max"] = grid(lambda b: b.high)
+        f["n_seeds"] = grid(lambda b: float(len(b.runs)))
+        f["train_error"] = grid(lambda b: float(np.mean([o.train_error for o in b.runs])))
+        f["test_error"] = grid(lambda b: float(np.mean([o.test_error for o in b.runs])))
+        f["best_lr"] = grid(lambda b: b.lr if b.lr else math.nan)
+        f["best_lr_on_edge"] = grid(lambda b: float(b.on_edge))
+        f["mu_reached"] = grid(lambda b: b.mu_reached)
+        f["updates"] = grid(lambda b: float(b.runs[0].updates))
+        f["grad_equiv"] = grid(lambda b: b.runs[0].grad_equiv)
+        f["seconds"] = grid(lambda b: b.runs[0].seconds)
         f["paper"] = np.array([[v if (v := _paper(table, e, c)) is not None else math.nan
                                 for c in cols] for e in exps])
-        f.create_dataset("runs", data=np.array(
-            [[str(best[e, c].path) if (e, c) in best else "" for c in cols] for e in exps],
-            dtype=h5py.string_dtype()))
+        runs = f.create_group("runs")
+        strings = {"experiment": lambda o: o.job.experiment, "cell": lambda o: o.job.cell,
+                   "optimizer": lambda o: o.job.optimizer, "name": lambda o: o.job.name,
+                   "status": lambda o: o.status, "path": lambda o: str(o.path or "")}
+        for name, get in strings.items():
+            runs.create_dataset(name, data=np.array([get(o) for o in outcomes], dtype=object),
+                                dtype=h5py.string_dtype())
+        numbers = {"lr": lambda o: o.job.lr if o.job.lr else math.nan,
+                   "seed": lambda o: float(o.job.seed), "train_error": lambda o: o.train_error,
+                   "test_error": lambda o: o.test_error, "mu_reached": lambda o: o.mu_reached,
+                   "updates": lambda o: float(o.updates), "grad_equiv": lambda o: o.grad_equiv,
+                   "seconds": lambda o: o.seconds}
+        for name, get in numbers.items():
+            runs[name] = np.array([get(o) for o in outcomes], dtype=float)
     os.replace(tmp, path)
 
 
 def _figures(table: str, out: Path, exps: list[str], cols: list[str],
-             best: dict[tuple[str, str], Outcome]) -> dict[str, Path]:
+             best: dict[tuple[str, str], Cell]) -> dict[str, Path]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -461,16 +621,18 @@ def _figures(table: str, out: Path, exps: list[str], cols: list[str],
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, 2)
         drawn = False
-        for c in cols:
+        for k, c in enumerate(cols):
             b = best.get((exp, c))
-            if b is None or b.path is None:
+            if b is None:
                 continue
-            ev = read_results(b.path).eval
-            y = ev["test_error" if table == "table5" else "train_error"]
-            label = f"{c} ({b.job.optimizer}{'' if b.job.lr is None else f', lr {b.job.lr:g}'})"
-            for ax, x in zip(axes, ("grad_equiv", "seconds")):
-                ax.plot(ev[x], y, label=label)
-            drawn = True
+            label = f"{c} ({b.runs[0].job.optimizer}{'' if b.lr is None else f', lr {b.lr:g}'})"
+            for i, r in enumerate(o for o in b.runs if o.path is not None):
+                ev = read_results(r.path).eval
+                y = ev["test_error" if table == "table5" else "train_error"]
+                for ax, x in zip(axes, ("grad_equiv", "seconds")):
+                    ax.plot(ev[x], y, color=f"C{k % 10}", lw=1.2 if i == 0 else 0.6,
+                            label=label if i == 0 else None)
+                drawn = True
         if not drawn:
             continue
         for ax, x in zip(axes, ("gradient-equivalents", "seconds")):
@@ -483,4 +645,3 @@ def _figures(table: str, out: Path, exps: list[str], cols: list[str],
         fig.tight_layout()
         written[exp] = save_figure(fig, out / f"{exp}.png")
     return written
-

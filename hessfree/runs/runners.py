@@ -27,7 +27,7 @@ from hessfree._checks import all_finite
 from hessfree.curvature import Problem
 from hessfree.hf import HessianFree
 from hessfree.quadratic import Quadratic
-from hessfree.runs.batching import CHECK, CURVATURE, GRADIENT, BatchDrawer
+from hessfree.runs.batching import BACKTRACK, CHECK, CURVATURE, GRADIENT, SEARCH, BatchDrawer
 from hessfree.runs.experiment import Dataset
 from hessfree.runs.rows import hf_row, momentum_row
 from hessfree.runs.settings import GRAD_CHUNK, HFSettings, MomentumHFSettings, MomentumSettings
@@ -106,18 +106,25 @@ class HFRunner:
         """The optimizer's reason to stop (e.g. λ at its maximum with no progress), or None."""
         return self.opt.stop_reason
 
-    def batches(self) -> tuple[Any, Any, Any]:
-        """The gradient, curvature and check batches of the next update (None: not used)."""
-        phase = self.opt.phase
-        return (self.drawer.draw(phase.gradient, self.t, GRADIENT),
-                self.drawer.draw(phase.curvature, self.t, CURVATURE),
-                None if phase.check is None else self.drawer.draw(phase.check, self.t, CHECK))
+    def batches(self) -> tuple[Any, Any, dict[str, Any]]:
+        """The gradient and curvature batches of the next update and its held-out ones.
+
+        The held-out ones (``check_batch``, ``backtrack_batch``, ``search_batch`` of
+        ``HessianFree.step``) are those the current phase names; the gradient batch is drawn
+        first (a ``"piece"`` is cut from it).
+        """
+        phase, t = self.opt.phase, self.t
+        grad = self.drawer.draw(phase.gradient, t, GRADIENT)
+        curv = self.drawer.draw(phase.curvature, t, CURVATURE)
+        held = {f"{role}_batch": self.drawer.draw(getattr(phase, role), t, code)
+                for role, code in (("check", CHECK), ("backtrack", BACKTRACK),
+                                   ("search", SEARCH)) if getattr(phase, role) is not None}
+        return grad, curv, held
 
     def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
         """One HF update; its row."""
-        grad_batch, curv_batch, check_batch = self.batches()
-        stats = self.opt.step(grad_batch, curv_batch, on_quadratic=on_quadratic,
-                              check_batch=check_batch)
+        grad_batch, curv_batch, held = self.batches()
+        stats = self.opt.step(grad_batch, curv_batch, on_quadratic=on_quadratic, **held)
         return hf_row(stats, self.n_train)
 
     def evaluation_context(self) -> ContextManager[None]:

@@ -247,8 +247,14 @@ class HFSettings(Settings):
 
     The gradient and the line search use the whole training set, the curvature one of
     ``numchunks`` fixed chunks, cycled. For generated data (the RNN tasks) each step draws
-    ``grad_cases`` fresh sequences for the gradient and ``curv_cases`` for the curvature
-    (Sutskever's HF-RNN code).
+    ``grad_cases`` fresh sequences for the gradient and ``curv_cases`` for the curvature; with
+    ``pieces`` the curvature batch and the held-out batches are instead cut from the gradient
+    batch, as Sutskever's HF-RNN code takes its training batches 0 (curvature), 1
+    (backtracking) and 2 (line search) of the 10 its gradient sums over ([HF-RNN]). A config
+    that backtracks or searches on a held-out batch (``backtrack_batch`` / ``ls_batch =
+    "heldout"``) gets one: piece 1 / 2 with ``pieces``, else a draw of ``curv_cases`` fresh
+    sequences, or for stored data a minibatch of ``n_train / numchunks`` cases outside the
+    gradient's.
 
     Attributes:
         config: every :class:`~hessfree.HFConfig` field (flattened on the command line).
@@ -256,6 +262,8 @@ class HFSettings(Settings):
         numchunks: curvature chunks per pass over the data (CURVES 4, MNIST 8, FACES 20).
         grad_chunk: cases per memory chunk of whole-set passes (values do not depend on it).
         grad_cases / curv_cases: generated data: fresh cases per step (None: ``n_train``).
+        pieces: generated data: 0, or the number of equal pieces the gradient batch is cut
+            into (curvature piece 0, held-out pieces 1 and 2; [HF-RNN]: 10).
     """
 
     config: HFConfig = field(default_factory=HFConfig)
@@ -264,6 +272,7 @@ class HFSettings(Settings):
     grad_chunk: int = GRAD_CHUNK
     grad_cases: int | None = None
     curv_cases: int | None = None
+    pieces: int = 0
 
     def __post_init__(self) -> None:
         """Validate."""
@@ -273,18 +282,35 @@ class HFSettings(Settings):
         for name in ("grad_cases", "curv_cases"):
             if getattr(self, name) is not None:
                 _checks.integer(getattr(self, name), name, minimum=1)
+        _checks.integer(self.pieces, "pieces", minimum=0)
+        if 0 < self.pieces < 3:
+            raise InputError(f"pieces: expected 0 or at least 3 (curvature, backtracking and "
+                             f"search pieces), got {self.pieces}")
 
     def phases(self, n_train: int, fresh: bool) -> PhaseSchedule:
         """One phase: the whole set for the gradient, one chunk of ``numchunks`` for curvature."""
-        if fresh:
+        cfg = self.config
+        held = {}
+        if fresh and self.pieces:
             grad = BatchSpec("minibatch", size=self.grad_cases or n_train)
-            curv = BatchSpec("minibatch", size=self.curv_cases or n_train)
+            curv, bt, search = (BatchSpec("piece", parts=self.pieces, index=i) for i in range(3))
         else:
-            if self.numchunks > n_train:
-                raise InputError(f"numchunks: expected at most n_train = {n_train} chunks, "
-                                 f"got {self.numchunks}")
-            grad, curv = BatchSpec("all"), BatchSpec("chunk", parts=self.numchunks)
-        return PhaseSchedule.single(grad, curv, self.config)
+            if fresh:
+                grad = BatchSpec("minibatch", size=self.grad_cases or n_train)
+                curv = BatchSpec("minibatch", size=self.curv_cases or n_train)
+            else:
+                if self.numchunks > n_train:
+                    raise InputError(f"numchunks: expected at most n_train = {n_train} chunks, "
+                                     f"got {self.numchunks}")
+                grad, curv = BatchSpec("all"), BatchSpec("chunk", parts=self.numchunks)
+            bt = search = BatchSpec("minibatch", size=curv.size if fresh
+                                    else max(1, n_train // self.numchunks))
+        if cfg.backtracking and cfg.backtrack_batch == "heldout":
+            held["backtrack"] = bt
+        if cfg.line_search and cfg.ls_batch == "heldout":
+            held["search"] = search
+        return PhaseSchedule((Phase("main", gradient=grad, curvature=curv, config=cfg,
+                                    **held),))
 
 
 def _scaled(value: int, fraction: float, minimum: int = 0) -> int:
@@ -298,7 +324,8 @@ class MomentumHFSettings(Settings):
 
     1. *minibatch*: gradient and curvature on the same minibatch of 1/``batch_divisor`` of the
        data (A.6: 1/16 CURVES, 1/20 MNIST), the config of :meth:`HFConfig.momentum_like` (50 CG
-       steps, no line search, ε = 1, ζ = 0.95), for ``minibatch_cg_steps`` CG iterations (A.6:
+       steps, ε = 1, ζ = 0.95, and Armijo backtracking from ε where A.6 has no line search:
+       hessfree's choice, README "Fidelity table"), for ``minibatch_cg_steps`` CG iterations (A.6:
        250k for both: CURVES "250k CG steps", MNIST 25k + 225k). ζ is raised "gradually" to
        ``decay_final`` (0.999 CURVES, 0.995 MNIST) from update ``decay_switch`` (CURVES 4000,
        MNIST 500) over ``decay_ramp`` updates (A.6 gives no length: 500, our choice, on the
@@ -319,8 +346,9 @@ class MomentumHFSettings(Settings):
     update, minibatch size, ζ and ε values, weight decay) are unchanged.
     ``minibatch_cg_steps = 0`` keeps the first phase forever (generated data, small tasks).
     ``check`` (default on: hessfree's fix of the minibatch phase, :meth:`HFConfig.momentum_like`)
-    measures ρ of the first phase on a second minibatch the step was not fitted to (see
-    ``HessianFree.step``'s ``check_batch``), so λ adapts to how well steps generalise.
+    measures ρ of the first phase on a second minibatch of the same size, drawn from the cases
+    outside the fitted one (disjoint from it; ``HessianFree.step``'s ``check_batch``), so λ
+    adapts to how well steps generalise.
 
     Attributes:
         config: the first phase's :class:`~hessfree.HFConfig` fields (flattened).
@@ -439,6 +467,8 @@ class MomentumSettings(Settings):
             ``final_steps`` updates), ``"rnn"`` (0.9 for ``warm_steps`` updates, then ``mu0``) or
             ``"constant"`` (``mu_max``). SGD ignores it (μ = 0).
         mu_max, final_mu, final_steps, mu0, warm_steps: the schedules' constants.
+        mu_stage: updates per stage of Eq. 5 (250, [S13 Eq. 5]; ``hessfree reproduce`` scales it
+            with the fraction of the budget unless told not to).
     """
 
     weight_decay: float = 0.0
@@ -450,6 +480,7 @@ class MomentumSettings(Settings):
     final_steps: int = 1000
     mu0: float = 0.995
     warm_steps: int = 1000
+    mu_stage: int = 250
 
     def __post_init__(self) -> None:
         """Validate."""
@@ -461,6 +492,7 @@ class MomentumSettings(Settings):
             _checks.probability(getattr(self, name), name)
         _checks.integer(self.final_steps, "final_steps", minimum=0)
         _checks.integer(self.warm_steps, "warm_steps", minimum=0)
+        _checks.integer(self.mu_stage, "mu_stage", minimum=1)
 
     def mu_schedule(self, total_steps: int | None) -> Any:
         """The μ schedule (``total_steps`` places Eq. 5's final low-momentum phase)."""
@@ -468,7 +500,7 @@ class MomentumSettings(Settings):
             return RNNSchedule(self.mu0, warm_steps=self.warm_steps)
         if self.schedule == "constant":
             return Constant(self.mu_max)
-        return SutskeverSchedule(self.mu_max, final_mu=self.final_mu,
+        return SutskeverSchedule(self.mu_max, warm=self.mu_stage, final_mu=self.final_mu,
                                  final_steps=self.final_steps, total_steps=total_steps)
 
 
