@@ -56,13 +56,13 @@ def counting(counter: Counter) -> Iterator[None]:
 
 
 def autoencoder(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)  # the initial weights
     sizes = [784, 400, 200, 100, 30, 100, 200, 400, 784]
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2 and b != 30:
             layers.append(nn.Sigmoid())
-    torch.manual_seed(seed)
     return nn.Sequential(*layers).double()
 
 

@@ -133,8 +133,8 @@ def _check_chunk(batch: Any, where: str) -> Chunk:
                 f"{where}: every input and target tensor needs the number of cases as its first "
                 f"dimension ({n}); got shapes {[tuple(x.shape) for x in in_t + tg_t]}"
             )
-        if t.is_floating_point() and not all_finite(t):
-            raise InputError(f"{where}: the batch contains non-finite values (NaN or Inf)")
+    if not all_finite(*in_t, *tg_t):  # one host sync for the chunk
+        raise InputError(f"{where}: the batch contains non-finite values (NaN or Inf)")
     if n == 0:
         raise InputError(f"{where}: the batch is empty")
     return Chunk(inputs, targets, int(n))

@@ -123,14 +123,17 @@ class FlatOperator:
         self.products += V.shape[1]
         return self._apply_block(V) if V.shape[1] else V.new_zeros(V.shape)
 
+    def _expected(self) -> tuple[int | None, torch.dtype | None, torch.device | None]:
+        """What :meth:`matvec` checks a vector against (None: what is not known)."""
+        return self._space()
+
     def matvec(self, v: Tensor) -> Tensor:
         """``A v`` for a flat 1-D tensor ``v`` (checked; one product)."""
-        return self.apply(flat_vector(v, "v", self.dim, self.dtype, self.device))
+        return self.apply(flat_vector(v, "v", *self._expected()))
 
     def matmat(self, V: Tensor) -> Tensor:
         """``A V`` for ``V`` of shape ``(dim, k)`` (``k`` products, batched where possible)."""
-        return self.apply_block(flat_vector(V, "V", self.dim, self.dtype, self.device,
-                                            columns=True))
+        return self.apply_block(flat_vector(V, "V", *self._expected(), columns=True))
 
     def mv(self, v: Vector) -> Vector:
         """The product with ``v``: a flat tensor, or a list/dict shaped like the parameters.
@@ -413,14 +416,8 @@ class FunctionOperator(FlatOperator):
     def __repr__(self) -> str:
         return f"FunctionOperator({self.fn!r})"
 
-    def matvec(self, v: Tensor) -> Tensor:
-        """``A v``, checked against what is known of the vectors (one product)."""
-        return self.apply(flat_vector(v, "v", self._n, self._dtype, self._device))
-
-    def matmat(self, V: Tensor) -> Tensor:
-        """``A V`` for ``k`` columns, checked against what is known (``k`` products)."""
-        return self.apply_block(flat_vector(V, "V", self._n, self._dtype, self._device,
-                                            columns=True))
+    def _expected(self) -> tuple[int | None, torch.dtype | None, torch.device | None]:
+        return self._n, self._dtype, self._device  # usable without a declared size
 
     def _apply(self, v: Tensor) -> Tensor:
         out = checked_result(self.fn(v), v, f"{self.name}: `{self.name} @ v`")

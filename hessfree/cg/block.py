@@ -170,6 +170,8 @@ def solve_batched(matmat: MatMat, B: Tensor, shifts: Sequence[float] | float | N
                   max_iters: int = 250) -> BlockResult:
     """Preconditioned CG on ``(A + σ_j I) x_j = b_j`` for every column ``j`` of ``B`` at once.
 
+    (Over 60 lines for its documentation; the loop is CG's, column by column.)
+
     Args:
         matmat: ``V -> A V`` for ``V`` of shape ``(n, c')`` (any number of columns).
         B: the right-hand sides, ``(n, c)``.

@@ -189,10 +189,19 @@ def _check_mask(outputs: Tensor, mask: Tensor | None) -> None:
         raise InputError("targets mask: expected weights >= 0, got negative values")
 
 
+def _range(values: Tensor) -> tuple[float, float]:
+    """``(min, max)`` of ``values``, read with one host sync."""
+    lo, hi = torch.stack([values.min(), values.max()]).tolist()
+    return lo, hi
+
+
 def _check_unit_interval(values: Tensor, what: str) -> None:
-    if values.numel() and (float(values.min()) < 0 or float(values.max()) > 1):
+    if not values.numel():
+        return
+    lo, hi = _range(values)
+    if lo < 0 or hi > 1:
         raise InputError(f"targets: {what} expects values in [0, 1], got values in "
-                         f"[{float(values.min()):.4g}, {float(values.max()):.4g}]")
+                         f"[{lo:.4g}, {hi:.4g}]")
 
 
 def _check_distributions(values: Tensor, mask: Tensor | None) -> None:
@@ -298,7 +307,8 @@ class CrossEntropy(MatchingLoss):
                     f"(outputs.shape[:-1]), got {tuple(values.shape)}"
                 )
             n = outputs.shape[-1]
-            if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n):
+            lo, hi = _range(values) if values.numel() else (0, 0)
+            if lo < 0 or hi >= n:
                 raise InputError(f"targets: class indices must lie in [0, {n}), got values outside")
         elif values.shape != outputs.shape:
             raise InputError(

@@ -170,6 +170,8 @@ def solve(op: Any, B: Any, damping: float | Sequence[float] = 0.0, *, x0: Any = 
           refine: int = 2) -> SolveResult:
     """Solve ``(A + λI) x = b`` for every column ``b`` of ``B`` and every damping ``λ``.
 
+    (Over 60 lines for the documentation of its many options; the work is in ``_Run``.)
+
     Args:
         op: the symmetric operator ``A``: a curvature operator (``GGN``, ``Hessian``,
             ``EmpiricalFisher``, a damped one, a ``Quadratic``) or a square tensor.
