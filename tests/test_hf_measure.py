@@ -241,3 +241,31 @@ def test_a_state_saved_by_an_earlier_hessfree_loads():
                                          "cg_max_iters"):
         hessfree.HessianFree(problem, config=HFConfig.from_dict(state["config"]).replace(
             cg_max_iters=7), phases=phases).load_state_dict(state)
+
+
+def test_a_held_out_backtracking_value_is_never_read_as_another_batchs():
+    """Armijo on the gradient batch judges rate 1 by the gradient batch's value there (here
+    measured for ρ, the gradient batch being the curvature batch), never by the held-out
+    batch's value from the backtracking."""
+    model, problem, x, y = _problem(3)
+    cfg = HFConfig(backtrack_batch="heldout", cg_max_iters=5, preconditioner=False)
+    opt = hessfree.HessianFree(problem, config=cfg)
+    s = opt.step((x[:20], y[:20]), backtrack_batch=(x[20:], y[20:]))
+    assert s.accepted and s.step_size == 1.0
+    moved = {n: p.detach() for n, p in model.named_parameters()}
+    assert s.loss_after == pytest.approx(problem.value(moved, (x[:20], y[:20])), rel=1e-12)
+
+
+def test_a_fixed_rate_judged_on_a_held_out_batch_compares_that_batch_before_and_after():
+    """θ minimises the held-out batch's objective, so any step raises it: rejected there,
+    whatever the curvature batch says."""
+    model, problem, x, y = _problem(4)
+    with torch.no_grad():
+        y_fit = model(x)
+    problem0 = hessfree.Problem(model, hessfree.losses.MSE())
+    cfg = HFConfig(backtrack_batch="heldout", line_search=False, cg_max_iters=5,
+                   preconditioner=False)
+    assert resolve(cfg, {GRADIENT, CURVATURE, BACKTRACK}, 1.0).reject == BACKTRACK
+    opt = hessfree.HessianFree(problem0, config=cfg)
+    s = opt.step((x[:20], y[:20]), (x[:10], y[:10]), backtrack_batch=(x[20:], y_fit[20:]))
+    assert not s.accepted and s.reason == "loss increased"
