@@ -318,3 +318,67 @@ def test_hf_keeps_no_identity_bookkeeping():
     for path, text in _sources().items():
         if path.startswith("hf/"):
             assert not re.search(r"\bid\(", text), path
+
+
+def _names_in(module: object, name: str) -> bool:
+    """Whether ``name`` (or ``A.b``) is defined in ``module`` or by one of its classes."""
+    obj: object = module
+    try:
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return True
+    except AttributeError:
+        pass
+    return any(isinstance(v, type) and hasattr(v, name) for v in vars(module).values())
+
+
+@pytest.mark.parametrize("section", ["One HF step", "The measurement policy"])
+def test_the_hf_step_map_names_real_modules_and_functions(section):
+    """Every ``path.py`` of the HF step's tables exists, and each name written right after it
+    (``hf/optimizer.py`` ``_batches``) is defined there."""
+    import importlib
+    import re
+
+    text = _section(section)
+    pairs = re.findall(r"`((?:\w+/)*\w+\.py)`((?:\s+`[\w.]+`)*)", text)
+    assert len(pairs) >= (10 if section == "One HF step" else 1)
+    for path, names in pairs:
+        assert (PACKAGE / path).exists(), path
+        module = importlib.import_module("hessfree." + path[:-3].replace("/", "."))
+        for name in re.findall(r"`([\w.]+)`", names):
+            assert _names_in(module, name), f"{path} has no {name}"
+
+
+def test_the_measurement_table_is_the_resolvers():
+    """The measurements the doc lists are the fields of ``Measures``."""
+    import dataclasses
+
+    from hessfree.hf.measure import Measures
+
+    fields = {f.name for f in dataclasses.fields(Measures)}
+    assert {"curvature", "precondition", "fused", "backtrack", "rho", "rho_backtracked",
+            "search", "search_rule", "reject", "rate"} == fields
+    text = _section("The measurement policy")
+    for switch in ("precond_batch", "backtrack_batch", "rho_after_backtracking", "ls_batch",
+                   "reject_on_check", "reject_worse"):
+        assert f"`{switch}`" in text
+
+
+def test_the_layer_diagram_is_the_layer_table():
+    """Each component sits in the diagram of docs/architecture.md on the layer the test uses."""
+    import re
+
+    text = _section("Layers: imports point downward")
+    diagram = text[text.index("```") + 3:text.rindex("```")]
+    where: dict[str, int] = {}
+    layer = None
+    for line in diagram.splitlines():
+        head = re.match(r"layer (\d+)\s+", line)
+        if head:
+            layer = int(head.group(1))
+            line = " " * head.end() + line[head.end():]
+        for name in re.findall(r"(?:^|\s{2,})([A-Za-z_]\w*)", line):
+            key = "<facade>" if name == "hessfree" else name
+            if key in LAYERS:
+                where.setdefault(key, layer)
+    assert where == LAYERS
