@@ -172,8 +172,8 @@ class TokenMSE(hessfree.losses.MSE):
     A per-token loss in the accumulator's contract: it counts its tokens that count.
     """
 
-    def count(self, chunk):
-        _, mask = chunk.targets
+    def count(self, targets):
+        _, mask = targets
         return int(mask.sum())
 
     def scale_for(self, n):

@@ -26,7 +26,7 @@ PACKAGE = Path(hessfree.__file__).resolve().parent
 LAYERS = {
     "_version": 0, "errors": 0,
     "_checks": 1, "vectors": 1,
-    "schedules": 2, "batches": 2, "linops": 2, "_files": 2,
+    "schedules": 2, "batches": 2, "linops": 2, "_files": 2, "_h5": 2,
     "distributed": 3, "cg": 3,
     "curvature": 4, "models": 4, "data": 4,
     "quadratic": 5, "momentum": 5,
@@ -128,10 +128,14 @@ def test_no_import_cycle():
 
 
 def test_the_core_never_imports_the_integrations():
-    """Integrations are adapters on top of the core: nothing else imports them."""
+    """Integrations are adapters on top of the core: nothing else imports them, but the facade
+    (``import hessfree`` imports ``hessfree.integrations``, whose Hugging Face adapter imports
+    nothing of its tool and registers itself with ``curvature.adapters``)."""
     bad = [f"{a} -> {b}" for a, targets in _graph().items() for b in targets
-           if _component(b) == "integrations" and _component(a) != "integrations"]
+           if _component(b) == "integrations"
+           and _component(a) not in ("integrations", "<facade>")]
     assert not bad, bad
+    assert "hessfree.integrations.laplace" not in _graph()["hessfree.integrations"]
 
 
 def test_no_import_below_code():
@@ -242,29 +246,31 @@ def test_citations_resolve_inside_the_repository(path):
     assert not unknown, f"{path} cites {unknown}, not keys of docs/references.md"
 
 
-def _doc() -> str:
-    return (PACKAGE.parent / "docs" / "architecture.md").read_text()
+DOC = PACKAGE.parent / "docs" / "architecture.md"
 
 
-def _section(title: str) -> str:
-    text = _doc()
+def _doc_section(title: str) -> str:
+    text = DOC.read_text()
     start = text.index(f"## {title}")
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]
 
 
 def _resolve(dotted: str) -> object:
-    """``hessfree.<dotted>``: a module, or an attribute of the longest module prefix."""
+    """``hessfree.<dotted>``: a module, or an attribute of the longest module prefix (the
+    package itself for a name it exports, e.g. ``HessianFree.step``)."""
     import importlib
 
     parts = dotted.split(".")
-    for i in range(len(parts), 0, -1):
+    for i in range(len(parts), -1, -1):
         try:
-            obj = importlib.import_module("hessfree." + ".".join(parts[:i]))
+            obj = importlib.import_module(".".join(["hessfree", *parts[:i]]))
         except ModuleNotFoundError:
             continue
         for attr in parts[i:]:
-            obj = getattr(obj, attr)
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                raise AssertionError(f"{dotted} names nothing in hessfree")
         return obj
     raise AssertionError(f"{dotted} names nothing in hessfree")
 
@@ -273,7 +279,7 @@ def test_the_one_place_of_each_concept_exists():
     """Every module or name in the right column of "One place for each concept" resolves."""
     import re
 
-    rows = [line for line in _section("One place for each concept").splitlines()
+    rows = [line for line in _doc_section("One place for each concept").splitlines()
             if line.startswith("| ") and not line.startswith("| concept")]
     assert len(rows) >= 10
     for row in rows:
@@ -310,7 +316,6 @@ def test_products_are_counted_in_one_place():
     assert "Counted(op" in record and "def product(self, cases" in record
 
 
-
 def test_hf_keeps_no_identity_bookkeeping():
     """The HF driver passes values, not object identities (``id(...)`` / ``is`` on tensors)."""
     import re
@@ -339,7 +344,7 @@ def test_the_hf_step_map_names_real_modules_and_functions(section):
     import importlib
     import re
 
-    text = _section(section)
+    text = _doc_section(section)
     pairs = re.findall(r"`((?:\w+/)*\w+\.py)`((?:\s+`[\w.]+`)*)", text)
     assert len(pairs) >= (10 if section == "One HF step" else 1)
     for path, names in pairs:
@@ -358,7 +363,7 @@ def test_the_measurement_table_is_the_resolvers():
     fields = {f.name for f in dataclasses.fields(Measures)}
     assert {"curvature", "precondition", "fused", "backtrack", "rho", "rho_backtracked",
             "search", "search_rule", "reject", "rate"} == fields
-    text = _section("The measurement policy")
+    text = _doc_section("The measurement policy")
     for switch in ("precond_batch", "backtrack_batch", "rho_after_backtracking", "ls_batch",
                    "reject_on_check", "reject_worse"):
         assert f"`{switch}`" in text
@@ -368,7 +373,7 @@ def test_the_layer_diagram_is_the_layer_table():
     """Each component sits in the diagram of docs/architecture.md on the layer the test uses."""
     import re
 
-    text = _section("Layers: imports point downward")
+    text = _doc_section("Layers: imports point downward")
     diagram = text[text.index("```") + 3:text.rindex("```")]
     where: dict[str, int] = {}
     layer = None
@@ -382,3 +387,38 @@ def test_the_layer_diagram_is_the_layer_table():
             if key in LAYERS:
                 where.setdefault(key, layer)
     assert where == LAYERS
+
+
+def test_the_map_names_existing_modules_only():
+    """Every ``path.py`` the architecture document names is a module of the package."""
+    import re
+
+    named = set(re.findall(r"`([a-z_]+(?:/[a-z_]+)*\.py)`", DOC.read_text()))
+    assert named
+    missing = sorted(p for p in named
+                     if not (PACKAGE / p).is_file() and not (PACKAGE.parent / p).is_file())
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+
+
+def test_every_runs_module_is_on_the_map():
+    """A new module of ``runs`` gets its line in docs/architecture.md."""
+    text = DOC.read_text()
+    modules = sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "runs").glob("*.py")
+                     if p.name != "__init__.py")
+    absent = [m for m in modules
+              if f"`{m}`" not in text and f"`runs.{Path(m).stem}" not in text]
+    assert not absent, f"runs modules missing from docs/architecture.md: {absent}"
+
+
+def test_the_runs_section_names_the_registry_and_session_api():
+    """The names the section promises exist (a rename must update the map)."""
+    from hessfree.runs import families, session, trainer
+
+    section = _doc_section("Runs: the family registry, the session, the run path")
+    for owner, names in ((families, ("Family", "register", "get", "names")),
+                         (session.RunSession, ("create", "reopen", "write_step", "write_eval",
+                                               "save_quadratic", "write_checkpoint",
+                                               "write_params", "finish")),
+                         (session, ("NullWriter",)), (trainer, ("train", "resume", "_loop"))):
+        for name in names:
+            assert f"{name}" in section and hasattr(owner, name), name

@@ -44,7 +44,7 @@ def test_value_gradient_and_count_equal_the_joined_batch(form, reduction):
              "loader": _loader(x, t, 4)}[form]
     ref = Reference(model, "ce", reduction, (x, t), weight_decay=0.02)
     e = problem.evaluate(problem.parameters(), batch, grad=True)
-    assert e.count == 10 and e.diag is None
+    assert e.count == e.cases == 10 and e.diag is None
     assert abs(e.value - float(ref.objective(ref.theta))) < 1e-13 * abs(e.value)
     assert rel_err(e.grad, ref.grad()) < 1e-13
     assert problem.value(problem.parameters(), batch) == e.value
@@ -79,7 +79,7 @@ def test_a_loss_that_counts_tokens_averages_over_them_across_chunks(form):
     # the curvature of the joined batch, whatever the chunks
     G, G1 = hessfree.GGN(problem, batch), hessfree.GGN(problem, joined)
     v = torch.randn(G.dim, generator=torch.Generator().manual_seed(1), dtype=F64)
-    assert G.n_cases == e.count and rel_err(G @ v, G1 @ v) < 1e-13
+    assert (G.count, G.n_cases, e.cases) == (e.count, 7, 7) and rel_err(G @ v, G1 @ v) < 1e-13
     J = torch.func.jacrev(lambda th: torch.func.functional_call(
         model, layout.split(th), (x,)).reshape(-1))(theta)
     w = (2 * mask[..., None].expand_as(y) / mask.sum()).reshape(-1)

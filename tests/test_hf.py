@@ -135,7 +135,7 @@ def test_nan_only_in_the_step_is_rejected():
 
     def poisoned(params, batch, grad=False, check=True):  # every trial point is NaN
         e = real(params, batch, grad=grad, check=check)
-        return e if grad else hessfree.curvature.Evaluation(math.nan, e.count)
+        return e if grad else hessfree.curvature.Evaluation(math.nan, e.count, e.cases)
 
     problem.evaluate = poisoned
     before = [p.detach().clone() for p in model.parameters()]

@@ -14,14 +14,16 @@ computed here, and only here, in one sequence:
 4. a deferred weight (``loss.scale_for(count)``, count over all chunks and ranks) is applied;
 5. the weight-decay term of each sum is added, once.
 
-The count comes from the loss: ``loss.count(chunk)`` (default: the chunk's cases). A loss that
-averages over something else — tokens that count in a sequence loss with a mask or an
-``ignore_index`` — returns that number per chunk, and the mean is then over it, across chunks
-and ranks, exactly as for the joined batch; ``loss.scale_for(count)`` turns the count into the
-weight. Every new sum over cases (a GGN diagonal, per-module statistics, a solve's right-hand
-side) is one more per-chunk function given to :meth:`Accumulator.sums` (or :meth:`~Accumulator.fold`
-for sums accumulated in place), with a :class:`Term` per result saying how weight decay enters
-it; it then inherits chunking, streaming, data parallelism and the ``1/N`` of the joined batch.
+The count comes from the loss: ``loss.count(targets)`` of each chunk (default: its cases). A
+loss that averages over something else — the tokens that count in a sequence loss with a mask
+or an ``ignore_index`` (:class:`~hessfree.curvature.sequence_loss.TokenCrossEntropy`) — returns
+that number per chunk, and the mean is then over it, across chunks and ranks, exactly as for the
+joined batch; ``loss.scale_for(count)`` turns the count into the weight. The cases are counted
+beside it (``Sums.cases``: the unit of the optimizers' gradient-equivalents). Every new sum over
+cases (a GGN diagonal, per-module statistics, a solve's right-hand side) is one more per-chunk
+function given to :meth:`Accumulator.sums` (or :meth:`~Accumulator.fold` for sums accumulated
+in place), with a :class:`Term` per result saying how weight decay enters it; it then inherits
+chunking, streaming, data parallelism and the ``1/N`` of the joined batch.
 
 Values (``VALUE`` terms) are summed as float64 tensors on the device and read once at the end:
 one host sync per pass, however many chunks.
@@ -78,17 +80,19 @@ class Sums:
     Attributes:
         parts: the reduced, weighted sums, one per :class:`Term` in the order given (a ``VALUE``
             as a Python float, every other as a tensor), weight decay included.
-        count: what the loss counts (:meth:`loss.count`: cases by default) over every chunk and
-            every rank.
+        count: what the loss counts (``loss.count``: cases by default; the tokens that count
+            for a token loss) over every chunk and every rank.
         weight: ``loss.scale_for(count)``, the weight of each counted term.
         deferred: whether the chunks were summed with scale 1 and weighted after the pass (a
             process group or a streamed batch); else the per-chunk function was given the weight.
+        cases: the cases over every chunk and every rank.
     """
 
     parts: tuple[Part, ...]
     count: int
     weight: float
     deferred: bool
+    cases: int
 
     @property
     def scale(self) -> float:
@@ -105,7 +109,7 @@ class Accumulator:
     """Sums over the cases of checked chunks (module docstring): one pass, one all-reduce.
 
     Args:
-        loss: the loss (its ``count(chunk)`` and ``scale_for(count)``).
+        loss: the loss (its ``count(targets)`` and ``scale_for(count)``).
         reducer: the process group's :class:`~hessfree.distributed.Reducer`, or None.
         weight_decay: the L2 coefficient ``wd``.
     """
@@ -156,21 +160,23 @@ class Accumulator:
         for sums that are cheaper added into a buffer than summed (e.g. ``addmm_`` of squares).
         """
         deferred = self.deferred(chunks) if deferred is None else deferred
-        count = 0 if deferred else sum(self.loss.count(c) for c in chunks)
+        count = 0 if deferred else sum(self.loss.count(c.targets) for c in chunks)
         scale = 1.0 if deferred else self.loss.scale_for(count)
         totals: list[Part] | None = None
         values = [t is VALUE for t in terms]
-        local = 0
+        cases, counted = 0, 0
         for chunk in chunks:
             parts = step(chunk, scale, totals)
             totals = [_as_value(p) if v and totals is None else p for p, v in zip(parts, values)]
-            local += self.loss.count(chunk)
+            cases += chunk.n
+            counted += self.loss.count(chunk.targets) if deferred else 0
         assert totals is not None  # a Chunks holds at least one chunk
-        return self._finish(totals, terms, local if deferred else count, scale, deferred, theta)
+        return self._finish(totals, terms, cases, counted if deferred else count, scale,
+                            deferred, theta)
 
     def count(self, chunks: Chunks, per_chunk: Callable[[Chunk], int] | None = None) -> int:
-        """``Σ per_chunk(chunk)`` (default ``loss.count``) over the chunks and ranks."""
-        n = sum((per_chunk or self.loss.count)(c) for c in chunks)
+        """``Σ per_chunk(chunk)`` (default: the loss's count) over the chunks and ranks."""
+        n = sum(per_chunk(c) if per_chunk else self.loss.count(c.targets) for c in chunks)
         if self.reducer is None:
             return n
         return int(round(float(self.reducer.sum_(torch.tensor([float(n)],
@@ -196,10 +202,10 @@ class Accumulator:
         return out
 
     # -- the common tail -----------------------------------------------------------------------
-    def _finish(self, totals: list[Part], terms: Sequence[Term], count: int, scale: float,
-                deferred: bool, theta: Tensor | None) -> Sums:
+    def _finish(self, totals: list[Part], terms: Sequence[Term], cases: int, count: int,
+                scale: float, deferred: bool, theta: Tensor | None) -> Sums:
         if self.reducer is not None:
-            totals, count = self._all_reduce(totals, terms, count)
+            totals, cases, count = self._all_reduce(totals, terms, cases, count)
         weight = self.loss.scale_for(count)
         out: list[Part] = []
         for p, t in zip(totals, terms):
@@ -212,11 +218,11 @@ class Accumulator:
         if read:  # one host sync for every value of the pass
             for i, x in zip(read, torch.stack([out[i] for i in read]).tolist()):
                 out[i] = x
-        return Sums(tuple(out), count, weight, deferred)
+        return Sums(tuple(out), count, weight, deferred, cases)
 
-    def _all_reduce(self, totals: list[Part], terms: Sequence[Term], count: int,
-                    ) -> tuple[list[Part], int]:
-        """One all-reduce: the sums, then the values, then the count, in one flat buffer.
+    def _all_reduce(self, totals: list[Part], terms: Sequence[Term], cases: int, count: int,
+                    ) -> tuple[list[Part], int, int]:
+        """One all-reduce: the sums, the values, the cases and the count, in one flat buffer.
 
         The buffer has the dtype of the first sum that is not a value (float64 if there is
         none); values travel in it too.
@@ -225,11 +231,13 @@ class Accumulator:
             [i for i, t in enumerate(terms) if t is VALUE]
         dtype = totals[order[0]].dtype if terms[order[0]] is not VALUE else torch.float64
         like = totals[order[0]].new_zeros(0, dtype=dtype)
-        *summed, n = self.reducer.sum_parts(*[totals[i] for i in order], float(count), like=like)
+        *summed, n, k = self.reducer.sum_parts(*[totals[i] for i in order], float(cases),
+                                               float(count), like=like)
         out = list(totals)
         for i, p in zip(order, summed):
             out[i] = p.double() if terms[i] is VALUE else p
-        return out, int(round(float(n)))
+        n, k = torch.cat([n, k]).tolist()  # one host sync for both counts
+        return out, int(round(n)), int(round(k))
 
     def decay(self, p: Tensor, term: Term, theta: Tensor | None = None) -> Tensor:
         """``p`` with the weight-decay term of ``term`` added (in place where it can be).

@@ -52,6 +52,7 @@ from hessfree.curvature.accumulate import DIAGONAL, PLAIN
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.jacobians import LinearTape, output_hessian_eig, weighted_sq
 from hessfree.curvature.losses import MSE, BCEWithLogits, CrossEntropy, split_mask
+from hessfree.curvature.sequence_loss import TokenCrossEntropy
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = ["DEFAULT_SAMPLES", "METHODS", "DiagonalEstimate", "diag"]
@@ -247,6 +248,12 @@ def sampled_output_grads(loss: Any, out: Tensor, targets: Any,
         p = torch.sigmoid(out)
         t = torch.bernoulli(p.to(where), generator=generator).to(out.device)
         return (p - t) * w.sqrt()
+    if type(loss) is TokenCrossEntropy:  # y ~ softmax at the tokens that count
+        p = torch.softmax(out, -1)
+        flat = p.reshape(-1, p.shape[-1]).to(where)
+        y = torch.multinomial(flat, 1, generator=generator).to(out.device)
+        counts = loss.token_weights(targets).unsqueeze(-1).to(out.dtype)
+        return (p - F.one_hot(y.reshape(p.shape[:-1]), p.shape[-1]).to(out.dtype)) * counts
     if type(loss) is CrossEntropy:
         p = torch.softmax(out, -1)
         flat = p.reshape(-1, p.shape[-1]).to(where)
@@ -256,7 +263,7 @@ def sampled_output_grads(loss: Any, out: Tensor, targets: Any,
         return (p - onehot) * (w * s).sqrt()
     raise InputError("method: 'mc' and 'gnb' draw labels from the model's predictive "
                      "distribution, which needs a matching loss (MSE, BCEWithLogits, "
-                     "CrossEntropy); use 'exact' or 'hutchinson'")
+                     "CrossEntropy, TokenCrossEntropy); use 'exact' or 'hutchinson'")
 
 
 def _sampled(op: Any, method: str, samples: int, generator: torch.Generator | None,

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hessfree.batches import Chunk, unsqueeze
+from hessfree.batches import count, unsqueeze
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = [
@@ -85,18 +85,19 @@ class _Reduced:
             raise InputError(f"{what}: expected 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
 
-    def count(self, chunk: Chunk) -> int:
-        """What ``mean`` divides by, in one chunk: its cases.
-
-        The sums over cases (:mod:`hessfree.curvature.accumulate`) add these over the chunks and
-        ranks and weigh every term by :meth:`scale_for` of the total. A loss that averages over
-        something else (the tokens that count in a masked sequence loss) overrides both.
-        """
-        return chunk.n
-
     def scale_for(self, n_cases: int) -> float:
         """Factor applied to the summed per-case losses of ``n_cases`` cases."""
         return 1.0 / n_cases if self.reduction == "mean" else 1.0
+
+    def count(self, targets: Any) -> int:
+        """How many terms the ``mean`` divides by in a batch with these targets: its cases.
+
+        The sums over cases (:mod:`hessfree.curvature.accumulate`) add these counts over the
+        chunks and ranks, and :meth:`scale_for` of the total weighs the batch (a loss that
+        averages over something else, such as the tokens that count in
+        :class:`~hessfree.curvature.sequence_loss.TokenCrossEntropy`, overrides it).
+        """
+        return count(targets)
 
 
 class MatchingLoss(_Reduced):

@@ -20,6 +20,7 @@ from torch import Tensor
 from hessfree import _checks
 from hessfree.batches import Chunk, Chunks
 from hessfree.curvature.accumulate import GRADIENT, VALUE, Sums
+from hessfree.curvature.attention import translating_kernel_errors
 from hessfree.curvature.blocks import ParamFilter, block_problem
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.problem import Problem
@@ -133,6 +134,7 @@ class CurvatureOperator(FlatOperator):
         """Whether the batch is an iterable read again on every pass (nothing held)."""
         return self.batch.streamed
 
+    @translating_kernel_errors
     def _setup(self) -> None:
         """One pass: every chunk's product (cached), the objective and gradient on the batch."""
         local = 0
@@ -150,8 +152,10 @@ class CurvatureOperator(FlatOperator):
                                              copy=True)
         self._local_cases = local
         self.setup: Sums = sums
-        #: cases over every chunk and rank (what the loss counts)
-        self.n_cases = sums.count
+        #: cases over every chunk and rank
+        self.n_cases = sums.cases
+        #: what the loss's mean divides by (cases; the tokens that count for a token loss)
+        self.count = sums.count
         #: the factor each chunk's product was built with (the weight, or 1 when deferred)
         self.scale = sums.scale
         self.value: float = sums.parts[0]
@@ -179,6 +183,7 @@ class CurvatureOperator(FlatOperator):
                 f"chunks={chunks}, backend={self.backend!r})")
 
     # -- products ------------------------------------------------------------------------------
+    @translating_kernel_errors
     def _curvature(self, v: Tensor, structural: float = 0.0) -> Tensor:
         """The curvature (plus ``structural`` times the structural-damping term) times flat v."""
         parts = list(self.layout.split(v).values())
@@ -189,6 +194,7 @@ class CurvatureOperator(FlatOperator):
     def _apply(self, v: Tensor) -> Tensor:
         return self._curvature(v)
 
+    @translating_kernel_errors
     def _curvature_block(self, V: Tensor, structural: float = 0.0) -> Tensor:
         """:meth:`_curvature` of each column of ``V`` (``(dim, k)``), batched over the columns.
 

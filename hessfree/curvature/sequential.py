@@ -277,7 +277,7 @@ def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], batch: A
         s = problem.accumulator.fold(chunks, step, (VALUE, GRADIENT, SQUARES), theta)
     except _NotMatrices:
         return None
-    return Evaluation(s.parts[0], s.count, s.parts[1], s.parts[2])
+    return Evaluation(s.parts[0], s.count, s.cases, s.parts[1], s.parts[2])
 
 
 class _NotMatrices(Exception):

@@ -4,9 +4,9 @@ The main job of the README's two-command set-up. On ``curves-small`` (generated 
 training images, a 784-200-100-50-25-6 autoencoder: built in, no data folder needed, and small
 enough that every method leaves the mean-image plateau within the budget on a 2-core CPU), it
 
-1. trains Martens' HF, the momentum-like HF ([S13 A.6], its first phase with a check minibatch)
-   and NAG ([S13 Eq. 3-5]) for the same number of gradient-equivalents, each writing its
-   results file (HF also saves the quadratics of some of its steps);
+1. trains Martens' HF, the momentum-like HF ([S13 A.6], its first phase with ρ measured on a
+   held-out minibatch) and NAG ([S13 Eq. 3-5]) for the same number of gradient-equivalents,
+   each writing its results file (HF also saves the quadratics of some of its steps);
 2. takes the saved quadratic on which HF's CG ran the most iterations (past the plateau: the
    regime of [S13 Fig. 5]) and runs CG, NAG, CM and GD on it at equal products;
 3. prints a table and writes one figure with two panels: training error against
@@ -17,25 +17,41 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hessfree import quadratic
-from hessfree._files import save_figure
-from hessfree.runs import experiments
-from hessfree.runs.h5file import open_results
+from hessfree._files import figure, label_axes, save_figure, write_text
+from hessfree.runs import experiments, families
+from hessfree.runs.h5 import open_results
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 
-__all__ = ["EXPERIMENT", "OPTIMIZERS", "run_demo"]
+__all__ = ["EXPERIMENT", "RUNS", "DemoRun", "run_demo"]
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "curves-small"
-OPTIMIZERS = ("hf", "hf-momentum", "nag")
-LABELS = {"hf": "HF (Martens 2010)", "hf-momentum": "momentum-like HF (A.6)",
-          "nag": "NAG (Eq. 3-5)"}
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One run of the demo: an optimizer family, its evaluation interval, its saved quadratics.
+
+    The first run that saves quadratics (every ``save_quadratics_every`` steps) gives the
+    quadratic of the CG-against-NAG comparison.
+    """
+
+    optimizer: str
+    eval_every: int
+    save_quadratics_every: int | None = None
+
+
+#: the demo's runs, in table order (about 50 evaluations each within the default budget)
+RUNS = (DemoRun("hf", 5, save_quadratics_every=2), DemoRun("hf-momentum", 5),
+        DemoRun("nag", 100))
 
 
 def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
@@ -53,17 +69,17 @@ def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
     """
     folder = Path(out) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = {}
-    for opt in OPTIMIZERS:
-        over = {k: v for k, v in (overrides or {}).items()
-                if k in _keys(opt)}
-        paths[opt] = train(RunSpec(
-            experiment=EXPERIMENT, optimizer=opt, budget=budget, seed=seed, out=str(folder),
-            name=opt, quiet=quiet, eval_every=5 if opt != "nag" else 100, overrides=over,
-            save_quadratics_every=2 if opt == "hf" else None))
+    for r in RUNS:
+        over = {k: v for k, v in (overrides or {}).items() if k in _keys(r.optimizer)}
+        paths[r.optimizer] = train(RunSpec(
+            experiment=EXPERIMENT, optimizer=r.optimizer, budget=budget, seed=seed,
+            out=str(folder), name=r.optimizer, quiet=quiet, eval_every=r.eval_every,
+            overrides=over, save_quadratics_every=r.save_quadratics_every))
     runs = {opt: read_results(p) for opt, p in paths.items()}
-    step, comparison = _compare(paths["hf"], runs["hf"], iters)
+    saver = next(r.optimizer for r in RUNS if r.save_quadratics_every)
+    step, comparison = _compare(paths[saver], runs[saver], iters)
     lines = _table(runs, step, comparison, budget)
-    (folder / "demo.md").write_text("\n".join(lines) + "\n")
+    write_text(folder / "demo.md", "\n".join(lines) + "\n")
     figure = _figure(runs, comparison, step, folder / "demo.png")
     print("\n".join(lines))
     print(f"figure: {figure}")
@@ -105,7 +121,8 @@ def _table(runs: dict[str, Any], step: int, c: Any, budget: float) -> list[str]:
     for opt, res in runs.items():
         tr, te, ge = _final(res)
         st = res.steps
-        lines.append(f"| {LABELS[opt]} | {len(st['step'])} | {int((~st['accepted']).sum())} | "
+        lines.append(f"| {families.get(opt).label} | {len(st['step'])} | "
+                     f"{int((~st['accepted']).sum())} | "
                      f"{float(np.sum(st['seconds'])):.1f} | {ge:.0f} | {tr:.3f} | {te:.3f} |")
     if c is not None:
         q_star = c.q_star
@@ -126,33 +143,19 @@ def _products_to(values: np.ndarray, q_star: float, fraction: float) -> str:
 
 
 def _figure(runs: dict[str, Any], c: Any, step: int, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = figure(11, 4.2, panels=2)
     for opt, res in runs.items():
         ev = res.eval
-        left.plot(ev["grad_equiv"], ev["train_error"], label=LABELS[opt])
-    left.set_xlabel("gradient-equivalents of the training set")
-    left.set_ylabel("training error")
-    left.set_yscale("log")
-    left.set_title(f"{EXPERIMENT}: equal cost")
-    left.grid(True, alpha=0.3)
-    left.legend()
+        left.plot(ev["grad_equiv"], ev["train_error"], label=families.get(opt).label)
+    label_axes(left, "gradient-equivalents of the training set", "training error",
+               f"{EXPERIMENT}: equal cost", log_y=True)
     if c is not None:
         q_star = c.q_star
         floor = max(abs(q_star) * 1e-7, 1e-300)  # float32 quadratics: q to about 1e-7
         for m in c.methods:
             gap = np.maximum(c.values[m] - q_star, floor)
             right.plot(np.arange(len(gap)), gap, label=m.upper())
-        right.set_yscale("log")
-        right.set_xlabel("curvature products")
-        right.set_ylabel("q(x_k) − q*")
-        right.set_title(f"the quadratic of HF's step {step}")
-        right.grid(True, alpha=0.3)
-        right.legend()
+        label_axes(right, "curvature products", "q(x_k) − q*",
+                   f"the quadratic of HF's step {step}", log_y=True)
     fig.tight_layout()
     return save_figure(fig, path)
-
