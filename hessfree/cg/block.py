@@ -45,6 +45,7 @@ from hessfree.cg.stopping import (
 )
 from hessfree.errors import InputError, InputTypeError
 from hessfree.linops import FlatOperator
+from hessfree.vectors import flat_vector
 
 __all__ = ["BlockResult", "solve_batched"]
 
@@ -76,14 +77,8 @@ class BlockResult:
 
 
 def _check_block(B: object, name: str = "B") -> Tensor:
-    if not isinstance(B, Tensor):
-        raise InputTypeError(f"{name}: expected a Tensor, got {type(B).__name__}")
-    if B.dim() != 2 or not B.is_floating_point():
-        raise InputError(f"{name}: expected a floating-point tensor of shape (n, columns), got "
-                         f"shape {tuple(B.shape)} and dtype {B.dtype}")
-    if not bool(torch.isfinite(B).all()):
-        raise InputError(f"{name}: expected finite values, got NaN or infinity")
-    return B.detach()
+    """Right-hand sides (or starts) as columns: the one flat-vector check, block form."""
+    return flat_vector(B, name, columns=True, floating=True, finite=True)
 
 
 def _shift_vector(shifts: object, c: int, like: Tensor, name: str = "shifts") -> Tensor:

@@ -9,8 +9,8 @@
   ``0.8^i`` for ``i < 50`` in turn, the first that lowers the objective at all is taken; when
   none does, the rate is 0 and the step is rejected;
 * :func:`fixed_rate`: a given learning rate ε with no search, optionally rejecting an update
-  that raises the objective (``reject_worse``), compared on the batch whose objective is
-  already known.
+  that raises the objective (``reject_worse``) on the batch the measurement policy names
+  (:mod:`hessfree.hf.measure`), given as a :class:`Judged` record.
 
 Both return a :class:`StepSize`: the rate, the gradient-batch objective after the step when it was
 evaluated (NaN otherwise), how many objective evaluations the policy spent, and why the step is
