@@ -23,6 +23,7 @@ from hessfree.curvature.accumulate import GRADIENT, VALUE, Sums
 from hessfree.curvature.attention import translating_kernel_errors
 from hessfree.curvature.blocks import ParamFilter, block_problem
 from hessfree.curvature.diagonal import fisher_diagonal
+from hessfree.curvature.precision import usable_backend
 from hessfree.curvature.problem import Problem
 from hessfree.curvature.products import (
     BACKENDS,
@@ -62,11 +63,16 @@ def resolve_backend(backend: str, problem: Problem, params: dict[str, Tensor],
     """
     if backend == "auto":
         if kind != "hessian" and not structural and applies(problem, params, chunks):
-            return "sequential"
-        return "forward" if structural and kind != "hessian" else "double-backward"
-    if backend not in BACKENDS:
+            chosen = "sequential"
+        else:
+            chosen = "forward" if structural and kind != "hessian" else "double-backward"
+    elif backend not in BACKENDS:
         raise InputError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
-    return backend
+    else:
+        chosen = backend
+    if problem.precision is None:
+        return chosen
+    return usable_backend(problem.precision, chosen, backend == "auto", kind)
 
 
 class CurvatureOperator(FlatOperator):
