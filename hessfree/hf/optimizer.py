@@ -257,7 +257,7 @@ class HessianFree:
         e = self._gradient(theta, batches[GRADIENT], plan.fused, record)
         values.put(GRADIENT, THETA, e.value)
         assert e.grad is not None
-        return _LocalModel(G, e.value, e.grad, e.diag, e.count, n_curv)
+        return _LocalModel(G, e.value, e.grad, e.diag, e.cases, n_curv)
 
     def quadratic(self, grad_batch: Any, curvature_batch: Any = None) -> Quadratic:
         """The quadratic ``q(p) = gᵀp + ½ pᵀ(G + λI)p`` the next step would solve by CG.
@@ -353,10 +353,10 @@ class HessianFree:
         with Timer(record, "seconds_gradient"):
             e = value_grad_diagonal(self.objective, theta, batch) if fused else None
             if e is not None:
-                record.forward(e.count)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
+                record.forward(e.cases)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
             else:
                 e = self.objective.evaluate(theta, batch, grad=True)
-            record.gradient(e.count)  # the count is over all ranks
+            record.gradient(e.cases)  # cases over all ranks (a token loss counts tokens)
         return e
 
     def _preconditioner(self, theta: dict[str, Tensor], batches: dict[str, Chunks],
