@@ -172,3 +172,15 @@ def test_combinations_that_make_no_sense_are_refused_in_one_line():
     with pytest.raises(InputError, match="params: torch.bfloat16 parameters would make CG"):
         hessfree.HessianFree(hessfree.Problem(low, loss))
     assert "precision='float32'" in repr(fp16)
+
+
+def test_the_readme_precision_example_runs(capsys):
+    from test_curvature_attention import readme_code
+
+    torch.manual_seed(0)
+    ns: dict = {}
+    exec(compile(readme_code("### A model in bfloat16 or float16"), "README.md", "exec"), ns)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "torch.float32 torch.bfloat16"
+    losses = [float(line.split()[0]) for line in lines[:-1]]
+    assert len(losses) == 3 and losses[-1] < ns["opt"].history[0].loss_before

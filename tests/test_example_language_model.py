@@ -32,6 +32,7 @@ def test_the_scaled_run_trains_both_and_writes_its_summary(tmp_path):
     assert lm.main(["--scale", "0.02", "--out", str(out), "--summary", str(summary_path)]) == 0
     assert out.stat().st_size > 0
     summary = json.loads(summary_path.read_text())
+    assert summary["validation_windows"] == 64
     runs = {r["name"]: r for r in summary["runs"]}
     assert set(runs) == {f"AdamW lr {lr:g}" for lr in lm.LEARNING_RATES} | {"HF"}
     budget = summary["budget"]
@@ -62,7 +63,20 @@ def test_the_committed_summary_is_what_results_shows():
     summary = json.loads(SUMMARY.read_text())
     assert summary["budget"] == lm.ADAM_STEPS * lm.ADAM_BATCH  # the full size, not a smoke run
     assert "--scale" not in summary["command"]
+    assert summary["validation_windows"] == lm.VALIDATION
     runs = [lm.Curve(**r) for r in summary["runs"]]
     assert summary["comparison"] == lm.compare(runs[-1], runs[:-1])
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert lm.results_section(summary) in results
+
+
+def test_section_prints_what_results_shows(tmp_path, capsys):
+    runs = [lm.Curve("AdamW lr 0.001", {}, [0.0, 64.0], [0.0, 1.0], [0.0, 1.0], [4.6, 3.0], 1),
+            lm.Curve("HF", {}, [0.0, 700.0], [0.0, 5.0], [0.0, 5.0], [4.6, 3.5], 1)]
+    summary = {"runs": [lm.asdict(c) for c in runs], "comparison": lm.compare(runs[1], runs[:1])}
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(summary))
+    assert lm.main(["--section", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.strip() == lm.results_section(summary)
+    assert "at equal gradient-equivalents (64): HF 4.6000, AdamW lr 0.001 3.0000" in shown
