@@ -184,3 +184,18 @@ def test_the_readme_precision_example_runs(capsys):
     assert lines[-1] == "torch.float32 torch.bfloat16"
     losses = [float(line.split()[0]) for line in lines[:-1]]
     assert len(losses) == 3 and losses[-1] < ns["opt"].history[0].loss_before
+
+
+def test_the_torch_optim_facade_steps_a_bfloat16_model_with_float32_masters():
+    from hessfree.integrations.optim import HessianFreeOptimizer
+
+    low, _ = _pair(torch.bfloat16, 9)
+    ids, _ = _batch(10, b=16)
+    problem = hessfree.Problem(low, hessfree.TokenCrossEntropy(shift=True), precision="float32")
+    opt = HessianFreeOptimizer(low.parameters(), problem,
+                               hessfree.HFConfig(initial_lambda=1.0, cg_max_iters=10))
+    first = opt.step(lambda: (ids, ids))
+    opt.step(lambda: (ids, ids))
+    assert opt.hf.history[-1].loss_after < first
+    live = dict(low.named_parameters())
+    assert all(torch.equal(live[n], m.to(torch.bfloat16)) for n, m in opt.hf.params.items())
