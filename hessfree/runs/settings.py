@@ -483,28 +483,32 @@ class MomentumHFSettings(Settings):
 class MomentumSettings(Settings):
     """NAG, CM and SGD in a run ([S13 Eq. 1-5], §3 for the autoencoders, §4 for the RNNs).
 
-    Attributes:
-        weight_decay: L2 coefficient of the objective (the papers use none).
-        batch_size: cases per update (200 for the autoencoders, 100 for the RNNs).
-        lr: the learning rate ε.
-        schedule: ``"sutskever"`` (Eq. 5 capped at ``mu_max``, μ = ``final_mu`` for the last
-            ``final_steps`` updates), ``"rnn"`` (0.9 for ``warm_steps`` updates, then ``mu0``) or
-            ``"constant"`` (``mu_max``). SGD ignores it (μ = 0).
-        mu_max, final_mu, final_steps, mu0, warm_steps: the schedules' constants.
-        mu_stage: updates per stage of Eq. 5 (250, [S13 Eq. 5]; ``hessfree reproduce`` scales it
-            with the fraction of the budget unless told not to).
+    Each field's meaning is the docstring below it.
     """
 
     weight_decay: float = 0.0
+    """L2 coefficient of the objective (the papers use none)."""
     batch_size: int = 200
+    """Cases per update (200 for the autoencoders, 100 for the RNNs)."""
     lr: float = 0.01
+    """The learning rate ε."""
     schedule: str = "sutskever"
+    """``"sutskever"`` (Eq. 5 capped at ``mu_max``, μ = ``final_mu`` for the last
+    ``final_steps`` updates), ``"rnn"`` (0.9 for ``warm_steps`` updates, then ``mu0``) or
+    ``"constant"`` (``mu_max``). SGD ignores it (μ = 0)."""
     mu_max: float = 0.99
+    """The cap of Eq. 5, and the constant schedule's μ."""
     final_mu: float = 0.9
+    """μ of Eq. 5's last ``final_steps`` updates."""
     final_steps: int = 1000
+    """Updates at ``final_mu`` at the end of a ``"sutskever"`` run."""
     mu0: float = 0.995
+    """μ of the ``"rnn"`` schedule after its warm start."""
     warm_steps: int = 1000
+    """Updates at μ = 0.9 before the ``"rnn"`` schedule's ``mu0``."""
     mu_stage: int = 250
+    """Updates per stage of Eq. 5 (250, [S13 Eq. 5]; ``hessfree reproduce`` scales it with the
+    fraction of the budget unless told not to)."""
 
     def __post_init__(self) -> None:
         """Validate."""
