@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "is_finite",
     "number",
     "probability",
+    "renamed",
 ]
 
 
@@ -136,3 +138,18 @@ def is_finite(x: float | Tensor) -> bool:
     if isinstance(x, Tensor):
         return all_finite(x)
     return math.isfinite(x)
+
+
+def renamed(new_value: Any, old_value: Any, new: str, old: str, where: str) -> Any:
+    """A keyword argument given under its old name: the value, with a ``DeprecationWarning``.
+
+    ``new_value``/``old_value``: what the caller passed as ``new``/``old`` (None: nothing).
+    Both given is an ``InputError``.
+    """
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise InputError(f"{old}: the old name of {new}; give only {new}")
+    warnings.warn(f"{where}: {old}= is now called {new}=; the old name goes in the next release",
+                  DeprecationWarning, stacklevel=3)
+    return old_value

@@ -348,7 +348,7 @@ def test_deep_autoencoder_training_both_presets_and_sgd():
     g = torch.Generator().manual_seed(1)
     for _ in range(40):
         idx, check = torch.randint(0, 512, (2, 128), generator=g)
-        opt.step((x[idx], x[idx]), check_batch=(x[check], x[check]))
+        opt.step((x[idx], x[idx]), heldout_batch=(x[check], x[check]))
     f_momentum = problem.value(problem.parameters(), (x, x))
     assert f_momentum < f0 / 8
 

@@ -44,9 +44,9 @@ class StepRecord:
     ls_evals: int = 0
     grad_norm: float = math.nan
     step_norm: float = 0.0
-    check_loss_before: float = math.nan
-    check_loss_after: float = math.nan
-    check_model_change: float = math.nan
+    heldout_loss_before: float = math.nan
+    heldout_loss_after: float = math.nan
+    heldout_model_change: float = math.nan
     gradients: int = 0
     forwards: int = 0
     products: int = 0

@@ -1,0 +1,145 @@
+"""Names changed so that each concept has one: the old ones still read, for one release.
+
+"check" meant both validation and the held-out batch of an HF step; the held-out sense is now
+``heldout`` (``heldout_batch``, ``Phase.heldout``, ``reject_on_heldout``, the ``heldout_*``
+columns). The Armijo search moved from ``hf/linesearch.py`` into ``hf/stepsize.py``. Old
+arguments warn (``DeprecationWarning``); old states, settings and results files load.
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hessfree
+from hessfree.errors import InputError
+from hessfree.hf import BatchSpec, HFConfig, Phase, PhaseSchedule, stepsize
+from hessfree.integrations.optim import HessianFreeOptimizer
+from hessfree.runs.results import RENAMED_COLUMNS, ResultsWriter, read_results
+from hessfree.runs.settings import HFSettings, MomentumHFSettings, apply_overrides, from_flat
+
+F64 = torch.float64
+
+
+def _problem(seed: int = 0) -> tuple[nn.Module, hessfree.Problem]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    return model, hessfree.Problem(model, hessfree.losses.MSE())
+
+
+def _batches(seed: int = 1) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(48, 5, generator=g, dtype=F64), torch.randn(48, 3, generator=g, dtype=F64)
+    return (x[:32], y[:32]), (x[32:], y[32:])
+
+
+def test_the_armijo_search_moved_to_stepsize_and_the_old_module_warns():
+    from hessfree.hf import linesearch
+
+    with pytest.warns(DeprecationWarning, match="hessfree.hf.stepsize.armijo"):
+        old = linesearch.armijo
+    assert old is stepsize.armijo is hessfree.hf.armijo
+    with pytest.warns(DeprecationWarning):
+        assert linesearch.LineSearchResult is stepsize.LineSearchResult
+    with pytest.raises(AttributeError):
+        linesearch.line_search  # noqa: B018 - never lived there
+    res = stepsize.armijo(lambda a: (a - 0.3) ** 2, 0.09, -0.6)
+    assert res.accepted and res.alpha == pytest.approx(0.8 ** 3) and res.evaluations == 4
+
+
+def test_step_check_batch_is_heldout_batch_with_a_warning():
+    cfg = HFConfig.momentum_like(initial_lambda=1.0, cg_max_iters=8)
+    fit, held = _batches()
+    runs = []
+    for keyword in ("heldout_batch", "check_batch"):
+        model, problem = _problem()
+        opt = hessfree.HessianFree(problem, config=cfg)
+        if keyword == "check_batch":
+            with pytest.warns(DeprecationWarning, match="check_batch= is now called heldout"):
+                stats = opt.step(fit, check_batch=held)
+        else:
+            stats = opt.step(fit, heldout_batch=held)
+        assert np.isfinite(stats.heldout_loss_before) and np.isfinite(stats.heldout_loss_after)
+        record = {k: None if v != v else v for k, v in stats.as_dict().items()
+                  if not k.startswith("seconds")}  # NaN as None, so equal records compare equal
+        runs.append((record, [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    with pytest.raises(InputError, match="check_batch: the old name of heldout_batch"):
+        opt.step(fit, heldout_batch=held, check_batch=held)
+
+
+def test_the_torch_optim_facade_takes_the_old_keyword_with_a_warning():
+    fit, held = _batches()
+    losses = []
+    for keyword in ("heldout_batch", "check_batch"):
+        model, problem = _problem()
+        opt = HessianFreeOptimizer(model.parameters(), problem,
+                                   HFConfig.martens2010(initial_lambda=1.0, cg_max_iters=6))
+        if keyword == "check_batch":
+            with pytest.warns(DeprecationWarning, match="HessianFreeOptimizer.step"):
+                losses.append(opt.step(batch=fit, check_batch=held))
+        else:
+            losses.append(opt.step(batch=fit, heldout_batch=held))
+        losses.append(opt.last_stats.heldout_loss_after)
+    assert losses[:2] == losses[2:] and np.isfinite(losses[1])
+
+
+def test_configs_phases_and_settings_saved_with_the_old_names_load():
+    old = {**HFConfig.momentum_like().to_dict(), "reject_on_check": False}
+    del old["reject_on_heldout"]
+    assert HFConfig.from_dict(old) == HFConfig.momentum_like(reject_on_heldout=False)
+    with pytest.warns(DeprecationWarning, match="reject_on_check is now called reject_on_held"):
+        assert not HFConfig().replace(reject_on_check=False).reject_on_heldout
+    assert "reject_on_check" not in HFConfig().to_dict()
+
+    phase = Phase("m", gradient=BatchSpec("minibatch", size=4), curvature=BatchSpec("same"),
+                  heldout=BatchSpec("minibatch", size=4))
+    saved = phase.to_dict()
+    saved["check"] = saved.pop("heldout")
+    assert Phase.from_dict(saved) == phase
+    assert PhaseSchedule.from_dict({"phases": [saved]}).phases == (phase,)
+    assert "check" not in phase.to_dict()
+
+    for cls in (HFSettings, MomentumHFSettings):
+        rec = from_flat(cls, {"reject_on_check": False})
+        assert rec["reject_on_heldout"] is False and "reject_on_check" not in rec.keys()
+        (got,) = apply_overrides((cls(),), {"reject_on_check": "false"}, "hf")
+        assert got["reject_on_heldout"] is False
+
+
+def _old_hf_file(path, rows: int = 3) -> None:
+    """A results file as hessfree wrote it before the rename (``check_*`` step columns)."""
+    with ResultsWriter(path, {"experiment": "toy", "optimizer": "hf"}) as w:
+        for i in range(rows):
+            w.append_step({"step": i, "loss": 1.0 / (i + 1), "check_loss_before": 2.0 + i,
+                           "check_loss_after": 1.5 + i, "check_model_change": -0.5})
+
+
+def test_results_files_with_the_old_columns_read_and_resume(tmp_path):
+    path = tmp_path / "results.h5"
+    _old_hf_file(path)
+    with h5py.File(path, "r") as f:
+        assert "check_loss_before" in json.loads(f["steps"].attrs["fields"])
+    res = read_results(path)
+    assert set(RENAMED_COLUMNS.values()) <= set(res.steps)
+    assert not set(RENAMED_COLUMNS) & set(res.steps)
+    assert res.steps["heldout_loss_before"].tolist() == [2.0, 3.0, 4.0]
+
+    # a resumed run writes today's names: the file's columns are renamed in place first
+    with ResultsWriter(path, mode="append") as w:
+        w.append_step({"step": 3, "loss": 0.2, "heldout_loss_before": 5.0,
+                       "heldout_loss_after": 4.5, "heldout_model_change": -0.25})
+    with h5py.File(path, "r") as f:
+        fields = json.loads(f["steps"].attrs["fields"])
+        assert fields == ["step", "loss", "heldout_loss_before", "heldout_loss_after",
+                          "heldout_model_change"]
+        assert not set(RENAMED_COLUMNS) & set(f["steps"])
+    res = read_results(path)
+    assert res.steps["heldout_loss_before"].tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert res.steps["heldout_model_change"].tolist() == [-0.5] * 3 + [-0.25]
