@@ -8,6 +8,7 @@ Python), numpy scalars are accepted where Python numbers are.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -21,6 +22,7 @@ from torch import Tensor
 from hessfree.errors import InputError
 
 __all__ = [
+    "accepts_renamed",
     "all_finite",
     "boolean",
     "choice",
@@ -153,3 +155,21 @@ def renamed(new_value: Any, old_value: Any, new: str, old: str, where: str) -> A
     warnings.warn(f"{where}: {old}= is now called {new}=; the old name goes in the next release",
                   DeprecationWarning, stacklevel=3)
     return old_value
+
+
+def accepts_renamed(cls: type) -> type:
+    """Class decorator: ``cls(old=...)`` reads as ``cls(new=...)`` for ``cls.RENAMED``'s pairs.
+
+    The old keyword warns (:func:`renamed`); apply it above ``@dataclass``.
+    """
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        for old, new in cls.RENAMED.items():
+            if old in kwargs:
+                kwargs[new] = renamed(kwargs.get(new), kwargs.pop(old), new, old, cls.__name__)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls

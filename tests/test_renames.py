@@ -2,7 +2,8 @@
 
 "check" meant both validation and the held-out batch of an HF step; the held-out sense is now
 ``heldout`` (``heldout_batch``, ``Phase.heldout``, ``reject_on_heldout``, the ``heldout_*``
-columns). The Armijo search moved from ``hf/linesearch.py`` into ``hf/stepsize.py``. Old
+columns). The Armijo search moved from ``hf/linesearch.py`` into ``hf/stepsize.py`` (and the
+``seconds_linesearch`` column is ``seconds_stepsize``: it times whichever step-size policy ran). Old
 arguments warn (``DeprecationWarning``); old states, settings and results files load.
 """
 
@@ -97,6 +98,10 @@ def test_configs_phases_and_settings_saved_with_the_old_names_load():
     with pytest.warns(DeprecationWarning, match="reject_on_check is now called reject_on_held"):
         assert not HFConfig().replace(reject_on_check=False).reject_on_heldout
     assert "reject_on_check" not in HFConfig().to_dict()
+    with pytest.warns(DeprecationWarning, match="HFConfig: reject_on_check= is now called"):
+        assert HFConfig(reject_on_check=False) == HFConfig(reject_on_heldout=False)
+    with pytest.raises(InputError, match="reject_on_check: the old name of reject_on_heldout"):
+        HFConfig(reject_on_check=False, reject_on_heldout=True)
 
     phase = Phase("m", gradient=BatchSpec("minibatch", size=4), curvature=BatchSpec("same"),
                   heldout=BatchSpec("minibatch", size=4))
@@ -105,6 +110,9 @@ def test_configs_phases_and_settings_saved_with_the_old_names_load():
     assert Phase.from_dict(saved) == phase
     assert PhaseSchedule.from_dict({"phases": [saved]}).phases == (phase,)
     assert "check" not in phase.to_dict()
+    with pytest.warns(DeprecationWarning, match="Phase: check= is now called heldout="):
+        assert Phase("m", gradient=BatchSpec("minibatch", size=4), curvature=BatchSpec("same"),
+                     check=BatchSpec("minibatch", size=4)) == phase
 
     for cls in (HFSettings, MomentumHFSettings):
         rec = from_flat(cls, {"reject_on_check": False})
@@ -118,7 +126,8 @@ def _old_hf_file(path, rows: int = 3) -> None:
     with ResultsWriter(path, {"experiment": "toy", "optimizer": "hf"}) as w:
         for i in range(rows):
             w.append_step({"step": i, "loss": 1.0 / (i + 1), "check_loss_before": 2.0 + i,
-                           "check_loss_after": 1.5 + i, "check_model_change": -0.5})
+                           "check_loss_after": 1.5 + i, "check_model_change": -0.5,
+                           "seconds_linesearch": 0.01})
 
 
 def test_results_files_with_the_old_columns_read_and_resume(tmp_path):
@@ -134,12 +143,14 @@ def test_results_files_with_the_old_columns_read_and_resume(tmp_path):
     # a resumed run writes today's names: the file's columns are renamed in place first
     with ResultsWriter(path, mode="append") as w:
         w.append_step({"step": 3, "loss": 0.2, "heldout_loss_before": 5.0,
-                       "heldout_loss_after": 4.5, "heldout_model_change": -0.25})
+                       "heldout_loss_after": 4.5, "heldout_model_change": -0.25,
+                       "seconds_stepsize": 0.02})
     with h5py.File(path, "r") as f:
         fields = json.loads(f["steps"].attrs["fields"])
         assert fields == ["step", "loss", "heldout_loss_before", "heldout_loss_after",
-                          "heldout_model_change"]
+                          "heldout_model_change", "seconds_stepsize"]
         assert not set(RENAMED_COLUMNS) & set(f["steps"])
     res = read_results(path)
     assert res.steps["heldout_loss_before"].tolist() == [2.0, 3.0, 4.0, 5.0]
     assert res.steps["heldout_model_change"].tolist() == [-0.5] * 3 + [-0.25]
+    assert res.steps["seconds_stepsize"].tolist() == [0.01] * 3 + [0.02]

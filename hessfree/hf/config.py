@@ -31,6 +31,7 @@ BACKTRACK_RULES = ("walk-back", "best")
 LS_RULES = ("armijo", "first-decrease")
 
 
+@_checks.accepts_renamed
 @dataclass(frozen=True)
 class HFConfig:
     """Settings of :class:`hessfree.HessianFree`; defaults are Martens' (2010, HFDemo code).

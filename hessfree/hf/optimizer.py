@@ -322,7 +322,7 @@ class HessianFree:
         self._rho(m, res, bt, plan, values, record)
         if not (is_finite(bt.step) and is_finite(bt.value)):
             return self._finish(record, t_start, "non-finite step")
-        with Timer(record, "seconds_linesearch"):
+        with Timer(record, "seconds_stepsize"):
             size = self._step_size(m, bt, plan, values)
         self._move(bt.step, size, record)
         return self._finish(record, t_start, size.rejection or ACCEPTED)

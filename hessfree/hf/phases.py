@@ -132,6 +132,7 @@ class BatchSource(Protocol):
         ...
 
 
+@_checks.accepts_renamed
 @dataclass(frozen=True)
 class Phase:
     """One stretch of an HF run with fixed batches, config and objective (module docstring).

@@ -59,7 +59,7 @@ class StepRecord:
     seconds_cg: float = 0.0
     seconds_products: float = 0.0
     seconds_backtrack: float = 0.0
-    seconds_linesearch: float = 0.0
+    seconds_stepsize: float = 0.0
 
     def gradient(self, cases: int) -> None:
         """Count a gradient evaluation (or its equivalent) over ``cases`` cases."""

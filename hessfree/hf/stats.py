@@ -68,7 +68,7 @@ class StepStats:
     seconds_cg: float
     seconds_products: float
     seconds_backtrack: float
-    seconds_linesearch: float
+    seconds_stepsize: float
 
     @property
     def grad_equivalents(self) -> float:

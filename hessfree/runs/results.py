@@ -69,10 +69,12 @@ log = logging.getLogger(__name__)
 
 TABLES = ("steps", "eval")
 #: columns an earlier hessfree wrote, by today's name: read under today's name, renamed in a
-#: resumed file (the held-out batch of an HF step was the "check" batch)
+#: resumed file (the held-out batch of an HF step was the "check" batch; the step-size
+#: policy's time was called the line search's)
 RENAMED_COLUMNS = {"check_loss_before": "heldout_loss_before",
                    "check_loss_after": "heldout_loss_after",
-                   "check_model_change": "heldout_model_change"}
+                   "check_model_change": "heldout_model_change",
+                   "seconds_linesearch": "seconds_stepsize"}
 _CHUNK_ROWS = 1024  # 8 KiB float64 chunks: few chunk allocations and index splits in a long run
 _DTYPES = {"f": np.dtype(np.float64), "i": np.dtype(np.int64), "b": np.dtype(bool),
            "O": h5py.string_dtype("utf-8")}
