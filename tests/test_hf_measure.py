@@ -63,7 +63,7 @@ def test_without_a_curvature_batch_every_curvature_measurement_is_the_gradient_b
     (True, True, 0.5, HELDOUT), (True, False, 1.0, CURVATURE), (False, True, 1.0, CURVATURE),
     (False, False, 0.7, CURVATURE),
 ])
-def test_a_fixed_rate_is_judged_on_the_check_batch_or_where_its_value_is_known(
+def test_a_fixed_rate_is_judged_on_the_heldout_batch_or_where_its_value_is_known(
         check, on_check, rate, want):
     given = {GRADIENT, CURVATURE} | ({HELDOUT} if check else set())
     cfg = HFConfig(line_search=False, backtrack_batch="curvature", reject_on_heldout=on_check)

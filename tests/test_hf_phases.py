@@ -1,5 +1,5 @@
 """Phases of an HF run: validation, advancing by steps or CG iterations, exact mid-phase resume,
-the phase's objective, the check batch, the quadratic a step solves, and the A.6 presets."""
+the phase's objective, the held-out batch, the quadratic a step solves, and the A.6 presets."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_quadratic_is_the_one_the_step_solves():
     torch.testing.assert_close(q @ v, q2 @ v, rtol=0, atol=0)
 
 
-def test_check_batch_measures_rho_and_rejection_on_unseen_cases():
+def test_heldout_batch_measures_rho_and_rejection_on_unseen_cases():
     _, prob, (x, y) = problem()
     fit, held = (x[:32], y[:32]), (x[32:], y[32:])
     for on_check in (True, False):
@@ -147,7 +147,7 @@ def test_check_batch_measures_rho_and_rejection_on_unseen_cases():
         fit_before = prob.value(prob.parameters(), fit)
         s = opt.step(fit, heldout_batch=held)
         assert s.heldout_loss_before == held_before and math.isfinite(s.heldout_loss_after)
-        # ρ: the check batch's change against the model built with its own gradient
+        # ρ: the held-out batch's change against the model built with its own gradient
         assert s.heldout_model_change != s.model_change
         want = (s.heldout_loss_after - s.heldout_loss_before) / s.heldout_model_change
         assert s.rho == pytest.approx(want) or (s.rho == -math.inf and want < 0)
