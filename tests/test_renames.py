@@ -10,6 +10,7 @@ arguments warn (``DeprecationWarning``); old states, settings and results files 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -154,3 +155,61 @@ def test_results_files_with_the_old_columns_read_and_resume(tmp_path):
     assert res.steps["heldout_loss_before"].tolist() == [2.0, 3.0, 4.0, 5.0]
     assert res.steps["heldout_model_change"].tolist() == [-0.5] * 3 + [-0.25]
     assert res.steps["seconds_stepsize"].tolist() == [0.01] * 3 + [0.02]
+
+
+def _fields(path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return json.loads(f["steps"].attrs["fields"])
+
+
+def _to_old_names(value):
+    """A checkpoint's content as hessfree wrote it before the rename (old keys)."""
+    old = {"reject_on_heldout": "reject_on_check", "heldout": "check"}
+    if isinstance(value, dict):
+        return {old.get(k, k): _to_old_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_old_names(v) for v in value]
+    return value
+
+
+def _make_old(results, checkpoint) -> None:
+    """Rewrite a run folder as an earlier hessfree left it: step columns, settings, checkpoint."""
+    with h5py.File(results, "r+") as f:
+        steps = f["steps"]
+        back = {new: old for old, new in RENAMED_COLUMNS.items()}
+        names = json.loads(steps.attrs["fields"])
+        for new in [k for k in names if k in back]:
+            steps.move(new, back[new])
+        steps.attrs["fields"] = json.dumps([back.get(k, k) for k in names])
+        for key in ("config", "phases"):
+            text = f.attrs[key]
+            assert '"reject_on_heldout"' in text
+            f.attrs[key] = text.replace('"reject_on_heldout"', '"reject_on_check"') \
+                .replace('"heldout":', '"check":')
+    state = torch.load(checkpoint, weights_only=False)
+    assert "reject_on_heldout" in state["runner"]["opt"]["config"]
+    torch.save(_to_old_names(state), checkpoint)
+
+
+def test_a_run_written_before_the_rename_resumes_to_the_same_trajectory(tmp_path, capsys):
+    from hessfree.runs.cli import main
+
+    def train(out, *argv):
+        code = main(["train", "toy-quartic", "--optimizer", "hf", "--checkpoint-every", "2",
+                     "--quiet", *argv, *([] if "--resume" in argv else ["--out", str(out)])])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        return Path(out.out.strip().splitlines()[-1])
+
+    full = train(tmp_path / "a", "--steps", "4")
+    part = train(tmp_path / "b", "--steps", "3")  # checkpoint at 2
+    _make_old(part, part.with_name("checkpoint.pt"))
+    assert "check_loss_before" in _fields(part)
+    train(None, "--steps", "4", "--resume", str(part.parent))
+    a, b = read_results(full), read_results(part)
+    assert len(b.steps["step"]) == 4
+    assert "heldout_loss_before" in _fields(part) and "check_loss_before" not in _fields(part)
+    for k in ("loss", "lambda_after", "cg_iters", "rho", "heldout_loss_before"):
+        np.testing.assert_array_equal(a.steps[k], b.steps[k], err_msg=k)
+    for k, v in a.params("final").items():
+        np.testing.assert_array_equal(v, b.params("final")[k])
