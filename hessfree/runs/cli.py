@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import sys
 from pathlib import Path
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("quadratic", help="FILE.h5[:group], e.g. results.h5:quadratics/40")
     p.add_argument("--iters", type=_int("--iters"), default=250)
     p.add_argument("--plot", metavar="IMAGE", help="write the curves (.png, .pdf or .svg)")
+    p.add_argument("--save", metavar="JSON", help="write q(x_k) of every method as JSON")
     p = sub.add_parser("plot", help="several runs on one figure")
     p.add_argument("results", nargs="+")
     p.add_argument("--x", default="steps", choices=["steps", "seconds", "grad-equiv"])
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient-equivalents per optimizer")
     p.add_argument("--out", default="runs")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=_int("--threads"), default=1,
+                   help="torch threads (default 1: the same digits run to run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("check-products", help="GGN products on a small autoencoder, checked against "
                    "a dense matrix")
@@ -255,6 +259,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"quadratic: no such file {path!r}")
     if args.plot:
         check_image_output(args.plot, [path], "--plot")
+    if args.save and (Path(args.save).suffix != ".json" or Path(args.save).resolve() ==
+                      Path(path).resolve()):
+        raise UsageError(f"--save: expected a new .json file, got {args.save!r}")
     try:
         f = h5py.File(path, "r", locking=False)
     except OSError as err:
@@ -277,6 +284,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = quadratic.compare(q, iters=args.iters)
     print(f"{path}:{group}")
     print(result.format())
+    if args.save:
+        record = {"source": f"{Path(path).name}:{group}", **result.to_dict()}
+        Path(args.save).write_text(json.dumps(record, indent=1) + "\n")
+        print(args.save)
     if args.plot:
         quadratic.plot(result, args.plot)
         print(args.plot)
@@ -333,7 +344,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hessfree.runs.demo import run_demo
 
     folder = run_demo(args.out, budget=args.budget, quiet=args.quiet,
-                      overrides=_overrides(args.set))
+                      overrides=_overrides(args.set), threads=args.threads)
     print(folder)
     return 0
 

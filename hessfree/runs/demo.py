@@ -11,36 +11,48 @@ enough that every method leaves the mean-image plateau within the budget on a 2-
    regime of [S13 Fig. 5]) and runs CG, NAG, CM and GD on it at equal products;
 3. prints a table and writes one figure with two panels: training error against
    gradient-equivalents, and ``q − q*`` against curvature products.
+
+It is deterministic: every draw is seeded, budgets count gradient-equivalents (not seconds),
+and the whole demo runs on ``threads`` intra-op threads (default 1, whatever the machine's
+cores or ``OMP_NUM_THREADS``: a parallel reduction splits its sums by the thread count, which
+changes the last bits of a product, and an HF trajectory amplifies them). So the printed table is
+the same digit for digit in every run of one command on one machine; another CPU (other SIMD
+kernels) or another torch build may change the digits. Times depend on the machine and its load:
+they are in ``demo.md`` and the results files, not in the printed table.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from hessfree import quadratic
+from hessfree import _checks, quadratic
 from hessfree._files import save_figure
 from hessfree.runs import experiments
 from hessfree.runs.h5file import open_results
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 
-__all__ = ["EXPERIMENT", "OPTIMIZERS", "run_demo"]
+__all__ = ["COMPARISON_FILE", "EXPERIMENT", "OPTIMIZERS", "run_demo"]
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "curves-small"
 OPTIMIZERS = ("hf", "hf-momentum", "nag")
+#: the demo folder's record of the CG-against-NAG comparison (:meth:`Comparison.to_dict`)
+COMPARISON_FILE = "comparison.json"
 LABELS = {"hf": "HF (Martens 2010)", "hf-momentum": "momentum-like HF (A.6)",
           "nag": "NAG (Eq. 3-5)"}
 
 
 def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
-             quiet: bool = False, iters: int = 100, overrides: dict[str, Any] | None = None
-             ) -> Path:
+             quiet: bool = False, iters: int = 100, overrides: dict[str, Any] | None = None,
+             threads: int = 1) -> Path:
     """Run the demo; returns the folder holding the three results files, the figure and table.
 
     Args:
@@ -50,8 +62,21 @@ def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
         quiet: no progress bars.
         iters: curvature products per method on the saved quadratic.
         overrides: settings for every run (e.g. a smaller ``n_train`` in a test).
+        threads: torch's intra-op threads while the demo runs (restored after): a fixed count
+            makes the printed numbers the same run to run (module docstring).
     """
-    folder = Path(out) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    _checks.integer(threads, "threads", minimum=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(Path(out), budget, seed, quiet, iters, overrides, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(out: Path, budget: float, seed: int, quiet: bool, iters: int,
+         overrides: dict[str, Any] | None, threads: int) -> Path:
+    folder = out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = {}
     for opt in OPTIMIZERS:
         over = {k: v for k, v in (overrides or {}).items()
@@ -62,8 +87,11 @@ def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
             save_quadratics_every=2 if opt == "hf" else None))
     runs = {opt: read_results(p) for opt, p in paths.items()}
     step, comparison = _compare(paths["hf"], runs["hf"], iters)
-    lines = _table(runs, step, comparison, budget)
-    (folder / "demo.md").write_text("\n".join(lines) + "\n")
+    lines = _table(runs, step, comparison, budget, seed, threads)
+    if comparison is not None:
+        record = {"step": step, **comparison.to_dict()}
+        (folder / COMPARISON_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    (folder / "demo.md").write_text("\n".join(lines + _times(runs)) + "\n")
     figure = _figure(runs, comparison, step, folder / "demo.png")
     print("\n".join(lines))
     print(f"figure: {figure}")
@@ -98,15 +126,18 @@ def _final(res: Any) -> tuple[float, float, float]:
     return float(ev["train_error"][-1]), float(ev["test_error"][-1]), float(ev["grad_equiv"][-1])
 
 
-def _table(runs: dict[str, Any], step: int, c: Any, budget: float) -> list[str]:
-    lines = [f"# hessfree demo: {EXPERIMENT}, {budget:g} gradient-equivalents per optimizer",
-             "", "| optimizer | updates | rejected | seconds | gradient-equivalents | "
-             "training error | test error |", "|---|---:|---:|---:|---:|---:|---:|"]
+def _table(runs: dict[str, Any], step: int, c: Any, budget: float, seed: int, threads: int
+           ) -> list[str]:
+    """The printed table: only what the seed determines (no times)."""
+    lines = [f"# hessfree demo: {EXPERIMENT}, {budget:g} gradient-equivalents per optimizer, "
+             f"seed {seed}, {threads} thread{'s' if threads > 1 else ''}",
+             "", "| optimizer | updates | rejected | gradient-equivalents | "
+             "training error | test error |", "|---|---:|---:|---:|---:|---:|"]
     for opt, res in runs.items():
         tr, te, ge = _final(res)
         st = res.steps
         lines.append(f"| {LABELS[opt]} | {len(st['step'])} | {int((~st['accepted']).sum())} | "
-                     f"{float(np.sum(st['seconds'])):.1f} | {ge:.0f} | {tr:.3f} | {te:.3f} |")
+                     f"{ge:.0f} | {tr:.3f} | {te:.3f} |")
     if c is not None:
         q_star = c.q_star
         lines += ["", f"CG vs NAG on the quadratic of HF's step {step} "
@@ -117,6 +148,14 @@ def _table(runs: dict[str, Any], step: int, c: Any, budget: float) -> list[str]:
             k90, k99 = (_products_to(c.values[m], q_star, f) for f in (0.9, 0.99))
             lines.append(f"| {m} | {k90} | {k99} | {c.values[m][-1]:.6g} |")
     return lines
+
+
+def _times(runs: dict[str, Any]) -> list[str]:
+    """``demo.md``'s wall-clock section (machine- and load-dependent, so not printed)."""
+    lines = ["", "Wall-clock seconds of each run's updates (evaluation excluded; they depend on "
+             "the machine and its load):", ""]
+    return lines + [f"- {LABELS[opt]}: {float(np.sum(res.steps['seconds'])):.1f}"
+                    for opt, res in runs.items()]
 
 
 def _products_to(values: np.ndarray, q_star: float, fraction: float) -> str:
