@@ -1,7 +1,7 @@
 """The ``hessfree`` command line (also ``python -m hessfree``).
 
-``list``, ``train``, ``compare``, ``plot``, ``report``, ``reproduce``, ``demo`` and
-``check-products``. Bad input — an unknown
+``list``, ``train``, ``compare``, ``plot``, ``report``, ``reproduce``, ``demo``,
+``check-products``, ``artifact`` and ``verify``. Bad input — an unknown
 experiment, optimizer or setting, a value of the wrong type or out of range, a file that is not
 what it should be — and faults the run reports cleanly (a full disk) get one line on stderr,
 exit code 2 and no traceback. Anything else is a bug and keeps its traceback (exit code 1).
@@ -171,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("check-products", help="GGN products on a small autoencoder, checked against "
                    "a dense matrix")
+    p = sub.add_parser("artifact", help="a small committed artifact (tables, no parameters) of "
+                       "a folder of runs, with the command that made them")
+    p.add_argument("source", help="the folder the command wrote (it may not exist yet)")
+    p.add_argument("--out", required=True, help="the artifact folder")
+    p.add_argument("--command", required=True, dest="made_by",
+                   help="the exact command that wrote SOURCE")
+    p.add_argument("--note", default="", help="what a reader should know about the runs")
+    p.add_argument("--max-rows", type=_int("--max-rows"), default=1000,
+                   help="runs with more updates keep step counts, not the step table")
+    p = sub.add_parser("verify", help="recompute every published number from the committed "
+                       "artifacts (a registry of claims)")
+    p.add_argument("--root", default=".", help="the repository (default: here)")
+    p.add_argument("--claims", default=None,
+                   help="the registry file (default ROOT/benchmarks/claims.py)")
+    p.add_argument("--write", action="store_true",
+                   help="rewrite the generated blocks and redraw the figures first")
     return parser
 
 
@@ -356,9 +372,34 @@ def cmd_check_products(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def cmd_artifact(args: argparse.Namespace) -> int:
+    """Write the artifact of a folder of runs."""
+    from hessfree.runs.evidence import build
+
+    print(build(args.source, args.out, args.made_by, note=args.note, max_rows=args.max_rows))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every registered claim, block, figure and scanned section; 1 if any fails."""
+    from hessfree.runs.verify import load_registry, verify
+
+    root = Path(args.root)
+    registry = load_registry(args.claims or root / "benchmarks" / "claims.py")
+    outcomes = verify(root, registry, write=args.write)
+    failed = [o for o in outcomes if not o.ok]
+    for o in failed:
+        print(f"FAIL {o.kind} {o.id}: {o.detail}")
+    kinds = sorted({o.kind for o in outcomes})
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} checks hold ("
+          + ", ".join(f"{sum(o.kind == k for o in outcomes)} {k}" for k in kinds) + ")")
+    return 1 if failed else 0
+
+
 COMMANDS = {"list": cmd_list, "train": cmd_train, "compare": cmd_compare, "plot": cmd_plot,
             "report": cmd_report, "reproduce": cmd_reproduce, "demo": cmd_demo,
-            "check-products": cmd_check_products}
+            "check-products": cmd_check_products, "artifact": cmd_artifact,
+            "verify": cmd_verify}
 
 
 def _message(err: BaseException) -> str:

@@ -68,7 +68,7 @@ from hessfree.runs.presets.rnn import TABLE5_FULL
 from hessfree.runs.report import run_status
 from hessfree.runs.results import read_results
 
-__all__ = ["Job", "MU_STAGES", "Outcome", "TABLES", "plan", "reproduce", "summarize"]
+__all__ = ["Job", "MU_STAGES", "Outcome", "TABLES", "outcome", "plan", "reproduce", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,8 @@ def plan(table: str, fraction: float, experiments_: Sequence[str] | None = None,
             for j in jobs for s in seed_list]
 
 
-def _outcome(job: Job, path: Path) -> Outcome:
+def outcome(job: Job, path: Path) -> Outcome:
+    """What the run of ``job`` in ``path`` reached (its last evaluation, its rows' totals)."""
     res = read_results(path)
     ev, st = res.eval, res.steps
     last = {k: (float(v[-1]) if len(v) else math.nan) for k, v in ev.items()}
@@ -302,7 +303,7 @@ def _run_one(job: Job, out: Path, device: str, dtype: str, resume: bool,
     if results.exists():
         status = run_status(read_results(results))
         if status.startswith("finished"):
-            return _outcome(job, results)
+            return outcome(job, results)
         if not resume:
             raise InputError(f"{folder} holds an unfinished run; continue with --resume")
     from hessfree.runs.trainer import RunSpec, train
@@ -329,7 +330,7 @@ def _run_one(job: Job, out: Path, device: str, dtype: str, resume: bool,
     except (InputError, RunError) as err:
         log.warning("%s %s: %s", job.experiment, job.name, err)
         return Outcome(job, results if results.exists() else None, "failed", error=str(err))
-    return _outcome(job, results)
+    return outcome(job, results)
 
 
 def reproduce(table: str, fraction: float, out: str | os.PathLike = "reproduce",
@@ -402,7 +403,7 @@ def _summarize_existing(table: str, fraction: float, out: Path, job_list: list[J
     for j in job_list:
         path = out / j.experiment / j.name / "results.h5"
         if path.is_file():
-            outcomes.append(_outcome(j, path))
+            outcomes.append(outcome(j, path))
         else:
             missing.append(j)
     if not outcomes:
