@@ -175,9 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "a folder of runs, with the command that made them")
     p.add_argument("source", help="the folder the command wrote (it may not exist yet)")
     p.add_argument("--out", required=True, help="the artifact folder")
-    p.add_argument("--command", required=True, dest="made_by",
-                   help="the exact command that wrote SOURCE")
-    p.add_argument("--note", default="", help="what a reader should know about the runs")
+    p.add_argument("--command", dest="made_by", help="the exact command that wrote SOURCE "
+                   "(default: the command of the artifact already in --out)")
+    p.add_argument("--note", help="what a reader should know about the runs (default: the "
+                   "existing artifact's)")
     p.add_argument("--max-rows", type=_int("--max-rows"), default=1000,
                    help="runs with more updates keep step counts, not the step table")
     p = sub.add_parser("verify", help="recompute every published number from the committed "

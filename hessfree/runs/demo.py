@@ -39,7 +39,7 @@ from hessfree.runs.h5file import open_results
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 
-__all__ = ["COMPARISON_FILE", "EXPERIMENT", "OPTIMIZERS", "run_demo"]
+__all__ = ["COMPARISON_FILE", "EXPERIMENT", "OPTIMIZERS", "draw_figure", "run_demo"]
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "curves-small"
@@ -162,6 +162,15 @@ def _products_to(values: np.ndarray, q_star: float, fraction: float) -> str:
     target = q_star * fraction  # q(0) = 0
     hit = np.nonzero(values <= target)[0]
     return str(int(hit[0])) if len(hit) else f">{len(values) - 1}"
+
+
+def draw_figure(runs: dict[str, Any], comparison: Any, step: int, path: str | Path) -> Path:
+    """The demo's figure, drawn again from its runs and its comparison.
+
+    ``runs``: anything with an ``eval`` table, by optimizer (results files, or the runs of a
+    committed artifact); ``comparison``: a :class:`~hessfree.quadratic.Comparison`.
+    """
+    return _figure(runs, comparison, step, Path(path))
 
 
 def _figure(runs: dict[str, Any], c: Any, step: int, path: Path) -> Path:

@@ -14,8 +14,9 @@ folder, or any folder holding ``results.h5`` files) and writes an *artifact* fol
   (rows, updates not accepted and why, largest μ, totals); never parameters. Also every
   comparison record (``hessfree compare --save``, the demo's ``comparison.json``) and every small
   text file (``demo.md``, a command's saved output) found in the folder;
-- for a ``hessfree reproduce`` command, the package's own ``summary.md``, ``summary.h5`` and
-  figures, computed from the runs present (unfinished and missing runs listed).
+- for a ``hessfree reproduce`` command, the package's own ``summary.md`` and ``summary.h5``,
+  computed from the runs present (unfinished and missing runs listed); no figures (images are
+  drawn from the artifact where they are published).
 
 No machine path is written: runs are named by their path inside the folder.
 :func:`read` gives an artifact back as an :class:`Evidence`.
@@ -43,7 +44,8 @@ from hessfree.errors import InputError
 from hessfree.runs.report import run_status
 from hessfree.runs.results import read_results
 
-__all__ = ["ARTIFACT_FILE", "EVIDENCE_FILE", "FORMAT", "Evidence", "EvidenceRun", "build", "read"]
+__all__ = ["ARTIFACT_FILE", "EVIDENCE_FILE", "FORMAT", "Evidence", "EvidenceRun", "build", "read",
+           "reproduce_plan"]
 
 FORMAT = "hessfree.evidence/1"
 ARTIFACT_FILE = "ARTIFACT.json"
@@ -112,6 +114,12 @@ class Evidence:
     def planned(self) -> list[str]:
         """The runs the command plans (their keys), or the runs present if it plans none."""
         return list(self.meta.get("planned") or self.runs)
+
+    @property
+    def jobs(self) -> list[Any]:
+        """The jobs of its ``hessfree reproduce`` command (empty for any other command)."""
+        planned = reproduce_plan(self.command)
+        return planned[1] if planned else []
 
     @property
     def finished(self) -> int:
@@ -210,8 +218,11 @@ def _get_text(group: h5py.Group, name: str) -> str:
     return group[name][()].tobytes().decode("utf-8")
 
 
-def _reproduce_plan(command: str) -> tuple[Any, list[Any]] | None:
-    """The parsed arguments and jobs of a ``hessfree reproduce`` command, else None."""
+def reproduce_plan(command: str) -> tuple[Any, list[Any]] | None:
+    """The parsed arguments and jobs of a ``hessfree reproduce`` command, else None.
+
+    Leading ``VAR=value`` words and ``nice [-n N]`` are skipped, as a shell would run them.
+    """
     words = shlex.split(command)
     while words and "=" in words[0] and not words[0].startswith("-"):
         words = words[1:]  # leading VAR=value assignments
@@ -267,9 +278,9 @@ def _summary(out: Path, args: Any, jobs: list[Any], source: Path) -> None:
         summarize(args.table, args.fraction, scratch, outcomes, [j for j, _ in missing], stages)
         keys = [str(o.path.parent.relative_to(source).as_posix()) for o in outcomes]
         _copy_summary(scratch / "summary.h5", out / "summary.h5", keys)
-        for f in scratch.iterdir():
-            if f.suffix != ".h5":
-                os.replace(f, out / f.name)
+        md = (scratch / "summary.md").read_text().splitlines()
+        (out / "summary.md").write_text("\n".join(line for line in md
+                                                   if not line.startswith("![")) + "\n")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -293,31 +304,38 @@ def _copy_summary(src: Path, dst: Path, keys: list[str]) -> None:
                             dtype=h5py.string_dtype())
 
 
-def build(source: str | os.PathLike, out: str | os.PathLike, command: str, note: str = "",
-          max_rows: int = 1000) -> Path:
+def build(source: str | os.PathLike, out: str | os.PathLike, command: str | None = None,
+          note: str | None = None, max_rows: int = 1000) -> Path:
     """Write the artifact of the runs in ``source`` into the folder ``out``; return ``out``.
 
     Args:
         source: the folder the command wrote (it may not exist yet: a queued run is an
             artifact with no runs, and its planned runs are listed as missing).
         out: the artifact folder (created; its previous files are replaced).
-        command: the exact command that wrote ``source``, as one would type it.
-        note: anything the reader should know (where it ran, what shared the machine).
+        command: the exact command that wrote ``source``, as one would type it; None: the
+            command of the artifact already in ``out`` (rebuilding it as the runs go on).
+        note: anything the reader should know (where it ran, what shared the machine); None:
+            the existing artifact's note.
         max_rows: a run with more updates keeps its step counts, not its step table.
     """
     _checks.integer(max_rows, "max_rows", minimum=1)
-    if not isinstance(command, str) or not command.strip():
-        raise InputError("command: expected the command that made the runs, got nothing")
     source, out = Path(source), Path(out)
+    before = json.loads((out / ARTIFACT_FILE).read_text()) if (out / ARTIFACT_FILE).is_file() \
+        else {}
+    command = before.get("command") if command is None else command
+    note = before.get("note", "") if note is None else note
+    if not isinstance(command, str) or not command.strip():
+        raise InputError("command: expected the command that made the runs, got nothing (give "
+                         "--command, or rebuild an artifact that names it)")
     if source.exists() and not source.is_dir():
         raise InputError(f"source: {source} is not a folder of runs")
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise InputError(f"out: {out} lies inside the source folder; write artifacts elsewhere")
-    planned = _reproduce_plan(command)
+    planned = reproduce_plan(command)
     if planned is not None:
         _check_plan(source, planned[1])
     out.mkdir(parents=True, exist_ok=True)
-    for old in (EVIDENCE_FILE, "summary.h5", "summary.md", *(p.name for p in out.glob("*.png"))):
+    for old in (EVIDENCE_FILE, "summary.h5", "summary.md"):
         (out / old).unlink(missing_ok=True)
     runs = _write_evidence(source, out / EVIDENCE_FILE, max_rows)
     if planned is not None:

@@ -36,7 +36,7 @@ from hessfree.errors import InputError
 __all__ = ["Block", "Claim", "Figure", "Given", "Outcome", "Registry", "TextArtifact",
            "load_registry", "verify"]
 
-_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+_NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[-+]?\d+)?")
 _COVERED = (re.compile(r"`[^`]*`"), re.compile(r"!\[[^\]]*\]\([^)]*\)"),
             re.compile(r"\]\([^)]*\)"), re.compile(r"<!--.*?-->"))
 _BLOCK = "<!-- evidence:{id} -->", "<!-- /evidence:{id} -->"
@@ -324,8 +324,9 @@ def verify(root: str | os.PathLike, registry: Registry, write: bool = False) -> 
     for g in registry.givens:
         for d in g.where:
             phrases.setdefault(d, []).append(g.text)
-            if _squash(g.text) not in _squash(ctx.document(d)):
-                out.append(Outcome("given", g.text, False, f"{d} does not contain it"))
+            found = _squash(g.text) in _squash(ctx.document(d))
+            out.append(Outcome("given", g.text, found, g.why if found else
+                               f"{d} does not contain it"))
     for b in registry.blocks:
         out += _check_block(ctx, b, write)
     for f in registry.figures:

@@ -1,0 +1,402 @@
+"""Where every number of README "Results" (and the RESULTS.md sections it quotes) comes from.
+
+The registry of ``hessfree verify`` (``hessfree.runs.verify``; run by
+``tests/test_published_numbers.py``): each claim recomputes a published number from a committed
+artifact (``benchmarks/artifacts/<study>/``, written by ``hessfree artifact``, or a benchmark's
+saved output in ``benchmarks/results/`` naming its command) and names the phrase that must carry
+it; each block is a generated table or sentence; each given says why a number is not a result.
+In the scanned sections a number that is none of these fails the check.
+
+After a background run finishes (or moves on): rebuild its artifact with the command in
+``benchmarks/RESULTS.md`` ("Evidence"), then ``hessfree verify --write`` regenerates the blocks and
+figures and lists the sentences whose numbers moved.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hessfree.runs.verify import Block, Claim, Figure, Given
+
+ART = "benchmarks/artifacts/"
+DEMO = ART + "demo"
+STUDY = ART + "momentum-study"
+FIG5 = ART + "fig5"
+T1 = ART + "table1-curves-f0.02-seeds3"
+T5 = ART + "table5-addition-f0.1"
+T5F1 = ART + "table5-addition-hf-f1"
+PRODUCTS = "benchmarks/results/products-2026-11-23.txt"
+HF_STEP = "benchmarks/results/hf_step-2026-11-23.txt"
+RNN = "benchmarks/results/rnn-2026-11-23.txt"
+CG = "benchmarks/results/cg.md"
+SPECTRAL = "benchmarks/results/spectral.md"
+README = ("README.md",)
+BOTH = ("README.md", "benchmarks/RESULTS.md")
+RESULTS = ("benchmarks/RESULTS.md",)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def run(ev: Any, suffix: str, prefix: str = "") -> Any:
+    """The one run of ``ev`` whose key starts with ``prefix`` and ends with ``suffix``."""
+    hits = [r for k, r in ev.runs.items() if k.startswith(prefix) and k.endswith(suffix)]
+    if len(hits) != 1:
+        raise KeyError(f"{len(hits)} runs match {prefix}*{suffix}")
+    return hits[0]
+
+
+def rows(text: str, first: str) -> dict[str, list[str]]:
+    """The pipe-table rows (or whitespace-table rows) of ``text`` by their first cell."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if "|" in line \
+            else line.split()
+        if cells and cells[0]:
+            out.setdefault(cells[0], cells[1:])
+    if first not in out:
+        raise KeyError(f"no row {first!r}")
+    return out
+
+
+def cell(text: str, first: str, index: int) -> float:
+    """A number of a table row (units such as ``ms`` and ``%`` stripped)."""
+    return float(rows(text, first)[first][index].rstrip("ms%x").replace(",", ""))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+# -- the demo -------------------------------------------------------------------------------------
+def demo_run(ev: Any, opt: str, which: str = "run1/") -> Any:
+    return run(ev, f"curves-small/{opt}", which)
+
+
+def demo_comparison(ev: Any, which: str = "run1/") -> dict[str, Any]:
+    (key,) = [k for k in ev.comparisons if k.startswith(which)]
+    return ev.comparisons[key]
+
+
+def products_to(ev: Any, fraction: float) -> int:
+    """Products CG needs to close ``fraction`` of the gap q(0) - q* (q(0) = 0)."""
+    c = demo_comparison(ev)
+    values = np.array(c["values"]["cg"], dtype=float)
+    return int(np.nonzero(values <= fraction * c["q_star"])[0][0])
+
+
+def best_first_order_share(ev: Any) -> str:
+    """The largest share of the gap NAG, CM or GD close in the comparison's products."""
+    c = demo_comparison(ev)
+    return pct(max(c["values"][m][-1] / c["q_star"] for m in ("nag", "cm", "gd")))
+
+
+def same_twice(ev: Any) -> str:
+    """Whether both runs printed the same table (their paths aside) and the same q(x_k)."""
+    def table(which: str) -> list[str]:
+        return [line for line in ev.texts[f"{which}stdout.txt"].splitlines()
+                if not line.startswith(("figure:", "runs/", "results in"))]
+
+    same = table("run1/") == table("run2/") and \
+        demo_comparison(ev, "run1/")["values"] == demo_comparison(ev, "run2/")["values"]
+    return "the same" if same else "different"
+
+
+def no_rejection(ev: Any) -> str:
+    counts = [demo_run(ev, o).attrs["not_accepted"] for o in ("hf", "hf-momentum")]
+    return "no step rejected by either" if not any(counts) else f"{counts} steps rejected"
+
+
+def draw_demo(path: Path, ev: Any) -> None:
+    from hessfree.quadratic import Comparison
+    from hessfree.runs.demo import OPTIMIZERS, draw_figure
+
+    c = demo_comparison(ev)
+    draw_figure({o: demo_run(ev, o) for o in OPTIMIZERS}, Comparison.from_dict(c), c["step"],
+                path)
+
+
+def demo_table(ev: Any) -> str:
+    """What the demo printed (the first run), its paths aside, as a code block."""
+    lines = [line for line in ev.texts["run1/stdout.txt"].splitlines()
+             if not line.startswith(("figure:", "runs/", "results in"))]
+    return "```\n" + "\n".join(lines).strip() + "\n```"
+
+
+DEMO_CLAIMS = [
+    Claim("demo.same", DEMO, same_twice, "two consecutive runs print {} table", str, BOTH),
+    Claim("demo.budget", DEMO, lambda e: demo_run(e, "nag").attrs["budget"]["budget"],
+          "at {} gradient-equivalents each", ".0f", BOTH),
+    Claim("demo.nag.settings", DEMO, lambda e: tuple(demo_run(e, "nag").attrs["config"][k] for k
+                                                     in ("mu_max", "lr", "batch_size")),
+          "μ_max {}, ε = {}, minibatch {}", "g"),
+    Claim("demo.train_error", DEMO, lambda e: tuple(demo_run(e, o).final("train_error") for o
+                                                    in ("nag", "hf", "hf-momentum")),
+          "reaches training error {}, Martens' HF {} and the momentum-like HF {}", ".3g"),
+    Claim("demo.rejected", DEMO, no_rejection, "({})", str),
+    Claim("demo.quadratic", DEMO, lambda e: (demo_comparison(e)["step"],
+                                             f"{demo_comparison(e)['dim']:,}"),
+          "the quadratic of HF's step {} ({} parameters)", str, BOTH),
+    Claim("demo.cg", DEMO, lambda e: (products_to(e, 0.9), products_to(e, 0.99)),
+          "CG closes 90 % of the gap to the minimum in {} products and 99 % in {}", "d", BOTH),
+    Claim("demo.first_order", DEMO, lambda e: (best_first_order_share(e),
+                                               demo_comparison(e)["iters"]),
+          "close at most {} of it in {}", str, BOTH),
+]
+
+
+# -- curvature products and the other benchmark outputs ------------------------------------------
+def product_ratio(art: Any, ours: str, peer: str) -> float:
+    return cell(art.text, peer, 0) / cell(art.text, ours, 0)
+
+
+SEQ = "GGN product, auto = sequential (cached)"
+DB = "GGN product, double-backward (cached)"
+UNCACHED = "GGN product, double-backward uncached (cache=False)"
+BENCH_CLAIMS = [
+    Claim("products.cached", PRODUCTS, lambda a: (cell(a.text, SEQ, 1), cell(a.text, DB, 1)),
+          "a cached GGN product costs **{}** gradients (auto = analytic `sequential` backend; "
+          "{} with double-backward)", ".3g"),
+    Claim("products.backpack", PRODUCTS,
+          lambda a: product_ratio(a, SEQ, "backpack ggn_vector_product"),
+          "**{}x** faster than BackPACK 1.7.1's product on a stored graph", ".2g"),
+    Claim("products.curvlinops.uncached", PRODUCTS,
+          lambda a: product_ratio(a, UNCACHED, "curvlinops GGNLinearOperator @ v"),
+          "our uncached product (double-backward, `cache=False`) is **{}x** faster", ".2g"),
+    Claim("products.curvlinops.mixed", PRODUCTS,
+          lambda a: product_ratio(a, SEQ, "curvlinops GGNLinearOperator @ v"),
+          "our cached product against its uncached one, {}x", ".2g"),
+    Claim("products.memory", PRODUCTS, lambda a: cell(a.text, "ggn-sequential", 1),
+          "in **{}x** a gradient's peak memory", ".2f"),
+    Claim("hf_step.outside", HF_STEP, lambda a: float(
+        a.text.split("evaluations: ")[1].split("= ")[1].split("%")[0]),
+          "spends {}% of its time outside products", ".1f"),
+    Claim("cg.rest", CG, lambda a: cell(a.text, "auto = sequential", 3),
+          "a CG iteration spends {}% outside its product", ".1f"),
+    Claim("rnn.product", RNN, lambda a: rnn_product(a.text),
+          "with structural damping costs {} gradients", ".2g"),
+    Claim("spectral.eigsh", SPECTRAL, lambda a: eigsh(a.text),
+          "agree with scipy's `eigsh` to {} in {} products and {} s against scipy's {} products "
+          "and {} s", str),
+    Claim("spectral.blocks", SPECTRAL, lambda a: block_ratios(a.text), "({}-{}x)", ".2f"),
+]
+
+
+def rnn_product(text: str) -> float:
+    """Product / gradient of the forward backend with structural damping (μ = 0.03)."""
+    (row,) = [line.split() for line in text.splitlines()
+              if line.startswith("forward ") and line.split()[1] == "0.03"]
+    return float(row[-1])
+
+
+def eigsh(text: str) -> tuple[str, ...]:
+    ours, scipy = ("hessfree eigsh, block=1 (default tol=sqrt(eps)=1.5e-8)",
+                   "scipy eigsh via to_scipy(), tol=1.5e-8")
+    mine, theirs = rows(text, ours)[ours], rows(text, scipy)[scipy]
+    return (f"{float(mine[3]):.0e}", mine[0], mine[1].split()[0], theirs[0],
+            theirs[1].split()[0])
+
+
+def block_ratios(text: str) -> tuple[float, float]:
+    """The spread of block / singles over the rows the package uses (not the forced ones)."""
+    ratios = [float(line.split("|")[4].strip().strip("*")) for line in text.splitlines()
+              if line.startswith("| ") and "**" in line and "forced" not in line]
+    return min(ratios), max(ratios)
+
+
+# -- reproduced tables (Table 1, Table 5) --------------------------------------------------------
+def cells(ev: Any) -> list[tuple[str, str, list[str]]]:
+    """(cell, optimizer, run keys) of the command's plan, in its order."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for j in ev.jobs:
+        out.setdefault(j.cell, (j.optimizer, []))[1].append(f"{j.experiment}/{j.name}")
+    return [(c, o, keys) for c, (o, keys) in out.items()]
+
+
+def summary_cells(ev: Any) -> dict[str, dict[str, float]]:
+    """The summary's numbers per cell (first experiment), or nothing before any evaluation."""
+    if not (ev.path / "summary.h5").is_file():
+        return {}
+    s = ev.summary()
+    names = ("mean", "std", "min", "max", "n_seeds", "best_lr", "best_lr_on_edge", "mu_reached",
+             "paper")
+    return {c: {n: float(s[n][0][i]) for n in names} for i, c in enumerate(s["cells"])
+            if math.isfinite(float(s["mean"][0][i]))}
+
+
+def state(ev: Any) -> tuple[int, int]:
+    """(finished, planned) runs."""
+    return ev.finished, len(ev.planned)
+
+
+def progress(ev: Any, keys: list[str]) -> str:
+    done = sum(1 for k in keys if k in ev.runs and ev.runs[k].finished)
+    running = sum(1 for k in keys if k in ev.runs and not ev.runs[k].finished)
+    return f"{done} of {len(keys)}" + (f" ({running} unfinished)" if running else "")
+
+
+def g3(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def table(ev: Any, metric: str) -> str:
+    """The reproduced table, one row per cell.
+
+    Per cell: the runs finished, mean ± sd over seeds (min-max) of the metric at the best
+    learning rate by mean (edge: the grid's largest or smallest), the μ the cell reached and
+    the paper's number at f = 1.
+    """
+    summ = summary_cells(ev)
+    lines = [f"| cell | optimizer | runs finished | {metric}: mean ± sd (min-max), seeds | "
+             "best lr | μ reached | paper, f = 1 |", "|---|---|---|---|---|---|---|"]
+    for c, opt, keys in cells(ev):
+        s = summ.get(c)
+        if s is None:
+            lines.append(f"| {c} | {opt} | {progress(ev, keys)} | - | - | - | - |")
+            continue
+        n = int(s["n_seeds"])
+        value = f"{g3(s['mean'])} ± {s['std']:.2g} ({g3(s['min'])}-{g3(s['max'])}), {n}" \
+            if n > 1 else f"{g3(s['mean'])}, 1"
+        lr = "-" if not math.isfinite(s["best_lr"]) else \
+            f"{s['best_lr']:g}{' (grid edge)' if s['best_lr_on_edge'] else ''}"
+        mu = "-" if not math.isfinite(s["mu_reached"]) else f"{s['mu_reached']:.4g}"
+        paper = "-" if not math.isfinite(s["paper"]) else f"{s['paper']:g}"
+        lines.append(f"| {c} | {opt} | {progress(ev, keys)} | {value} | {lr} | {mu} | {paper} |")
+    return "\n".join(lines)
+
+
+def hf_vs_nag(ev: Any) -> str:
+    """The HF† against NAG sentence, following the spread over seeds."""
+    summ, plan = summary_cells(ev), {c: keys for c, _, keys in cells(ev)}
+    nag = {c: s for c, s in summ.items() if c.endswith("N")}
+    ready = "HF†" in summ and nag and all(ev.runs[k].finished for k in plan["HF†"]) and all(
+        k in ev.runs and ev.runs[k].finished for c in plan if c.endswith("N") for k in plan[c])
+    if not ready:
+        nag_keys = [k for c in plan if c.endswith("N") for k in plan[c]]
+        return ("The sentence comparing HF† with NAG waits for their runs: HF† "
+                f"{progress(ev, plan.get('HF†', []))}, NAG {progress(ev, nag_keys)} finished.")
+    best = min(nag, key=lambda c: nag[c]["mean"])
+    h, b = summ["HF†"], nag[best]
+    gap, spread = b["mean"] - h["mean"], math.hypot(h["std"], b["std"])
+    order = "below" if gap > 0 else "above"
+    verdict = ("more than twice the seeds' combined spread: HF† ends ahead" if gap > 2 * spread
+               else "more than twice the seeds' combined spread: NAG ends ahead"
+               if -gap > 2 * spread else "within twice the seeds' combined spread: a tie at "
+               "this budget")
+    return (f"HF† ends at {g3(h['mean'])} ± {h['std']:.2g}, {order} the best NAG cell ({best}, "
+            f"lr {b['best_lr']:g}: {g3(b['mean'])} ± {b['std']:.2g}) by {abs(gap):.2g}, "
+            f"{verdict} (combined spread {spread:.2g}).")
+
+
+def hf_runs(ev: Any) -> str:
+    """Table 5's HF runs one by one: where each stood, and whether it solved the task."""
+    lines = ["| run | status | HF steps | gradient-equivalents | test zero-one error: last "
+             "(lowest) | solved (< 1 %) |", "|---|---|---|---|---|---|"]
+    for key in ev.planned:
+        if key not in ev.runs:
+            lines.append(f"| {key.split('/')[-1]} | not started | - | - | - | - |")
+            continue
+        r = ev.runs[key]
+        err = r.eval["test_error"]
+        low = float(np.min(err)) if len(err) else math.nan
+        lines.append(f"| {key.split('/')[-1]} | {r.status} | {r.attrs['rows']} | "
+                     f"{r.attrs['grad_equiv']:.0f} | {r.final('test_error'):.3g} ({low:.3g}) | "
+                     f"{'yes' if low < 0.01 else 'no'} |")
+    return "\n".join(lines)
+
+
+def protocol(ev: Any) -> tuple[str, int]:
+    """(fraction of the budget, seeds per cell) of a reproduce command."""
+    seeds = {j.seed for j in ev.jobs}
+    return f"{100 * reproduce_args(ev).fraction:g} %", len(seeds)
+
+
+def reproduce_args(ev: Any) -> Any:
+    from hessfree.runs.evidence import reproduce_plan
+
+    return reproduce_plan(ev.command)[0]
+
+
+def hf_budget(ev: Any) -> str:
+    (budget,) = {j.budget for j in ev.jobs if j.optimizer == "hf"}
+    return f"{budget:,.0f}"
+
+
+def hf_phases(ev: Any) -> str:
+    """The momentum-like HF's first seed by phase (its step table)."""
+    keys = [k for c, _, ks in cells(ev) if c == "HF†" for k in ks]
+    if not keys or keys[0] not in ev.runs or ev.runs[keys[0]].steps is None:
+        return "No momentum-like HF run had started when the artifact was built."
+    r = ev.runs[keys[0]]
+    st = r.steps
+    lines = [f"{keys[0].split('/')[-1]} ({r.status}):", "",
+             "| phase | updates | gradient-equivalents | rejected | Armijo shortened | λ | "
+             "median ρ |", "|---|---|---|---|---|---|---|"]
+    for ph in sorted(set(int(p) for p in st["phase"])):
+        m = st["phase"] == ph
+        lam, rho = st["lambda_after"][m], st["rho"][m]
+        rho = rho[np.isfinite(rho)]
+        lines.append(f"| {ph + 1} | {int(m.sum())} | {float(np.sum(st['grad_equiv'][m])):.0f} | "
+                     f"{int((~st['accepted'][m]).sum())} | "
+                     f"{int(np.sum(st['step_size'][m] < 1.0))} | "
+                     f"{np.min(lam):.2g} - {np.max(lam):.2g} | "
+                     f"{(np.median(rho) if len(rho) else math.nan):.2g} |")
+    return "\n".join(lines)
+
+
+BACKGROUND_CLAIMS = [
+    Claim("table1.state", T1, state, "{} of {} runs of the re-run had finished", "d", BOTH),
+    Claim("table1.protocol", T1, protocol, "CURVES column, {} of the budget, {} seeds a cell",
+          str, BOTH),
+    Claim("table5.f1.state", T5F1, state, "{} of {} HF runs had finished", "d", BOTH),
+    Claim("table5.f1.budget", T5F1, hf_budget, "{} gradient-equivalents a run", str, BOTH),
+    Claim("table5.T", T5F1, lambda e: next(iter(e.runs.values())).attrs["config"]["T"],
+          "addition at T = {}", "d", BOTH),
+]
+
+CLAIMS = DEMO_CLAIMS + BENCH_CLAIMS + BACKGROUND_CLAIMS
+
+GIVENS = [
+    Given("2-core CPU", "the machine"),
+    Given("Eq. 3-5", "the paper's equations"),
+    Given("(ε = 1/L, the best μ of a grid)", "the comparison's settings"),
+    Given("curvlinops 3.0.1", "a package version"),
+    Given("BackPACK 1.7.1", "a package version"),
+    Given("batch 1000", "the benchmark's setting"),
+    Given("the code of 23 November", "a date"),
+    Given("the top 5 eigenvalues", "the benchmark's setting"),
+    Given("**Table 1", "the paper's table"),
+    Given("**Table 5", "the paper's table"),
+    Given("Eq. 5's stages", "the paper's equation"),
+    Given('a "0.999" cell reaches 0.999', "the scaled stages (tests/test_runs_reproduce.py)"),
+    Given("solved means below 1 %", "the papers' criterion"),
+]
+
+def artifact_list(*arts: Any) -> str:
+    """Every artifact: its path, its runs finished, when it was built, its command."""
+    lines = ["| artifact | runs finished | built | command |", "|---|---|---|---|"]
+    for a in arts:
+        if hasattr(a, "meta"):
+            lines.append(f"| `artifacts/{a.path.name}/` | {a.meta['finished']} | "
+                         f"{a.meta['built'][:10]} | `{a.command}` |")
+        else:
+            lines.append(f"| `results/{a.path.name}` | - | - | `{a.command}` |")
+    return "\n".join(lines)
+
+
+ALL_ARTIFACTS = (DEMO, T1, T5F1, PRODUCTS, HF_STEP, RNN, CG, SPECTRAL)
+
+BLOCKS = [
+    Block("artifacts", ALL_ARTIFACTS, artifact_list, RESULTS),
+    Block("table1-curves", T1, lambda e: table(e, "training error"), BOTH),
+    Block("table1-hf-vs-nag", T1, hf_vs_nag, BOTH),
+    Block("table5-hf-f1", T5F1, hf_runs, BOTH),
+    Block("table1-hf-phases", T1, hf_phases, RESULTS),
+    Block("demo-table", DEMO, demo_table, RESULTS),
+]
+
+FIGURES = [Figure("benchmarks/demo.png", DEMO, draw_demo)]
+
+SCANNED = [("README.md", "## Results")]
