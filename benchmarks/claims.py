@@ -207,10 +207,17 @@ def block_ratios(text: str) -> tuple[float, float]:
 
 
 # -- reproduced tables (Table 1, Table 5) --------------------------------------------------------
+def jobs(ev: Any) -> list[Any]:
+    """The jobs of an artifact's ``hessfree reproduce`` command."""
+    from hessfree.runs.cli import reproduce_command
+
+    return reproduce_command(ev.command)[1]
+
+
 def cells(ev: Any) -> list[tuple[str, str, list[str]]]:
     """(cell, optimizer, run keys) of the command's plan, in its order."""
     out: dict[str, tuple[str, list[str]]] = {}
-    for j in ev.jobs:
+    for j in jobs(ev):
         out.setdefault(j.cell, (j.optimizer, []))[1].append(f"{j.experiment}/{j.name}")
     return [(c, o, keys) for c, (o, keys) in out.items()]
 
@@ -309,18 +316,18 @@ def hf_runs(ev: Any) -> str:
 
 def protocol(ev: Any) -> tuple[str, int]:
     """(fraction of the budget, seeds per cell) of a reproduce command."""
-    seeds = {j.seed for j in ev.jobs}
+    seeds = {j.seed for j in jobs(ev)}
     return f"{100 * reproduce_args(ev).fraction:g} %", len(seeds)
 
 
 def reproduce_args(ev: Any) -> Any:
-    from hessfree.runs.evidence import reproduce_plan
+    from hessfree.runs.cli import reproduce_command
 
-    return reproduce_plan(ev.command)[0]
+    return reproduce_command(ev.command)[0]
 
 
 def hf_budget(ev: Any) -> str:
-    (budget,) = {j.budget for j in ev.jobs if j.optimizer == "hf"}
+    (budget,) = {j.budget for j in jobs(ev) if j.optimizer == "hf"}
     return f"{budget:,.0f}"
 
 

@@ -12,7 +12,7 @@ import pytest
 from hessfree.errors import InputError
 from hessfree.quadratic import Comparison
 from hessfree.runs import evidence
-from hessfree.runs.cli import main
+from hessfree.runs.cli import main, reproduce_command
 from hessfree.runs.results import read_results
 
 SMALL_AE = ["--set", "n_train=200", "--set", "n_test=50", "--set", "numchunks=2"]
@@ -85,21 +85,24 @@ def test_the_artifact_of_a_reproduce_folder_keeps_its_tables(capsys, reproduced,
 def test_a_command_that_did_not_make_the_runs_is_refused(reproduced, tmp_path):
     other = command(reproduced).replace("0.01,0.005", "0.01")
     with pytest.raises(InputError, match="command: it plans 4 runs that differ from the 6"):
-        evidence.build(reproduced, tmp_path / "a", other)
+        evidence.build(reproduced, tmp_path / "a", other, plan=reproduce_command(other))
     with pytest.raises(InputError, match="lies inside the source folder"):
         evidence.build(reproduced, reproduced / "art", command(reproduced))
+    assert reproduce_command("hessfree train curves-ae") is None
+    assert reproduce_command("nice -n 10 " + command(reproduced))[0].table == "table1"
     with pytest.raises(InputError, match="command: expected"):
         evidence.build(reproduced, tmp_path / "b", " ")
 
 
 def test_a_queued_run_is_an_artifact_of_its_plan_and_is_rebuilt_as_it_goes(
         capsys, reproduced, tmp_path):
-    art = evidence.build(tmp_path / "not-yet", tmp_path / "art", command(tmp_path / "not-yet"),
-                         note="queued behind another run")
+    cmd = command(tmp_path / "not-yet")
+    art = evidence.build(tmp_path / "not-yet", tmp_path / "art", cmd,
+                         note="queued behind another run", plan=reproduce_command(cmd))
     ev = evidence.read(art)
     assert ev.runs == {} and ev.finished == 0 and len(ev.planned) == 6
     assert ev.meta["finished"] == "0 of 6" and not (art / "summary.h5").exists()
-    assert [j.cell for j in ev.jobs] == ["0.999N"] * 4 + ["HF*"] * 2
+    assert ev.planned == [f"curves-ae/{j.name}" for j in reproduce_command(cmd)[1]]
     with pytest.raises(InputError, match="no summary.h5"):
         ev.summary()
     # later: the same artifact rebuilt from where the runs went, its command and note kept

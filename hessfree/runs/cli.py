@@ -20,7 +20,7 @@ from typing import Any
 from hessfree._version import __version__
 from hessfree.errors import InputError, InputTypeError, RunError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "reproduce_command"]
 
 #: exit code of a user error or a cleanly reported fault
 EXIT_USAGE = 2
@@ -373,11 +373,38 @@ def cmd_check_products(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def reproduce_command(command: str) -> tuple[argparse.Namespace, list[Any]] | None:
+    """The parsed arguments and jobs of a ``hessfree reproduce`` command line, else None.
+
+    Leading ``VAR=value`` words and ``nice [-n N]`` are skipped, as a shell would run them.
+    """
+    import shlex
+
+    from hessfree.runs.reproduce import plan
+
+    words = shlex.split(command)
+    while words and ("=" in words[0] and not words[0].startswith("-") or words[0] == "nice"):
+        words = words[3:] if words[:2] == ["nice", "-n"] else words[1:]
+    if len(words) < 2 or Path(words[0]).name != "hessfree" or words[1] != "reproduce":
+        return None
+    args = build_parser().parse_args(words[1:])
+    return args, plan(args.table, args.fraction, experiments_=args.experiments,
+                      optimizers=args.optimizers, mus=args.mu, lrs=args.lrs,
+                      overrides=_overrides(args.set), seeds=args.seeds, seed=args.seed,
+                      mu_stages=args.mu_stages)
+
+
 def cmd_artifact(args: argparse.Namespace) -> int:
     """Write the artifact of a folder of runs."""
-    from hessfree.runs.evidence import build
+    from hessfree.runs.evidence import ARTIFACT_FILE, build
 
-    print(build(args.source, args.out, args.made_by, note=args.note, max_rows=args.max_rows))
+    command = args.made_by
+    index = Path(args.out) / ARTIFACT_FILE
+    if command is None and index.is_file():
+        command = json.loads(index.read_text()).get("command")
+    planned = reproduce_command(command) if command else None
+    print(build(args.source, args.out, command, note=args.note, max_rows=args.max_rows,
+                plan=planned))
     return 0
 
 

@@ -5,9 +5,9 @@ is its tables. :func:`build` reads a folder of runs (a ``hessfree reproduce`` fo
 folder, or any folder holding ``results.h5`` files) and writes an *artifact* folder:
 
 - ``ARTIFACT.json``: the exact command that made the runs, when and by which code (the runs'
-  git commits), which runs it planned (a ``hessfree reproduce`` command is planned again here
-  with :func:`hessfree.runs.reproduce.plan`, and must match the folder's ``plan.json``), and
-  each run's status, so an unfinished run is an artifact of what it had reached, and says so;
+  git commits), which runs it planned (a ``hessfree reproduce`` command is planned again with
+  :func:`hessfree.runs.reproduce.plan` and must match the folder's ``plan.json``), and each
+  run's status, so an unfinished run is an artifact of what it had reached, and says so;
 - ``evidence.h5``: per run its attributes (experiment, optimizer, seed, settings, status,
   commit), its whole ``/eval`` table, and its ``/steps`` table when it has at most ``max_rows``
   rows (HF runs: every step's ρ, λ, CG iterations, rejection), else the step counts that matter
@@ -28,7 +28,6 @@ import datetime
 import json
 import math
 import os
-import shlex
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,8 +43,7 @@ from hessfree.errors import InputError
 from hessfree.runs.report import run_status
 from hessfree.runs.results import read_results
 
-__all__ = ["ARTIFACT_FILE", "EVIDENCE_FILE", "FORMAT", "Evidence", "EvidenceRun", "build", "read",
-           "reproduce_plan"]
+__all__ = ["ARTIFACT_FILE", "EVIDENCE_FILE", "FORMAT", "Evidence", "EvidenceRun", "build", "read"]
 
 FORMAT = "hessfree.evidence/1"
 ARTIFACT_FILE = "ARTIFACT.json"
@@ -114,12 +112,6 @@ class Evidence:
     def planned(self) -> list[str]:
         """The runs the command plans (their keys), or the runs present if it plans none."""
         return list(self.meta.get("planned") or self.runs)
-
-    @property
-    def jobs(self) -> list[Any]:
-        """The jobs of its ``hessfree reproduce`` command (empty for any other command)."""
-        planned = reproduce_plan(self.command)
-        return planned[1] if planned else []
 
     @property
     def finished(self) -> int:
@@ -218,31 +210,6 @@ def _get_text(group: h5py.Group, name: str) -> str:
     return group[name][()].tobytes().decode("utf-8")
 
 
-def reproduce_plan(command: str) -> tuple[Any, list[Any]] | None:
-    """The parsed arguments and jobs of a ``hessfree reproduce`` command, else None.
-
-    Leading ``VAR=value`` words and ``nice [-n N]`` are skipped, as a shell would run them.
-    """
-    words = shlex.split(command)
-    while words and "=" in words[0] and not words[0].startswith("-"):
-        words = words[1:]  # leading VAR=value assignments
-    if words[:1] == ["nice"]:
-        words = words[1:]
-        if words[:1] == ["-n"]:
-            words = words[2:]
-    if len(words) < 2 or Path(words[0]).name not in ("hessfree",) or words[1] != "reproduce":
-        return None
-    from hessfree.runs.cli import _overrides, build_parser
-    from hessfree.runs.reproduce import plan
-
-    args = build_parser().parse_args(words[1:])
-    jobs = plan(args.table, args.fraction, experiments_=args.experiments,
-                optimizers=args.optimizers, mus=args.mu, lrs=args.lrs,
-                overrides=_overrides(args.set), seeds=args.seeds, seed=args.seed,
-                mu_stages=args.mu_stages)
-    return args, jobs
-
-
 def _check_plan(source: Path, jobs: list[Any]) -> None:
     """The folder's ``plan.json`` must list the jobs the command plans."""
     path = source / "plan.json"
@@ -305,7 +272,8 @@ def _copy_summary(src: Path, dst: Path, keys: list[str]) -> None:
 
 
 def build(source: str | os.PathLike, out: str | os.PathLike, command: str | None = None,
-          note: str | None = None, max_rows: int = 1000) -> Path:
+          note: str | None = None, max_rows: int = 1000,
+          plan: tuple[Any, list[Any]] | None = None) -> Path:
     """Write the artifact of the runs in ``source`` into the folder ``out``; return ``out``.
 
     Args:
@@ -317,6 +285,10 @@ def build(source: str | os.PathLike, out: str | os.PathLike, command: str | None
         note: anything the reader should know (where it ran, what shared the machine); None:
             the existing artifact's note.
         max_rows: a run with more updates keeps its step counts, not its step table.
+        plan: for a ``hessfree reproduce`` command, its parsed arguments and jobs
+            (:func:`hessfree.runs.cli.reproduce_command`; ``hessfree artifact`` passes them):
+            checked against the folder's ``plan.json``, listed as the planned runs, and
+            summarized.
     """
     _checks.integer(max_rows, "max_rows", minimum=1)
     source, out = Path(source), Path(out)
@@ -331,7 +303,7 @@ def build(source: str | os.PathLike, out: str | os.PathLike, command: str | None
         raise InputError(f"source: {source} is not a folder of runs")
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise InputError(f"out: {out} lies inside the source folder; write artifacts elsewhere")
-    planned = reproduce_plan(command)
+    planned = plan
     if planned is not None:
         _check_plan(source, planned[1])
     out.mkdir(parents=True, exist_ok=True)
