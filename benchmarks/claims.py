@@ -353,6 +353,46 @@ def hf_phases(ev: Any) -> str:
     return "\n".join(lines)
 
 
+def best_runs(ev: Any) -> dict[str, list[Any]]:
+    """Per cell, its runs at the best learning rate (the summary's), those that have evals."""
+    summ = summary_cells(ev)
+    out: dict[str, list[Any]] = {}
+    for c, _, keys in cells(ev):
+        lr = summ.get(c, {}).get("best_lr", math.nan)
+        for j in jobs(ev):
+            key = f"{j.experiment}/{j.name}"
+            if j.cell == c and key in ev.runs and len(ev.runs[key].eval.get("step", [])) and (
+                    j.lr is None or j.lr == lr):
+                out.setdefault(c, []).append(ev.runs[key])
+    return out
+
+
+def draw_reproduced(path: Path, metric: str, title: str, *arts: Any) -> None:
+    """Each cell's runs at its best learning rate: the metric against gradient-equivalents."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from hessfree._files import save_figure
+
+    fig = Figure(figsize=(7.5, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    k = 0
+    for art in arts:
+        for c, runs in best_runs(art).items():
+            f = f"{100 * reproduce_args(art).fraction:g} %"
+            for i, r in enumerate(runs):
+                ax.plot(r.eval["grad_equiv"], r.eval[metric], color=f"C{k % 10}",
+                        lw=1.2 if i == 0 else 0.6, label=f"{c} ({f} budget)" if i == 0 else None)
+            k += 1
+    ax.set(xlabel="gradient-equivalents", ylabel=metric.replace("_", " "), title=title)
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 BACKGROUND_CLAIMS = [
     Claim("table1.state", T1, state, "{} of {} runs of the re-run had finished", "d", BOTH),
     Claim("table1.protocol", T1, protocol, "CURVES column, {} of the budget, {} seeds a cell",
