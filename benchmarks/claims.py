@@ -147,6 +147,116 @@ DEMO_CLAIMS = [
 ]
 
 
+# -- the momentum-like HF's minibatch phase (the stability study) --------------------------------
+#: the study's runs (their folders) and what each varies, in the order of the table
+VARIANTS = {
+    "fitted-reject": "ρ on the fitted minibatch; a step that raises it is rejected (the old "
+                     "preset)",
+    "fitted-never-reject": "as above, never rejecting",
+    "check-reject": "ρ on a second, disjoint minibatch against its own gradient's model; a step "
+                    "that raises the fitted minibatch is rejected",
+    "preset": "as above, the step shortened by Armijo from ε instead (the preset)",
+}
+
+
+def variant(ev: Any, name: str) -> Any:
+    return run(ev, f"curves-ae/{name}")
+
+
+def burst(rejected: np.ndarray) -> int:
+    """The longest run of consecutive rejected steps."""
+    longest = current = 0
+    for r in rejected:
+        current = current + 1 if r else 0
+        longest = max(longest, current)
+    return longest
+
+
+def wander(r: Any) -> tuple[float, int, float]:
+    """(lowest training error, where, highest after it) of a run's evaluations."""
+    err, ge = r.eval["train_error"], r.eval["grad_equiv"]
+    i = int(np.argmin(err))
+    return float(err[i]), round(float(ge[i])), float(np.max(err[i:]))
+
+
+def study_table(ev: Any) -> str:
+    """One row per variant: its settings, steps, rejections, λ and training error."""
+    marks = (100, 200, 320, 650)
+    lines = ["| variant | `check` / `line_search` / `reject_worse` | steps | rejected (longest "
+             "burst) | smallest λ | training error at " + " / ".join(map(str, marks)) +
+             " gradient-equivalents |", "|---|---|---|---|---|---|"]
+    for name, what in VARIANTS.items():
+        r = variant(ev, name)
+        c, st = r.attrs["config"], r.steps
+        rej = ~st["accepted"]
+        errs = " / ".join(g3(r.at("train_error", m)) for m in marks)
+        lines.append(f"| {what} | {c['check']} / {c['line_search']} / {c['reject_worse']} | "
+                     f"{len(rej)} | {int(rej.sum())} ({burst(rej)}) | "
+                     f"{np.min(st['lambda_after']):.2g} | {errs} |")
+    return "\n".join(lines)
+
+
+def draw_study(path: Path, ev: Any) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "plot_momentum_study", Path(__file__).with_name("plot_momentum_study.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.draw({name: variant(ev, name) for name in VARIANTS}, path)
+
+
+def rejected(ev: Any, name: str) -> tuple[int, int]:
+    rej = ~variant(ev, name).steps["accepted"]
+    return int(rej.sum()), len(rej)
+
+
+def smallest_lambda(ev: Any, name: str) -> str:
+    return f"{np.min(variant(ev, name).steps['lambda_after']):.1e}"
+
+
+def fitted(ev: Any) -> tuple[str, ...]:
+    """The old preset: smallest λ, share rejected, lowest error (where) and the highest after."""
+    low, where, high = wander(variant(ev, "fitted-reject"))
+    n, total = rejected(ev, "fitted-reject")
+    return smallest_lambda(ev, "fitted-reject"), pct(n / total), g3(low), str(where), g3(high)
+
+
+def never(ev: Any) -> tuple[str, str]:
+    low, _, high = wander(variant(ev, "fitted-never-reject"))
+    return g3(low), g3(high)
+
+
+def sooner(ev: Any) -> tuple[str, ...]:
+    """Training error of the preset and of the rejecting variant at 320 and at the end."""
+    p, r = variant(ev, "preset"), variant(ev, "check-reject")
+    return (g3(p.at("train_error", 320)), g3(r.at("train_error", 320)),
+            g3(p.final("train_error")), g3(r.final("train_error")),
+            f"{p.eval['grad_equiv'][-1]:.0f}")
+
+
+STUDY_CLAIMS = [
+    Claim("study.budget", STUDY, lambda e: variant(e, "preset").attrs["budget"]["budget"],
+          "for {} gradient-equivalents each", ".0f", BOTH),
+    Claim("study.fitted", STUDY, fitted,
+          "let λ fall to {} and the run wander ({} of steps rejected; training error {} at {} "
+          "gradient-equivalents, then up to {})", str, BOTH),
+    Claim("study.never", STUDY, never, "never rejecting such steps diverged ({} → {})", str,
+          BOTH),
+    Claim("study.check", STUDY, lambda e: smallest_lambda(e, "preset"),
+          "it never falls below {}", str, BOTH),
+    Claim("study.rejections", STUDY, lambda e: (
+        *rejected(e, "preset"), *rejected(e, "check-reject"),
+        burst(~variant(e, "check-reject").steps["accepted"])),
+          "removed every rejection ({} of {} steps, was {} of {} in bursts of up to {})", "d",
+          BOTH),
+    Claim("study.sooner", STUDY, sooner,
+          "left the mean-image plateau sooner (training error {} against {} at 320 "
+          "gradient-equivalents) and ended lower ({} against {} at {})", str, BOTH),
+]
+
+
 # -- curvature products and the other benchmark outputs ------------------------------------------
 def product_ratio(art: Any, ours: str, peer: str) -> float:
     return cell(art.text, peer, 0) / cell(art.text, ours, 0)
@@ -403,7 +513,7 @@ BACKGROUND_CLAIMS = [
           "addition at T = {}", "d", BOTH),
 ]
 
-CLAIMS = DEMO_CLAIMS + BENCH_CLAIMS + BACKGROUND_CLAIMS
+CLAIMS = DEMO_CLAIMS + STUDY_CLAIMS + BENCH_CLAIMS + BACKGROUND_CLAIMS
 
 GIVENS = [
     Given("2-core CPU", "the machine"),
@@ -419,6 +529,7 @@ GIVENS = [
     Given("Eq. 5's stages", "the paper's equation"),
     Given('a "0.999" cell reaches 0.999', "the scaled stages (tests/test_runs_reproduce.py)"),
     Given("solved means below 1 %", "the papers' criterion"),
+    Given("A.6's first phase", "the paper's appendix"),
 ]
 
 def artifact_list(*arts: Any) -> str:
@@ -433,7 +544,7 @@ def artifact_list(*arts: Any) -> str:
     return "\n".join(lines)
 
 
-ALL_ARTIFACTS = (DEMO, T1, T5F1, PRODUCTS, HF_STEP, RNN, CG, SPECTRAL)
+ALL_ARTIFACTS = (DEMO, STUDY, T1, T5F1, PRODUCTS, HF_STEP, RNN, CG, SPECTRAL)
 
 BLOCKS = [
     Block("artifacts", ALL_ARTIFACTS, artifact_list, RESULTS),
@@ -442,8 +553,10 @@ BLOCKS = [
     Block("table5-hf-f1", T5F1, hf_runs, BOTH),
     Block("table1-hf-phases", T1, hf_phases, RESULTS),
     Block("demo-table", DEMO, demo_table, RESULTS),
+    Block("study", STUDY, study_table, RESULTS),
 ]
 
-FIGURES = [Figure("benchmarks/demo.png", DEMO, draw_demo)]
+FIGURES = [Figure("benchmarks/demo.png", DEMO, draw_demo),
+           Figure("benchmarks/momentum_hf_study.png", STUDY, draw_study)]
 
 SCANNED = [("README.md", "## Results")]
