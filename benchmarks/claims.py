@@ -181,18 +181,20 @@ def wander(r: Any) -> tuple[float, int, float]:
 
 def study_table(ev: Any) -> str:
     """One row per variant: its settings, steps, rejections, λ and training error."""
-    marks = (100, 200, 320, 650)
+    marks = (100, 200, 320)
     lines = ["| variant | `check` / `line_search` / `reject_worse` | steps | rejected (longest "
              "burst) | smallest λ | training error at " + " / ".join(map(str, marks)) +
-             " gradient-equivalents |", "|---|---|---|---|---|---|"]
+             " gradient-equivalents | at the end (where) |", "|---|---|---|---|---|---|---|"]
     for name, what in VARIANTS.items():
         r = variant(ev, name)
         c, st = r.attrs["config"], r.steps
         rej = ~st["accepted"]
         errs = " / ".join(g3(r.at("train_error", m)) for m in marks)
+        end = f"{g3(r.final('train_error'))} ({r.eval['grad_equiv'][-1]:.0f}" + \
+            (")" if r.finished else f", {r.status})")
         lines.append(f"| {what} | {c['check']} / {c['line_search']} / {c['reject_worse']} | "
                      f"{len(rej)} | {int(rej.sum())} ({burst(rej)}) | "
-                     f"{np.min(st['lambda_after']):.2g} | {errs} |")
+                     f"{np.min(st['lambda_after']):.2g} | {errs} | {end} |")
     return "\n".join(lines)
 
 
