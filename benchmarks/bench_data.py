@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 import hessfree.data as data
+from hessfree._files import write_text
 from hessfree.data.faces import FILTER, WINDOW
-from hessfree.data.paths import atomic_write
 
 HERE = Path(__file__).resolve().parent
 
@@ -129,8 +129,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    with atomic_write(args.out) as tmp:
-        tmp.write_text(text)
+    write_text(args.out, text)
 
 
 if __name__ == "__main__":

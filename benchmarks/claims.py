@@ -111,11 +111,11 @@ def no_rejection(ev: Any) -> str:
 
 def draw_demo(path: Path, ev: Any) -> None:
     from hessfree.quadratic import Comparison
-    from hessfree.runs.demo import OPTIMIZERS, draw_figure
+    from hessfree.runs.demo import RUNS, draw_figure
 
     c = demo_comparison(ev)
-    draw_figure({o: demo_run(ev, o) for o in OPTIMIZERS}, Comparison.from_dict(c), c["step"],
-                path)
+    draw_figure({r.optimizer: demo_run(ev, r.optimizer) for r in RUNS},
+                Comparison.from_dict(c), c["step"], path)
 
 
 def demo_table(ev: Any) -> str:

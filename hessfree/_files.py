@@ -1,4 +1,14 @@
-"""Writing output files safely: images in a checked format, atomically, never over a results file.
+"""Writing output files safely: atomically; images in a checked format, never over a results file.
+
+:func:`atomic_path` is the one way the package writes a file: the content goes to a temporary
+file beside the target, which is moved into place with ``os.replace`` only when the writing
+succeeded and removed otherwise, so a kill or an error never leaves half a file or a stray
+temporary one. Checkpoints, summaries, saved quadratics, downloaded data and images all use it
+(:func:`write_text` for text).
+
+Every figure the package draws starts from :func:`figure` (matplotlib's Agg canvas used directly,
+so the host's pyplot backend is never touched; matplotlib is the ``[plot]`` extra) and has its
+axes labelled by :func:`label_axes`.
 
 Every figure the package writes (``hessfree plot``, ``hessfree compare --plot``,
 :func:`hessfree.quadratic.plot`) goes through :func:`save_figure`: the format follows the
@@ -11,15 +21,17 @@ image and nothing is left private by accident.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from hessfree.errors import InputError
 
-__all__ = ["IMAGE_FORMATS", "check_image_output", "image_format", "save_figure"]
+__all__ = ["IMAGE_FORMATS", "atomic_path", "check_image_output", "figure", "image_format",
+           "label_axes", "save_figure", "write_text"]
 
 #: extension -> matplotlib format
 IMAGE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
@@ -68,22 +80,82 @@ def check_image_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLi
     return image_format(path, name)
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; move it onto ``target`` when the block succeeds.
+
+    The temporary file (``.<name>.<random>.tmp`` in the target's folder, created empty, so
+    ``os.replace`` is atomic) gets the permissions a plain ``open()`` would give (the process
+    umask). If the block raises, or the move fails, it is removed and ``target`` is as it was.
+    The target's folder is created if needed.
+    """
+    out = Path(target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def figure(width: float, height: float, panels: int = 1) -> tuple[Any, list[Any]]:
+    """A matplotlib ``Figure`` on an Agg canvas with ``panels`` axes side by side.
+
+    Raises:
+        ImportError: matplotlib is not installed (naming the ``[plot]`` extra).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("figures need matplotlib (pip install 'hessfree[plot]')") from err
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def label_axes(ax: Any, xlabel: str, ylabel: str, title: str | None = None, *,
+               log_x: bool = False, log_y: bool = False, grid: bool = True,
+               legend: bool = True, legend_size: float | None = None) -> None:
+    """Labels, log scales, a light grid and a legend: the package's one axes style."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    if log_x:
+        ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    if grid:
+        ax.grid(True, alpha=0.3)
+    if legend:
+        ax.legend(fontsize=legend_size)
+
+
 def save_figure(fig: Any, path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (),
                 name: str = "out") -> Path:
     """Write a matplotlib figure to ``path`` (checked, atomic, umask permissions)."""
     fmt = check_image_output(path, inputs, name)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return out
+    return Path(path)

@@ -4,6 +4,8 @@ A *batch* is a tuple ``(inputs, targets)``. ``inputs`` is a tensor, a (nested) t
 tensors (the model is then called as ``model(*inputs)``) or a dict of tensors (called as
 ``model(**inputs)``); ``targets`` is a tensor or ``(values, mask)`` (see
 :mod:`hessfree.curvature.losses`). Every tensor has the number of cases as its first dimension.
+A *dict batch* (Hugging Face's form, ``{"input_ids": ..., "attention_mask": ..., "labels": ...}``)
+is the same thing: its ``"labels"`` are the targets and every other key is an input.
 
 A batch may also come in chunks, accumulated exactly with the weights of the joined batch
 (``mean``: each case weighs ``1/N_total``), so a batch larger than memory works:
@@ -34,10 +36,14 @@ from torch import Tensor
 from hessfree._checks import all_finite
 from hessfree.errors import InputError, InputTypeError
 
-__all__ = ["Batch", "Chunk", "DictBatches", "as_chunks", "count", "is_source", "iter_chunks",
-           "leaves", "materialize", "split", "take", "to", "unsqueeze"]
+__all__ = ["Batch", "Chunk", "DictBatches", "TARGETS_KEY", "as_chunks", "as_pair", "count",
+           "is_source", "iter_chunks", "leaves", "materialize", "split", "take", "take_cases",
+           "to", "unsqueeze"]
 
 Batch = tuple[Any, Any]
+
+#: the key of a dict batch that holds the targets (Hugging Face's name); the rest are inputs
+TARGETS_KEY = "labels"
 
 
 @dataclass(frozen=True)
@@ -99,15 +105,36 @@ def count(x: Any) -> int:
     return int(first[0].shape[0])
 
 
-def split(batch: Batch, size: int) -> list[Batch]:
-    """``batch`` cut along the cases into chunks of at most ``size`` (in order)."""
+def as_pair(batch: Any, where: str = "batch") -> Any:
+    """A dict batch as ``(inputs, targets)``: the ``"labels"`` are the targets, the rest inputs.
+
+    Anything else is returned as it is.
+    """
+    if not isinstance(batch, Mapping):
+        return batch
+    if TARGETS_KEY not in batch:
+        raise InputError(f"{where}: the dict batch has no {TARGETS_KEY!r} (the targets); it has "
+                         f"{sorted(batch)}; add them, or wrap the batches in "
+                         "hessfree.batches.DictBatches(..., targets=KEY)")
+    return {k: v for k, v in batch.items() if k != TARGETS_KEY}, batch[TARGETS_KEY]
+
+
+def take_cases(batch: Any, idx: Tensor | slice) -> Any:
+    """The cases ``idx`` of one batch (a pair or a dict batch), in the same form."""
+    if isinstance(batch, Mapping):
+        return take(batch, idx)
     x, y = batch
-    n = count(x)
-    return [(take(x, slice(i, i + size)), take(y, slice(i, i + size)))
-            for i in range(0, n, size)]
+    return take(x, idx), take(y, idx)
+
+
+def split(batch: Any, size: int) -> list[Any]:
+    """``batch`` (a pair or a dict batch) cut along the cases into chunks of at most ``size``."""
+    n = count(batch if isinstance(batch, Mapping) else batch[0])
+    return [take_cases(batch, slice(i, i + size)) for i in range(0, n, size)]
 
 
 def _check_chunk(batch: Any, where: str) -> Chunk:
+    batch = as_pair(batch, where)
     if not isinstance(batch, tuple) or len(batch) != 2:
         raise InputTypeError(
             f"{where}: expected a tuple (inputs, targets) or a list of such tuples, "

@@ -66,6 +66,14 @@ def _mu(schedule: Callable[[int], float], t: int) -> float:
     return float(mu)
 
 
+def _finite(loss: Any) -> bool:
+    """Whether a closure's loss is finite (no loss counts as finite)."""
+    if loss is None:
+        return True
+    value = loss.detach() if isinstance(loss, Tensor) else torch.as_tensor(float(loss))
+    return bool(torch.isfinite(value).all())
+
+
 class CM(Optimizer):
     """Classical momentum, Sutskever et al. (2013) Eq. 1-2 ([S13 Eq. 1-2]), with a μ schedule.
 
@@ -77,9 +85,10 @@ class CM(Optimizer):
 
     Non-finite gradients: by default, as every ``torch.optim`` optimizer, a NaN or infinite
     gradient is applied as it is, and NaN enters the velocities and parameters. With
-    ``skip_non_finite=True`` such an update is rejected instead: parameters, velocities and the
-    schedule's clock stay exactly as they were and :attr:`rejected` counts it (the trainer's
-    runner rejects such updates the same way and records them).
+    ``skip_non_finite=True`` such an update is rejected instead, as is one whose ``closure``
+    returned a loss that is not finite: parameters, velocities and the schedule's clock stay
+    exactly as they were and :attr:`rejected` counts it (the trainer's momentum runner relies on
+    this and records the rejection).
 
     Args:
         params: parameters or parameter groups (a group may set its own ``lr``/``schedule``).
@@ -137,8 +146,8 @@ class CM(Optimizer):
                 else 0.0) for g in self.param_groups]
         gathered = [self._gather(group) for group in self.param_groups]
         self.grads_used += 1
-        if self.skip_non_finite and not all(all_finite(g) for _, grads, _ in gathered
-                                            for g in grads):
+        if self.skip_non_finite and not (_finite(loss) and all(
+                all_finite(g) for _, grads, _ in gathered for g in grads)):
             self.rejected += 1
             return loss
         for group, (mu, mu_next), (params, grads, bufs) in zip(self.param_groups, mus, gathered):
@@ -154,6 +163,11 @@ class CM(Optimizer):
                 torch._foreach_add_(params, bufs)  # θ ← θ + v (Eq. 2)
         self.t += 1
         return loss
+
+    @property
+    def mu(self) -> float:
+        """μ of the next update (μ_t of the first parameter group's schedule)."""
+        return _mu(self.param_groups[0]["schedule"], self.t)
 
     def true_params(self) -> list[Tensor]:
         """θ_t for every parameter of every group, in order (new tensors, no graph)."""

@@ -1,4 +1,5 @@
-"""Optional extras the integration tests need (laplace-torch, kronfluence, curvlinops, BackPACK).
+"""Optional extras the integration tests need (laplace-torch, kronfluence, curvlinops, BackPACK,
+transformers).
 
 ``require(name)`` imports the package. In CI (``CI`` set) a missing extra is an error: CI
 installs every extra (``make extras``). Elsewhere the test is skipped with a line that says

@@ -26,7 +26,7 @@ PACKAGE = Path(hessfree.__file__).resolve().parent
 LAYERS = {
     "_version": 0, "errors": 0,
     "_checks": 1, "vectors": 1,
-    "schedules": 2, "batches": 2, "linops": 2, "_files": 2,
+    "schedules": 2, "batches": 2, "linops": 2, "_files": 2, "_h5": 2,
     "distributed": 3, "cg": 3,
     "curvature": 4, "models": 4, "data": 4,
     "quadratic": 5, "momentum": 5,
@@ -128,10 +128,14 @@ def test_no_import_cycle():
 
 
 def test_the_core_never_imports_the_integrations():
-    """Integrations are adapters on top of the core: nothing else imports them."""
+    """Integrations are adapters on top of the core: nothing else imports them, but the facade
+    (``import hessfree`` imports ``hessfree.integrations``, whose Hugging Face adapter imports
+    nothing of its tool and registers itself with ``curvature.adapters``)."""
     bad = [f"{a} -> {b}" for a, targets in _graph().items() for b in targets
-           if _component(b) == "integrations" and _component(a) != "integrations"]
+           if _component(b) == "integrations"
+           and _component(a) not in ("integrations", "<facade>")]
     assert not bad, bad
+    assert "hessfree.integrations.laplace" not in _graph()["hessfree.integrations"]
 
 
 def test_no_import_below_code():
@@ -240,3 +244,48 @@ def test_citations_resolve_inside_the_repository(path):
     keys = _reference_keys()
     unknown = sorted({k for k in _citations(text) if k not in keys})
     assert not unknown, f"{path} cites {unknown}, not keys of docs/references.md"
+
+
+DOC = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def _doc_section(title: str) -> str:
+    text = DOC.read_text()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_the_map_names_existing_modules_only():
+    """Every ``path.py`` the architecture document names is a module of the package."""
+    import re
+
+    named = set(re.findall(r"`([a-z_]+(?:/[a-z_]+)*\.py)`", DOC.read_text()))
+    assert named
+    missing = sorted(p for p in named
+                     if not (PACKAGE / p).is_file() and not (PACKAGE.parent / p).is_file())
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+
+
+def test_every_runs_module_is_on_the_map():
+    """A new module of ``runs`` gets its line in docs/architecture.md."""
+    text = DOC.read_text()
+    modules = sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "runs").glob("*.py")
+                     if p.name != "__init__.py")
+    absent = [m for m in modules
+              if f"`{m}`" not in text and f"`runs.{Path(m).stem}" not in text]
+    assert not absent, f"runs modules missing from docs/architecture.md: {absent}"
+
+
+def test_the_runs_section_names_the_registry_and_session_api():
+    """The names the section promises exist (a rename must update the map)."""
+    from hessfree.runs import families, session, trainer
+
+    section = _doc_section("Runs: the family registry, the session, the run path")
+    for owner, names in ((families, ("Family", "register", "get", "names")),
+                         (session.RunSession, ("create", "reopen", "write_step", "write_eval",
+                                               "save_quadratic", "write_checkpoint",
+                                               "write_params", "finish")),
+                         (session, ("NullWriter",)), (trainer, ("train", "resume", "_loop"))):
+        for name in names:
+            assert f"{name}" in section and hasattr(owner, name), name

@@ -1,6 +1,6 @@
 import pytest
 
-from hessfree.data.paths import atomic_write, candidates, data_root, first_existing
+from hessfree.data.paths import candidates, data_root, first_existing
 
 
 def test_data_root_argument_then_environment(monkeypatch, tmp_path):
@@ -21,15 +21,3 @@ def test_candidates_search_root_then_subfolder(tmp_path):
     (tmp_path / "sub" / "a").write_text("x")
     assert first_existing(paths) == tmp_path / "sub" / "a"
 
-
-def test_atomic_write_replaces_only_on_success(tmp_path):
-    target = tmp_path / "out" / "file.txt"
-    with atomic_write(target) as tmp:
-        tmp.write_text("first")
-        assert not target.exists()
-    assert target.read_text() == "first"
-    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError("interrupted")
-    assert target.read_text() == "first"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["file.txt"]

@@ -110,13 +110,13 @@ A6 = {
                       decay_switch=4000, lr_scale=500.0, lr_origin=4000, lr_begin=4000,
                       full_cg_steps=100_000, full_cg_iters=200, full_decay=0.995,
                       final_cg_steps=500_000, weight_decay=2e-5, line_search=False,
-                      check=False),
+                      heldout_rho=False),
     "mnist-ae": dict(batch_divisor=20, minibatch_cg_steps=25_000 + 225_000, cg_max_iters=50,
                      cg_fixed_iters=True, learning_rate=1.0, cg_decay=0.95, decay_final=0.995,
                      decay_switch=25_000 // 50, lr_scale=250.0, lr_origin=0,
                      lr_begin=25_000 // 50, full_cg_steps=125_000, full_decay=0.995,
                      full_curvature="minibatch", final_cg_steps=0, weight_decay=1e-5,
-                     line_search=False, check=False),
+                     line_search=False, heldout_rho=False),
 }
 
 

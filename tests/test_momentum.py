@@ -378,3 +378,40 @@ def test_schedule_checked_at_every_step_before_any_change():
         opt.step()
     assert torch.equal(p, before[0]) and torch.equal(opt.state[p]["momentum_buffer"], before[1])
     assert opt.t == 1
+
+
+@pytest.mark.parametrize("cls", [NAG, CM, SGD])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, torch.tensor(-math.inf)])
+def test_a_non_finite_closure_loss_is_rejected_when_asked(cls, bad):
+    """``skip_non_finite``: a closure's non-finite loss rejects the update, finite gradients or
+    not; without the option the update is taken (as every torch.optim optimizer)."""
+    kw = {} if cls is SGD else {"schedule": 0.9}
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = cls([p], lr=0.1, skip_non_finite=True, **kw)
+
+    def closure(loss):
+        def run():
+            p.grad = torch.tensor([1.0, 2.0, 3.0])
+            return loss
+        return run
+
+    assert opt.step(closure(1.5)) == 1.5 and opt.t == 1
+    before = p.detach().clone()
+    mu = opt.mu
+    assert opt.step(closure(bad)) is bad
+    assert torch.equal(p.detach(), before) and opt.rejected == 1 and opt.t == 1
+    assert opt.mu == mu and opt.grads_used == 2
+    plain = cls([torch.nn.Parameter(torch.ones(3))], lr=0.1, **kw)
+    plain.step(closure(bad))
+    assert plain.t == 1 and plain.rejected == 0
+
+
+def test_mu_is_the_schedule_on_the_optimizer_clock():
+    sched = SutskeverSchedule(0.99)
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = NAG([p], lr=0.1, schedule=sched)
+    for t in range(3):
+        assert opt.mu == sched(t)
+        p.grad = torch.ones(2)
+        opt.step()
+    assert SGD([p], lr=0.1).mu == 0.0

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import hessfree
+from hessfree.errors import InputError
 from hessfree.hf.stats import StepStats
 from hessfree.runs import results
 from hessfree.runs.results import (
@@ -71,7 +72,7 @@ def test_eval_table_and_table_helper(tmp_path):
     assert res.table("eval") is res.eval and res.table("steps") is res.steps
     np.testing.assert_array_equal(res.eval["train_error"], [0.5, 0.25, 0.5 / 3])
     assert list(res.eval) == ["step", "seconds", "train_error", "test_error"]
-    with pytest.raises(KeyError, match="table"):
+    with pytest.raises(InputError, match="table"):
         res.table("params")
 
 
@@ -196,7 +197,7 @@ def test_params_round_trip_exact(tmp_path):
         assert back[k].dtype == expected.dtype and np.array_equal(back[k], expected), k
     with h5py.File(tmp_path / "r.h5") as f:
         assert f["params/final/half"].attrs["torch_dtype"] == "bfloat16"
-    with pytest.raises(KeyError, match="checkpoint_9"):
+    with pytest.raises(ResultsError, match="checkpoint_9"):
         res.params("checkpoint_9")
 
 
@@ -232,7 +233,7 @@ def test_quadratic_group_round_trip(tmp_path):
 def test_new_refuses_existing_file(tmp_path):
     path = write_run(tmp_path / "results.h5")
     before = path.read_bytes()
-    with pytest.raises(FileExistsError, match="results.h5"):
+    with pytest.raises(ResultsError, match="results.h5: a results file already exists"):
         ResultsWriter(path, ATTRS)
     assert path.read_bytes() == before
 
@@ -357,7 +358,7 @@ def test_list_runs_sorted_by_creation(tmp_path, caplog):
         ("zeta", "hf", 1), ("alpha", "nag", 2), ("mid", "hf", 3)]
     assert runs[0].final_train_error is None and runs[2].final_train_error == 0.25
     assert runs[0].created < runs[1].created < runs[2].created
-    with pytest.raises(NotADirectoryError, match="nowhere"):
+    with pytest.raises(InputError, match="nowhere"):
         list_runs(tmp_path / "nowhere")
 
 

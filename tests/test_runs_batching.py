@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from hessfree.hf.phases import BatchSpec, Phase
-from hessfree.runs.batching import BACKTRACK, CHECK, CURVATURE, GRADIENT, SEARCH, BatchDrawer
+from hessfree.runs.batching import BACKTRACK, CURVATURE, GRADIENT, RHO, SEARCH, BatchDrawer
 from hessfree.runs.cli import main
-from hessfree.runs.experiment import Dataset
+from hessfree.runs.dataset import Dataset
 from hessfree.runs.experiments import get
 from hessfree.runs.results import read_results
 
@@ -69,7 +69,7 @@ def test_held_out_minibatches_are_disjoint_from_the_gradient_minibatch():
     seen = []
     for t in range(12):
         g = set(_ids(a.draw(BatchSpec("minibatch", size=size), t, GRADIENT)))
-        c = _ids(a.draw(BatchSpec("minibatch", size=size), t, CHECK))
+        c = _ids(a.draw(BatchSpec("minibatch", size=size), t, RHO))
         assert len(set(c)) == size and not (g & set(c))
         seen.append(c)
         if t == 5:
@@ -78,7 +78,7 @@ def test_held_out_minibatches_are_disjoint_from_the_gradient_minibatch():
     b.load_state_dict(state)
     for t in range(6, 12):
         b.draw(BatchSpec("minibatch", size=size), t, GRADIENT)
-        assert _ids(b.draw(BatchSpec("minibatch", size=size), t, CHECK)) == seen[t]
+        assert _ids(b.draw(BatchSpec("minibatch", size=size), t, RHO)) == seen[t]
 
 
 def test_piece_specs_are_validated():

@@ -250,6 +250,27 @@ def test_the_trainer_rejects_a_nan_update_and_records_it(capsys, tmp_path, monke
     assert all(np.isfinite(v).all() for v in res.params("final").values())
 
 
+def test_the_trainer_rejects_an_update_whose_loss_alone_is_not_finite(capsys, tmp_path,
+                                                                      monkeypatch):
+    """The momentum runner leaves rejection to the optimizer (``skip_non_finite``), which also
+    rejects a non-finite loss with a finite gradient."""
+    from hessfree.curvature.problem import Problem
+
+    real = Problem.value_and_grad
+    calls = {"n": 0}
+
+    def poisoned(self, params, batch):
+        value, grad = real(self, params, batch)
+        calls["n"] += 1
+        return (math.inf, grad) if calls["n"] == 2 else (value, grad)
+
+    monkeypatch.setattr(Problem, "value_and_grad", poisoned)
+    path = train(capsys, tmp_path, "toy-quartic", "--optimizer", "cm", "--steps", 4)
+    res = read_results(path)
+    assert list(res.steps["accepted"]) == [True, False, True, True]
+    assert res.steps["reason"][1] == "non-finite gradient" and res.steps["loss"][1] == math.inf
+
+
 # -- 11. λ has a maximum; no progress ends the run cleanly ------------------------------------
 def test_a_converged_problem_ends_the_run_with_its_results(capsys, tmp_path):
     w = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
@@ -314,6 +335,59 @@ def test_a_bad_json_attribute_is_a_clean_error(capsys, nag_run):
     one_line_error(code, err, "attribute 'config' is not valid JSON")
 
 
+def _delete(f, name):
+    del f[name]
+
+
+def _as_group(f, name):
+    del f[name]
+    f.create_group(name)
+
+
+def _as_matrix(f, name):
+    del f[name]
+    f.create_dataset(name, data=np.zeros((3, 2)))
+
+
+def _bad_fields(f, name):
+    f[name.rsplit("/", 1)[0]].attrs["fields"] = "not JSON"
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (_delete, "/steps/loss: the column is missing"),
+    (_as_group, "/steps/loss: not a column"),
+    (_as_matrix, "/steps/loss: not a column"),
+    (_bad_fields, "/steps: attribute 'fields' is not a JSON list"),
+])
+@pytest.mark.parametrize("command", ["report", "plot", "resume"])
+def test_a_missing_or_damaged_column_is_one_line(capsys, nag_run, tmp_path, damage, needle,
+                                                 command):
+    with h5py.File(nag_run, "r+", locking=False) as f:
+        damage(f, "steps/loss")
+    argv = {"report": ["report", nag_run],
+            "plot": ["plot", nag_run, "--y", "loss", "--out", tmp_path / "p.png"],
+            "resume": ["train", "--resume", nag_run.parent, "--steps", 9, "--quiet"]}[command]
+    code, _, err = run(capsys, *argv)
+    one_line_error(code, err, needle)
+    assert str(nag_run) in err and "damaged" in err
+    assert not (nag_run.parent / ".lock").exists()  # a refused resume lets go of the run
+
+
+def test_a_column_a_file_never_had_is_skipped_or_named(capsys, nag_run, tmp_path):
+    """A consistent file without a column (written by other code) plots what it has."""
+    with h5py.File(nag_run, "r+", locking=False) as f:
+        del f["eval/seconds"]
+        fields = json.loads(f["eval"].attrs["fields"])
+        f["eval"].attrs["fields"] = json.dumps([k for k in fields if k != "seconds"])
+    code, out, err = run(capsys, "report", nag_run)
+    assert code == 0, err
+    code, _, err = run(capsys, "plot", nag_run, "--x", "seconds", "--out", tmp_path / "p.png")
+    one_line_error(code, err, "no run has the fields to plot y='train_error' against "
+                   "x='seconds'")
+    code, _, err = run(capsys, "plot", nag_run, "--x", "steps", "--out", tmp_path / "p.png")
+    assert code == 0, err
+
+
 def test_compare_names_the_file_and_lists_saved_quadratics(capsys, tmp_path):
     path = train(capsys, tmp_path, "toy-quartic", "--optimizer", "hf", "--steps", 3,
                  "--save-quadratics-every", "2")
@@ -371,3 +445,19 @@ def test_status_attribute_while_running_and_after(capsys, nag_run):
     attrs = read_results(nag_run).attrs
     assert attrs["status"] == "finished" and attrs["steps_done"] == 7
     assert json.loads(json.dumps(attrs["spec"]))["steps"] == 7
+
+
+def test_a_setting_renamed_since_still_reads(capsys, tmp_path):
+    """``check`` (the momentum-like HF's held-out ρ minibatch) is ``heldout_rho`` now: old
+    results files and checkpoints, and ``--set check=...``, still read."""
+    from hessfree.runs.settings import MomentumHFSettings, from_flat
+
+    old = flat(MomentumHFSettings())
+    old["check"] = old.pop("heldout_rho")
+    assert not from_flat(MomentumHFSettings, {**old, "check": False}).heldout_rho
+    path = train(capsys, tmp_path, "toy-quartic", "--optimizer", "hf-momentum", "--steps", 2,
+                 "--set", "check=false")
+    assert read_results(path).attrs["config"]["heldout_rho"] is False
+    code, _, err = run(capsys, "train", "--resume", path.parent, "--steps", 3, "--quiet",
+                       "--set", "check=false")
+    assert code == 0, err

@@ -131,11 +131,11 @@ def test_table1_end_to_end_at_a_tiny_fraction(capsys, tmp_path):
     assert code == 2 and "holds none of the runs" in err
 
 
-def test_table5_end_to_end_with_jobs(capsys, tmp_path):
+def test_table5_end_to_end(capsys, tmp_path):
     out = tmp_path / "t5"
     code, _, err = run(capsys, "reproduce", "table5", "--fraction", "2e-4", "--experiments",
                        "addition", "--optimizers", "nag,hf", "--mu", "0.995", "--lrs",
-                       "0.001,0.0001", "--jobs", "2", "--out", out, "--set", "T=20",
+                       "0.001,0.0001", "--out", out, "--set", "T=20",
                        "--set", "n_hidden=8", "--set", "n_test=100", "--set", "grad_cases=100",
                        "--set", "curv_cases=50", "--set", "cg_max_iters=5")
     assert code == 0, err
@@ -233,3 +233,74 @@ def test_seeds_end_to_end_mean_spread_best_lr_and_mu_reached(capsys, tmp_path):
     code, _, err = run(capsys, *argv, "--resume")
     assert code == 0, err
     assert (out / "curves-ae" / "hf-seed1" / "results.h5").stat().st_mtime_ns == before
+
+
+# -- the whole plan is refused before any run starts ---------------------------------------------
+@pytest.mark.parametrize("argv, needle", [
+    (["--lrs", ","], "--lrs: expected at least one value, got none"),
+    (["--mu", ","], "--mu: expected at least one value, got none"),
+    (["--experiments", ","], "--experiments: expected at least one value, got none"),
+    (["--lrs", "0.01,-1"], "--lrs: expected a finite number > 0"),
+    (["--set", "lr=-1"], "--set lr: table1 gives its runs their lr (choose it with --lrs)"),
+    (["--set", "mu_max=0.5"], "--set mu_max: table1 gives its runs their mu_max (choose it with "
+                              "--mu)"),
+    (["--set", "fraction=0.5"], "--set fraction: table1 gives its runs their fraction"),
+    (["--set", "eval_cases=abc"], "--set eval_cases: expected int, got 'abc'"),
+    (["--set", "cg_max_iters=-1"], "--set: cg_max_iters: expected an integer in [1,"),
+    (["--set", "si_scale=0"], "si_scale"),
+    (["--set", "final_mu=2"], "curves-ae sgd-0-lr0.05: --set: final_mu"),
+    (["--set", "T=20"], "no run of table1 has the setting(s) ['T']"),
+])
+def test_a_bad_plan_is_refused_before_any_run_starts(capsys, tmp_path, argv, needle):
+    out = tmp_path / "t1"
+    code, _, err = run(capsys, "reproduce", "table1", "--fraction", "1e-5", "--experiments",
+                       "curves-ae", "--out", out, *SMALL_AE, *argv)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_plan_holds_typed_checked_settings():
+    jobs = plan("table1", 1e-4, ["curves-ae"], ["nag", "hf", "hf-momentum"], [0.99], [0.01],
+                overrides={"n_train": "200", "numchunks": "2", "cg_max_iters": "7"})
+    by = {j.optimizer: j for j in jobs}
+    assert by["nag"].overrides["n_train"] == 200 and by["nag"].overrides["lr"] == 0.01
+    assert by["hf"].overrides == {"n_train": 200, "numchunks": 2, "cg_max_iters": 7}
+    assert by["hf-momentum"].overrides["fraction"] == 1e-4
+    assert "cg_max_iters" not in by["nag"].overrides  # only the settings a run has
+
+
+def test_a_damaged_results_file_is_refused_before_any_run_resumes(capsys, tmp_path):
+    out = tmp_path / "t1"
+    argv = ["reproduce", "table1", "--fraction", "1e-5", "--experiments", "curves-ae",
+            "--optimizers", "sgd,hf", "--lrs", "0.01", "--out", out, *SMALL_AE]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    sgd, hf = (out / "curves-ae" / n / "results.h5" for n in ("sgd-0-lr0.01", "hf"))
+    with h5py.File(hf, "r+") as f:
+        f.attrs["status"] = "running"  # as a killed run leaves it: --resume would continue it
+    with h5py.File(sgd, "r+") as f:
+        del f["steps/loss"]
+    before = hf.stat().st_mtime_ns
+    code, _, err = run(capsys, *argv, "--resume")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "/steps/loss: the column is missing" in err
+    assert hf.stat().st_mtime_ns == before  # nothing ran
+
+
+def test_jobs_in_worker_processes_run_the_same_path_as_in_process(capsys, tmp_path):
+    argv = ["reproduce", "table5", "--fraction", "1e-4", "--experiments", "addition",
+            "--optimizers", "nag,hf", "--mu", "0.995", "--lrs", "0.001", "--dtype",
+            "float64", "--set", "T=20", "--set", "n_hidden=8", "--set", "n_test=50",
+            "--set", "grad_cases=50", "--set", "curv_cases=25", "--set", "cg_max_iters=4"]
+    for jobs in (1, 2):
+        code, _, err = run(capsys, *argv, "--jobs", jobs, "--out", tmp_path / f"j{jobs}")
+        assert code == 0, err
+    names = sorted(p.parent.name for p in (tmp_path / "j1" / "addition").glob("*/results.h5"))
+    assert names == ["hf", "nag-0.995N-lr0.001"]
+    for name in names:
+        a, b = (read_results(tmp_path / j / "addition" / name / "results.h5")
+                for j in ("j1", "j2"))
+        assert a.attrs["config"] == b.attrs["config"] and a.attrs["spec"]["seed"] == 0
+        for k in a.steps:
+            if not k.startswith("seconds"):
+                np.testing.assert_array_equal(a.steps[k], b.steps[k], err_msg=f"{name} {k}")

@@ -7,10 +7,12 @@ No optimizer logic lives here. See :mod:`hessfree.curvature.operator` for the op
 :mod:`hessfree.curvature.diagonals` for diagonals (exact, Monte-Carlo, Gauss-Newton-Bartlett,
 Hutchinson) with standard errors, :mod:`hessfree.curvature.blocks` for blocks chosen by
 module name or pattern (``param_filter``) and :mod:`hessfree.curvature.report` for per-module
-reports.
+reports, :mod:`hessfree.curvature.sequence_loss` for the token cross-entropy of language models
+and :mod:`hessfree.curvature.attention` for how attention is made differentiable.
 """
 
 from hessfree.curvature import losses
+from hessfree.curvature.attention import differentiable_attention
 from hessfree.curvature.blocks import module_groups, restrict, select_params
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.diagonals import DiagonalEstimate, diag
@@ -25,6 +27,7 @@ from hessfree.curvature.operator import (
 )
 from hessfree.curvature.problem import Problem
 from hessfree.curvature.report import BlockStats, CurvatureReport, report
+from hessfree.curvature.sequence_loss import TokenCrossEntropy
 from hessfree.curvature.solves import LowRankInverse, SolveResult, lowrank_inverse, solve
 from hessfree.curvature.spectral import SpectralDensity, TraceEstimate, density, eigsh, trace
 
@@ -41,9 +44,11 @@ __all__ = [
     "Problem",
     "SolveResult",
     "SpectralDensity",
+    "TokenCrossEntropy",
     "TraceEstimate",
     "density",
     "diag",
+    "differentiable_attention",
     "eigsh",
     "fisher_diagonal",
     "jacobian",

@@ -36,7 +36,11 @@ _BUDGET = 1 << 24
 
 def per_case_grad_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
                      chunk_size: int | None = None) -> Tensor:
-    """``Σ_i (∇l_i)²`` over the cases of one chunk (unscaled per-case losses ``l_i``), flat."""
+    """``Σ_i (∇l_i)²`` over the cases of one chunk (unscaled per-case losses ``l_i``), flat.
+
+    A model that ``vmap`` cannot run over single cases (Python control flow on values of its
+    inputs, as Hugging Face's attention-mask code has) gets one backward pass per case instead.
+    """
     prim = {n: p.detach() for n, p in params.items()}
     dim = sum(p.numel() for p in prim.values())
     size = chunk_size or max(1, min(chunk.n, _BUDGET // max(dim, 1)))
@@ -52,8 +56,27 @@ def per_case_grad_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chun
                         device=next(iter(prim.values())).device)
     for start in range(0, chunk.n, size):
         sl = slice(start, min(start + size, chunk.n))
-        g = per_case(prim, take(chunk.inputs, sl), take(chunk.targets, sl))
+        try:
+            g = per_case(prim, take(chunk.inputs, sl), take(chunk.targets, sl))
+        except (RuntimeError, InputError) as err:
+            if "vmap" not in str(err) and "data-dependent" not in str(err):
+                raise
+            return _looped_grad_sq(loss_i, prim, chunk, total)
         total += torch.cat([g[n].square().sum(0).reshape(-1) for n in prim])
+    return total
+
+
+def _looped_grad_sq(loss_i: Any, prim: dict[str, Tensor], chunk: Chunk, total: Tensor
+                    ) -> Tensor:
+    """``Σ_i (∇l_i)²`` with one backward pass per case (where ``vmap`` does not apply)."""
+    total.zero_()
+    leaves = {n: p.detach().requires_grad_(True) for n, p in prim.items()}
+    for i in range(chunk.n):
+        with torch.enable_grad():
+            value = loss_i(leaves, take(chunk.inputs, i), take(chunk.targets, i))
+            gs = torch.autograd.grad(value, list(leaves.values()), allow_unused=True,
+                                     materialize_grads=True)
+        total += torch.cat([g.square().reshape(-1) for g in gs])
     return total
 
 
@@ -118,7 +141,7 @@ def fisher_diagonal(problem: Problem, params: Mapping[str, Tensor], batch: Any,
     for c in chunks:
         sq = _chunk_sq(problem, params, c, chunk_size, method)
         diag = sq if diag is None else diag + sq
-        n += c.n
+        n += problem.count([c])
     assert diag is not None
     if problem.reducer is not None:
         diag, total = problem.reducer.sum_parts(diag, n)

@@ -51,6 +51,7 @@ from hessfree.batches import Chunk, iter_chunks
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.jacobians import LinearTape, output_hessian_eig, weighted_sq
 from hessfree.curvature.losses import MSE, BCEWithLogits, CrossEntropy, split_mask
+from hessfree.curvature.sequence_loss import TokenCrossEntropy
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = ["DEFAULT_SAMPLES", "METHODS", "DiagonalEstimate", "diag"]
@@ -229,7 +230,7 @@ def _exact_ggn(op: Any, chunk_size: int | None) -> tuple[Tensor, int]:
             total += weighted_sq(problem, params, chunk.inputs, V[k], lam[:, k], tape,
                                  chunk_size)
             passes += 1
-        n_local += chunk.n
+        n_local += problem.count([chunk])
     (value,) = _finish_sum(op, total, n_local)
     if problem.weight_decay:
         value = value + problem.weight_decay
@@ -260,6 +261,12 @@ def sampled_output_grads(loss: Any, out: Tensor, targets: Any,
         p = torch.sigmoid(out)
         t = torch.bernoulli(p.to(where), generator=generator).to(out.device)
         return (p - t) * w.sqrt()
+    if type(loss) is TokenCrossEntropy:  # y ~ softmax at the tokens that count
+        p = torch.softmax(out, -1)
+        flat = p.reshape(-1, p.shape[-1]).to(where)
+        y = torch.multinomial(flat, 1, generator=generator).to(out.device)
+        counts = loss.token_weights(targets).unsqueeze(-1).to(out.dtype)
+        return (p - F.one_hot(y.reshape(p.shape[:-1]), p.shape[-1]).to(out.dtype)) * counts
     if type(loss) is CrossEntropy:
         p = torch.softmax(out, -1)
         flat = p.reshape(-1, p.shape[-1]).to(where)
@@ -269,7 +276,7 @@ def sampled_output_grads(loss: Any, out: Tensor, targets: Any,
         return (p - onehot) * (w * s).sqrt()
     raise InputError("method: 'mc' and 'gnb' draw labels from the model's predictive "
                      "distribution, which needs a matching loss (MSE, BCEWithLogits, "
-                     "CrossEntropy); use 'exact' or 'hutchinson'")
+                     "CrossEntropy, TokenCrossEntropy); use 'exact' or 'hutchinson'")
 
 
 def _sampled(op: Any, method: str, samples: int, generator: torch.Generator | None,
@@ -290,7 +297,7 @@ def _sampled(op: Any, method: str, samples: int, generator: torch.Generator | No
         else:
             acc += _gnb_chunk(op, chunk, samples, generator)
         passes += samples
-        n_local += chunk.n
+        n_local += problem.count([chunk])
     if method == "gnb":  # the per-sample gradients are summed over every case, then squared
         (acc,) = _finish_sum(op, acc, n_local)
         acc = acc.square() / problem.loss.scale_for(_total_cases(op, n_local))
@@ -305,8 +312,8 @@ def _sampled(op: Any, method: str, samples: int, generator: torch.Generator | No
 
 
 def _total_cases(op: Any, n_local: int) -> int:
-    """Cases over all ranks (the operator counted them at set-up)."""
-    return int(op.n_cases) if op.problem.reducer is not None else n_local
+    """What the loss's mean divides by, over all ranks (the operator counted it at set-up)."""
+    return int(op.count) if op.problem.reducer is not None else n_local
 
 
 def _gnb_chunk(op: Any, chunk: Chunk, samples: int, generator: torch.Generator | None

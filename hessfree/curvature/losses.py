@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hessfree.batches import unsqueeze
+from hessfree.batches import count, unsqueeze
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = [
@@ -88,6 +88,15 @@ class _Reduced:
     def scale_for(self, n_cases: int) -> float:
         """Factor applied to the summed per-case losses of ``n_cases`` cases."""
         return 1.0 / n_cases if self.reduction == "mean" else 1.0
+
+    def count(self, targets: Any) -> int:
+        """How many terms the ``mean`` divides by in a batch with these targets: its cases.
+
+        Sums over chunks and ranks add these counts, and :meth:`scale_for` of the total weighs
+        the batch (a loss that averages over something else, such as the tokens that count in
+        :class:`~hessfree.curvature.sequence_loss.TokenCrossEntropy`, overrides it).
+        """
+        return count(targets)
 
 
 class MatchingLoss(_Reduced):

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from hessfree import _checks
 from hessfree.batches import Chunk, as_chunks, is_source, iter_chunks
+from hessfree.curvature.attention import translating_kernel_errors
 from hessfree.curvature.blocks import ParamFilter, block_problem
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.problem import Problem
@@ -116,7 +117,9 @@ class CurvatureOperator(FlatOperator):
             self.chunks = as_chunks(batch)
             first = self.chunks[0]
         self.n_cases = sum(c.n for c in self.chunks)
-        self.scale = 1.0 if self.deferred else problem.loss.scale_for(self.n_cases)
+        #: what the loss's mean divides by (cases; tokens that count for a token loss)
+        self.count = problem.count(self.chunks)
+        self.scale = 1.0 if self.deferred else problem.loss.scale_for(self.count)
         self.backend = resolve_backend(backend, problem, self.params, self.chunks or [first],
                                        getattr(self, "structural_damping", 0.0) > 0, self.kind)
         self.products = 0
@@ -134,15 +137,17 @@ class CurvatureOperator(FlatOperator):
     def _chunks_of_a_pass(self) -> Any:
         return self.chunks if self._source is None else iter_chunks(self._source)
 
+    @translating_kernel_errors
     def _setup(self) -> None:
         value = 0.0
         grad: Tensor | None = None
-        local = 0
+        local, counted = 0, 0
         for chunk in self._chunks_of_a_pass():
             cp = self._build(chunk)
             value += float(cp.value)
             grad = cp.grad.clone() if grad is None else grad.add_(cp.grad)
             local += chunk.n
+            counted += self.problem.count([chunk]) if self.deferred else 0
             if self.cache:
                 self._cached.append(cp)
         assert grad is not None
@@ -151,10 +156,10 @@ class CurvatureOperator(FlatOperator):
         if self.deferred:
             n = local
             if self.problem.reducer is not None:
-                grad, total, count = self.problem.reducer.sum_parts(grad, value, local)
-                value, n = float(total), int(round(float(count)))
-            self.n_cases = n
-            self.weight = self.problem.loss.scale_for(n)
+                grad, total, cases, k = self.problem.reducer.sum_parts(grad, value, local, counted)
+                value, n, counted = float(total), int(round(float(cases))), int(round(float(k)))
+            self.n_cases, self.count = n, counted
+            self.weight = self.problem.loss.scale_for(counted)
             grad.mul_(self.weight)
             value *= self.weight
         wd = self.problem.weight_decay
@@ -193,6 +198,7 @@ class CurvatureOperator(FlatOperator):
                 f"chunks={chunks}, backend={self.backend!r})")
 
     # -- products ------------------------------------------------------------------------------
+    @translating_kernel_errors
     def _product(self, v: Tensor, structural: float = 0.0) -> Tensor:
         """The curvature (plus ``structural`` times the structural-damping term) times flat v."""
         parts = list(self.layout.split(v).values())
@@ -210,6 +216,7 @@ class CurvatureOperator(FlatOperator):
     def _apply(self, v: Tensor) -> Tensor:
         return self._product(v)
 
+    @translating_kernel_errors
     def _product_block(self, V: Tensor, structural: float = 0.0) -> Tensor:
         """:meth:`_product` of each column of ``V`` (``(dim, k)``), batched over the columns.
 

@@ -15,6 +15,8 @@ from torch.func import functional_call
 
 from hessfree import _checks
 from hessfree.batches import Chunk, as_chunks, is_source, iter_chunks, leaves, take
+from hessfree.curvature.adapters import adapter_for
+from hessfree.curvature.attention import differentiable_attention, kernel_error
 from hessfree.curvature.losses import LossLike, as_loss, split_mask
 from hessfree.distributed import Reducer
 from hessfree.errors import InputError, InputTypeError
@@ -32,11 +34,19 @@ class Problem:
     The objective is ``f(θ) = loss(model(θ, x), t) + weight_decay/2 · ||θ||²`` ([HFDemo]
     adds the weight cost to the objective and its curvature, biases included).
 
+    Every forward pass runs attention with PyTorch's math kernel
+    (:mod:`hessfree.curvature.attention`), so models with ``scaled_dot_product_attention``,
+    ``nn.MultiheadAttention`` or ``nn.Transformer*`` layers get exact products.
+
     Args:
         model: an ``nn.Module`` (called as ``model(inputs)`` or ``model(*inputs)`` through
-            ``torch.func.functional_call``) or a pure function ``f(params, inputs)``.
-        loss: ``hessfree.losses.MSE``/``BCEWithLogits``/``CrossEntropy`` or any callable
-            ``loss(outputs, targets) -> scalar`` (autodiff fallback for ``H_L``).
+            ``torch.func.functional_call``), a Hugging Face ``PreTrainedModel`` (called with
+            the dict batch's inputs, its ``logits`` read from the output object:
+            :mod:`hessfree.integrations.huggingface`) or a pure function ``f(params, inputs)``.
+        loss: ``hessfree.losses.MSE``/``BCEWithLogits``/``CrossEntropy``,
+            :class:`~hessfree.curvature.sequence_loss.TokenCrossEntropy` or any callable
+            ``loss(outputs, targets) -> scalar`` (autodiff fallback for ``H_L``). None: the
+            model family's own loss (a Hugging Face model's head decides), else an error.
         weight_decay: L2 coefficient (non-negative).
         group: a ``torch.distributed`` process group (or ``"world"``): every sum over cases —
             objective, gradient, curvature products, the EF diagonal, case counts — then spans
@@ -44,7 +54,7 @@ class Problem:
             buffer per reduction (:mod:`hessfree.distributed`). None: one process.
     """
 
-    def __init__(self, model: nn.Module | Callable[..., Any], loss: Any,
+    def __init__(self, model: nn.Module | Callable[..., Any], loss: Any = None,
                  weight_decay: float = 0.0, group: Any = None) -> None:
         if not (isinstance(model, nn.Module) or callable(model)):
             raise InputTypeError(
@@ -52,7 +62,9 @@ class Problem:
                 f"{type(model).__name__}"
             )
         self.model = model
-        self.loss: LossLike = as_loss(loss)
+        self.adapter = adapter_for(model)
+        self.adapter.check(model)
+        self.loss: LossLike = as_loss(self.adapter.default_loss(model) if loss is None else loss)
         self.weight_decay = _checks.number(weight_decay, "weight_decay", 0.0)
         self.reducer: Reducer | None = None if group is None else \
             (group if isinstance(group, Reducer) else Reducer(group))
@@ -161,22 +173,44 @@ class Problem:
         """
         kwargs = {"return_hidden": True} if return_hidden else {}
         try:
-            if self.is_module:
+            with differentiable_attention():
+                if not self.is_module:
+                    return self.model(params, inputs, **kwargs)
+                params = self._with_constants(params)
+                kwargs.update(self.adapter.call_kwargs(self.model))
                 if isinstance(inputs, Mapping):  # dict batches: model(**inputs)
-                    return functional_call(self.model, dict(params), (), {**inputs, **kwargs})
-                args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-                return functional_call(self.model, dict(params), args, kwargs)
-            return self.model(params, inputs, **kwargs)
+                    res = functional_call(self.model, dict(params), (), {**inputs, **kwargs})
+                else:
+                    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+                    res = functional_call(self.model, dict(params), args, kwargs)
+            return res if return_hidden else self.adapter.outputs(self.model, res)
         except RuntimeError as err:
+            mapped = kernel_error(err)
+            if mapped is not None:
+                raise mapped from None
             shapes = [tuple(t.shape) for t in leaves(inputs)]
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise InputError(f"batch: the model failed on inputs of shape {shapes}: {first}") \
                 from err
 
+    def _with_constants(self, params: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """``params`` completed with the module's other parameters, detached (constants).
+
+        An operator on some of the parameters treats the rest as constants: no graph is built
+        for them, and ``torch.func`` transforms do not capture live leaves that require grad
+        (``linearize`` then fails on an in-place update of such a leaf).
+        """
+        own = dict(self.model.named_parameters())
+        if len(params) >= len(own):
+            return params
+        return {**{n: p.detach() for n, p in own.items() if n not in params}, **params}
+
     def check_modes(self) -> None:
         """Reject modules whose forward pass differs between calls or couples the cases."""
         if not self.is_module:
             return
+        self.adapter.check(self.model)
+        self.adapter.check_modes(self.model)
         bad = [
             f"{name or 'model'} ({type(m).__name__})"
             for name, m in self.model.named_modules()
@@ -237,25 +271,34 @@ class Problem:
         """
         return self.reducer is not None or is_source(batch)
 
+    def count(self, chunks: Any) -> int:
+        """What the loss's ``mean`` divides by in ``chunks`` on this process (``loss.count``).
+
+        The number of cases for the classic losses; the tokens that count for
+        :class:`~hessfree.curvature.sequence_loss.TokenCrossEntropy`.
+        """
+        return sum(self.loss.count(c.targets) for c in chunks)
+
     def value(self, params: Mapping[str, Tensor], batch: Any) -> float:
         """The objective on ``batch`` (loss + weight decay), without gradients."""
-        value, total_n = 0.0, 0
+        value, total_n, counted = 0.0, 0, 0
         deferred = self.deferred(batch)
         chunks = iter_chunks(batch) if deferred else as_chunks(batch)
         # deferred: sum weights during the pass, the (global) weight after it
-        scale = 1.0 if deferred else self.loss.scale_for(sum(c.n for c in chunks))
+        scale = 1.0 if deferred else self.loss.scale_for(self.count(chunks))
         with torch.no_grad():
             for c in chunks:
                 out = self.check_outputs(self.forward(params, c.inputs), c)
                 value += float(self.loss.value(out, c.targets, scale))
                 total_n += c.n
+                counted += self.count([c]) if deferred else 0
             if self.reducer is not None:
                 like = next(iter(params.values()))
-                total, n = self.reducer.sum_parts(value, total_n,
-                                                  like=like.new_zeros(0, dtype=torch.float64))
-                value, total_n = float(total), int(round(float(n)))
+                total, n, k = self.reducer.sum_parts(value, total_n, counted,
+                                                     like=like.new_zeros(0, dtype=torch.float64))
+                value, total_n, counted = float(total), int(round(float(n))), int(round(float(k)))
             if deferred:
-                value *= self.loss.scale_for(total_n)
+                value *= self.loss.scale_for(counted)
             self.last_cases = total_n
             if not self.weight_decay:
                 return value
@@ -266,8 +309,8 @@ class Problem:
         """Objective and flat gradient on ``batch`` (chunks accumulated), one backward each."""
         deferred = self.deferred(batch)
         chunks = iter_chunks(batch) if deferred else as_chunks(batch)
-        scale = 1.0 if deferred else self.loss.scale_for(sum(c.n for c in chunks))
-        local_n = 0
+        scale = 1.0 if deferred else self.loss.scale_for(self.count(chunks))
+        local_n, counted = 0, 0
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         plist = list(leaves.values())
         grad: Tensor | None = None
@@ -282,12 +325,13 @@ class Problem:
             grad = flat_g if grad is None else grad.add_(flat_g)
             value += float(state.value)
             local_n += c.n
+            counted += self.count([c]) if deferred else 0
         assert grad is not None
         if self.reducer is not None:
-            grad, total, n = self.reducer.sum_parts(grad, value, local_n)
-            value, local_n = float(total), int(round(float(n)))
+            grad, total, n, k = self.reducer.sum_parts(grad, value, local_n, counted)
+            value, local_n, counted = float(total), int(round(float(n))), int(round(float(k)))
         if deferred:
-            s = self.loss.scale_for(local_n)
+            s = self.loss.scale_for(counted)
             grad.mul_(s)
             value *= s
         self.last_cases = local_n

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from hessfree.batches import Chunk
+from hessfree.curvature.attention import undifferentiable_backward
 from hessfree.curvature.losses import MSE, BCEWithLogits, CrossEntropy, LossState
 from hessfree.curvature.problem import Problem
 from hessfree.curvature.sequential import SequentialJ, sequential_layers
@@ -189,6 +190,9 @@ class _DoubleBackwardJ:
                 self.w.append(torch.zeros_like(self.hid).requires_grad_(True))
                 outs.append(self.hid)
             g = _grad(outs, self.plist, self.w, create_graph=True)
+        cut = undifferentiable_backward(g, list(leaves), linear=True)
+        if cut is not None:
+            raise cut
         self.grad = _flat([t.detach() for t in g])
         self._live = [i for i, t in enumerate(g) if t.requires_grad]
         self._g = [g[i] for i in self._live]
@@ -223,6 +227,56 @@ class _DoubleBackwardJ:
                                  is_grads_batched=True), us[0].shape[0])
 
 
+def _mutates_constants(jvp_fn: Callable[..., Any]) -> bool:
+    """Whether ``linearize``'s replayed graph updates one of its folded constants in place.
+
+    ``torch.func.linearize`` precomputes the tangent-free part of the graph once; where the
+    rest of the graph then applies an in-place operation to such a constant (torch 2.13 does,
+    for the forward-over-reverse graph of a transformer: ``add_`` on a folded tensor), every
+    product changes the constant and the next product is wrong (measured: a second call with
+    the same tangent differed by 34 %). True also when the graph cannot be inspected.
+    """
+    cells = dict(zip(jvp_fn.__code__.co_freevars, jvp_fn.__closure__ or ()))
+    cell = cells.get("const_folded_jvp_graph")
+    graph = getattr(getattr(cell, "cell_contents", None), "graph", None)
+    if graph is None:
+        return True
+    live: set[Any] = set()  # nodes that depend on the tangents
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(a in live for a in node.all_input_nodes):
+            live.add(node)
+        schema = getattr(node.target, "_schema", None)
+        if node.op == "call_function" and schema is not None and schema.is_mutable:
+            first = node.args[0] if node.args else None
+            if isinstance(first, torch.fx.Node) and first not in live:
+                return True
+    return False
+
+
+def _linearized(f: Callable[[Any], Any], prim: dict[str, Tensor]) -> tuple[Any, Any, bool]:
+    """``(f(prim), t -> J_f t, vmappable)``: ``linearize``, or one ``torch.func.jvp`` per product.
+
+    ``linearize`` traces ``f`` once (``make_fx``) and replays the tangent graph; ``vmap`` takes
+    ``k`` tangents through the replay at once. Two cases get ``torch.func.jvp`` per product
+    instead (a forward pass with tangents: slower, the same numbers), one tangent at a time:
+    a model with Python control flow on values computed in its forward pass (Hugging Face's
+    mask code asks whether the padding mask is all ones), which cannot be traced, and a traced
+    graph that updates its own constants in place (:func:`_mutates_constants`).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # fx const-folding noise in linearize
+            out, fn = torch.func.linearize(f, prim)
+        if not _mutates_constants(fn):
+            return out, fn, True
+    except (RuntimeError, InputError) as err:
+        if "tracing tensor" not in str(err) and "data-dependent" not in str(err):
+            raise
+    with torch.no_grad():
+        out = f(prim)
+    return out, lambda t: torch.func.jvp(f, (prim,), (t,))[1], False
+
+
 class _ForwardJ:
     """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``."""
 
@@ -236,9 +290,7 @@ class _ForwardJ:
                                       hidden)
             return (out, hid) if hidden else (out,)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # fx const-folding noise in linearize
-            outs, self._jvp = torch.func.linearize(f, prim)
+        outs, self._jvp, self.batched = _linearized(f, prim)
         _, self._vjp = torch.func.vjp(f, prim)
         self.out = outs[0]
         self.hid = outs[1] if hidden else None
@@ -350,6 +402,9 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
             out = problem.check_outputs(problem.forward(leaves, chunk.inputs), chunk)
             value = problem.loss.value(out, chunk.targets, scale)
             g = _grad(value, plist, None, create_graph=True)
+        cut = undifferentiable_backward(g, list(leaves), linear=False)
+        if cut is not None:
+            raise cut
         live = [i for i, t in enumerate(g) if t.requires_grad]
 
         def mv(v: Tensors, weight: float = 0.0) -> Tensor:
@@ -380,9 +435,7 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
         with torch.no_grad():
             value = loss_of(prim, check=True)
         gfun = torch.func.grad(loss_of)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            gdict, hvp = torch.func.linearize(gfun, prim)
+        gdict, hvp, batched = _linearized(gfun, prim)
         g = [gdict[n] for n in names]
 
         def mv(v: Tensors, weight: float = 0.0) -> Tensor:
@@ -390,6 +443,8 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
             return _flat([res[n] for n in names])
 
         def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+            if not batched:
+                return _loop(mv, v, weight)
             res = torch.func.vmap(lambda *vs: hvp(dict(zip(names, vs))))(*v)
             return _flat_block([res[n] for n in names], v[0].shape[0])
 

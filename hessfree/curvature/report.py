@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from hessfree import _checks
-from hessfree._files import save_figure
+from hessfree._files import figure, save_figure
 from hessfree.curvature.blocks import module_groups, module_of, restrict
 from hessfree.curvature.diagonals import DiagonalEstimate, diag
 from hessfree.curvature.spectral import eigsh
@@ -84,14 +84,9 @@ class CurvatureReport:
 
     def figure(self, path: str | Path) -> Path:
         """Bars of each block's trace (with ±2 s.e.) and top eigenvalue, log scale."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         names = [b.name for b in self.blocks]
         pos = range(len(names))
-        fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 0.9 * len(names) + 3), 3.6))
+        fig, axes = figure(max(6.0, 0.9 * len(names) + 3), 3.6, panels=2)
         traces = [max(b.trace, 1e-300) for b in self.blocks]
         axes[0].bar(pos, traces, yerr=[2 * b.trace_stderr for b in self.blocks], capsize=3)
         axes[0].set_title("trace of the block (±2 s.e.)")
@@ -104,9 +99,7 @@ class CurvatureReport:
             ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         fig.suptitle(f"{self.operator} by {self.by}")
         fig.tight_layout()
-        out = save_figure(fig, path)
-        plt.close(fig)
-        return out
+        return save_figure(fig, path)
 
 
 def _outputs_per_case(op: Any) -> int:

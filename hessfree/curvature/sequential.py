@@ -259,8 +259,8 @@ def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], batch: A
         chunks = as_chunks(batch)
         if not all(isinstance(c.inputs, Tensor) for c in chunks):
             return None
-        scale = problem.loss.scale_for(sum(c.n for c in chunks))
-    value, grad, squares, n = 0.0, None, None, 0
+        scale = problem.loss.scale_for(problem.count(chunks))
+    value, grad, squares, n, counted = 0.0, None, None, 0, 0
     for chunk in chunks:
         lin = SequentialJ(problem, params, layers, chunk, scale, grad=False)
         if squares is None:
@@ -269,12 +269,14 @@ def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], batch: A
         grad = g if grad is None else grad.add_(g)
         value += float(lin.state.value)
         n += chunk.n
+        counted += problem.count([chunk]) if deferred else 0
     assert grad is not None and squares is not None
     if deferred:
         if problem.reducer is not None:
-            grad, squares, total, count = problem.reducer.sum_parts(grad, squares, value, n)
-            value, n = float(total), int(round(float(count)))
-        s = problem.loss.scale_for(n)
+            grad, squares, total, cases, k = problem.reducer.sum_parts(grad, squares, value, n,
+                                                                       counted)
+            value, n, counted = float(total), int(round(float(cases))), int(round(float(k)))
+        s = problem.loss.scale_for(counted)
         grad.mul_(s)
         value *= s
         diag = squares.mul_(s)  # unscaled δ: s Σ_i δ_i² x_i²

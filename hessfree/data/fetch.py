@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from hessfree._files import atomic_path
 from hessfree.data import mnist as mnist_module
 from hessfree.data.idx import IDXError, read_bytes
 from hessfree.data.paths import data_root
@@ -41,11 +41,11 @@ def download(url: str, target: Path, timeout: float) -> None:
         shutil.copyfileobj(response, out, length=1 << 20)
 
 
-def stage(spec: mnist_module.IDXFile, folder: Path, mirrors: Sequence[str], timeout: float):
-    """Download ``spec`` into a temporary file in ``folder`` and verify it.
+def stage(spec: mnist_module.IDXFile, target: Path, mirrors: Sequence[str],
+          timeout: float) -> None:
+    """Download ``spec`` into ``target`` (a reserved temporary file) and verify it.
 
-    Returns:
-        The verified temporary file (the caller moves it into place or deletes it).
+    Each mirror is tried in turn, overwriting what an earlier one left.
 
     Raises:
         FetchError: naming the file, the expected checksum and what each mirror gave.
@@ -53,19 +53,12 @@ def stage(spec: mnist_module.IDXFile, folder: Path, mirrors: Sequence[str], time
     problems = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + spec.gz_name
-        fd, name = tempfile.mkstemp(prefix=f".{spec.gz_name}.", suffix=".part", dir=folder)
-        os.close(fd)
-        tmp = Path(name)
         try:
-            download(url, tmp, timeout)
-            mnist_module.verify(read_bytes(tmp), spec, url)
-            return tmp
+            download(url, target, timeout)
+            mnist_module.verify(read_bytes(target), spec, url)
+            return
         except (OSError, urllib.error.URLError, IDXError, mnist_module.ChecksumError) as err:
-            tmp.unlink(missing_ok=True)
             problems.append(f"{url}: {err}")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     raise FetchError(
         f"fetch: could not obtain {spec.gz_name} with sha256 {spec.sha256} of the uncompressed "
         "content from any mirror:\n  " + "\n  ".join(problems or ["no mirrors given"])
@@ -124,17 +117,15 @@ def fetch(
         return []
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
+    targets = [folder / spec.gz_name for spec in missing]
     try:
-        for spec in missing:
-            staged.append((stage(spec, folder, mirrors, timeout), folder / spec.gz_name))
+        # every file staged beside its target; all move into place only when all are verified
+        with contextlib.ExitStack() as staged:
+            for spec, target in zip(missing, targets):
+                stage(spec, staged.enter_context(atomic_path(target)), mirrors, timeout)
     except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
         if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    for tmp, target in staged:
-        os.replace(tmp, target)
-    return [target for _, target in staged]
+    return targets

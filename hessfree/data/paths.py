@@ -1,4 +1,4 @@
-"""Where data files live: the data root, candidate folders, atomic writes.
+"""Where data files live: the data root and candidate folders.
 
 The root comes from an argument or the ``HESSFREE_DATA`` environment variable; nothing in the
 package names a machine path.
@@ -7,9 +7,6 @@ package names a machine path.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from hessfree.errors import InputError
@@ -53,22 +50,3 @@ def first_existing(paths: list[Path]) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-@contextmanager
-def atomic_write(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success move it into place atomically.
-
-    The temporary file lives in the target's folder (so ``os.replace`` is atomic) and is
-    removed if the block raises, so nothing half-written is left behind.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree._files import save_figure
+from hessfree._files import figure, label_axes, save_figure
 from hessfree.curvature.spectral import eigsh
 from hessfree.quadratic.comparison import Comparison
 from hessfree.quadratic.core import Quadratic
@@ -133,25 +133,14 @@ def plot(comparison: Comparison, path: str | os.PathLike, title: str | None = No
     Uses matplotlib's Agg canvas directly (imported here; the global backend is left alone).
     The format follows the suffix of ``path`` (png, pdf, svg, ...). Returns the path written.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - matplotlib is a dev/plot extra
-        raise ImportError("plot: needs matplotlib (pip install 'hessfree[plot]')") from err
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, (ax,) = figure(6, 4)
     k = np.arange(1, comparison.iters + 1)
     star = comparison.q_star
     floor = 1e-16 * max(abs(star), 1e-300) if star is not None else 0.0
     for m, values in comparison.values.items():
         y = values[1:] if star is None else np.maximum(values[1:] - star, floor)  # rounding
         ax.plot(k, y, label=m)
-    ax.set_xscale("log")
-    if star is not None:
-        ax.set_yscale("log")
-    ax.set_xlabel("curvature products")
-    ax.set_ylabel("q(x) − q*" if star is not None else "q(x)")
-    ax.set_title(title or f"CG vs first-order methods, dim {comparison.dim}")
-    ax.legend()
+    label_axes(ax, "curvature products", "q(x) − q*" if star is not None else "q(x)",
+               title or f"CG vs first-order methods, dim {comparison.dim}", log_x=True,
+               log_y=star is not None, grid=False)
     return str(save_figure(fig, path, name="path"))

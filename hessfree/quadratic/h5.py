@@ -1,7 +1,7 @@
 """HDF5 helpers of the quadratic files: tensors and nested batches in, checked members out.
 
-A tensor is a dataset (with its torch dtype in ``torch_dtype``; bfloat16 is stored as float32);
-a tuple, list or dict is a group with a ``container`` attribute and children ``0``, ``1``, ...
+A tensor is a dataset in the package's one layout (:func:`hessfree._h5.write_tensor`); a
+tuple, list or dict is a group with a ``container`` attribute and children ``0``, ``1``, ...
 (dict keys in the ``keys`` attribute, JSON). Missing or malformed members raise ``ValueError``
 naming the group and the member.
 """
@@ -17,18 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hessfree._h5 import read_tensor, write_tensor
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = ["attr", "json_attr", "member", "read_tensor", "read_tree", "write_tensor",
            "write_tree"]
-
-
-def write_tensor(group: h5py.Group, name: str, t: Tensor) -> None:
-    """Write ``t`` as dataset ``name`` of ``group`` (on the CPU; its torch dtype recorded)."""
-    t = t.detach().to("cpu")
-    stored = t.float() if t.dtype == torch.bfloat16 else t  # numpy has no bfloat16
-    ds = group.create_dataset(name, data=stored.numpy())
-    ds.attrs["torch_dtype"] = str(t.dtype).removeprefix("torch.")
 
 
 def write_tree(group: h5py.Group, name: str, x: Any, where: str) -> None:
@@ -85,13 +78,6 @@ def member(group: h5py.Group, name: str, kind: type) -> Any:
     if not isinstance(obj, kind):
         raise InputError(f"{group.name!r}: {name!r} is malformed: expected a {kind.__name__}")
     return obj
-
-
-def read_tensor(ds: h5py.Dataset, device: torch.device) -> Tensor:
-    """Dataset ``ds`` as a tensor of its recorded torch dtype on ``device``."""
-    dtype = getattr(torch, str(ds.attrs.get("torch_dtype", "")), None)
-    t = torch.from_numpy(np.asarray(ds[()]))
-    return t.to(device=device, dtype=dtype if isinstance(dtype, torch.dtype) else t.dtype)
 
 
 def read_tree(obj: Any, device: torch.device) -> Any:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,8 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
+from hessfree._files import atomic_path
+from hessfree._h5 import open_file
 from hessfree._version import __version__
 from hessfree.curvature import losses as L
 from hessfree.curvature.operator import GGN, EmpiricalFisher, Hessian
@@ -157,7 +158,7 @@ def write(q: Any, path_or_group: Any, **attrs: Any) -> None:
     Args:
         q: the quadratic.
         path_or_group: a file path (a standalone file, written to a temporary file and moved into
-            place with ``os.replace``) or an empty ``h5py.Group`` (e.g.
+            place, :func:`hessfree._files.atomic_path`) or an empty ``h5py.Group`` (e.g.
             ``f.create_group("quadratics/3")`` of a results file).
         **attrs: extra attributes: ``experiment`` (registered experiment name) and
             ``model_spec`` (dict or JSON string) let :func:`load` rebuild the model itself;
@@ -170,17 +171,8 @@ def write(q: Any, path_or_group: Any, **attrs: Any) -> None:
         raise InputTypeError(
             f"path_or_group: expected a path or an h5py.Group, got {type(path_or_group).__name__}"
         )
-    path = os.fspath(path_or_group)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".h5.tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write(q, f, attrs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path_or_group) as tmp, open_file(tmp, "w") as f:
+        _write(q, f, attrs)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -248,7 +240,7 @@ def read(path_or_group: Any, model: Any = None, loss: Any = None, device: Any = 
         raise InputTypeError(
             f"path_or_group: expected a path or an h5py.Group, got {type(path_or_group).__name__}"
         )
-    with h5py.File(path_or_group, "r") as f:
+    with open_file(path_or_group, "r", what="saved quadratic") as f:
         return _load_group(f, model, loss, device, build_model)
 
 

@@ -9,9 +9,9 @@ the momentum methods) into the cases of update ``t``:
   ``numchunks``, [HFDemo]);
 * ``"minibatch"``: the next minibatch of an :class:`EpochSampler` (a seeded permutation per
   epoch, consumed in order);
-* for generated data (a :class:`~hessfree.runs.experiment.Dataset` with ``fresh``), every kind is
+* for generated data (a :class:`~hessfree.runs.dataset.Dataset` with ``fresh``), every kind is
   a fresh draw of ``size`` (or ``n_train``) cases whose seed depends on the run's seed, ``t`` and
-  the batch's role (gradient 0, curvature 1, check 2, backtracking 3, step-size search 4), so
+  the batch's role (gradient 0, curvature 1, held-out ρ 2, backtracking 3, step-size search 4), so
   any step can be re-drawn exactly; a draw larger than the memory chunk comes as a list of
   chunks;
 * ``"piece"``: piece ``index`` of ``parts`` equal, consecutive pieces of the cases of this
@@ -36,12 +36,13 @@ from hessfree.batches import Batch, count, split, take
 from hessfree.distributed import shard
 from hessfree.errors import InputError
 from hessfree.hf.phases import BatchSpec
-from hessfree.runs.experiment import Dataset
+from hessfree.runs.dataset import Dataset
 
-__all__ = ["BatchDrawer", "EpochSampler", "BACKTRACK", "CHECK", "CURVATURE", "GRADIENT", "SEARCH"]
+__all__ = ["BatchDrawer", "EpochSampler", "BACKTRACK", "CURVATURE", "GRADIENT", "RHO", "SEARCH"]
 
 #: roles of a batch (they seed fresh draws and samplers differently)
-GRADIENT, CURVATURE, CHECK, BACKTRACK, SEARCH = 0, 1, 2, 3, 4
+#: (RHO: the held-out minibatch ρ is measured on, ``HessianFree.step``'s ``check_batch``)
+GRADIENT, CURVATURE, RHO, BACKTRACK, SEARCH = 0, 1, 2, 3, 4
 
 
 class EpochSampler:
@@ -133,15 +134,15 @@ class BatchDrawer:
     def _cases(self, t: int, size: int, role: int) -> Batch:
         """The unsharded cases of a minibatch (fresh data: a new draw).
 
-        A held-out minibatch (check, backtracking, search) is drawn from the cases outside this
-        update's gradient minibatch, so the two are disjoint (the check batch of the
+        A held-out minibatch (ρ, backtracking, search) is drawn from the cases outside this
+        update's gradient minibatch, so the two are disjoint (the ρ batch of the
         momentum-like HF: "a batch the step was not fitted to").
         """
         if self.data.fresh is not None:
             return self.data.fresh(size, step_seed(self.seed, t, role))
         sampler = self._sampler(role, size)
         drawn = self._gradient_idx
-        if role in (CHECK, BACKTRACK, SEARCH) and drawn is not None and drawn[0] == t:
+        if role in (RHO, BACKTRACK, SEARCH) and drawn is not None and drawn[0] == t:
             outside = torch.ones(self.n, dtype=torch.bool)
             outside[drawn[1].cpu()] = False
             pool = outside.nonzero().squeeze(1)

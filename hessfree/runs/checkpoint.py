@@ -1,9 +1,10 @@
 """Checkpoints of a run: written atomically, read back with checks.
 
 A checkpoint is a ``torch.save`` of plain data (tensors, numbers, strings, lists, dicts: it is
-read back with ``weights_only=True``, so a checkpoint cannot run code). It is written to a
-temporary file in the run's folder and moved over the previous one with ``os.replace``, so a
-kill at any moment leaves either the old or the new checkpoint, never a half-written one.
+read back with ``weights_only=True``, so a checkpoint cannot run code). It is written through
+:func:`hessfree._files.atomic_path` (a temporary file in the run's folder moved over the previous
+one), so a kill at any moment leaves either the old or the new checkpoint, never a half-written
+one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from hessfree._files import atomic_path
 from hessfree.errors import InputError
 
 __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "load", "save"]
@@ -27,15 +29,9 @@ class CheckpointError(InputError):
 
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, then ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    """Write ``state`` to ``path`` atomically (:func:`hessfree._files.atomic_path`)."""
+    with atomic_path(path) as tmp:
         torch.save({**state, "checkpoint_version": CHECKPOINT_VERSION}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class UsageError(InputError):
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", nargs="?", default=None,
                    help="experiment name (see `hessfree list`); optional with --resume")
-    p.add_argument("--optimizer", help="hf, hf-momentum, nag, cm or sgd (default hf)")
+    p.add_argument("--optimizer", help="an optimizer family of `hessfree list` (default hf)")
     p.add_argument("--steps", type=_int("--steps"), help="stop after this many outer steps")
     p.add_argument("--seconds", type=_float("--seconds"),
                    help="stop after this much optimizer time")
@@ -70,7 +70,7 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--jobs", type=_int("--jobs"), default=1,
-                   help="runs at a time (subprocesses)")
+                   help="runs at a time (worker processes running the same path)")
     p.add_argument("--resume", action="store_true",
                    help="continue unfinished runs in --out, skip finished ones")
     p.add_argument("--out", default="reproduce", help="folder for the runs and the summary")
@@ -208,12 +208,12 @@ def _overrides(items: list[str]) -> dict[str, str]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print the experiments and optimizers."""
-    from hessfree.runs import experiments
+    from hessfree.runs import experiments, families
 
     print("experiments:")
     for name in experiments.names():
         print(f"  {name:22s} {experiments.get(name).description}")
-    print("optimizers: " + ", ".join(experiments.OPTIMIZERS))
+    print("optimizers: " + ", ".join(families.names()))
     return 0
 
 
@@ -268,7 +268,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import h5py
 
     from hessfree import quadratic
-    from hessfree._files import check_image_output
+    from hessfree._files import check_image_output, write_text
+    from hessfree._h5 import open_file
     from hessfree.runs import experiments
 
     path, group = _split_quadratic_arg(args.quadratic)
@@ -279,11 +280,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.save and (Path(args.save).suffix != ".json" or Path(args.save).resolve() ==
                       Path(path).resolve()):
         raise UsageError(f"--save: expected a new .json file, got {args.save!r}")
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except OSError as err:
-        raise UsageError(f"quadratic: {path} cannot be opened as HDF5 ({err})") from None
-    with f:
+    _check_int(args.iters, "--iters", 1)
+    with open_file(path, "r", what="quadratic file") as f:
         saved = sorted(f["quadratics"].keys(), key=lambda k: (len(k), k)) \
             if isinstance(f.get("quadratics"), h5py.Group) else []
         if group is None:
@@ -297,13 +295,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UsageError(f"quadratic: {path} has no quadratic at {group!r}; saved "
                              f"quadratics: {have}")
         q = quadratic.Quadratic.load(node, build_model=experiments.build_model)
-    _check_int(args.iters, "--iters", 1)
     result = quadratic.compare(q, iters=args.iters)
     print(f"{path}:{group}")
     print(result.format())
     if args.save:
         record = {"source": f"{Path(path).name}:{group}", **result.to_dict()}
-        Path(args.save).write_text(json.dumps(record, indent=1) + "\n")
+        write_text(args.save, json.dumps(record, indent=1) + "\n")
         print(args.save)
     if args.plot:
         quadratic.plot(result, args.plot)

@@ -4,9 +4,9 @@ The main job of the README's two-command set-up. On ``curves-small`` (generated 
 training images, a 784-200-100-50-25-6 autoencoder: built in, no data folder needed, and small
 enough that every method leaves the mean-image plateau within the budget on a 2-core CPU), it
 
-1. trains Martens' HF, the momentum-like HF ([S13 A.6], its first phase with a check minibatch)
-   and NAG ([S13 Eq. 3-5]) for the same number of gradient-equivalents, each writing its
-   results file (HF also saves the quadratics of some of its steps);
+1. trains Martens' HF, the momentum-like HF ([S13 A.6], its first phase with ρ measured on a
+   held-out minibatch) and NAG ([S13 Eq. 3-5]) for the same number of gradient-equivalents,
+   each writing its results file (HF also saves the quadratics of some of its steps);
 2. takes the saved quadratic on which HF's CG ran the most iterations (past the plateau: the
    regime of [S13 Fig. 5]) and runs CG, NAG, CM and GD on it at equal products;
 3. prints a table and writes one figure with two panels: training error against
@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +34,36 @@ import numpy as np
 import torch
 
 from hessfree import _checks, quadratic
-from hessfree._files import save_figure
-from hessfree.runs import experiments
-from hessfree.runs.h5file import open_results
+from hessfree._files import figure, label_axes, save_figure, write_text
+from hessfree.runs import experiments, families
+from hessfree.runs.h5 import open_results
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 
-__all__ = ["COMPARISON_FILE", "EXPERIMENT", "OPTIMIZERS", "draw_figure", "run_demo"]
+__all__ = ["COMPARISON_FILE", "EXPERIMENT", "RUNS", "DemoRun", "draw_figure", "run_demo"]
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "curves-small"
-OPTIMIZERS = ("hf", "hf-momentum", "nag")
 #: the demo folder's record of the CG-against-NAG comparison (:meth:`Comparison.to_dict`)
 COMPARISON_FILE = "comparison.json"
-LABELS = {"hf": "HF (Martens 2010)", "hf-momentum": "momentum-like HF (A.6)",
-          "nag": "NAG (Eq. 3-5)"}
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One run of the demo: an optimizer family, its evaluation interval, its saved quadratics.
+
+    The first run that saves quadratics (every ``save_quadratics_every`` steps) gives the
+    quadratic of the CG-against-NAG comparison.
+    """
+
+    optimizer: str
+    eval_every: int
+    save_quadratics_every: int | None = None
+
+
+#: the demo's runs, in table order (about 50 evaluations each within the default budget)
+RUNS = (DemoRun("hf", 5, save_quadratics_every=2), DemoRun("hf-momentum", 5),
+        DemoRun("nag", 100))
 
 
 def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
@@ -78,20 +94,20 @@ def _run(out: Path, budget: float, seed: int, quiet: bool, iters: int,
          overrides: dict[str, Any] | None, threads: int) -> Path:
     folder = out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = {}
-    for opt in OPTIMIZERS:
-        over = {k: v for k, v in (overrides or {}).items()
-                if k in _keys(opt)}
-        paths[opt] = train(RunSpec(
-            experiment=EXPERIMENT, optimizer=opt, budget=budget, seed=seed, out=str(folder),
-            name=opt, quiet=quiet, eval_every=5 if opt != "nag" else 100, overrides=over,
-            save_quadratics_every=2 if opt == "hf" else None))
+    for r in RUNS:
+        over = {k: v for k, v in (overrides or {}).items() if k in _keys(r.optimizer)}
+        paths[r.optimizer] = train(RunSpec(
+            experiment=EXPERIMENT, optimizer=r.optimizer, budget=budget, seed=seed,
+            out=str(folder), name=r.optimizer, quiet=quiet, eval_every=r.eval_every,
+            overrides=over, save_quadratics_every=r.save_quadratics_every))
     runs = {opt: read_results(p) for opt, p in paths.items()}
-    step, comparison = _compare(paths["hf"], runs["hf"], iters)
+    saver = next(r.optimizer for r in RUNS if r.save_quadratics_every)
+    step, comparison = _compare(paths[saver], runs[saver], iters)
     lines = _table(runs, step, comparison, budget, seed, threads)
     if comparison is not None:
         record = {"step": step, **comparison.to_dict()}
-        (folder / COMPARISON_FILE).write_text(json.dumps(record, indent=1) + "\n")
-    (folder / "demo.md").write_text("\n".join(lines + _times(runs)) + "\n")
+        write_text(folder / COMPARISON_FILE, json.dumps(record, indent=1) + "\n")
+    write_text(folder / "demo.md", "\n".join(lines + _times(runs)) + "\n")
     figure = _figure(runs, comparison, step, folder / "demo.png")
     print("\n".join(lines))
     print(f"figure: {figure}")
@@ -136,8 +152,8 @@ def _table(runs: dict[str, Any], step: int, c: Any, budget: float, seed: int, th
     for opt, res in runs.items():
         tr, te, ge = _final(res)
         st = res.steps
-        lines.append(f"| {LABELS[opt]} | {len(st['step'])} | {int((~st['accepted']).sum())} | "
-                     f"{ge:.0f} | {tr:.3f} | {te:.3f} |")
+        lines.append(f"| {families.get(opt).label} | {len(st['step'])} | "
+                     f"{int((~st['accepted']).sum())} | {ge:.0f} | {tr:.3f} | {te:.3f} |")
     if c is not None:
         q_star = c.q_star
         lines += ["", f"CG vs NAG on the quadratic of HF's step {step} "
@@ -154,7 +170,7 @@ def _times(runs: dict[str, Any]) -> list[str]:
     """``demo.md``'s wall-clock section (machine- and load-dependent, so not printed)."""
     lines = ["", "Wall-clock seconds of each run's updates (evaluation excluded; they depend on "
              "the machine and its load):", ""]
-    return lines + [f"- {LABELS[opt]}: {float(np.sum(res.steps['seconds'])):.1f}"
+    return lines + [f"- {families.get(opt).label}: {float(np.sum(res.steps['seconds'])):.1f}"
                     for opt, res in runs.items()]
 
 
@@ -174,33 +190,19 @@ def draw_figure(runs: dict[str, Any], comparison: Any, step: int, path: str | Pa
 
 
 def _figure(runs: dict[str, Any], c: Any, step: int, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = figure(11, 4.2, panels=2)
     for opt, res in runs.items():
         ev = res.eval
-        left.plot(ev["grad_equiv"], ev["train_error"], label=LABELS[opt])
-    left.set_xlabel("gradient-equivalents of the training set")
-    left.set_ylabel("training error")
-    left.set_yscale("log")
-    left.set_title(f"{EXPERIMENT}: equal cost")
-    left.grid(True, alpha=0.3)
-    left.legend()
+        left.plot(ev["grad_equiv"], ev["train_error"], label=families.get(opt).label)
+    label_axes(left, "gradient-equivalents of the training set", "training error",
+               f"{EXPERIMENT}: equal cost", log_y=True)
     if c is not None:
         q_star = c.q_star
         floor = max(abs(q_star) * 1e-7, 1e-300)  # float32 quadratics: q to about 1e-7
         for m in c.methods:
             gap = np.maximum(c.values[m] - q_star, floor)
             right.plot(np.arange(len(gap)), gap, label=m.upper())
-        right.set_yscale("log")
-        right.set_xlabel("curvature products")
-        right.set_ylabel("q(x_k) − q*")
-        right.set_title(f"the quadratic of HF's step {step}")
-        right.grid(True, alpha=0.3)
-        right.legend()
+        label_axes(right, "curvature products", "q(x_k) − q*",
+                   f"the quadratic of HF's step {step}", log_y=True)
     fig.tight_layout()
     return save_figure(fig, path)
-

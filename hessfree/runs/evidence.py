@@ -38,6 +38,8 @@ import h5py
 import numpy as np
 
 from hessfree import _checks
+from hessfree._files import atomic_path, write_text
+from hessfree._h5 import open_file
 from hessfree._version import __version__
 from hessfree.errors import InputError
 from hessfree.runs.report import run_status
@@ -138,7 +140,7 @@ class Evidence:
         path = self.path / "summary.h5"
         if not path.is_file():
             raise InputError(f"{self.path.name}: no summary.h5 (no run had an evaluation)")
-        with h5py.File(path, "r", locking=False) as f:
+        with open_file(path, "r", what="summary") as f:
             out: dict[str, Any] = {k: (json.loads(v) if k in ("experiments", "cells", "seeds")
                                        else v) for k, v in f.attrs.items()}
             for k, d in f.items():
@@ -225,7 +227,7 @@ def _check_plan(source: Path, jobs: list[Any]) -> None:
 
 def _summary(out: Path, args: Any, jobs: list[Any], source: Path) -> None:
     """The package's summary of the runs present (paths inside the source folder)."""
-    from hessfree.runs.reproduce import outcome, summarize
+    from hessfree.runs.summary import outcome, summarize
 
     present, missing = [], []
     for j in jobs:
@@ -246,8 +248,8 @@ def _summary(out: Path, args: Any, jobs: list[Any], source: Path) -> None:
         keys = [str(o.path.parent.relative_to(source).as_posix()) for o in outcomes]
         _copy_summary(scratch / "summary.h5", out / "summary.h5", keys)
         md = (scratch / "summary.md").read_text().splitlines()
-        (out / "summary.md").write_text("\n".join(line for line in md
-                                                   if not line.startswith("![")) + "\n")
+        write_text(out / "summary.md",
+                   "\n".join(line for line in md if not line.startswith("![")) + "\n")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -258,7 +260,8 @@ def _copy_summary(src: Path, dst: Path, keys: list[str]) -> None:
     None is left in the file either (a deleted dataset's bytes stay in an HDF5 file), so
     everything is copied to a new one.
     """
-    with h5py.File(src, "r") as a, h5py.File(dst, "w", libver="latest") as b:
+    with open_file(src, "r", what="summary") as a, atomic_path(dst) as tmp, \
+            open_file(tmp, "w", what="summary") as b:
         b.attrs.update(dict(a.attrs))
         for name, obj in a.items():
             if name != "runs":
@@ -323,9 +326,7 @@ def build(source: str | os.PathLike, out: str | os.PathLike, command: str | None
     done = sum(1 for k in (keys or runs) if str(runs.get(k, {}).get("status", "")).startswith(
         "finished"))
     meta["finished"] = f"{done} of {len(keys or runs)}"
-    tmp = out / (ARTIFACT_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, out / ARTIFACT_FILE)
+    write_text(out / ARTIFACT_FILE, json.dumps(meta, indent=1) + "\n")
     return out
 
 
@@ -376,15 +377,13 @@ def _write_evidence(source: Path, path: Path, max_rows: int) -> dict[str, dict[s
     for key, kind, text in _extra_files(source):
         extras["comparisons" if kind == 0 else "texts"][key] = \
             json.loads(text) if kind == 0 else text
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w", libver="latest") as f:  # single-chunk datasets: no B-trees
+    with atomic_path(path) as tmp, open_file(tmp, "w", what="artifact") as f:
         f.attrs["format"] = FORMAT
         _put_text(f, "runs", _json(list(runs.values())))
         _put_text(f, "settings", _json(settings))
         _put_text(f, "extras", _json(extras))
         _write_table(f.create_group("eval"), _concat(evals))
         _write_table(f.create_group("steps"), _concat(steps))
-    os.replace(tmp, path)
     return runs
 
 
@@ -445,7 +444,7 @@ def read(path: str | os.PathLike) -> Evidence:
     if meta.get("format") != FORMAT:
         raise InputError(f"artifact: {index} is not of format {FORMAT!r}")
     ev = Evidence(path, meta)
-    with h5py.File(path / EVIDENCE_FILE, "r", locking=False) as f:
+    with open_file(path / EVIDENCE_FILE, "r", what="artifact") as f:
         runs = json.loads(_get_text(f, "runs"))
         settings = json.loads(_get_text(f, "settings"))
         extras = json.loads(_get_text(f, "extras"))

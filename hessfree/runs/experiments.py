@@ -1,6 +1,6 @@
 """The experiment registry: built-in presets and the user's own experiments, by name.
 
-``get(name)`` returns a fresh :class:`~hessfree.runs.experiment.Experiment`; ``names()`` lists
+``get(name)`` returns a fresh :class:`~hessfree.runs.definition.Experiment`; ``names()`` lists
 them; users add their own with :func:`register` (a call, or a decorator on a zero-argument
 factory). The built-in experiments (:mod:`hessfree.runs.presets`) are known from the start.
 """
@@ -14,11 +14,11 @@ from typing import Any
 from torch import nn
 
 from hessfree.errors import InputError, InputTypeError
-from hessfree.runs.experiment import Dataset, Experiment
+from hessfree.runs.dataset import Dataset
+from hessfree.runs.definition import Experiment
 from hessfree.runs.presets import BUILTIN
-from hessfree.runs.settings import OPTIMIZERS
 
-__all__ = ["OPTIMIZERS", "Dataset", "Experiment", "build_model", "get", "names", "register"]
+__all__ = ["Dataset", "Experiment", "build_model", "get", "names", "register"]
 
 _REGISTRY: dict[str, Callable[[], Experiment]] = dict(BUILTIN)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hessfree._files import check_image_output, save_figure
+from hessfree._files import check_image_output, figure, label_axes, save_figure
 from hessfree.errors import InputError
 from hessfree.runs.results import RunResults, read_results
 
@@ -36,23 +36,22 @@ _EVAL_X = {"steps": "step", "seconds": "seconds", "grad-equiv": "grad_equiv"}
 
 
 def _steps_x(res: RunResults, x: str) -> np.ndarray | None:
-    """The x values of ``/steps`` rows (shared columns), or None if the run has no rows."""
+    """The x values of ``/steps`` rows (shared columns), or None if the run lacks them."""
     s = res.steps
-    if "step" not in s:
+    column = {"steps": "step", "seconds": "seconds", "grad-equiv": "grad_equiv"}[x]
+    if column not in s:
         return None
-    if x == "steps":
-        return s["step"].astype(np.float64)
-    return np.cumsum(s["seconds" if x == "seconds" else "grad_equiv"])
+    return s["step"].astype(np.float64) if x == "steps" else np.cumsum(s[column])
 
 
 def _series(res: RunResults, x: str, y: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(x, y)`` of one run with non-finite points dropped, or None if it lacks the column."""
+    """``(x, y)`` of one run with non-finite points dropped, or None if it lacks a column."""
     table, column, _ = Y_AXES[y]
     columns = res.table(table)
     if column not in columns:
         return None  # e.g. λ of a NAG run
     if table == "eval":
-        xs = columns[_EVAL_X[x]].astype(np.float64)
+        xs = columns[_EVAL_X[x]].astype(np.float64) if _EVAL_X[x] in columns else None
     else:
         xs = _steps_x(res, x)
     if xs is None:
@@ -81,23 +80,14 @@ def _labels(runs: Sequence[RunResults], labels: Sequence[str] | None) -> list[st
 
 def _figure(curves: list[tuple[str, np.ndarray, np.ndarray]], x: str, y: str,
             title: str | None) -> Any:
-    """An Agg-backed ``Figure`` with one line per curve; log y when every value is positive."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    """A figure with one line per curve; log y when every value is positive."""
+    fig, (ax,) = figure(7, 4.5)
     for label, xs, ys in curves:
         ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
     values = np.concatenate([ys for _, _, ys in curves])
-    if values.size and np.all(values > 0):
-        ax.set_yscale("log")
-    ax.set_xlabel(X_AXES[x])
-    ax.set_ylabel(Y_AXES[y][2])
-    ax.set_title(title if title is not None else f"{Y_AXES[y][2]} against {X_AXES[x]}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    label_axes(ax, X_AXES[x], Y_AXES[y][2],
+               title if title is not None else f"{Y_AXES[y][2]} against {X_AXES[x]}",
+               log_y=bool(values.size and np.all(values > 0)))
     fig.tight_layout()
     return fig
 

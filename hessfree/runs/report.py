@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from hessfree.errors import InputError
+from hessfree.runs import families
 from hessfree.runs.lock import is_live
 from hessfree.runs.results import RunResults, read_results
 
@@ -21,14 +23,24 @@ __all__ = ["paper_numbers", "report", "run_status"]
 
 
 def paper_numbers(experiment: str, optimizer: str) -> dict[str, float]:
-    """The published entries of ``experiment`` that belong to ``optimizer``."""
+    """The published entries of ``experiment`` that belong to the family ``optimizer``.
+
+    An entry is a column of the paper's table (``"0.99N"``, ``"HF*"``), which belongs to the
+    family whose table role owns it (:func:`hessfree.runs.families.family_of_cell`), or a label
+    whose first word is the family's name (``"nag (mu_max 0.99)"``, user experiments).
+    """
     from hessfree.runs import experiments
 
     try:
         paper = experiments.get(experiment).paper
-    except ValueError:
+    except InputError:
         return {}
-    return {k: v for k, v in paper.items() if k.split(" ")[0] == optimizer}
+
+    def owner(key: str) -> str:
+        family = families.family_of_cell(key)
+        return family.name if family is not None else key.split(" ")[0]
+
+    return {k: v for k, v in paper.items() if v is not None and owner(k) == optimizer}
 
 
 def run_status(res: RunResults) -> str:

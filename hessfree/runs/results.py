@@ -48,9 +48,10 @@ import h5py
 import numpy as np
 import torch
 
+from hessfree._h5 import open_file, write_tensor
 from hessfree._version import __version__
 from hessfree.errors import InputError, InputTypeError
-from hessfree.runs.h5file import (
+from hessfree.runs.h5 import (
     FORMAT,
     SCHEMA_VERSION,
     ResultsError,
@@ -91,7 +92,7 @@ class _Table:
 
     def __init__(self, group: h5py.Group):
         self.group, self.n = group, _table_len(group)
-        self._set_columns(json.loads(group.attrs.get("fields", "[]")))
+        self._set_columns(list(_columns(group)))
         group.attrs.create("n_rows", self.n, dtype=np.int64)
         self._count = h5py.h5a.open(group.id, b"n_rows")
 
@@ -151,9 +152,36 @@ class _Table:
             dset.set_extent((n,))
 
 
+def _columns(group: h5py.Group) -> dict[str, h5py.Dataset]:
+    """The columns a table lists in ``fields``, each checked to be a 1-D dataset of a column type.
+
+    Raises:
+        ResultsError: one line naming the file and the missing or damaged column.
+    """
+    where = f"{group.file.filename}: {group.name}"
+    try:
+        names = json.loads(group.attrs.get("fields", "[]"))
+    except (TypeError, ValueError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(k, str) for k in names):
+        raise ResultsError(f"{where}: attribute 'fields' is not a JSON list of column names "
+                           "(the file is damaged)")
+    out = {}
+    for k in names:
+        ds = group.get(k)
+        if ds is None:
+            raise ResultsError(f"{where}/{k}: the column is missing (the table lists it in "
+                               "'fields'; the file is damaged)")
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind not in _DTYPES:
+            raise ResultsError(f"{where}/{k}: not a column (expected a 1-D dataset of float, "
+                               "int, bool or str; the file is damaged)")
+        out[k] = ds
+    return out
+
+
 def _table_len(group: h5py.Group) -> int:
     """Committed rows: ``n_rows``, or less if a column is shorter."""
-    lengths = [len(group[k]) for k in json.loads(group.attrs.get("fields", "[]"))]
+    lengths = [len(ds) for ds in _columns(group).values()]
     return min([*lengths, int(group.attrs.get("n_rows", min(lengths, default=0)))])
 
 
@@ -180,8 +208,7 @@ def _read_table(group: h5py.Group | None, damaged: list[str]) -> dict[str, np.nd
     if group is None:
         return {}
     n = _table_len(group)
-    columns = {k: _read_column(group[k], n, damaged)
-               for k in json.loads(group.attrs.get("fields", "[]"))}
+    columns = {k: _read_column(ds, n, damaged) for k, ds in _columns(group).items()}
     n = min((len(c) for c in columns.values()), default=0)
     return {k: c[:n] for k, c in columns.items()}
 
@@ -224,9 +251,9 @@ class ResultsWriter:
                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         own.update({"git_commit": git_commit()} if git_commit() else {})
         try:
-            f = h5py.File(self.path, "x", locking=False)  # fails if the file exists
+            f = open_file(self.path, "x")  # fails if the file exists
         except FileExistsError:
-            raise FileExistsError(f"{self.path}: a results file already exists; use mode='append' "
+            raise ResultsError(f"{self.path}: a results file already exists; use mode='append' "
                                   "to resume it or choose another path") from None
         try:
             write_attrs(f, own, own=True)
@@ -284,9 +311,7 @@ class ResultsWriter:
         for key, t in tensors.items():
             if not key or "/" in key or key in (".", ".."):
                 raise InputError(f"tensors: parameter name {key!r} cannot be an HDF5 dataset name")
-            t = t.detach().cpu() if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t))
-            new.create_dataset(key, data=(t.float() if t.dtype == torch.bfloat16 else t).numpy())
-            new[key].attrs["torch_dtype"] = str(t.dtype).removeprefix("torch.")
+            write_tensor(new, key, t)
         new.attrs["names"] = json.dumps(list(tensors))
         if name in group:
             del group[name]
@@ -332,7 +357,7 @@ class RunResults:
     def table(self, name: str) -> dict[str, np.ndarray]:
         """The columns of ``"steps"`` or ``"eval"``."""
         if name not in TABLES:
-            raise KeyError(f"table: expected one of {TABLES}, got {name!r}")
+            raise InputError(f"table: expected one of {TABLES}, got {name!r}")
         return self.steps if name == "steps" else self.eval
 
     def params(self, name: str = "final") -> dict[str, np.ndarray]:
@@ -340,7 +365,7 @@ class RunResults:
         with open_results(self.path, "r") as f:
             group = f.get(f"params/{name}")
             if group is None:
-                raise KeyError(f"{self.path}: no /params/{name}; saved: {self.param_sets}")
+                raise ResultsError(f"{self.path}: no /params/{name}; saved: {self.param_sets}")
             return {key: group[key][()] for key in json.loads(group.attrs["names"])}
 
 
@@ -410,7 +435,7 @@ def _record(path: Path) -> RunRecord:
 def list_runs(folder: str | os.PathLike) -> list[RunRecord]:
     """Every ``results.h5`` below ``folder``, oldest first; unreadable ones are skipped (logged)."""
     if not os.path.isdir(folder):
-        raise NotADirectoryError(f"folder: {os.fspath(folder)} is not a directory")
+        raise InputError(f"folder: {os.fspath(folder)} is not a directory")
     records = []
     for path in Path(folder).rglob("results.h5"):
         try:

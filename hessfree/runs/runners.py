@@ -1,21 +1,22 @@
-"""One update of each optimizer family behind one :class:`Runner` protocol.
+"""One update of an optimizer family behind one :class:`Runner` protocol.
 
-* :class:`HFRunner` (``hf``, ``hf-momentum``): a :class:`~hessfree.HessianFree` with the phase
-  schedule of its settings (Martens: one phase, [M10]; momentum-like: the phases of
-  [S13 A.6]); each update draws the batches its current phase asks for.
-* :class:`MomentumRunner` (``nag``, ``cm``, ``sgd``): the ``torch.optim`` optimizers of
-  :mod:`hessfree.momentum` ([S13 Eq. 1-5]) on minibatches; an update whose loss or gradient is
-  not finite is rejected (the parameters and velocities stay as they were).
+* :class:`HFRunner`: a :class:`~hessfree.HessianFree` with the phase schedule of its settings
+  (Martens: one phase, [M10]; momentum-like: the phases of [S13 A.6]); each update draws the
+  batches its current phase asks for.
+* :class:`MomentumRunner`: an optimizer of :mod:`hessfree.momentum` ([S13 Eq. 1-5]: CM, NAG,
+  SGD, built by the family) on minibatches; an update whose loss or gradient is not finite is
+  rejected by the optimizer itself (``skip_non_finite``: parameters, velocities and μ's clock
+  stay as they were).
 
-Every runner returns one row per update in the schema of :mod:`hessfree.runs.rows`, evaluates
-its model where the optimizer's iterate is (NAG: at θ, not at the look-ahead point), names the
+Which family uses which runner is registered once, in :mod:`hessfree.runs.families`. Every
+runner returns one row per update in the schema of :mod:`hessfree.runs.rows`, evaluates its
+model where the optimizer's iterate is (NAG: at θ, not at the look-ahead point), names the
 objective its next update minimises, and saves and restores its whole state.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from typing import Any, ContextManager, Protocol
@@ -23,19 +24,23 @@ from typing import Any, ContextManager, Protocol
 import torch
 
 from hessfree import momentum
-from hessfree._checks import all_finite
 from hessfree.curvature import Problem
+from hessfree.errors import InputTypeError
 from hessfree.hf import HessianFree
+from hessfree.hf.phases import PhaseSchedule
 from hessfree.quadratic import Quadratic
-from hessfree.runs.batching import BACKTRACK, CHECK, CURVATURE, GRADIENT, SEARCH, BatchDrawer
-from hessfree.runs.experiment import Dataset
+from hessfree.runs.batching import BACKTRACK, CURVATURE, GRADIENT, RHO, SEARCH, BatchDrawer
+from hessfree.runs.dataset import Dataset
 from hessfree.runs.rows import hf_row, momentum_row
 from hessfree.runs.settings import GRAD_CHUNK, HFSettings, MomentumHFSettings, MomentumSettings
-from hessfree.schedules import Constant
+from hessfree.vectors import ParamLayout
 
-__all__ = ["HFRunner", "MomentumRunner", "Runner", "make_runner"]
+__all__ = ["HFRunner", "MomentumOptimizer", "MomentumRunner", "Runner"]
 
 QuadraticHook = Callable[[Quadratic], None]
+#: ``(parameters, settings, total updates or None) -> optimizer``: how a momentum family builds
+#: its optimizer (it must reject non-finite updates: ``skip_non_finite=True``)
+MomentumOptimizer = Callable[[list[torch.Tensor], MomentumSettings, "int | None"], momentum.CM]
 
 
 class Runner(Protocol):
@@ -56,6 +61,10 @@ class Runner(Protocol):
     def stop_reason(self) -> str | None:
         """Why no further update can make progress (the run ends), or None."""
 
+    @property
+    def phases(self) -> PhaseSchedule | None:
+        """The optimizer's phase schedule (recorded in the results file), or None."""
+
     def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
         """One update; its row (:mod:`hessfree.runs.rows`)."""
 
@@ -73,10 +82,10 @@ class Runner(Protocol):
 
 
 class HFRunner:
-    """``hf`` and ``hf-momentum`` updates (module docstring).
+    """HF updates (module docstring).
 
     Args:
-        optimizer: ``"hf"`` or ``"hf-momentum"``.
+        optimizer: the family's name.
         problem: the objective (model, loss, weight decay).
         data: the run's data.
         settings: :class:`HFSettings` or :class:`MomentumHFSettings`.
@@ -106,6 +115,11 @@ class HFRunner:
         """The optimizer's reason to stop (e.g. λ at its maximum with no progress), or None."""
         return self.opt.stop_reason
 
+    @property
+    def phases(self) -> PhaseSchedule:
+        """The phase schedule of the settings."""
+        return self.schedule
+
     def batches(self) -> tuple[Any, Any, dict[str, Any]]:
         """The gradient and curvature batches of the next update and its held-out ones.
 
@@ -117,7 +131,7 @@ class HFRunner:
         grad = self.drawer.draw(phase.gradient, t, GRADIENT)
         curv = self.drawer.draw(phase.curvature, t, CURVATURE)
         held = {f"{role}_batch": self.drawer.draw(getattr(phase, role), t, code)
-                for role, code in (("check", CHECK), ("backtrack", BACKTRACK),
+                for role, code in (("check", RHO), ("backtrack", BACKTRACK),
                                    ("search", SEARCH)) if getattr(phase, role) is not None}
         return grad, curv, held
 
@@ -147,31 +161,32 @@ class HFRunner:
 
 
 class MomentumRunner:
-    """``nag``, ``cm`` and ``sgd`` updates (module docstring).
+    """Momentum updates (module docstring).
 
     Args:
-        optimizer: ``"nag"``, ``"cm"`` or ``"sgd"``.
+        optimizer: the family's name.
         problem: the objective.
         data: the run's data.
         settings: :class:`MomentumSettings`.
         seed: seeds the minibatch stream.
         total_steps: the run's length in updates when known (Eq. 5's final low-μ phase).
+        build: the family's optimizer (:data:`MomentumOptimizer`).
     """
 
     def __init__(self, optimizer: str, problem: Problem, data: Dataset,
-                 settings: MomentumSettings, seed: int, total_steps: int | None) -> None:
+                 settings: MomentumSettings, seed: int, total_steps: int | None,
+                 build: MomentumOptimizer) -> None:
         self.optimizer = optimizer
         self.problem = problem
         self.settings = settings
         self.n_train = data.n_train
-        self.schedule = Constant(0.0) if optimizer == "sgd" else settings.mu_schedule(total_steps)
         self.params = problem.resolve_params()
-        plist = list(self.params.values())
-        if optimizer == "sgd":
-            self.opt: momentum.CM = momentum.SGD(plist, lr=settings.lr)
-        else:
-            cls = momentum.NAG if optimizer == "nag" else momentum.CM
-            self.opt = cls(plist, lr=settings.lr, schedule=self.schedule)
+        self.layout = ParamLayout.from_params(self.params)
+        self.opt = build(list(self.params.values()), settings, total_steps)
+        if not isinstance(self.opt, momentum.CM) or not self.opt.skip_non_finite:
+            raise InputTypeError(f"family {optimizer!r}: its optimizer must be a hessfree.momentum "
+                                 "optimizer that rejects non-finite updates "
+                                 "(skip_non_finite=True)")
         self.drawer = BatchDrawer(data, seed, GRAD_CHUNK, *_place(problem))
         self._t = 0
 
@@ -190,19 +205,27 @@ class MomentumRunner:
         """Momentum methods run to the end of their budget."""
         return None
 
+    @property
+    def phases(self) -> None:
+        """Momentum methods have no phases."""
+        return None
+
     def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
-        """One update on a minibatch; its row."""
+        """One update on a minibatch; its row (the optimizer rejects a non-finite one)."""
         t0 = time.perf_counter()
         n = self.settings.batch_size
         batch = self.drawer.minibatch(self._t, n, GRADIENT)
-        value, grad = self.problem.value_and_grad(self.params, batch)
-        ok = math.isfinite(value) and all_finite(grad)
-        mu = float(self.schedule(self.opt.t))  # the optimizer's clock (rejections do not tick)
-        if ok:
-            sizes = [p.numel() for p in self.params.values()]
-            for p, g in zip(self.params.values(), torch.split(grad, sizes)):
-                p.grad = g.view(p.shape)
-            self.opt.step()
+
+        def closure() -> float:
+            value, grad = self.problem.value_and_grad(self.params, batch)
+            for p, g in zip(self.params.values(), self.layout.split(grad).values()):
+                p.grad = g
+            return value
+
+        mu = self.opt.mu  # μ of this update, on the optimizer's clock (rejections do not tick)
+        rejected = self.opt.rejected
+        value = self.opt.step(closure)
+        ok = self.opt.rejected == rejected
         self._t += 1
         return momentum_row(self._t - 1, ok, "accepted" if ok else "non-finite gradient", value,
                             n, self.n_train, time.perf_counter() - t0, mu,
@@ -231,11 +254,3 @@ def _place(problem: Problem) -> tuple[int, int]:
     """This process's (rank, world size) for sharding batches."""
     r = problem.reducer
     return (0, 1) if r is None else (r.rank, r.world_size)
-
-
-def make_runner(optimizer: str, problem: Problem, data: Dataset, settings: Any, seed: int,
-                total_steps: int | None = None) -> HFRunner | MomentumRunner:
-    """The runner of ``optimizer`` with its settings record."""
-    if optimizer in ("hf", "hf-momentum"):
-        return HFRunner(optimizer, problem, data, settings, seed)
-    return MomentumRunner(optimizer, problem, data, settings, seed, total_steps)

@@ -5,9 +5,10 @@ and the Python API alike):
 
 * the data/model record of its experiment (a subclass of :class:`DataSettings`: sizes, the
   sequence length, hidden units, the data root, ...), and
-* the optimizer record: :class:`HFSettings` (Martens' HF: an :class:`~hessfree.HFConfig` plus
-  the batch settings of HFDemo), :class:`MomentumHFSettings` (the momentum-like HF of
-  [S13 A.6] as phases) or :class:`MomentumSettings` (NAG, CM, SGD).
+* the optimizer record of its family (:mod:`hessfree.runs.families` says which):
+  :class:`HFSettings` (Martens' HF: an :class:`~hessfree.HFConfig` plus the batch settings of
+  HFDemo), :class:`MomentumHFSettings` (the momentum-like HF of [S13 A.6] as phases) or
+  :class:`MomentumSettings` (NAG, CM, SGD).
 
 Both are seen by the command line as one flat namespace of ``key=value`` settings: the fields of
 each record, with an ``HFConfig`` flattened into its own fields (``--set cg_max_iters=50``).
@@ -25,7 +26,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, make_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from hessfree import _checks
 from hessfree.errors import InputError, InputTypeError
@@ -39,10 +40,9 @@ __all__ = [
     "MOMENTUM_SCHEDULES",
     "MomentumHFSettings",
     "MomentumSettings",
-    "OPTIMIZERS",
     "Settings",
-    "record_for",
     "apply_overrides",
+    "today",
     "data_settings_from",
     "flat",
     "from_flat",
@@ -51,15 +51,19 @@ __all__ = [
 #: the μ schedules of the momentum family: Eq. 5 of [S13 §3], the RNN schedule of [S13 §4],
 #: or a constant
 MOMENTUM_SCHEDULES = ("sutskever", "rnn", "constant")
-#: the optimizers every experiment can be trained with, and the settings record of each
-OPTIMIZERS = ("hf", "hf-momentum", "nag", "cm", "sgd")
 #: memory chunk of a whole-training-set pass, in cases (HFDemo passes the whole set at once;
 #: chunks only bound memory and do not change any value)
 GRAD_CHUNK = 5000
 
 
 class Settings:
-    """Base of the settings records: item access (``s["n_train"]``) and the flat form."""
+    """Base of the settings records: item access (``s["n_train"]``) and the flat form.
+
+    ``RENAMED`` maps a key an earlier hessfree wrote to its name today: results files,
+    checkpoints and ``--set`` with the old name still read.
+    """
+
+    RENAMED: ClassVar[dict[str, str]] = {}
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.keys():
@@ -98,8 +102,19 @@ def flat(record: Any) -> dict[str, Any]:
     return out
 
 
+def _renamed(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with old keys (``cls.RENAMED``) under today's names (today's name wins)."""
+    renamed = getattr(cls, "RENAMED", {})
+    out = {k: v for k, v in values.items() if k not in renamed}
+    for old, new in renamed.items():
+        if old in values:
+            out.setdefault(new, values[old])
+    return out
+
+
 def from_flat(cls: type, values: Mapping[str, Any]) -> Any:
     """Build ``cls`` from a flat dict (inverse of :func:`flat`); unknown keys raise."""
+    values = _renamed(cls, values)
     nested = _nested(cls)
     own = [f.name for f in fields(cls) if f.name not in nested]
     known = set(own)
@@ -174,6 +189,12 @@ def _parse_one(text: str, kind: Any, key: str) -> Any:
         return text
 
 
+def today(records: tuple[Any, ...], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` with keys renamed since (the records' ``RENAMED``) under today's names."""
+    renamed = {old: new for rec in records for old, new in type(rec).RENAMED.items()}
+    return {renamed.get(k, k): v for k, v in overrides.items()}
+
+
 def apply_overrides(records: tuple[Any, ...], overrides: Mapping[str, Any], where: str
                     ) -> tuple[Any, ...]:
     """Apply ``key=value`` overrides (strings are parsed) to the records that own each key.
@@ -186,6 +207,7 @@ def apply_overrides(records: tuple[Any, ...], overrides: Mapping[str, Any], wher
     for i, rec in enumerate(records):
         for key in flat(rec):
             owners.setdefault(key, i)
+    overrides = today(records, overrides)
     unknown = sorted(k for k in overrides if k not in owners)
     if unknown:
         raise InputError(f"--set: unknown key(s) {unknown} for {where}; valid: "
@@ -345,10 +367,11 @@ class MomentumHFSettings(Settings):
     shortened run): the rule of ``hessfree reproduce``; per-update settings (CG steps per
     update, minibatch size, ζ and ε values, weight decay) are unchanged.
     ``minibatch_cg_steps = 0`` keeps the first phase forever (generated data, small tasks).
-    ``check`` (default on: hessfree's fix of the minibatch phase, :meth:`HFConfig.momentum_like`)
-    measures ρ of the first phase on a second minibatch of the same size, drawn from the cases
-    outside the fitted one (disjoint from it; ``HessianFree.step``'s ``check_batch``), so λ
-    adapts to how well steps generalise.
+    ``heldout_rho`` (default on: hessfree's fix of the minibatch phase,
+    :meth:`HFConfig.momentum_like`; called ``check`` before, which still reads) measures ρ of
+    the first phase on a second minibatch of the same size, drawn from the cases outside the
+    fitted one (disjoint from it; ``HessianFree.step``'s ``check_batch``), so λ adapts to how
+    well steps generalise.
 
     Attributes:
         config: the first phase's :class:`~hessfree.HFConfig` fields (flattened).
@@ -374,7 +397,8 @@ class MomentumHFSettings(Settings):
     numchunks: int = 4
     final_cg_steps: int = 500_000
     final_weight_decay: float = 0.0
-    check: bool = True
+    heldout_rho: bool = True
+    RENAMED: ClassVar[dict[str, str]] = {"check": "heldout_rho"}
     grad_chunk: int = GRAD_CHUNK
 
     def __post_init__(self) -> None:
@@ -395,7 +419,7 @@ class MomentumHFSettings(Settings):
         _checks.choice(self.full_curvature, "full_curvature", ("chunk", "minibatch"))
         _checks.integer(self.numchunks, "numchunks", minimum=1)
         _checks.number(self.final_weight_decay, "final_weight_decay", 0.0)
-        _checks.boolean(self.check, "check")
+        _checks.boolean(self.heldout_rho, "heldout_rho")
         _checks.integer(self.grad_chunk, "grad_chunk", minimum=1)
         if not self.config.cg_fixed_iters:
             raise InputError("cg_fixed_iters: the momentum-like HF runs a fixed number of CG "
@@ -409,7 +433,7 @@ class MomentumHFSettings(Settings):
         f = self.fraction
         size = self.batch_size or max(1, n_train // self.batch_divisor)
         minibatch = BatchSpec("minibatch", size=size)
-        check = BatchSpec("minibatch", size=size) if self.check else None
+        heldout = BatchSpec("minibatch", size=size) if self.heldout_rho else None
         switch = _scaled(self.decay_switch, f)
         zeta0 = float(self.config.cg_decay)
         first = self.config.replace(
@@ -421,7 +445,7 @@ class MomentumHFSettings(Settings):
         iters = int(self.config.cg_max_iters)
         length = _scaled(self.minibatch_cg_steps, f, iters)
         phase1 = Phase("minibatch", cg_steps=length or None, gradient=minibatch,
-                       curvature=BatchSpec("same"), config=first, check=check)
+                       curvature=BatchSpec("same"), config=first, check=heldout)
         if fresh or not length or not (self.full_cg_steps or self.final_cg_steps):
             return PhaseSchedule((phase1,))
         full = self.config.replace(cg_max_iters=self.full_cg_iters, cg_decay=self.full_decay,
@@ -502,11 +526,3 @@ class MomentumSettings(Settings):
             return Constant(self.mu_max)
         return SutskeverSchedule(self.mu_max, warm=self.mu_stage, final_mu=self.final_mu,
                                  final_steps=self.final_steps, total_steps=total_steps)
-
-
-
-def record_for(optimizer: str) -> type:
-    """The settings record of ``optimizer`` (one of :data:`OPTIMIZERS`)."""
-    _checks.choice(optimizer, "optimizer", OPTIMIZERS)
-    return {"hf": HFSettings, "hf-momentum": MomentumHFSettings}.get(optimizer,
-                                                                     MomentumSettings)

@@ -24,12 +24,10 @@ trajectory identical to not stopping. What a run guarantees (README, "What a run
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,21 +37,13 @@ import torch
 
 from hessfree import _checks, batches, distributed
 from hessfree.curvature import Problem
-from hessfree.errors import InputError, RunError
+from hessfree.errors import InputError
 from hessfree.quadratic import Quadratic
-from hessfree.runs import checkpoint, experiments
-from hessfree.runs.experiment import Experiment
-from hessfree.runs.lock import RunLock
-from hessfree.runs.results import ResultsWriter, read_results
-from hessfree.runs.runners import HFRunner, Runner, make_runner
-from hessfree.runs.settings import (
-    GRAD_CHUNK,
-    OPTIMIZERS,
-    apply_overrides,
-    flat,
-    from_flat,
-    record_for,
-)
+from hessfree.runs import checkpoint, experiments, families
+from hessfree.runs.definition import Experiment
+from hessfree.runs.runners import Runner
+from hessfree.runs.session import CHECKPOINT_NAME, RESULTS_NAME, RunSession
+from hessfree.runs.settings import GRAD_CHUNK, apply_overrides, flat, from_flat, today
 
 __all__ = ["DTYPES", "RunSpec", "resolve_device", "resume", "train"]
 
@@ -70,7 +60,7 @@ class RunSpec:
 
     Attributes:
         experiment: registered experiment name.
-        optimizer: ``hf``, ``hf-momentum``, ``nag``, ``cm`` or ``sgd``.
+        optimizer: a registered optimizer family (:func:`hessfree.runs.families.names`).
         steps / seconds / budget: stop after this many steps, optimizer seconds or
             gradient-equivalents of the training set (whichever comes first; at least one;
             each a finite positive number).
@@ -89,7 +79,7 @@ class RunSpec:
     """
 
     experiment: str = ""
-    optimizer: str = "hf"
+    optimizer: str = families.DEFAULT
     steps: int | None = None
     seconds: float | None = None
     budget: float | None = None
@@ -108,14 +98,14 @@ class RunSpec:
     def __post_init__(self) -> None:
         """Check every field once (the CLI and the API alike)."""
         check_budgets(self.steps, self.seconds, self.budget)
-        _checks.choice(self.optimizer, "--optimizer", OPTIMIZERS)
+        family = families.get(self.optimizer, "--optimizer")
         _checks.integer(self.seed, "--seed", 0, MAX_SEED)
         _checks.choice(self.dtype, "--dtype", tuple(DTYPES))
         _checks.integer(self.eval_every, "--eval-every", minimum=1)
         _checks.integer(self.checkpoint_every, "--checkpoint-every", minimum=1)
         if self.save_quadratics_every is not None:
             _checks.integer(self.save_quadratics_every, "--save-quadratics-every", minimum=1)
-            if self.optimizer not in ("hf", "hf-momentum"):
+            if not family.quadratics:
                 raise InputError(f"--save-quadratics-every: only HF builds quadratics; "
                                  f"--optimizer {self.optimizer} has none")
         if self.name is not None and (not isinstance(self.name, str) or not self.name
@@ -166,8 +156,8 @@ class _Run:
         self.problem = Problem(self.model, exp.loss(data_settings),
                                weight_decay=opt_settings.weight_decay,
                                group="world" if self.world_size > 1 else None)
-        self.runner: Runner = make_runner(spec.optimizer, self.problem, self.data, opt_settings,
-                                          spec.seed, spec.steps)
+        self.runner: Runner = families.get(spec.optimizer).make_runner(
+            self.problem, self.data, opt_settings, spec.seed, spec.steps)
         self.step = self.n_evals = 0
         self.seconds = self.grad_equiv = 0.0
         self.stopped: str | None = None
@@ -222,7 +212,7 @@ def _attrs(run: _Run) -> dict[str, Any]:
     runner = run.runner
     return {"experiment": spec.experiment, "optimizer": spec.optimizer, "seed": spec.seed,
             "device": str(run.device), "dtype": spec.dtype, "config": run.settings,
-            "phases": runner.schedule.to_dict() if isinstance(runner, HFRunner) else None,
+            "phases": runner.phases.to_dict() if runner.phases is not None else None,
             "n_train": run.data.n_train, "error_name": run.exp.error_name,
             "model_spec": _model_spec(run), "status": STATUS_RUNNING, "steps_done": 0,
             "world_size": run.world_size,
@@ -255,22 +245,16 @@ def _new_run_dir(spec: RunSpec) -> Path:
     raise InputError(f"--out: no free run folder name under {parent}")
 
 
-def _quadratic_saver(run: _Run, writer: ResultsWriter) -> Any:
-    """A hook saving the quadratic of the coming HF step (the one the step solves)."""
+def _quadratic_hook(run: _Run, session: RunSession) -> Any:
+    """A hook saving the quadratic of the coming HF step, or None when none is due."""
+    every, k = run.spec.save_quadratics_every, run.step
+    if not every or k % every:
+        return None
+
     def save(q: Quadratic) -> None:
-        q.save(writer.quadratic_group(run.step), experiment=run.spec.experiment,
-               model_spec=_model_spec(run))
+        session.save_quadratic(k, q, experiment=run.spec.experiment, model_spec=_model_spec(run))
 
     return save
-
-
-def _disk_error(err: OSError, what: str, path: Path, run: _Run, ckpt_step: int | None
-                ) -> RunError:
-    kept = (f"the last checkpoint (step {ckpt_step}) and every committed row are kept"
-            if ckpt_step is not None else "every committed row is kept")
-    reason = os.strerror(err.errno) if err.errno else str(err)
-    return RunError(f"{what} failed at step {run.step} ({reason}): {kept} in {path.parent}; "
-                    f"fix the cause and continue with --resume {path.parent}")
 
 
 def train(spec: RunSpec) -> Path:
@@ -279,30 +263,10 @@ def train(spec: RunSpec) -> Path:
         raise InputError(f"spec: expected a RunSpec, got {type(spec).__name__}")
     exp = experiments.get(spec.experiment)
     data, opt = exp.settings_for(spec.optimizer, spec.overrides)
-    world = _world(spec)
-    run = _Run(spec, exp, data, opt, world)
-    rank, size = world[0], world[1]
-    holder: dict[str, Any] = {}
-
-    def create() -> str:
-        folder = _new_run_dir(spec)
-        lock = RunLock(folder).acquire()
-        path = folder / "results.h5"
-        try:
-            holder["writer"] = ResultsWriter(path, _attrs(run), mode="new")
-        except OSError as err:
-            _remove_new_run(folder, lock)
-            raise _disk_error(err, "creating the results file", path, run, None) from None
-        holder["lock"] = lock
-        return str(path)
-
-    path = Path(distributed.on_rank0(create, rank, size))
-    lock = holder.get("lock")
-    try:
-        return _loop(run, holder.get("writer") or _NoWriter(), path, ckpt_step=None)
-    finally:
-        if lock is not None:
-            lock.release()
+    run = _Run(spec, exp, data, opt, _world(spec))
+    with RunSession.create(lambda: _new_run_dir(spec), _attrs(run), run.rank,
+                           run.world_size) as session:
+        return _loop(run, session)
 
 
 def _world(spec: RunSpec) -> tuple[int, int, str]:
@@ -313,20 +277,6 @@ def _world(spec: RunSpec) -> tuple[int, int, str]:
                          "curvature batch is split over the ranks); save quadratics from a "
                          "one-process run")
     return rank, size, device
-
-
-class _NoWriter:
-    """What ranks other than 0 write: nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **kw: 0
-
-
-def _remove_new_run(folder: Path, lock: RunLock) -> None:
-    """Remove a run folder that holds nothing committed (creation failed)."""
-    lock.release()
-    with contextlib.suppress(OSError):
-        shutil.rmtree(folder)
 
 
 def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | None = None,
@@ -348,8 +298,8 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
     given = Path(path)
     if not given.exists():
         raise InputError(f"--resume: no such run folder {str(given)!r}")
-    path = given / "results.h5" if given.is_dir() else given
-    ckpt = path.with_name("checkpoint.pt")
+    path = given / RESULTS_NAME if given.is_dir() else given
+    ckpt = path.with_name(CHECKPOINT_NAME)
     if not path.exists() or not ckpt.exists():
         raise InputError(f"--resume: {str(given)!r} is not a run folder (expected results.h5 "
                          f"and checkpoint.pt in {str(path.parent)!r})")
@@ -361,7 +311,7 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
     exp = experiments.get(spec.experiment)
     try:
         data = from_flat(type(exp.data_defaults()), state["data_settings"])
-        opt = from_flat(record_for(spec.optimizer), state["optimizer_settings"])
+        opt = from_flat(families.get(spec.optimizer).settings, state["optimizer_settings"])
     except (KeyError, TypeError, ValueError) as err:
         raise checkpoint.CheckpointError(f"{ckpt}: its settings do not fit experiment "
                                          f"{spec.experiment!r} ({err})") from None
@@ -372,48 +322,22 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
         run.load(state)
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise checkpoint.CheckpointError(f"{ckpt}: does not fit this run ({err})") from None
-    holder: dict[str, Any] = {}
 
-    def reopen() -> int:
-        lock = RunLock(path.parent).acquire()
-        try:
-            n_steps = len(read_results(path).steps.get("step", []))
-            if n_steps < run.step:
-                raise checkpoint.CheckpointError(
-                    f"{ckpt} is at step {run.step} but {path} holds {n_steps} committed steps: "
-                    "the checkpoint belongs to another results file")
-            writer = ResultsWriter(path, {}, mode="append")
-        except BaseException:
-            lock.release()
-            raise
-        try:
-            # keep what the checkpoint covers; cut only rows written after it
-            writer.truncate(run.step, min(run.n_evals, writer.n_rows("eval")))
-            resumes = list(read_results(path).attrs.get("resumes") or [])
-            resumes.append({"at_step": run.step, "device": spec.device, "changes": changes,
-                            "world_size": run.world_size,
-                            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                                timespec="seconds")})
-            writer.set_attrs(status=STATUS_RUNNING, resumes=resumes,
-                             spec=dataclasses.asdict(spec), device=str(run.device),
-                             world_size=run.world_size)
-        except OSError as err:
-            writer.close()
-            lock.release()
-            raise _disk_error(err, "reopening the results file", path, run, run.step) from None
-        holder.update(writer=writer, lock=lock)
-        return writer.n_rows("eval")
+    def attrs(old: dict[str, Any]) -> dict[str, Any]:
+        resumes = [*(old.get("resumes") or []), {
+            "at_step": run.step, "device": spec.device, "changes": changes,
+            "world_size": run.world_size,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}]
+        return {"status": STATUS_RUNNING, "resumes": resumes, "spec": dataclasses.asdict(spec),
+                "device": str(run.device), "world_size": run.world_size}
 
-    run.n_evals = distributed.on_rank0(reopen, run.rank, run.world_size)
-    lock = holder.get("lock")
-    try:
-        if run.done() and run.rank == 0:
+    session, run.n_evals = RunSession.reopen(path, run.step, run.n_evals, attrs, run.rank,
+                                             run.world_size)
+    with session:
+        if run.done() and session.lead:
             log.info("%s is already at step %d: the budget asks for nothing more", path,
                      run.step)
-        return _loop(run, holder.get("writer") or _NoWriter(), path, ckpt_step=run.step)
-    finally:
-        if lock is not None:
-            lock.release()
+        return _loop(run, session)
 
 
 def _saved_spec(state: dict[str, Any], ckpt: Path) -> RunSpec:
@@ -450,6 +374,7 @@ def _check_overrides(exp: Experiment, optimizer: str, data: Any, opt: Any,
     """``--set`` on resume: accepted when it equals the run's setting, else refused."""
     if not overrides:
         return
+    overrides = today((data, opt), overrides)
     asked = apply_overrides((data, opt), overrides, f"{exp.name} with {optimizer}")
     have = {**flat(data), **flat(opt)}
     got = {**flat(asked[0]), **flat(asked[1])}
@@ -460,22 +385,16 @@ def _check_overrides(exp: Experiment, optimizer: str, data: Any, opt: Any,
             + "; settings are fixed for a run: start a new run to change them")
 
 
-def _loop(run: _Run, writer: Any, path: Path, ckpt_step: int | None) -> Path:
+def _loop(run: _Run, session: RunSession) -> Path:
     """Steps until the budget is spent; rank 0 writes rows, evaluations and checkpoints."""
-    spec = run.spec
-    lead = run.rank == 0
-    hook = _quadratic_saver(run, writer) if spec.save_quadratics_every else None
+    spec, lead = run.spec, session.lead
     bar = None if spec.quiet or not lead else _progress(spec)
-    ckpt = path.with_name("checkpoint.pt")
-    what = "writing the results"
     sync_time = run.world_size > 1 and spec.seconds is not None
     try:
         if run.step == 0 and run.n_evals == 0 and lead:
-            writer.append_eval(run.evaluate())
+            session.write_eval(0, run.evaluate())
         while not run.done():
-            save_q = hook if hook and run.step % spec.save_quadratics_every == 0 else None
-            what = "writing the results"
-            row = run.runner.step(save_q)
+            row = run.runner.step(_quadratic_hook(run, session))
             run.step += 1
             if sync_time:  # every rank must stop at the same step: the slowest rank's clock
                 row["seconds"] = _slowest(run, float(row["seconds"]))
@@ -484,38 +403,28 @@ def _loop(run: _Run, writer: Any, path: Path, ckpt_step: int | None) -> Path:
             run.stopped = run.runner.stop_reason
             if not lead:
                 continue
-            writer.append_step(row)
+            session.write_step(run.step, row)
             if run.step % spec.eval_every == 0 or run.done():
-                writer.append_eval(run.evaluate())
+                session.write_eval(run.step, run.evaluate())
             if run.step % spec.checkpoint_every == 0 or run.done():
-                what = "writing the checkpoint"
-                checkpoint.save(ckpt, run.checkpoint_state())
-                ckpt_step = run.step
+                session.write_checkpoint(run.step, run.checkpoint_state())
             if bar is not None:
                 # never past the total: tqdm drops an overshot total, breaking our bar_format
                 bar.update(min(_progress_units(spec, row), max(0.0, bar.total - bar.n)))
                 bar.set_postfix(run.runner.postfix(row), refresh=False)
-        what = "writing the final parameters"
         if lead:
-            writer.save_params("final", {k: v.detach().cpu() for k, v in
-                                         run.model.state_dict().items()})
-        status = STATUS_FINISHED if run.stopped is None else f"{STATUS_FINISHED}: {run.stopped}"
-        writer.set_attrs(status=status, steps_done=run.step)
-    except OSError as err:
-        _mark_failed(writer, run, f"failed: {what} ({os.strerror(err.errno or 0) or err})")
-        raise _disk_error(err, what, path, run, ckpt_step) from None
-    except BaseException as err:
-        _mark_failed(writer, run, f"stopped: {type(err).__name__}")
-        raise
+            session.write_params(run.step, "final", {k: v.detach().cpu() for k, v in
+                                                     run.model.state_dict().items()})
+        session.finish(run.step, STATUS_FINISHED if run.stopped is None
+                       else f"{STATUS_FINISHED}: {run.stopped}")
     finally:
         if bar is not None:
             bar.close()
-        writer.close()
     if run.stopped is not None and lead:
         log.info("stopped early at step %d: %s", run.step, run.stopped)
     if lead:
-        log.info("results in %s", path)
-    return path
+        log.info("results in %s", session.path)
+    return session.path
 
 
 def _slowest(run: _Run, seconds: float) -> float:
@@ -529,12 +438,6 @@ def _slowest(run: _Run, seconds: float) -> float:
         raise distributed.DistributedError(f"rank {run.rank}: the other ranks do not answer "
                                            f"({err})") from err
     return float(buf.item())
-
-
-def _mark_failed(writer: ResultsWriter, run: _Run, status: str) -> None:
-    """Record that the run did not finish, if the file still takes a write."""
-    with contextlib.suppress(Exception):
-        writer.set_attrs(status=status, steps_done=min(run.step, writer.n_rows("steps")))
 
 
 def _progress(spec: RunSpec) -> Any:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hessfree._files import write_text
 from hessfree.errors import InputError
 
 __all__ = ["Block", "Claim", "Figure", "Given", "Outcome", "Registry", "TextArtifact",
@@ -337,7 +338,5 @@ def verify(root: str | os.PathLike, registry: Registry, write: bool = False) -> 
         for name, text in ctx.documents.items():
             path = ctx.root / name
             if path.read_text() != text:
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(text)
-                os.replace(tmp, path)
+                write_text(path, text)
     return out

@@ -21,7 +21,7 @@ from hessfree.curvature import losses
 from hessfree.errors import InputError
 from hessfree.hf import HFConfig
 from hessfree.models.init import sparse_init_
-from hessfree.runs.experiment import Dataset, Experiment
+from hessfree.runs.definition import Dataset, Experiment
 from hessfree.runs.settings import (
     DataSettings,
     HFSettings,
@@ -29,7 +29,7 @@ from hessfree.runs.settings import (
     MomentumSettings,
 )
 
-__all__ = ["AUTOENCODERS", "A6", "AutoencoderData", "TABLE1", "TABLE1_FULL"]
+__all__ = ["AUTOENCODERS", "A6", "AutoencoderData", "TABLE1"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,11 @@ class AutoencoderData(DataSettings):
         _checks.number(self.si_scale, "si_scale", 0.0, strict_min=True)
 
 
-#: Table 1 of [S13], every column: training squared error; "0" = SGD, "0.99N" = NAG with
-#: μ_max 0.99, "0.9M" = CM, "SGD_C" = Chapelle & Erhan (2011), HF† = A.6, HF* = Martens (2010)
-TABLE1_FULL = {
+#: Table 1 of [S13], every column, the one source of its numbers (each experiment's ``paper``
+#: row; ``hessfree report`` and ``reproduce`` read them there): training squared error; "0" = SGD,
+#: "0.99N" = NAG with μ_max 0.99, "0.9M" = CM, "SGD_C" = Chapelle & Erhan (2011), HF† = A.6,
+#: HF* = Martens (2010)
+TABLE1 = {
     name: dict(zip(("0", "0.9N", "0.99N", "0.995N", "0.999N", "0.9M", "0.99M", "0.995M",
                     "0.999M", "SGD_C", "HF†", "HF*"), row))
     for name, row in (
@@ -62,18 +64,6 @@ TABLE1_FULL = {
         ("mnist-ae", (2.1, 1.0, 0.73, 0.75, 0.80, 1.0, 0.77, 0.84, 0.90, 0.9, 0.69, 1.40)),
         ("faces-ae", (36.4, 14.2, 8.5, 7.8, 7.7, 15.3, 8.7, 8.3, 9.3, None, 7.5, 12.0)),
     )
-}
-#: the entries ``hessfree report`` shows beside a run, by optimizer
-TABLE1 = {
-    "curves-ae": {"sgd": 0.48, "nag (mu_max 0.99)": 0.096, "nag (mu_max 0.999)": 0.074,
-                  "cm (mu_max 0.99)": 0.10, "hf (Martens 2010, HF*)": 0.11,
-                  "hf-momentum (HF†)": 0.058},
-    "mnist-ae": {"sgd": 2.1, "nag (mu_max 0.99)": 0.73, "nag (mu_max 0.999)": 0.80,
-                 "cm (mu_max 0.99)": 0.77, "hf (Martens 2010, HF*)": 1.40,
-                 "hf-momentum (HF†)": 0.69},
-    "faces-ae": {"sgd": 36.4, "nag (mu_max 0.99)": 8.5, "nag (mu_max 0.999)": 7.7,
-                 "cm (mu_max 0.99)": 8.7, "hf (Martens 2010, HF*)": 12.0,
-                 "hf-momentum (HF†)": 7.5},
 }
 
 

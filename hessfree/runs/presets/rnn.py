@@ -25,7 +25,7 @@ from hessfree import data as hdata
 from hessfree.curvature import losses
 from hessfree.hf import HFConfig
 from hessfree.models.init import esn_init_
-from hessfree.runs.experiment import Dataset, Experiment
+from hessfree.runs.definition import Dataset, Experiment
 from hessfree.runs.settings import (
     DataSettings,
     HFSettings,
@@ -33,12 +33,13 @@ from hessfree.runs.settings import (
     MomentumSettings,
 )
 
-__all__ = ["RNNData", "RNN_TASKS", "TABLE5", "TABLE5_FULL", "hf_rnn_outputs"]
+__all__ = ["RNNData", "RNN_TASKS", "TABLE5", "hf_rnn_outputs"]
 
 _LOSS = {"linear": losses.MSE, "logistic": losses.BCEWithLogits, "softmax": losses.CrossEntropy}
-#: Table 5 of [S13], every column (zero-one errors; add/mul look like fractions, the
-#: memorization rows like percentages, docs/references.md [S13 Table 5]); "0.9N" = NAG, μ0 0.9
-TABLE5_FULL = {
+#: Table 5 of [S13], every column, the one source of its numbers (each task's ``paper`` row):
+#: zero-one errors (add/mul look like fractions, the memorization rows like percentages,
+#: docs/references.md [S13 Table 5]); "0.9N" = NAG with μ0 0.9
+TABLE5 = {
     task: dict(zip(("biases", "0", "0.9N", "0.98N", "0.995N", "0.9M", "0.98M", "0.995M"), row))
     for task, row in (
         ("addition", (0.82, 0.39, 0.02, 0.21, 0.00025, 0.43, 0.62, 0.036)),
@@ -47,11 +48,6 @@ TABLE5_FULL = {
         ("memorization_20bit", (8.0, 5.37, 2.77, 0.0144, 0.00005, 1.75, 0.0017, 0.053)),
     )
 }
-#: the entries ``hessfree report`` shows beside a run
-TABLE5 = {"addition": {"biases": 0.82, "nag (mu0 0.995)": 0.00025},
-          "multiplication": {"biases": 0.84, "nag (mu0 0.995)": 0.0013},
-          "memorization_5bit": {"biases": 2.5, "nag (mu0 0.995)": 0.63},
-          "memorization_20bit": {"biases": 8.0, "nag (mu0 0.995)": 0.00005}}
 
 
 @dataclass(frozen=True)

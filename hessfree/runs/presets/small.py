@@ -15,7 +15,7 @@ from hessfree.curvature import losses
 from hessfree.errors import InputError
 from hessfree.hf import HFConfig
 from hessfree.models.init import esn_init_
-from hessfree.runs.experiment import Dataset, Experiment
+from hessfree.runs.definition import Dataset, Experiment
 from hessfree.runs.settings import (
     GRAD_CHUNK,
     DataSettings,
@@ -131,7 +131,7 @@ def _toy_quartic() -> Experiment:
                   "hf-momentum": MomentumHFSettings(
                       HFConfig.momentum_like(initial_lambda=1e-3, preconditioner=False,
                                              cg_max_iters=4), batch_divisor=1,
-                      minibatch_cg_steps=0),
+                      minibatch_cg_steps=0, heldout_rho=False),  # one case: no held-out batch
                   "nag": mom, "cm": mom, "sgd": mom.replace(mu_max=0.0)},
         model_spec=lambda s: {})
 

@@ -1,10 +1,11 @@
-"""What an experiment is: data, model, loss, error metric, and default settings per optimizer.
+"""The definition of an experiment: data, model, loss, error metric, default settings per family.
 
-An :class:`Experiment` says how to build its data set (:class:`Dataset`) and its model (with the
-papers' initialization), which matching loss to train with, how to measure error, and the
-default settings of each optimizer on it (typed records of :mod:`hessfree.runs.settings`). The
-registry of named experiments is :mod:`hessfree.runs.experiments`; the built-in ones are in
-:mod:`hessfree.runs.presets`.
+An :class:`Experiment` says how to build its data set (:class:`~hessfree.runs.dataset.Dataset`)
+and its model (with the papers' initialization), which matching loss to train with, how to
+measure error, and the default settings of each optimizer family on it (typed records of
+:mod:`hessfree.runs.settings`; the families are :mod:`hessfree.runs.families`). The registry of
+named experiments is :mod:`hessfree.runs.experiments` (this module is what one of them is); the
+built-in ones are in :mod:`hessfree.runs.presets`.
 """
 
 from __future__ import annotations
@@ -16,52 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessfree import batches
 from hessfree.batches import Batch
 from hessfree.errors import InputError, InputTypeError
-from hessfree.runs.settings import (
-    OPTIMIZERS,
-    DataSettings,
-    apply_overrides,
-    data_settings_from,
-    from_flat,
-    record_for,
-)
+from hessfree.runs import families
+from hessfree.runs.dataset import Dataset
+from hessfree.runs.settings import DataSettings, apply_overrides, data_settings_from, from_flat
 
 __all__ = ["Dataset", "Experiment"]
-
-
-@dataclass
-class Dataset:
-    """Training and test data, as ``(inputs, targets)`` batches (targets may be ``(values, mask)``).
-
-    Attributes:
-        train: the training set (or, for generated tasks, a representative batch).
-        test: the test set.
-        fresh: for generated tasks (the RNN problems), ``(n, seed) -> batch`` drawing new
-            sequences; the trainer then uses fresh data every step, as Sutskever's HF-RNN code.
-    """
-
-    train: Batch
-    test: Batch
-    fresh: Callable[[int, int], Batch] | None = None
-
-    @property
-    def n_train(self) -> int:
-        """Number of training cases."""
-        return batches.count(self.train[0])
-
-    def to(self, device: torch.device, dtype: torch.dtype) -> Dataset:
-        """The data on ``device`` with floating tensors in ``dtype``."""
-        fresh = self.fresh
-        if fresh is not None:
-            base = fresh
-
-            def fresh(n: int, seed: int) -> Batch:
-                return batches.to(base(n, seed), device, dtype)
-
-        return Dataset(batches.to(self.train, device, dtype),
-                       batches.to(self.test, device, dtype), fresh)
 
 
 @dataclass
@@ -77,9 +39,14 @@ class Experiment:
         error: ``(model, batch, data settings) -> float`` — the papers' error metric.
         error_name: what the error is (e.g. "squared reconstruction error").
         settings: ``"data"``: the data/model settings (a :class:`DataSettings` record, or a
-            plain dict for user experiments); each optimizer name: its default settings record
-            (or a dict of its fields). Optimizers not listed get their record's defaults.
-        paper: published numbers to compare with (``hessfree report``), by optimizer label.
+            plain dict for user experiments); each optimizer family's name
+            (:func:`hessfree.runs.families.names`): its default settings record (or a dict of
+            its fields). Families not listed get their record's defaults.
+        paper: the paper's published row: a table column (``"0.99N"``, ``"HF*"``: the
+            columns of the families' table roles, :mod:`hessfree.runs.families`) -> its number
+            (None: not published); ``hessfree report`` and ``reproduce`` read it (the one
+            source of the tables). A label whose first word is a family (``"nag (mu 0.9)"``)
+            works too.
         model_spec: ``data settings -> dict`` describing the model, saved with quadratics so
             :func:`hessfree.runs.experiments.build_model` can rebuild it.
     """
@@ -92,7 +59,7 @@ class Experiment:
     error: Callable[[nn.Module, Batch, Any], float]
     error_name: str
     settings: dict[str, Any] = field(default_factory=dict)
-    paper: dict[str, float] = field(default_factory=dict)
+    paper: dict[str, float | None] = field(default_factory=dict)
     model_spec: Callable[[Any], dict] | None = None
 
     def data_defaults(self) -> DataSettings:
@@ -100,10 +67,8 @@ class Experiment:
         return data_settings_from(self.settings.get("data", {}))
 
     def optimizer_defaults(self, optimizer: str) -> Any:
-        """The default settings record of ``optimizer`` on this experiment."""
-        if optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer: unknown {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        cls = record_for(optimizer)
+        """The default settings record of the family ``optimizer`` on this experiment."""
+        cls = families.get(optimizer).settings
         given = self.settings.get(optimizer)
         if given is None:
             return cls()

@@ -1,9 +1,9 @@
 """Opening a results file and reading or writing its root attributes.
 
 The layout of a results file is documented in :mod:`hessfree.runs.results`; this module owns
-the file-level parts: the format marker and schema version check on opening, and the encoding of
-root attributes (numbers and strings as they are, anything else as JSON listed in
-``json_attrs``).
+the file-level parts: the format marker and schema version check on opening (through the
+package's one HDF5 open policy, :func:`hessfree._h5.open_file`), and the encoding of root
+attributes (numbers and strings as they are, anything else as JSON listed in ``json_attrs``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hessfree._h5 import open_file
 from hessfree.errors import InputError, InputTypeError
 
 #: version of the layout written here; the reader accepts versions up to this one (version 1
@@ -100,15 +101,9 @@ def read_attrs(f: h5py.File) -> dict[str, Any]:
 
 def open_results(path: str | os.PathLike, mode: str) -> h5py.File:
     """Open a results file (``"r"`` or ``"r+"``) after checking its format and schema version."""
-    where = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: no such results file")
-    try:
-        # no HDF5 file lock, so a live run can be read and plotted while it is written (readers
-        # only trust rows committed through ``n_rows``; ``mode="new"`` never overwrites a file)
-        f = h5py.File(path, mode, locking=False)
-    except OSError as e:
-        raise ResultsError(f"{where}: cannot open as HDF5 ({e})") from e
+    if mode not in ("r", "r+"):
+        raise InputError(f"mode: expected 'r' or 'r+', got {mode!r}")
+    f = open_file(path, mode, what="results file", error=ResultsError)
     version = f.attrs.get("schema_version", -1)
     problem = None
     if f.attrs.get("format") != FORMAT:
@@ -120,5 +115,5 @@ def open_results(path: str | os.PathLike, mode: str) -> h5py.File:
         problem = f"cannot append to schema version {version} (this writes {SCHEMA_VERSION})"
     if problem:
         f.close()
-        raise ResultsError(f"{where}: {problem}")
+        raise ResultsError(f"{os.fspath(path)}: {problem}")
     return f
