@@ -260,6 +260,50 @@ STUDY_CLAIMS = [
 ]
 
 
+# -- CG against NAG on a saved HF quadratic (Fig. 5) ---------------------------------------------
+def fig5(ev: Any) -> tuple[dict[str, Any], Any, int]:
+    """The comparison record, the HF run and the step of the quadratic compared."""
+    c = ev.comparison()
+    return c, run(ev, "curves-ae/hf"), int(c["source"].rsplit("/", 1)[1])
+
+
+def fig5_quadratic(ev: Any) -> tuple[str, ...]:
+    c, r, step = fig5(ev)
+    lam = float(r.steps["lambda_before"][list(r.steps["step"]).index(step)])
+    err = float(r.eval["train_error"][list(r.eval["step"]).index(step)])
+    return f"{c['dim']:,}", g3(lam), str(step), g3(err), f"{c['L']:.4g}", str(c["L_products"]), \
+        f"{c['L'] / lam:.2g}"
+
+
+def products_within(c: dict[str, Any], method: str, rtol: float = 1e-6) -> str:
+    """Products ``method`` needs to come within ``rtol`` (relative) of the best q reached."""
+    best = min(min(v for v in vals if v is not None) for vals in c["values"].values())
+    vals = np.array([np.nan if v is None else v for v in c["values"][method]])
+    hit = np.nonzero(vals - best <= rtol * abs(best))[0]
+    return str(int(hit[0])) if len(hit) else f"more than {c['iters']}"
+
+
+def fig5_table(ev: Any) -> str:
+    """The table ``hessfree compare`` printed (q(x_k) at k = 10 ... 250)."""
+    (text,) = [t for k, t in ev.texts.items() if k.endswith("compare.txt")]
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("method |"))
+    table = [line for line in lines[start:] if "|" in line]
+    return "```\n" + "\n".join(table) + "\n```"
+
+
+FIG5_CLAIMS = [
+    Claim("fig5.quadratic", FIG5, fig5_quadratic,
+          "The quadratic ({} parameters, λ = {}) is from step {}, where the training error was "
+          "{}: L = {} by Lanczos ({} products, not charged), so κ ≤ L/λ ≈ {}", str, RESULTS),
+    Claim("fig5.products", FIG5, lambda e: (products_within(e.comparison(), "cg"),
+                                            e.comparison()["mu"]["nag"],
+                                            products_within(e.comparison(), "nag")),
+          "CG is within 1e-6 (relative) of the best value any method reached after {} products, "
+          "NAG (ε = 1/L, the grid's best μ = {}) after {}", str, RESULTS),
+]
+
+
 # -- curvature products and the other benchmark outputs ------------------------------------------
 def product_ratio(art: Any, ours: str, peer: str) -> float:
     return value(art.text, peer, 0) / value(art.text, ours, 0)
@@ -549,7 +593,7 @@ BACKGROUND_CLAIMS = [
           "addition at T = {}", "d", BOTH),
 ]
 
-CLAIMS = DEMO_CLAIMS + STUDY_CLAIMS + BENCH_CLAIMS + BACKGROUND_CLAIMS
+CLAIMS = DEMO_CLAIMS + STUDY_CLAIMS + FIG5_CLAIMS + BENCH_CLAIMS + BACKGROUND_CLAIMS
 
 GIVENS = [
     Given("2-core CPU", "the machine"),
@@ -580,7 +624,7 @@ def artifact_list(*arts: Any) -> str:
     return "\n".join(lines)
 
 
-ALL_ARTIFACTS = (DEMO, STUDY, T1, T5, T5F1, PRODUCTS, HF_STEP, RNN, CG, SPECTRAL)
+ALL_ARTIFACTS = (DEMO, STUDY, FIG5, T1, T5, T5F1, PRODUCTS, HF_STEP, RNN, CG, SPECTRAL)
 
 BLOCKS = [
     Block("artifacts", ALL_ARTIFACTS, artifact_list, RESULTS),
@@ -592,11 +636,27 @@ BLOCKS = [
     Block("table1-hf-phases", T1, hf_phases, RESULTS),
     Block("demo-table", DEMO, demo_table, RESULTS),
     Block("study", STUDY, study_table, RESULTS),
+    Block("fig5", FIG5, fig5_table, RESULTS),
 ]
 
 FIGURES = [Figure("benchmarks/demo.png", DEMO, draw_demo),
            Figure("benchmarks/momentum_hf_study.png", STUDY, draw_study),
            Figure("benchmarks/table5_addition.png", (T5, T5F1), lambda p, *a: draw_reproduced(
                p, "test_error", "addition, T = 80: the best runs of each cell", *a))]
+
+ROOT = Path(__file__).resolve().parents[1]
+T1_FIGURE = "benchmarks/table1_curves.png"
+
+
+def t1_figure_link(ev: Any) -> str:
+    """The figure of Table 1's re-run, once any of its runs has an evaluation."""
+    return f"![table 1, curves]({T1_FIGURE})" if summary_cells(ev) else \
+        "(Its figure appears here once a run has an evaluation.)"
+
+
+BLOCKS.append(Block("table1-figure", T1, t1_figure_link, README))
+if (ROOT / T1 / "summary.h5").is_file():
+    FIGURES.append(Figure(T1_FIGURE, T1, lambda p, a: draw_reproduced(
+        p, "train_error", "Table 1, CURVES: the best runs of each cell", a)))
 
 SCANNED = [("README.md", "## Results")]
