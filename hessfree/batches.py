@@ -21,7 +21,13 @@ A batch may also come in chunks, accumulated exactly with the weights of the joi
 
 This module is the one place that walks such structures: :func:`take` (index the cases),
 :func:`to` (device and dtype), :func:`split` (cut into chunks), :func:`iter_chunks` (check and
-stream), :func:`as_chunks` (check and list).
+stream), :func:`as_chunks` (check and list), :class:`Chunks` (check once, read as often as
+needed).
+
+Validation happens once, at the public boundary: a public entry point turns what it was given
+into :class:`Chunks` (``Chunks.of(batch, "grad_batch")``) and passes that inward, so an inner
+pass (an objective evaluation of a line search, an operator's set-up) does not check the same
+tensors again. Only a streamed batch is checked on every pass, since every pass reads new tensors.
 """
 
 from __future__ import annotations
@@ -36,9 +42,9 @@ from torch import Tensor
 from hessfree._checks import all_finite
 from hessfree.errors import InputError, InputTypeError
 
-__all__ = ["Batch", "Chunk", "DictBatches", "TARGETS_KEY", "as_chunks", "as_pair", "count",
-           "is_source", "iter_chunks", "leaves", "materialize", "split", "take", "take_cases",
-           "to", "unsqueeze"]
+__all__ = ["Batch", "Chunk", "Chunks", "DictBatches", "TARGETS_KEY", "as_chunks", "as_pair",
+           "count", "is_source", "iter_chunks", "leaves", "materialize", "split", "take",
+           "take_cases", "to", "unsqueeze"]
 
 Batch = tuple[Any, Any]
 
@@ -154,8 +160,8 @@ def _check_chunk(batch: Any, where: str) -> Chunk:
                 f"{where}: every input and target tensor needs the number of cases as its first "
                 f"dimension ({n}); got shapes {[tuple(x.shape) for x in in_t + tg_t]}"
             )
-        if t.is_floating_point() and not all_finite(t):
-            raise InputError(f"{where}: the batch contains non-finite values (NaN or Inf)")
+    if not all_finite(*in_t, *tg_t):  # one host sync for the chunk
+        raise InputError(f"{where}: the batch contains non-finite values (NaN or Inf)")
     if n == 0:
         raise InputError(f"{where}: the batch is empty")
     return Chunk(inputs, targets, int(n))
@@ -272,3 +278,55 @@ class DictBatches:
 def as_chunks(batch: Any, where: str = "batch") -> list[Chunk]:
     """Checked chunks of a batch, a list of batches or an iterable of batches, as a list."""
     return list(iter_chunks(batch, where))
+
+
+class Chunks:
+    """A batch checked once: its chunks, read as often as needed (see the module docstring).
+
+    A tuple or a list of batches is checked when the object is made and held as
+    :class:`Chunk` s; an iterable of batches (a ``DataLoader``) is checked to be re-iterable and
+    unshuffled, then read — and each chunk checked — on every pass. Iterating gives the chunks of
+    one pass. Build it with :meth:`of`, which passes a ``Chunks`` through unchanged.
+
+    Attributes:
+        held: the checked chunks (None for a streamed batch).
+        source: the iterable of batches (None for a held one).
+        where: the argument's name, for messages.
+    """
+
+    __slots__ = ("held", "source", "where")
+
+    def __init__(self, batch: Any, where: str = "batch") -> None:
+        self.where = where
+        if is_source(batch):
+            _check_source(batch, where)
+            self.held: tuple[Chunk, ...] | None = None
+            self.source: Any = batch
+        else:
+            self.held = tuple(iter_chunks(batch, where))
+            self.source = None
+
+    @classmethod
+    def of(cls, batch: Any, where: str = "batch") -> Chunks:
+        """``batch`` checked (a ``Chunks`` is returned as it is)."""
+        return batch if isinstance(batch, Chunks) else cls(batch, where)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the batch is read anew on every pass (an iterable of batches)."""
+        return self.held is None
+
+    def __iter__(self) -> Iterator[Chunk]:
+        if self.held is not None:
+            return iter(self.held)
+        return iter_chunks(self.source, self.where)
+
+    def first(self) -> Chunk:
+        """The first chunk (a streamed batch reads one minibatch for it)."""
+        return self.held[0] if self.held is not None else next(iter(self))
+
+    def __repr__(self) -> str:
+        if self.held is None:
+            return f"Chunks({self.where}: streamed from {type(self.source).__name__})"
+        cases = sum(c.n for c in self.held)
+        return f"Chunks({self.where}: {len(self.held)} chunk(s), {cases} cases)"

@@ -24,4 +24,5 @@ def require(name: str) -> ModuleType:
     except ImportError as err:
         if os.environ.get("CI"):
             raise AssertionError(f"CI must install the extra {name!r}: {err}") from err
-        pytest.skip(f"optional extra {name!r} is not installed ({err}); {INSTALL}")
+        pytest.skip(f"optional extra {name!r} is not installed ({err}); {INSTALL}",
+                    allow_module_level=True)

@@ -1,7 +1,8 @@
 """Curvature-vector products: GGN, Hessian and empirical Fisher times a vector.
 
 No optimizer logic lives here. See :mod:`hessfree.curvature.operator` for the operators,
-:mod:`hessfree.curvature.products` for the per-chunk factories and the ``J v`` backends, and
+:mod:`hessfree.curvature.products` for the per-chunk factories and the ``J v`` backends,
+:mod:`hessfree.curvature.accumulate` for the one accumulator of every sum over cases,
 :mod:`hessfree.curvature.spectral` for ``eigsh``, ``trace`` and ``density`` on any operator,
 :mod:`hessfree.curvature.solves` for damped solves (many right-hand sides and dampings),
 :mod:`hessfree.curvature.diagonals` for diagonals (exact, Monte-Carlo, Gauss-Newton-Bartlett,
@@ -11,7 +12,7 @@ reports, :mod:`hessfree.curvature.sequence_loss` for the token cross-entropy of 
 and :mod:`hessfree.curvature.attention` for how attention is made differentiable.
 """
 
-from hessfree.curvature import losses
+from hessfree.curvature import accumulate, losses
 from hessfree.curvature.attention import differentiable_attention
 from hessfree.curvature.blocks import module_groups, restrict, select_params
 from hessfree.curvature.diagonal import fisher_diagonal
@@ -25,7 +26,7 @@ from hessfree.curvature.operator import (
     Hessian,
     resolve_backend,
 )
-from hessfree.curvature.problem import Problem
+from hessfree.curvature.problem import Evaluation, Problem
 from hessfree.curvature.report import BlockStats, CurvatureReport, report
 from hessfree.curvature.sequence_loss import TokenCrossEntropy
 from hessfree.curvature.solves import LowRankInverse, SolveResult, lowrank_inverse, solve
@@ -38,6 +39,7 @@ __all__ = [
     "DampedOperator",
     "DiagonalEstimate",
     "EmpiricalFisher",
+    "Evaluation",
     "GGN",
     "Hessian",
     "LowRankInverse",
@@ -46,6 +48,7 @@ __all__ = [
     "SpectralDensity",
     "TokenCrossEntropy",
     "TraceEstimate",
+    "accumulate",
     "density",
     "diag",
     "differentiable_attention",

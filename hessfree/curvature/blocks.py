@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import Tensor
 
-from hessfree.curvature.problem import Problem
+from hessfree.curvature.problem import Problem, declares_hidden
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = ["FrozenModel", "ParamFilter", "block_problem", "module_groups", "module_of",
@@ -94,6 +94,11 @@ class FrozenModel:
             raise AttributeError(name)
         return getattr(self.model, name)
 
+    @property
+    def returns_hidden(self) -> bool:
+        """It forwards ``return_hidden`` to the model, so it declares what the model declares."""
+        return declares_hidden(self.model)
+
     def __call__(self, params: Mapping[str, Tensor], inputs: Any, **kwargs: Any) -> Any:
         """The model's outputs at the frozen values updated by ``params``."""
         return self.forward({**self.frozen, **params}, inputs, **kwargs)
@@ -150,7 +155,7 @@ def restrict(op: Any, param_filter: ParamFilter) -> Any:
     if not (hasattr(op, "problem") and hasattr(op, "params") and hasattr(op, "kind")):
         raise InputTypeError(f"op: expected a GGN, Hessian, EmpiricalFisher or a damped one, "
                              f"got {type(op).__name__}")
-    batch = [(c.inputs, c.targets) for c in op.chunks] if op._source is None else op._source
+    batch = op.batch  # checked already
     extra = {"structural_damping": op.structural_damping} \
         if getattr(op, "structural_damping", 0.0) else {}
     backend = "auto" if op.backend == "sequential" else op.backend

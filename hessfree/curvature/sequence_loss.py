@@ -153,10 +153,15 @@ class TokenCrossEntropy(MatchingLoss):
         nll = torch.where(valid, nll, torch.zeros_like(nll))
         return nll.reshape(outputs.shape[0], -1).sum(1)
 
-    def prepare(self, outputs: Tensor, targets: Any, scale: float) -> LossState:
-        """Value, ``dL/dz`` and the closed-form ``H_L u``, sliced over tokens (no graph kept)."""
+    def prepare(self, outputs: Tensor, targets: Any, scale: float, check: bool = True,
+                ) -> LossState:
+        """Value, ``dL/dz`` and the closed-form ``H_L u``, sliced over tokens (no graph kept).
+
+        ``check=False`` skips :meth:`check` (the targets were checked by an earlier pass).
+        """
         values, mask = split_mask(targets)
-        self.check(outputs, values, mask)
+        if check:
+            self.check(outputs, values, mask)
         with torch.no_grad():
             labels, valid = self._labels(targets)
             return self._token_state(outputs.detach(), labels, valid, scale)
