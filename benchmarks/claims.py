@@ -462,9 +462,10 @@ def hf_runs(ev: Any) -> str:
     """Table 5's HF runs one by one: where each stood, and whether it solved the task."""
     lines = ["| run | status | HF steps | gradient-equivalents | test zero-one error: last "
              "(lowest) | solved (< 1 %) |", "|---|---|---|---|---|---|"]
+    missing = "not started" if running(ev) or not ev.runs else "left out (barely started)"
     for key in ev.planned:
         if key not in ev.runs:
-            lines.append(f"| {key.split('/')[-1]} | not started | - | - | - | - |")
+            lines.append(f"| {key.split('/')[-1]} | {missing} | - | - | - | - |")
             continue
         r = ev.runs[key]
         err = r.eval["test_error"]
