@@ -589,6 +589,8 @@ def whole_budget(whole: Any) -> str:
     ge = [r.attrs["grad_equiv"] for r in runs]
     steps = [int(r.attrs["rows"]) for r in runs]
     per_step = sum(ge) / sum(steps)
+    base = baseline(whole)
+    leaving = sum(1 for r in runs if float(np.min(r.eval["test_error"])) < base - 0.05)
     loss = ", ".join(f"{r.eval['train_loss'][0]:.3g} → {r.final('train_loss'):.3g}" for r in runs)
     return (f"HF at the whole budget was stopped, not finished (a partial artifact): its "
             f"{len(runs)} runs kept had made {min(steps)}-{max(steps)} HF steps, "
@@ -596,7 +598,8 @@ def whole_budget(whole: Any) -> str:
             f"and the lowest test error any reached at an evaluation is {low:.3g}, " +
             ("below 1 %: solved." if low < 0.01 else
              f"not below 1 %: not solved where they stopped. Their training loss was still "
-             f"falling ({loss}) while the test error stayed near the biases-only model's. At "
+             f"falling ({loss}), and {leaving} of them had begun to leave the biases-only "
+             f"model's level of {base:.3g} (test error more than 0.05 below it). At "
              f"about {per_step:.0f} gradient-equivalents an HF step, the equal-cost budget buys "
              f"HF some {float(hf_budget(whole).replace(',', '')) / per_step:.0f} steps, where "
              "HF-RNN ran until the task was solved (the fidelity table's \"stop\" row): we "
