@@ -94,15 +94,23 @@ def best_first_order_share(ev: Any) -> str:
     return pct(max(c["values"][m][-1] / c["q_star"] for m in ("nag", "cm", "gd")))
 
 
-def same_twice(ev: Any) -> str:
-    """Whether both runs printed the same table (their paths aside) and the same q(x_k)."""
-    def table(which: str) -> list[str]:
-        return [line for line in ev.texts[f"{which}stdout.txt"].splitlines()
-                if not line.startswith(("figure:", "runs/", "results in"))]
+def printed(ev: Any, which: str) -> list[str]:
+    """What a run of the demo printed, its paths aside."""
+    return [line for line in ev.texts[f"{which}stdout.txt"].splitlines()
+            if not line.startswith(("figure:", "runs/", "results in"))]
 
-    same = table("run1/") == table("run2/") and \
-        demo_comparison(ev, "run1/")["values"] == demo_comparison(ev, "run2/")["values"]
-    return "the same" if same else "different"
+
+def same_as(ev: Any, other: str, which: str = "run1/") -> str:
+    """Whether two runs printed the same table (their paths aside) and the same q(x_k)."""
+    same = printed(ev, which) == printed(ev, other) and \
+        demo_comparison(ev, which)["values"] == demo_comparison(ev, other)["values"]
+    return "the same" if same else "a different"
+
+
+def later_code(ev: Any) -> tuple[str, str]:
+    """The third run's commit (short) and whether it printed what the first did."""
+    commit = demo_run(ev, "nag", "run3/").attrs["git_commit"][:7]
+    return commit, same_as(ev, "run3/")
 
 
 def no_rejection(ev: Any) -> str:
@@ -121,13 +129,14 @@ def draw_demo(path: Path, ev: Any) -> None:
 
 def demo_table(ev: Any) -> str:
     """What the demo printed (the first run), its paths aside, as a code block."""
-    lines = [line for line in ev.texts["run1/stdout.txt"].splitlines()
-             if not line.startswith(("figure:", "runs/", "results in"))]
-    return "```\n" + "\n".join(lines).strip() + "\n```"
+    return "```\n" + "\n".join(printed(ev, "run1/")).strip() + "\n```"
 
 
 DEMO_CLAIMS = [
-    Claim("demo.same", DEMO, same_twice, "two consecutive runs print {} table", str, BOTH),
+    Claim("demo.same", DEMO, lambda e: same_as(e, "run2/"), "two consecutive runs print {} "
+          "table", str, BOTH),
+    Claim("demo.later", DEMO, later_code, "the same command on the code of commit {} printed {} "
+          "table", str, RESULTS),
     Claim("demo.budget", DEMO, lambda e: demo_run(e, "nag").attrs["budget"]["budget"],
           "at {} gradient-equivalents each", ".0f", BOTH),
     Claim("demo.nag.settings", DEMO, lambda e: tuple(demo_run(e, "nag").attrs["config"][k] for k
