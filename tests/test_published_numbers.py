@@ -52,9 +52,10 @@ def test_every_artifact_names_the_command_that_made_it(name):
 
 
 def test_artifacts_stay_small():
+    """Tables, not parameters: a few kB a run (Table 1's 96 runs, finished, about 400 kB)."""
     size = sum(f.stat().st_size for f in (ROOT / "benchmarks" / "artifacts").rglob("*")
                if f.is_file())
-    assert size < 600_000, f"{size:,} bytes of artifacts"
+    assert size < 1_000_000, f"{size:,} bytes of artifacts"
 
 
 @pytest.mark.parametrize("figure", REGISTRY.figures, ids=lambda f: f.path)
