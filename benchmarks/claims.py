@@ -552,7 +552,8 @@ def draw_reproduced(path: Path, metric: str, title: str, *arts: Any) -> None:
     for art in arts:
         for c, runs in best_runs(art).items():
             f = f"{100 * reproduce_args(art).fraction:g} %" + (
-                "" if running(art) or art.finished == len(art.planned) else ", stopped")
+                "" if art.finished == len(art.planned) else ", in progress" if running(art)
+                else ", stopped")
             for i, r in enumerate(runs):
                 ax.plot(r.eval["grad_equiv"], r.eval[metric], color=f"C{k % 10}",
                         lw=1.2 if i == 0 else 0.6, label=f"{c} ({f} budget)" if i == 0 else None)
