@@ -192,8 +192,8 @@ def wander(r: Any) -> tuple[float, int, float]:
 def study_table(ev: Any) -> str:
     """One row per variant: its settings, steps, rejections, λ and training error."""
     marks = (100, 200, 320)
-    lines = ["| variant | `check` / `line_search` / `reject_worse` | steps | rejected (longest "
-             "burst) | smallest λ | training error at " + " / ".join(map(str, marks)) +
+    lines = ["| variant | `heldout_rho` / `line_search` / `reject_worse` | steps | rejected "
+             "(longest burst) | smallest λ | training error at " + " / ".join(map(str, marks)) +
              " gradient-equivalents | at the end (where) |", "|---|---|---|---|---|---|---|"]
     for name, what in VARIANTS.items():
         r = variant(ev, name)
@@ -202,7 +202,8 @@ def study_table(ev: Any) -> str:
         errs = " / ".join(g3(r.at("train_error", m)) for m in marks)
         end = f"{g3(r.final('train_error'))} ({r.eval['grad_equiv'][-1]:.0f}" + \
             (")" if r.finished else f", {r.status})")
-        lines.append(f"| {what} | {c['check']} / {c['line_search']} / {c['reject_worse']} | "
+        heldout = c.get("heldout_rho", c.get("check"))  # the runs' settings name it `check`
+        lines.append(f"| {what} | {heldout} / {c['line_search']} / {c['reject_worse']} | "
                      f"{len(rej)} | {int(rej.sum())} ({burst(rej)}) | "
                      f"{np.min(st['lambda_after']):.2g} | {errs} | {end} |")
     return "\n".join(lines)
