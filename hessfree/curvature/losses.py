@@ -286,6 +286,11 @@ class CrossEntropy(MatchingLoss):
             n = outputs.shape[-1]
             if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n):
                 raise InputError(f"targets: class indices must lie in [0, {n}), got values outside")
+        elif values.shape == outputs.shape[:-1]:
+            raise InputError(
+                f"targets: class indices must be an integer tensor (torch.long), got "
+                f"{values.dtype} of shape {tuple(values.shape)}; convert them with .long() "
+                f"(probability targets have the outputs' shape {tuple(outputs.shape)})")
         elif values.shape != outputs.shape:
             raise InputError(
                 f"targets: expected class indices of shape {tuple(outputs.shape[:-1])} or "
