@@ -26,6 +26,7 @@ from hessfree.cg.operators import (
 from hessfree.cg.solver import CGResult, solve
 from hessfree.cg.stopping import (
     CONVERGED,
+    DEADLINE,
     MARTENS_PROGRESS,
     MAX_ITERATIONS,
     NEGATIVE_CURVATURE,
@@ -34,6 +35,7 @@ from hessfree.cg.stopping import (
     RESIDUAL_TOLERANCE,
     AnyOf,
     CGState,
+    Deadline,
     MartensProgress,
     MaxIters,
     ResidualTolerance,
@@ -45,6 +47,7 @@ from hessfree.cg.storage import Every, Geometric, Never, StorePolicy
 
 __all__ = [
     "CONVERGED",
+    "DEADLINE",
     "MARTENS_PROGRESS",
     "MAX_ITERATIONS",
     "NEGATIVE_CURVATURE",
@@ -54,6 +57,7 @@ __all__ = [
     "AnyOf",
     "CGResult",
     "CGState",
+    "Deadline",
     "DiagonalPreconditioner",
     "Every",
     "FunctionOperator",

@@ -120,8 +120,8 @@ def _remember(problem: Problem, err: BaseException) -> None:
     except TypeError:  # not weakly referenceable: not remembered (vmap is tried each time)
         pass
     warnings.warn(f"per-case gradients (the diagonal preconditioner): torch.func.vmap cannot "
-                  f"batch this model ({_first_line(err)}); taking them one case at a time (the same "
-                  "values, slower). HFConfig(preconditioner=False) skips them.",
+                  f"batch this model ({_first_line(err)}); taking them one case at a time (the "
+                  "same values, slower). HFConfig(preconditioner=False) skips them.",
                   RuntimeWarning, stacklevel=2)
 
 

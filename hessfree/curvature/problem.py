@@ -207,8 +207,10 @@ class Problem:
                 )
 
     def check_used(self, params: Mapping[str, Tensor], chunk: Chunk, n_probe: int = 4) -> None:
-        """Refuse parameters the outputs do not depend on (a module registered but never
-        called): their gradient would be missing, not zero, and they would never move."""
+        """Refuse parameters the outputs do not depend on (a module registered, never called).
+
+        Their gradient would be missing, not zero, and they would never move.
+        """
         k = min(n_probe, chunk.n)
         leaves_ = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         with torch.enable_grad():

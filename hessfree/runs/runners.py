@@ -66,7 +66,12 @@ class Runner(Protocol):
         """The optimizer's phase schedule (recorded in the results file), or None."""
 
     def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
-        """One update; its row (:mod:`hessfree.runs.rows`)."""
+        """One update; its row (:mod:`hessfree.runs.rows`).
+
+        A runner whose class sets ``stops_on_time = True`` also takes ``deadline`` (a
+        :func:`time.perf_counter` value or None) and ends its update by then, cutting its own
+        work (HF: CG stops early); the trainer passes it under a ``--seconds`` budget.
+        """
 
     def evaluation_context(self) -> ContextManager[None]:
         """A context in which the model holds the iterate to evaluate."""
@@ -135,10 +140,18 @@ class HFRunner:
                                    ("search", SEARCH)) if getattr(phase, role) is not None}
         return grad, curv, held
 
-    def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
-        """One HF update; its row."""
+    #: an update ends by the trainer's deadline (CG stops early: reason ``"deadline"``)
+    stops_on_time = True
+
+    def step(self, on_quadratic: QuadraticHook | None = None, deadline: float | None = None
+             ) -> dict[str, Any]:
+        """One HF update; its row. ``deadline``: CG stops in time for the step to end by it."""
         grad_batch, curv_batch, held = self.batches()
-        stats = self.opt.step(grad_batch, curv_batch, on_quadratic=on_quadratic, **held)
+        self.opt.deadline = deadline
+        try:
+            stats = self.opt.step(grad_batch, curv_batch, on_quadratic=on_quadratic, **held)
+        finally:
+            self.opt.deadline = None
         return hf_row(stats, self.n_train)
 
     def evaluation_context(self) -> ContextManager[None]:
