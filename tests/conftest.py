@@ -7,10 +7,18 @@ explicitly, so the suite does not depend on pytest's import mode.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Runs the suite compares bit for bit (a resumed run against an uninterrupted one, --jobs 1
+# against --jobs 2) must use the same number of threads, and `--threads auto` follows the
+# machine's load, which changes while the suite runs: every run of the suite (subprocesses
+# too) takes one thread, as `--threads auto` does when OMP_NUM_THREADS is set
+# (hessfree.runs.threads; its own tests set the load and the variable themselves).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:

@@ -16,7 +16,14 @@ fit, from what this run has measured:
   elapsed time (otherwise it is skipped: the optimizer keeps at least the rest);
 * one **evaluation** costs at most :data:`EVAL_FRACTION` of S: a probe on a few cases measures
   the cost per case, and where the whole training and test sets would take longer, every
-  evaluation of the session uses their first ``eval_limit`` cases (logged and recorded).
+  evaluation of the session uses their first ``eval_limit`` cases (logged and recorded);
+* an update that is **still running** half the slack after its deadline (its indivisible part
+  was longer than predicted: the first update, or an HF step's gradient and operator set-up
+  on a busy machine) is stopped by an alarm (:func:`alarm`, ``SIGALRM``) and undone — the
+  runner's state and the parameters are restored from a copy taken before it — and the run
+  ends there, its status saying so. The alarm is armed only for updates that might overrun
+  (:meth:`WallBudget.risky`), in the main thread of a one-process run, never while an update
+  writes a quadratic to the results file; elsewhere the run ends up to one update late.
 
 Under ``torchrun`` the ranks agree on stopping through one small all-reduce after each update,
 and HF's CG is not cut (every rank must run the same iterations), so the run may end up to one
@@ -26,11 +33,16 @@ update later.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 
-__all__ = ["EVAL_FRACTION", "EVAL_SHARE", "PROBE_CASES", "WallBudget", "eval_limit"]
+__all__ = ["EVAL_FRACTION", "EVAL_SHARE", "PROBE_CASES", "OutOfTime", "WallBudget", "alarm",
+           "can_interrupt", "eval_limit"]
 
 #: the most one evaluation may take, as a fraction of the budget
 EVAL_FRACTION = 0.1
@@ -67,6 +79,22 @@ class WallBudget:
         """The clock value by which an update must end (the final work's reserve before S)."""
         return self.start + self.limit - self.spent_before - self.eval_cost - self.checkpoint_cost
 
+    def slack(self) -> float:
+        """The contract's slack over S: max(0.1 S, 5 s)."""
+        return max(0.1 * self.limit, 5.0)
+
+    def alarm_in(self) -> float:
+        """Seconds from now to the alarm that stops an overrunning update.
+
+        Half the slack after the update's deadline: the other half is for undoing it and for
+        the final work.
+        """
+        return self.end_by() + 0.5 * self.slack() - self.clock()
+
+    def risky(self) -> bool:
+        """Whether the next update might overrun: none measured yet, or little room left."""
+        return not self.steps or self.end_by() - self.clock() < 2 * max(self.steps)
+
     def room_for_update(self, stops_on_time: bool) -> bool:
         """Whether another update is predicted to end before the reserve."""
         room = self.end_by() - self.clock()
@@ -93,6 +121,30 @@ class WallBudget:
     def checkpoint_took(self, seconds: float) -> None:
         """Record a checkpoint's (and the parameters') wall time."""
         self.checkpoint_cost = max(self.checkpoint_cost, seconds)
+
+
+class OutOfTime(BaseException):  # not an Exception: no `except Exception` may swallow it
+    """The budget's time was up while an update was running (it is undone)."""
+
+
+def can_interrupt() -> bool:
+    """Whether :func:`alarm` can work here (a ``SIGALRM`` timer, the main thread)."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def alarm(seconds: float) -> Iterator[None]:
+    """Raise :class:`OutOfTime` in the block after ``seconds``; the old handler restored."""
+    def ring(signum: int, frame: FrameType | None) -> None:
+        raise OutOfTime(f"the time was up after {seconds:.1f} s")
+
+    before = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
 
 
 def eval_limit(probe_seconds: float, probe_cases: tuple[int, int], sizes: tuple[int, int],

@@ -26,7 +26,9 @@ import numpy as np
 from hessfree import quadratic
 from hessfree._files import figure, label_axes, save_figure, write_text
 from hessfree.runs import experiments, families
+from hessfree.runs import threads as threads_
 from hessfree.runs.h5 import open_results
+from hessfree.runs.progress import products
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 
@@ -55,8 +57,8 @@ RUNS = (DemoRun("hf", 5, save_quadratics_every=2), DemoRun("hf-momentum", 5),
 
 
 def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
-             quiet: bool = False, iters: int = 100, overrides: dict[str, Any] | None = None
-             ) -> Path:
+             quiet: bool = False, iters: int = 100, overrides: dict[str, Any] | None = None,
+             threads: int | str = "auto") -> Path:
     """Run the demo; returns the folder holding the three results files, the figure and table.
 
     Args:
@@ -66,18 +68,23 @@ def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
         quiet: no progress bars.
         iters: curvature products per method on the saved quadratic.
         overrides: settings for every run (e.g. a smaller ``n_train`` in a test).
+        threads: threads of the runs and the comparison (:mod:`hessfree.runs.threads`).
     """
     folder = Path(out) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = {}
+    log.info("demo: %d runs of %g gradient-equivalents on %s (%s), then CG, NAG, CM and GD on "
+             "one saved quadratic, %d products each", len(RUNS), budget, EXPERIMENT,
+             ", ".join(r.optimizer for r in RUNS), iters)
     for r in RUNS:
         over = {k: v for k, v in (overrides or {}).items() if k in _keys(r.optimizer)}
         paths[r.optimizer] = train(RunSpec(
             experiment=EXPERIMENT, optimizer=r.optimizer, budget=budget, seed=seed,
             out=str(folder), name=r.optimizer, quiet=quiet, eval_every=r.eval_every,
-            overrides=over, save_quadratics_every=r.save_quadratics_every))
+            overrides=over, save_quadratics_every=r.save_quadratics_every, threads=threads))
     runs = {opt: read_results(p) for opt, p in paths.items()}
     saver = next(r.optimizer for r in RUNS if r.save_quadratics_every)
-    step, comparison = _compare(paths[saver], runs[saver], iters)
+    with threads_.using(threads_.choose(threads).n):
+        step, comparison = _compare(paths[saver], runs[saver], iters, quiet)
     lines = _table(runs, step, comparison, budget)
     write_text(folder / "demo.md", "\n".join(lines) + "\n")
     figure = _figure(runs, comparison, step, folder / "demo.png")
@@ -91,8 +98,8 @@ def _keys(optimizer: str) -> set[str]:
     return set(exp.data_defaults().keys()) | set(exp.optimizer_defaults(optimizer).keys())
 
 
-def _compare(path: Path, res: Any, iters: int) -> tuple[int, Any]:
-    """CG vs NAG/CM/GD on the saved quadratic whose step ran CG the longest."""
+def _compare(path: Path, res: Any, iters: int, quiet: bool = False) -> tuple[int, Any]:
+    """CG vs NAG/CM/GD on the saved quadratic whose step ran CG the longest (with progress)."""
     saved = [int(k) for k in res.quadratics]
     if not saved:
         return -1, None
@@ -101,10 +108,12 @@ def _compare(path: Path, res: Any, iters: int) -> tuple[int, Any]:
     with open_results(path, "r") as f:
         q = quadratic.Quadratic.load(f[f"quadratics/{step}"],
                                      build_model=experiments.build_model)
-    c = quadratic.compare(q, iters=iters)
+    with products(q, iters * (2 + 2 * len(quadratic.MU_GRID)) + 30, "demo: CG vs NAG", quiet):
+        c = quadratic.compare(q, iters=iters)
     # the gap is to the minimum (CG run to a small residual), not to the best value any method
     # reached within the budget
-    ref = quadratic.minimum(q, max_iters=max(2000, 10 * iters))
+    with products(q, None, "demo: the quadratic's minimum", quiet):
+        ref = quadratic.minimum(q, max_iters=max(2000, 10 * iters))
     c.q_star = min([ref.value] + [float(np.nanmin(v)) for v in c.values.values()])
     return step, c
 

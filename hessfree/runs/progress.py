@@ -2,7 +2,9 @@
 
 One place for how progress is shown (tqdm on stderr, nothing when quiet):
 
-* :func:`bar` — a bar over any units (products, runs, estimated seconds of a plan);
+* :func:`bar` — a bar over any units (runs, estimated seconds of a plan);
+* :func:`products` — a bar over the curvature products an operator spends in a block (a
+  comparison on a quadratic, a reference solve), read from the operator's product counter;
 * :class:`RunBar` — the training loop's line: steps, wall seconds or gradient-equivalents of the
   budget, the runner's postfix (loss, λ, CG), the threads and, when the machine looks
   oversubscribed, a ``busy: load L on N cores`` note (:func:`hessfree.runs.threads.busy`);
@@ -25,7 +27,7 @@ from typing import Any
 
 from hessfree.runs.threads import Threads, busy
 
-__all__ = ["RunBar", "bar", "ticking"]
+__all__ = ["RunBar", "bar", "products", "ticking"]
 
 #: seconds between two looks at the load average
 BUSY_EVERY = 5.0
@@ -68,6 +70,30 @@ def ticking(progress: Any, every: float = 1.0, tick: Any = None) -> Iterator[Non
         thread.join()
 
 
+@contextlib.contextmanager
+def products(op: Any, total: float | None, desc: str, quiet: bool = False) -> Iterator[None]:
+    """A bar over the curvature products ``op`` spends in the block.
+
+    ``op`` is any counted operator (``op.products``), looked at twice a second; ``total`` is
+    an estimate (None: a count and a rate).
+    """
+    progress = bar(total, desc, "product", quiet)
+    if progress is None:
+        yield
+        return
+    start = op.products
+
+    def tick() -> None:
+        progress.update(op.products - start - progress.n)
+
+    try:
+        with ticking(progress, every=0.5, tick=tick):
+            yield
+        tick()
+    finally:
+        progress.close()
+
+
 class RunBar:
     """The training loop's progress line (module docstring).
 
@@ -101,7 +127,7 @@ class RunBar:
     def restart_clock(self) -> None:
         """Start the rate estimate afresh (after the first evaluation), keeping the count."""
         if self.bar is not None and self.mode != "seconds":
-            self.bar.start_t = self.bar.last_print_t = time.time()
+            self.bar.start_t = self.bar.last_print_t = self.bar._time()
             self.bar.last_print_n = self.bar.n
             self.bar.initial = self.bar.n  # tqdm's rate counts units from here
 

@@ -27,6 +27,7 @@ trajectory identical to not stopping. What a run guarantees (README, "What a run
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import logging
@@ -45,7 +46,14 @@ from hessfree.errors import InputError
 from hessfree.quadratic import Quadratic
 from hessfree.runs import checkpoint, experiments, families
 from hessfree.runs import threads as run_threads
-from hessfree.runs.clock import PROBE_CASES, WallBudget, eval_limit
+from hessfree.runs.clock import (
+    PROBE_CASES,
+    OutOfTime,
+    WallBudget,
+    alarm,
+    can_interrupt,
+    eval_limit,
+)
 from hessfree.runs.definition import Experiment
 from hessfree.runs.progress import RunBar
 from hessfree.runs.runners import Runner
@@ -178,6 +186,7 @@ class _Run:
         self.loop_start: float | None = None
         #: cases per set of this session's evaluations (None: all; set by a seconds budget)
         self.eval_limit: int | None = None
+        self.last_eval: int | None = None  # the step of this session's last evaluation
         self.stopped: str | None = None
 
     @property
@@ -225,6 +234,7 @@ class _Run:
         return {"model": self.model.state_dict(), "runner": self.runner.state_dict(),
                 "step": self.step, "n_evals": self.n_evals, "seconds": self.seconds,
                 "grad_equiv": self.grad_equiv, "wall": self.wall_now(),
+                "threads": torch.get_num_threads(),
                 "spec": dataclasses.asdict(self.spec),
                 "data_settings": flat(self.data_settings),
                 "optimizer_settings": flat(self.opt_settings),
@@ -381,7 +391,7 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
         raise checkpoint.CheckpointError(f"{ckpt}: its settings do not fit experiment "
                                          f"{spec.experiment!r} ({err})") from None
     _check_overrides(exp, spec.optimizer, data, opt, expect.get("overrides") or {})
-    chosen = run_threads.choose(spec.threads)
+    chosen = _resumed_threads(spec.threads, state)
     with run_threads.using(chosen.n):
         started = time.perf_counter()
         run = _Run(spec, exp, data, opt, _world(spec))
@@ -409,6 +419,17 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
                 log.info("%s is already at step %d: the budget asks for nothing more", path,
                          run.step)
             return _loop(run, session, chosen, on_progress)
+
+
+def _resumed_threads(threads: int | str, state: dict[str, Any]) -> run_threads.Threads:
+    """A resume keeps the run's threads (its trajectory stays identical), unless given a number.
+
+    Reductions split over threads round differently, so another number of threads gives a
+    slightly different trajectory; checkpoints older than this rule choose afresh.
+    """
+    if threads == run_threads.AUTO and "threads" in state:
+        return run_threads.Threads(int(state["threads"]), "the run's, kept on resume")
+    return run_threads.choose(threads)
 
 
 def _saved_spec(state: dict[str, Any], ckpt: Path) -> RunSpec:
@@ -478,9 +499,14 @@ def _loop(run: _Run, session: RunSession, chosen: run_threads.Threads,
         last = run.done(budget, stops_on_time)
         while not last:
             t0 = time.perf_counter()
-            hook = _quadratic_hook(run, session)
-            row = run.runner.step(hook, deadline=budget.end_by() if budget else None) \
-                if stops_on_time else run.runner.step(hook)
+            row = _update(run, session, budget, stops_on_time)
+            if row is None:  # the budget's time was up during the update: undone
+                last = True
+                if lead and run.last_eval != run.step:
+                    _evaluate(run, session, budget, bar)
+                if lead:
+                    _checkpoint(run, session, budget)
+                break
             run.step += 1
             run.seconds += float(row["seconds"])
             run.grad_equiv += float(row["grad_equiv"])
@@ -517,12 +543,46 @@ def _loop(run: _Run, session: RunSession, chosen: run_threads.Threads,
     return session.path
 
 
+def _update(run: _Run, session: RunSession, budget: WallBudget | None, stops_on_time: bool
+            ) -> dict[str, Any] | None:
+    """One update's row; None when the budget's time ran out during it and it was undone.
+
+    Under ``--seconds`` an update that might overrun (:meth:`WallBudget.risky`) runs with an
+    alarm, from a copy of the runner's state and the parameters taken before it
+    (:mod:`hessfree.runs.clock`); never while it saves a quadratic, nor across ranks.
+    """
+    hook = _quadratic_hook(run, session)
+    deadline = budget.end_by() if budget is not None and stops_on_time else None
+
+    def step() -> dict[str, Any]:
+        return run.runner.step(hook, deadline=deadline) if stops_on_time \
+            else run.runner.step(hook)
+
+    if (budget is None or hook is not None or run.world_size > 1 or not budget.risky()
+            or not can_interrupt()):
+        return step()
+    before = (copy.deepcopy(run.runner.state_dict()),
+              {k: v.detach().clone() for k, v in run.model.state_dict().items()},
+              torch.get_rng_state())
+    try:
+        with alarm(budget.alarm_in()):
+            return step()
+    except OutOfTime:
+        run.runner.load_state_dict(before[0])
+        run.model.load_state_dict(before[1])
+        torch.set_rng_state(before[2])
+        run.stopped = (f"the --seconds {run.spec.seconds:g} budget ran out during update "
+                       f"{run.step + 1}, which was undone")
+        return None
+
+
 def _evaluate(run: _Run, session: RunSession, budget: WallBudget | None, bar: RunBar) -> None:
     """One evaluation row (timed for the budget; the progress line says it is evaluating)."""
     t0 = time.perf_counter()
     with bar.evaluating(run.wall_now):
         row = run.evaluate()
     session.write_eval(run.step, row)
+    run.last_eval = run.step
     if budget is not None:
         budget.eval_took(time.perf_counter() - t0)
 
