@@ -85,13 +85,16 @@ def test_an_evaluation_that_would_eat_the_budget_is_cut_to_fit(tmp_path, loop_st
 @pytest.mark.parametrize("experiment,seconds", [("curves-ae", 40.0), ("mnist-ae", 60.0)])
 def test_hf_on_the_autoencoders_keeps_time(experiment, seconds, tmp_path, loop_start,
                                            request):
-    """Martens' HF on the full autoencoders: a first step far longer than S without the
-    deadline; CG stops on time (reason 'deadline') and the run keeps the contract."""
+    """Martens' HF on the full autoencoders: steps far longer than S would run past it; CG
+    stops on time (reason 'deadline'), or, where even a step's gradient and set-up do not fit
+    (MNIST on a busy machine), the step is stopped and undone; either way the run keeps the
+    contract and says what happened."""
     extra = ["--set", f"root={request.getfixturevalue('mnist_folder')}"] \
         if experiment == "mnist-ae" else []
     took, res = run_for(seconds, experiment, "hf", tmp_path, loop_start, *extra)
     assert took <= bound(seconds)
-    assert "deadline" in list(res.steps["cg_reason"])
+    assert "deadline" in list(res.steps.get("cg_reason", [])) \
+        or "which was undone" in res.attrs["status"]
 
 
 def test_a_resumed_run_counts_every_session(tmp_path, loop_start):

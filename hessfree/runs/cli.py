@@ -69,6 +69,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate every N steps (default 10)")
     p.add_argument("--checkpoint-every", type=_int("--checkpoint-every"),
                    help="checkpoint every N steps (default 50)")
+    p.add_argument("--checkpoint-minutes", type=_float("--checkpoint-minutes"), metavar="M",
+                   help="also checkpoint after a step ending M minutes of wall-clock after the "
+                        "last checkpoint, whichever is due first (default 10)")
     p.add_argument("--save-quadratics-every", type=_int("--save-quadratics-every"),
                    metavar="K", help="HF: save the step's quadratic every K steps")
     p.add_argument("--resume", metavar="PATH", help="continue the run in PATH")
@@ -251,8 +254,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                       quiet=args.quiet, experiment=args.experiment, optimizer=args.optimizer,
                       seed=args.seed, dtype=args.dtype, device=args.device,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                      checkpoint_minutes=args.checkpoint_minutes,
                       save_quadratics_every=args.save_quadratics_every, out=args.out,
-                      overrides=overrides, timeout=args.timeout, threads=args.threads)
+                      overrides=overrides, timeout=args.timeout,
+                      threads=_thread_count(args.threads))
         if _rank() == 0:
             print(path)
         return 0
@@ -262,7 +267,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"experiment: unknown {args.experiment!r}; valid: "
                          f"{', '.join(experiments.names())}")
     given = {k: getattr(args, k) for k in ("optimizer", "seed", "device", "dtype", "out",
-                                          "eval_every", "checkpoint_every", "name", "timeout")
+                                          "eval_every", "checkpoint_every", "checkpoint_minutes",
+                                          "name", "timeout")
              if getattr(args, k) is not None}
     spec = RunSpec(experiment=args.experiment, steps=args.steps, seconds=args.seconds,
                    budget=args.budget, overrides=overrides,

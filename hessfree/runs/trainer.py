@@ -86,6 +86,10 @@ class RunSpec:
         overrides: ``--set key=value`` settings, checked against the experiment's records.
         eval_every: evaluate every this many steps (and at the end).
         checkpoint_every: checkpoint every this many steps (and at the end).
+        checkpoint_minutes: also checkpoint after a step that ends this many minutes of
+            wall-clock after the session's last checkpoint (or its start), so that a run of
+            long steps (HF on a full autoencoder: minutes a step) can be resumed after a
+            crash; a checkpoint is written when either is due.
         save_quadratics_every: HF only: save the step's quadratic every K steps.
         quiet: no progress bar.
         name: the run folder's name under ``<out>/<experiment>/`` (default
@@ -108,6 +112,7 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     eval_every: int = 10
     checkpoint_every: int = 50
+    checkpoint_minutes: float = 10.0
     save_quadratics_every: int | None = None
     quiet: bool = False
     name: str | None = None
@@ -122,6 +127,7 @@ class RunSpec:
         _checks.choice(self.dtype, "--dtype", tuple(DTYPES))
         _checks.integer(self.eval_every, "--eval-every", minimum=1)
         _checks.integer(self.checkpoint_every, "--checkpoint-every", minimum=1)
+        _checks.number(self.checkpoint_minutes, "--checkpoint-minutes", 0.0, strict_min=True)
         if self.save_quadratics_every is not None:
             _checks.integer(self.save_quadratics_every, "--save-quadratics-every", minimum=1)
             if not family.quadratics:
@@ -187,6 +193,8 @@ class _Run:
         #: cases per set of this session's evaluations (None: all; set by a seconds budget)
         self.eval_limit: int | None = None
         self.last_eval: int | None = None  # the step of this session's last evaluation
+        #: clock value of this session's last checkpoint (its loop's start before the first)
+        self.last_checkpoint: float | None = None
         self.stopped: str | None = None
 
     @property
@@ -202,6 +210,11 @@ class _Run:
                 or (s.seconds is not None and self.wall_now() >= s.seconds)
                 or (budget is not None and not budget.room_for_update(stops_on_time))
                 or (s.budget is not None and self.grad_equiv >= s.budget))
+
+    def checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_minutes`` of wall-clock passed since the last checkpoint."""
+        return (self.last_checkpoint is not None and time.perf_counter() - self.last_checkpoint
+                >= 60.0 * self.spec.checkpoint_minutes)
 
     def wall_now(self) -> float:
         """Wall seconds of the run's loops so far."""
@@ -366,7 +379,7 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
         **expect: values the caller expects the run to have (``experiment``, ``optimizer``,
             ``seed``, ``dtype``; ``overrides`` as a dict of settings): a difference is refused
             naming both values. ``device``, ``eval_every``, ``checkpoint_every``,
-            ``save_quadratics_every``, ``timeout`` and ``threads`` given here are applied (and
+            ``checkpoint_minutes``, ``save_quadratics_every``, ``timeout`` and ``threads`` given here are applied (and
             recorded).
     """
     check_budgets(steps, seconds, budget)
@@ -442,8 +455,8 @@ def _saved_spec(state: dict[str, Any], ckpt: Path) -> RunSpec:
 
 
 #: what a resume may change (applied and recorded) and what it must match
-_MAY_CHANGE = ("device", "eval_every", "checkpoint_every", "save_quadratics_every", "timeout",
-               "threads")
+_MAY_CHANGE = ("device", "eval_every", "checkpoint_every", "checkpoint_minutes",
+               "save_quadratics_every", "timeout", "threads")
 _MUST_MATCH = ("experiment", "optimizer", "seed", "dtype")
 
 
@@ -485,7 +498,7 @@ def _loop(run: _Run, session: RunSession, chosen: run_threads.Threads,
     With ``--seconds`` the loop keeps to its wall-clock budget (:mod:`hessfree.runs.clock`).
     """
     spec, lead = run.spec, session.lead
-    run.loop_start = time.perf_counter()
+    run.loop_start = run.last_checkpoint = time.perf_counter()
     budget = None if spec.seconds is None else WallBudget(spec.seconds, run.wall)
     # HF's CG may stop on time in one process; under torchrun every rank runs the same CG
     stops_on_time = bool(getattr(run.runner, "stops_on_time", False)) and run.world_size == 1
@@ -522,7 +535,7 @@ def _loop(run: _Run, session: RunSession, chosen: run_threads.Threads,
             if last or (run.step % spec.eval_every == 0
                         and (budget is None or budget.room_for_eval())):
                 _evaluate(run, session, budget, bar)
-            if run.step % spec.checkpoint_every == 0 or last:
+            if run.step % spec.checkpoint_every == 0 or last or run.checkpoint_due():
                 _checkpoint(run, session, budget)
             bar.stepped(_units(run, bar.mode), run.runner.postfix(row))
             if on_progress is not None:
@@ -591,6 +604,7 @@ def _checkpoint(run: _Run, session: RunSession, budget: WallBudget | None) -> No
     """A checkpoint, timed for the budget."""
     t0 = time.perf_counter()
     session.write_checkpoint(run.step, run.checkpoint_state())
+    run.last_checkpoint = time.perf_counter()
     if budget is not None:  # the final parameters cost about as much again
         budget.checkpoint_took(2 * (time.perf_counter() - t0))
 
