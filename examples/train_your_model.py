@@ -100,8 +100,10 @@ def train_hf(model, train, curv, x, y, xte, yte, seconds, n_train):
 
 
 def train_adam(model, x, y, xte, yte, seconds, batch, lr, n_train, seed, points=40):
-    """Adam on shuffled minibatches for ``seconds`` of wall-clock; the curve (``points``
-    evaluations, outside the clock)."""
+    """Adam on shuffled minibatches for ``seconds`` of wall-clock; the curve.
+
+    ``points`` evaluations, outside the clock.
+    """
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     opt = torch.optim.Adam(model.parameters(), lr=lr)

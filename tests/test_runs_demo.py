@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from hessfree.runs.cli import main
 from hessfree.runs.results import read_results
 
@@ -24,6 +27,26 @@ def test_demo_writes_runs_table_and_figure(capsys, tmp_path):
     assert "momentum-like HF (A.6)" in out
 
 
-def test_check_products_passes(capsys):
-    assert main(["check-products"]) == 0
-    assert "dense float64 reference" in capsys.readouterr().out
+#: the check's peak memory must stay within this (an 8 GB laptop runs it beside the rest)
+CHECK_PRODUCTS_RSS = 1.5 * 2**30
+
+CHILD = """
+import resource, sys
+from hessfree.runs.cli import main
+code = main(["check-products", "--threads", "1"])
+print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def test_check_products_passes_within_its_memory():
+    """`hessfree check-products` in a process of its own: it passes, and its peak resident
+    memory (Linux reports ru_maxrss in KiB) stays within 1.5 GiB — its dense reference is
+    built a few cases at a time."""
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dense float64 reference" in done.stdout
+    assert "between cases: largest entry 0.0e+00" in done.stdout
+    peak = int(done.stdout.split("peak_rss_kb")[1].split()[0]) * 1024
+    assert peak <= CHECK_PRODUCTS_RSS, f"peak RSS {peak / 2**30:.2f} GiB"

@@ -379,8 +379,8 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
         **expect: values the caller expects the run to have (``experiment``, ``optimizer``,
             ``seed``, ``dtype``; ``overrides`` as a dict of settings): a difference is refused
             naming both values. ``device``, ``eval_every``, ``checkpoint_every``,
-            ``checkpoint_minutes``, ``save_quadratics_every``, ``timeout`` and ``threads`` given here are applied (and
-            recorded).
+            ``checkpoint_minutes``, ``save_quadratics_every``, ``timeout`` and ``threads``
+            given here are applied (and recorded).
     """
     check_budgets(steps, seconds, budget)
     given = Path(path)
