@@ -31,7 +31,7 @@ from typing import Any
 from hessfree.errors import InputError
 
 __all__ = ["IMAGE_FORMATS", "atomic_path", "check_image_output", "figure", "image_format",
-           "label_axes", "save_figure", "write_text"]
+           "label_axes", "label_ends", "save_figure", "write_text"]
 
 #: extension -> matplotlib format
 IMAGE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
@@ -150,6 +150,23 @@ def label_axes(ax: Any, xlabel: str, ylabel: str, title: str | None = None, *,
         ax.grid(True, alpha=0.3)
     if legend:
         ax.legend(fontsize=legend_size)
+
+
+def label_ends(ax: Any) -> None:
+    """Each line's name and last value written beside its end, in its colour.
+
+    The x range is widened to the right to hold the labels (a log x axis: by a factor), so a
+    curve hidden under another one is still named, and every final value can be read.
+    """
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+    for line in lines:
+        x, y = line.get_xdata()[-1], line.get_ydata()[-1]
+        ax.annotate(f"{line.get_label()} {y:.3g}", xy=(x, y), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=7,
+                    color=line.get_color())
+    if lines:
+        right = max(float(ln.get_xdata()[-1]) for ln in lines)
+        ax.set_xlim(right=right * 4 if ax.get_xscale() == "log" else right * 1.3)
 
 
 def save_figure(fig: Any, path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (),

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from hessfree import quadratic
-from hessfree._files import figure, label_axes, save_figure, write_text
+from hessfree._files import figure, label_axes, label_ends, save_figure, write_text
+from hessfree.quadratic.eigen import STYLES
 from hessfree.runs import experiments, families
 from hessfree.runs import threads as threads_
 from hessfree.runs.h5 import open_results
@@ -163,8 +164,9 @@ def _figure(runs: dict[str, Any], c: Any, step: int, path: Path) -> Path:
         floor = max(abs(q_star) * 1e-7, 1e-300)  # float32 quadratics: q to about 1e-7
         for m in c.methods:
             gap = np.maximum(c.values[m] - q_star, floor)
-            right.plot(np.arange(len(gap)), gap, label=m.upper())
+            right.plot(np.arange(len(gap)), gap, label=m.upper(), **STYLES.get(m, {}))
         label_axes(right, "curvature products", "q(x_k) − q*",
                    f"the quadratic of HF's step {step}", log_y=True)
+        label_ends(right)
     fig.tight_layout()
     return save_figure(fig, path)
