@@ -35,8 +35,9 @@ class _Help(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text or default in (None, False, [], argparse.SUPPRESS)
-                or not action.option_strings):
+        unset = default is None or default is False or default is argparse.SUPPRESS \
+            or default == []  # 0 is a default worth showing (``0 in (False,)`` is True)
+        if "default" in text or unset or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 
