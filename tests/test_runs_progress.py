@@ -140,3 +140,26 @@ def test_reproduce_prints_its_plan_before_the_first_run(monkeypatch, tmp_path, c
     assert "reproduce table1 at f = 0.001: 25 runs" in text
     assert re.search(r"curves-ae +nag +24 runs of 750 updates", text)
     assert re.search(r"curves-ae +hf +1 run of 7.5 gradient-equivalents", text)
+
+
+def test_the_plan_gives_each_group_and_the_whole_an_estimated_time(monkeypatch):
+    """With measured costs (benchmarks/plan_costs.py) the plan says how long each group of
+    runs and the whole plan take, scaled by the load, split over --jobs."""
+    monkeypatch.setattr(costs, "COSTS", {
+        "measured": {"date": "2026-01-02", "cores": 2, "load": 0.0, "threads": 1,
+                     "command": "python benchmarks/plan_costs.py"},
+        "experiments": {"curves-ae": {"eval": 1.0, "update": {"nag": 0.02},
+                                      "grad_equiv": {"hf": 2.0}, "ge_per_update": {"hf": 5.0}}}})
+    monkeypatch.setattr(costs, "load_factor", lambda: 1.0)
+    jobs = reproduce.plan("table1", 0.001, ["curves-ae"], ["nag", "hf"], None, None, None,
+                          None, 0, "scaled")
+    text, estimates = reproduce.describe("table1", 0.001, jobs, 2)
+    nag = [e for j, e in zip(jobs, estimates) if j.optimizer == "nag"]
+    hf = [e for j, e in zip(jobs, estimates) if j.optimizer == "hf"]
+    # NAG: 750 updates of 20 ms and their evaluations (every 15 updates: 52 of 1 s)
+    assert nag[0] == pytest.approx(750 * 0.02 + (750 // 15 + 2) * 1.0)
+    assert hf[0] == pytest.approx(7.5 * 2.0 + (7.5 / 5.0 // 1 + 2) * 1.0)
+    assert re.search(r"curves-ae +nag +24 runs of 750 updates: about 67 s each", text)
+    total = (sum(nag) + sum(hf)) / 2
+    assert f"estimated {total / 60:.0f} min with --jobs 2" in text
+    assert "measured 2026-01-02 on 2 cores" in text
