@@ -14,7 +14,7 @@ The default network is the demo's (``curves-small``: 2000 generated CURVES image
 ``--scale f`` multiplies the data, the layer widths, the steps and the products (CI runs the
 command below at 0.3).
 
-    python examples/cg_vs_nag_on_a_quadratic.py --out fig5.png    # about 2 min on 2 cores
+    python examples/cg_vs_nag_on_a_quadratic.py --out fig5.png    # under 4 min, 2 cores
 """
 
 from __future__ import annotations

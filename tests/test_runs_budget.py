@@ -85,16 +85,19 @@ def test_an_evaluation_that_would_eat_the_budget_is_cut_to_fit(tmp_path, loop_st
 @pytest.mark.parametrize("experiment,seconds", [("curves-ae", 40.0), ("mnist-ae", 60.0)])
 def test_hf_on_the_autoencoders_keeps_time(experiment, seconds, tmp_path, loop_start,
                                            request):
-    """Martens' HF on the full autoencoders: steps far longer than S would run past it; CG
-    stops on time (reason 'deadline'), or, where even a step's gradient and set-up do not fit
-    (MNIST on a busy machine), the step is stopped and undone; either way the run keeps the
-    contract and says what happened."""
+    """Martens' HF on the full autoencoders: steps as long as S or longer would run past it;
+    CG stops on time (reason 'deadline'), or, where even a step's gradient and set-up do not
+    fit (MNIST on a busy machine), the step is stopped and undone; either way the run keeps
+    the contract and says what happened."""
     extra = ["--set", f"root={request.getfixturevalue('mnist_folder')}"] \
         if experiment == "mnist-ae" else []
     took, res = run_for(seconds, experiment, "hf", tmp_path, loop_start, *extra)
     assert took <= bound(seconds)
-    assert "deadline" in list(res.steps.get("cg_reason", [])) \
-        or "which was undone" in res.attrs["status"]
+    reasons = list(res.steps.get("cg_reason", []))
+    # what happened, one of: CG stopped on time; the step was undone; or (a quiet moment)
+    # every step's CG ended by itself and the run stopped where the next would not fit
+    assert "deadline" in reasons or "which was undone" in res.attrs["status"] \
+        or (reasons and res.attrs["status"].startswith("finished"))
 
 
 def test_a_resumed_run_counts_every_session(tmp_path, loop_start):
