@@ -15,13 +15,15 @@ $(VENV)/.installed: pyproject.toml
 # The optional tools of the research extras (laplace-torch, BackPACK, curvlinops, kronfluence):
 # installed without their dependencies (they list torchvision, which hessfree's use of them never
 # imports and whose registry wheels break beside a CPU torch), then their other requirements
-# (pyproject's [research]), all pinned to the torch already in the venv.
+# (pyproject's [research]), all pinned to the torch already in the venv; then PyTorch Lightning and
+# Accelerate for the training-loop recipes (pyproject's [loops]) and the real transformers package
+# ([huggingface]).
 NODEPS := laplace-torch==0.3 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1 \
 	kronfluence==1.0.1
 $(VENV)/.extras: $(VENV)/.installed
 	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt --no-deps $(NODEPS)
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,research]"
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,research,loops,huggingface]"
 	touch $@
 
 extras: $(VENV)/.extras

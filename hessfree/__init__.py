@@ -3,7 +3,7 @@
 The public API is re-exported here; see the README for a tour.
 """
 
-from hessfree import cg, models, momentum, quadratic, schedules, vectors
+from hessfree import cg, integrations, models, momentum, quadratic, schedules, vectors
 from hessfree._version import __version__
 from hessfree.curvature import (
     GGN,
@@ -12,6 +12,7 @@ from hessfree.curvature import (
     EmpiricalFisher,
     Hessian,
     Problem,
+    TokenCrossEntropy,
     losses,
 )
 from hessfree.hf import BatchSpec, HessianFree, HFConfig, Phase, PhaseSchedule, StepStats
@@ -49,9 +50,11 @@ __all__ = [
     "RNNSchedule",
     "StepStats",
     "SutskeverSchedule",
+    "TokenCrossEntropy",
     "__version__",
     "cg",
     "data",
+    "integrations",
     "losses",
     "models",
     "momentum",

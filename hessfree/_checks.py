@@ -113,15 +113,22 @@ def choice(value: Any, name: str, options: Iterable[str]) -> str:
     return value
 
 
-def all_finite(t: Tensor) -> bool:
-    """Whether every entry of ``t`` is finite.
+def all_finite(*tensors: Tensor) -> bool:
+    """Whether every entry of every tensor is finite, with one host sync for all of them.
 
-    A cheap sum first (NaN/Inf propagate), exact only if the sum is not finite (it can overflow
-    on finite entries).
+    A cheap sum of each first (NaN/Inf propagate; the sums are read together), exact only if a
+    sum is not finite (it can overflow on finite entries).
     """
-    if not t.is_floating_point() and not t.is_complex():
+    ts = [t for t in tensors if t.is_floating_point() or t.is_complex()]
+    if not ts:
         return True
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    if len({t.device for t in ts}) == 1 and not any(t.is_complex() for t in ts):
+        sums = torch.stack([t.sum().to(torch.float64) for t in ts])
+        if bool(torch.isfinite(sums).all()):
+            return True
+    elif all(bool(torch.isfinite(t.sum())) for t in ts):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in ts)
 
 
 def is_finite(x: float | Tensor) -> bool:

@@ -4,6 +4,8 @@ A *batch* is a tuple ``(inputs, targets)``. ``inputs`` is a tensor, a (nested) t
 tensors (the model is then called as ``model(*inputs)``) or a dict of tensors (called as
 ``model(**inputs)``); ``targets`` is a tensor or ``(values, mask)`` (see
 :mod:`hessfree.curvature.losses`). Every tensor has the number of cases as its first dimension.
+A *dict batch* (Hugging Face's form, ``{"input_ids": ..., "attention_mask": ..., "labels": ...}``)
+is the same thing: its ``"labels"`` are the targets and every other key is an input.
 
 A batch may also come in chunks, accumulated exactly with the weights of the joined batch
 (``mean``: each case weighs ``1/N_total``), so a batch larger than memory works:
@@ -19,7 +21,13 @@ A batch may also come in chunks, accumulated exactly with the weights of the joi
 
 This module is the one place that walks such structures: :func:`take` (index the cases),
 :func:`to` (device and dtype), :func:`split` (cut into chunks), :func:`iter_chunks` (check and
-stream), :func:`as_chunks` (check and list).
+stream), :func:`as_chunks` (check and list), :class:`Chunks` (check once, read as often as
+needed).
+
+Validation happens once, at the public boundary: a public entry point turns what it was given
+into :class:`Chunks` (``Chunks.of(batch, "grad_batch")``) and passes that inward, so an inner
+pass (an objective evaluation of a line search, an operator's set-up) does not check the same
+tensors again. Only a streamed batch is checked on every pass, since every pass reads new tensors.
 """
 
 from __future__ import annotations
@@ -34,10 +42,14 @@ from torch import Tensor
 from hessfree._checks import all_finite
 from hessfree.errors import InputError, InputTypeError
 
-__all__ = ["Batch", "Chunk", "DictBatches", "as_chunks", "count", "is_source", "iter_chunks",
-           "leaves", "materialize", "split", "take", "to", "unsqueeze"]
+__all__ = ["Batch", "Chunk", "Chunks", "DictBatches", "TARGETS_KEY", "as_chunks", "as_pair",
+           "count", "is_source", "iter_chunks", "leaves", "materialize", "split", "take",
+           "take_cases", "to", "unsqueeze"]
 
 Batch = tuple[Any, Any]
+
+#: the key of a dict batch that holds the targets (Hugging Face's name); the rest are inputs
+TARGETS_KEY = "labels"
 
 
 @dataclass(frozen=True)
@@ -99,15 +111,36 @@ def count(x: Any) -> int:
     return int(first[0].shape[0])
 
 
-def split(batch: Batch, size: int) -> list[Batch]:
-    """``batch`` cut along the cases into chunks of at most ``size`` (in order)."""
+def as_pair(batch: Any, where: str = "batch") -> Any:
+    """A dict batch as ``(inputs, targets)``: the ``"labels"`` are the targets, the rest inputs.
+
+    Anything else is returned as it is.
+    """
+    if not isinstance(batch, Mapping):
+        return batch
+    if TARGETS_KEY not in batch:
+        raise InputError(f"{where}: the dict batch has no {TARGETS_KEY!r} (the targets); it has "
+                         f"{sorted(batch)}; add them, or wrap the batches in "
+                         "hessfree.batches.DictBatches(..., targets=KEY)")
+    return {k: v for k, v in batch.items() if k != TARGETS_KEY}, batch[TARGETS_KEY]
+
+
+def take_cases(batch: Any, idx: Tensor | slice) -> Any:
+    """The cases ``idx`` of one batch (a pair or a dict batch), in the same form."""
+    if isinstance(batch, Mapping):
+        return take(batch, idx)
     x, y = batch
-    n = count(x)
-    return [(take(x, slice(i, i + size)), take(y, slice(i, i + size)))
-            for i in range(0, n, size)]
+    return take(x, idx), take(y, idx)
+
+
+def split(batch: Any, size: int) -> list[Any]:
+    """``batch`` (a pair or a dict batch) cut along the cases into chunks of at most ``size``."""
+    n = count(batch if isinstance(batch, Mapping) else batch[0])
+    return [take_cases(batch, slice(i, i + size)) for i in range(0, n, size)]
 
 
 def _check_chunk(batch: Any, where: str) -> Chunk:
+    batch = as_pair(batch, where)
     if not isinstance(batch, tuple) or len(batch) != 2:
         raise InputTypeError(
             f"{where}: expected a tuple (inputs, targets) or a list of such tuples, "
@@ -127,8 +160,8 @@ def _check_chunk(batch: Any, where: str) -> Chunk:
                 f"{where}: every input and target tensor needs the number of cases as its first "
                 f"dimension ({n}); got shapes {[tuple(x.shape) for x in in_t + tg_t]}"
             )
-        if t.is_floating_point() and not all_finite(t):
-            raise InputError(f"{where}: the batch contains non-finite values (NaN or Inf)")
+    if not all_finite(*in_t, *tg_t):  # one host sync for the chunk
+        raise InputError(f"{where}: the batch contains non-finite values (NaN or Inf)")
     if n == 0:
         raise InputError(f"{where}: the batch is empty")
     return Chunk(inputs, targets, int(n))
@@ -245,3 +278,55 @@ class DictBatches:
 def as_chunks(batch: Any, where: str = "batch") -> list[Chunk]:
     """Checked chunks of a batch, a list of batches or an iterable of batches, as a list."""
     return list(iter_chunks(batch, where))
+
+
+class Chunks:
+    """A batch checked once: its chunks, read as often as needed (see the module docstring).
+
+    A tuple or a list of batches is checked when the object is made and held as
+    :class:`Chunk` s; an iterable of batches (a ``DataLoader``) is checked to be re-iterable and
+    unshuffled, then read — and each chunk checked — on every pass. Iterating gives the chunks of
+    one pass. Build it with :meth:`of`, which passes a ``Chunks`` through unchanged.
+
+    Attributes:
+        held: the checked chunks (None for a streamed batch).
+        source: the iterable of batches (None for a held one).
+        where: the argument's name, for messages.
+    """
+
+    __slots__ = ("held", "source", "where")
+
+    def __init__(self, batch: Any, where: str = "batch") -> None:
+        self.where = where
+        if is_source(batch):
+            _check_source(batch, where)
+            self.held: tuple[Chunk, ...] | None = None
+            self.source: Any = batch
+        else:
+            self.held = tuple(iter_chunks(batch, where))
+            self.source = None
+
+    @classmethod
+    def of(cls, batch: Any, where: str = "batch") -> Chunks:
+        """``batch`` checked (a ``Chunks`` is returned as it is)."""
+        return batch if isinstance(batch, Chunks) else cls(batch, where)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the batch is read anew on every pass (an iterable of batches)."""
+        return self.held is None
+
+    def __iter__(self) -> Iterator[Chunk]:
+        if self.held is not None:
+            return iter(self.held)
+        return iter_chunks(self.source, self.where)
+
+    def first(self) -> Chunk:
+        """The first chunk (a streamed batch reads one minibatch for it)."""
+        return self.held[0] if self.held is not None else next(iter(self))
+
+    def __repr__(self) -> str:
+        if self.held is None:
+            return f"Chunks({self.where}: streamed from {type(self.source).__name__})"
+        cases = sum(c.n for c in self.held)
+        return f"Chunks({self.where}: {len(self.held)} chunk(s), {cases} cases)"

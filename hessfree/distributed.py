@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree.batches import count, take
+from hessfree.batches import count, take_cases
 from hessfree.errors import InputError, RunError
 
 __all__ = ["DistributedError", "Reducer", "env_world", "init_from_env", "on_rank0", "shard",
@@ -140,7 +141,7 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def shard(batch: Any, rank: int, world_size: int) -> Any:
-    """Rank ``rank``'s part of a batch ``(inputs, targets)`` or of a list of them.
+    """Rank ``rank``'s part of a batch ``(inputs, targets)`` (or a dict batch) or of a list of them.
 
     A list of chunks is joined logically: the rank gets a contiguous range of all the cases,
     as chunks. Every rank must get at least one case.
@@ -150,7 +151,7 @@ def shard(batch: Any, rank: int, world_size: int) -> Any:
     if world_size == 1:
         return batch
     chunks = batch if isinstance(batch, list) else [batch]
-    sizes = [count(c[0]) for c in chunks]
+    sizes = [count(c if isinstance(c, Mapping) else c[0]) for c in chunks]
     total = sum(sizes)
     if total < world_size:
         raise InputError(f"batch: {total} cases cannot be shared by {world_size} ranks (each "
@@ -160,7 +161,7 @@ def shard(batch: Any, rank: int, world_size: int) -> Any:
     for c, n in zip(chunks, sizes):
         lo, hi = max(start - offset, 0), min(stop - offset, n)
         if lo < hi:
-            out.append((take(c[0], slice(lo, hi)), take(c[1], slice(lo, hi))))
+            out.append(take_cases(c, slice(lo, hi)))
         offset += n
     return out if isinstance(batch, list) or len(out) != 1 else out[0]
 

@@ -4,7 +4,8 @@ Inside ``curvature``, ``cg`` and ``hf`` a vector in parameter space is one flat 
 CG's dot products and axpys are one kernel each. :class:`ParamLayout` turns a flat tensor into a
 dict of *views* shaped like the parameters (``split`` + ``view``: no copy) and back. Public entry
 points also accept a list or dict of tensors and answer in the same form
-(:meth:`ParamLayout.to_flat` / :meth:`ParamLayout.like`).
+(:meth:`ParamLayout.to_flat` / :meth:`ParamLayout.like`). :func:`flat_vector` is the one check
+of a flat vector (or a block of them) that every entry point uses.
 """
 
 from __future__ import annotations
@@ -18,10 +19,50 @@ from torch import Tensor
 
 from hessfree.errors import InputError, InputTypeError
 
-__all__ = ["ParamLayout", "VectorFormat", "flatten", "unflatten"]
+__all__ = ["ParamLayout", "VectorFormat", "flat_vector", "flatten", "unflatten"]
 
 #: How a caller gave a vector: ``"flat"``, ``"list"`` (list or tuple of tensors) or ``"dict"``.
 VectorFormat = str
+
+
+def flat_vector(v: object, name: str, n: int | None = None, dtype: torch.dtype | None = None,
+                device: torch.device | None = None, *, columns: bool = False, whose: str = "",
+                floating: bool = False, finite: bool = False) -> Tensor:
+    """``v`` detached, after checking it is a flat vector (the one wording of every such check).
+
+    Args:
+        v: the argument.
+        name: its name in messages.
+        n: the length it must have (None: any).
+        dtype: the dtype it must have (None: any).
+        device: the device it must be on (None: any).
+        columns: a block of flat vectors as the columns of an ``(n, k)`` tensor instead.
+        whose: where ``dtype``/``device``/``n`` come from, for messages (e.g. ``" (like b)"``).
+        floating: it must have a floating-point dtype.
+        finite: it must hold no NaN or infinity (one host sync).
+
+    Raises:
+        InputTypeError: ``v`` is not a tensor.
+        InputError: wrong shape, dtype or device, or a non-finite entry.
+    """
+    if not isinstance(v, Tensor):
+        raise InputTypeError(f"{name}: expected a Tensor, got {type(v).__name__}")
+    if columns:
+        if v.dim() != 2 or (n is not None and v.shape[0] != n):
+            raise InputError(f"{name}: expected a tensor of shape ({n if n is not None else 'n'}, "
+                             f"k){whose}, got shape {tuple(v.shape)}")
+    elif v.dim() != 1 or (n is not None and v.numel() != n):
+        length = f" of length {n}" if n is not None else ""
+        raise InputError(f"{name}: expected a flat 1-D tensor{length}{whose}, got shape "
+                         f"{tuple(v.shape)}")
+    if floating and not v.is_floating_point():
+        raise InputError(f"{name}: expected a floating-point dtype, got {v.dtype}")
+    if (dtype is not None and v.dtype != dtype) or (device is not None and v.device != device):
+        raise InputError(f"{name}: expected dtype {dtype or v.dtype} on {device or v.device}"
+                         f"{whose}, got {v.dtype} on {v.device}")
+    if finite and not bool(torch.isfinite(v).all()):
+        raise InputError(f"{name}: expected finite values, got NaN or infinity")
+    return v.detach()
 
 
 @dataclass(frozen=True)
@@ -111,12 +152,8 @@ class ParamLayout:
             TypeError: not a tensor, list/tuple or dict.
         """
         if isinstance(v, Tensor):
-            if v.dim() != 1 or v.numel() != self.numel:
-                raise InputError(
-                    f"{name}: expected a flat 1-D tensor of length {self.numel} (or a list/dict "
-                    f"of tensors shaped like the parameters), got shape {tuple(v.shape)}"
-                )
-            flat, fmt = v, "flat"
+            flat, fmt = flat_vector(v, name, self.numel, whose=" (or a list/dict of tensors "
+                                    "shaped like the parameters)"), "flat"
         elif isinstance(v, Mapping):
             flat, fmt = self.flatten(v, name), "dict"
         elif isinstance(v, (list, tuple)):
@@ -126,12 +163,7 @@ class ParamLayout:
                 f"{name}: expected a Tensor, a list of tensors or a dict of tensors, "
                 f"got {type(v).__name__}"
             )
-        if flat.dtype != self.dtype or flat.device != self.device:
-            raise InputError(
-                f"{name}: expected dtype {self.dtype} on {self.device}, "
-                f"got {flat.dtype} on {flat.device}"
-            )
-        return flat, fmt
+        return flat_vector(flat, name, None, self.dtype, self.device), fmt
 
     def like(self, flat: Tensor, fmt: VectorFormat) -> Tensor | list[Tensor] | dict[str, Tensor]:
         """Give ``flat`` back in the form ``fmt`` reported by :meth:`to_flat`."""

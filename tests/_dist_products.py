@@ -14,6 +14,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from curvature_cases import TokenMSE, sequence_case  # this script's folder is on sys.path
 
 import hessfree
 from hessfree.curvature import diag
@@ -62,6 +63,22 @@ def quantities(problem, batch, v, V) -> dict:
     return out
 
 
+def token_quantities(problem, batch, v) -> dict:
+    """A loss whose mean is over the tokens that count: count, value, gradient, GGN product."""
+    e = problem.evaluate(problem.parameters(), batch, grad=True)
+    G = hessfree.GGN(problem, batch)
+    return {"token_count": torch.tensor([e.count, G.n_cases]), "token_value": torch.tensor(
+        [e.value, G.value]), "token_grad": e.grad, "token_ggn": G @ v}
+
+
+def token_case(n: int, seed: int):
+    """The sequence model, its batch and a vector (the same on every rank)."""
+    model, x, y, mask = sequence_case(n, seed)
+    dim = sum(p.numel() for p in model.parameters())
+    v = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return model, (x, (y, mask)), v
+
+
 def main() -> None:
     folder, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     dist.init_process_group("gloo")
@@ -86,6 +103,9 @@ def main() -> None:
     product_calls = problem.reducer.calls - before
     out = quantities(problem, batch, v, V)
     out["calls"] = torch.tensor([setup_calls, product_calls])
+    tmodel, (tx, (ty, tmask)), tv = token_case(n, seed)
+    tproblem = hessfree.Problem(tmodel, TokenMSE(), weight_decay=1e-3, group="world")
+    out.update(token_quantities(tproblem, (tx[lo:hi], (ty[lo:hi], tmask[lo:hi])), tv))
     torch.save(out, path)
     dist.destroy_process_group()
 

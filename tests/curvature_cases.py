@@ -166,6 +166,32 @@ class Reference:
         return s * Ja.T @ (d[:, None] * Ja)
 
 
+class TokenMSE(hessfree.losses.MSE):
+    """Squared error over ``(B, T, D)`` outputs, averaged over the positions the mask keeps.
+
+    A per-token loss in the accumulator's contract: it counts its tokens that count.
+    """
+
+    def count(self, targets):
+        _, mask = targets
+        return int(mask.sum())
+
+    def scale_for(self, n):
+        return 1.0 / n
+
+
+def sequence_case(n: int = 7, seed: int = 0):
+    """(model, x, y, mask): a Tanh MLP applied along ``(B, T=5)`` sequences, a token mask."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(n, 5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 5, 2, generator=g, dtype=torch.float64)
+    mask = (torch.rand(n, 5, generator=g) > 0.4).to(torch.float64)
+    mask[0] = 0.0  # a sequence with no token that counts
+    return model, x, y, mask
+
+
 def rel_err(a, b):
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-300))

@@ -1,4 +1,5 @@
-"""Optional extras the integration tests need (laplace-torch, kronfluence, curvlinops, BackPACK).
+"""Optional extras the integration tests need (laplace-torch, kronfluence, curvlinops, BackPACK,
+transformers).
 
 ``require(name)`` imports the package. In CI (``CI`` set) a missing extra is an error: CI
 installs every extra (``make extras``). Elsewhere the test is skipped with a line that says
@@ -23,4 +24,5 @@ def require(name: str) -> ModuleType:
     except ImportError as err:
         if os.environ.get("CI"):
             raise AssertionError(f"CI must install the extra {name!r}: {err}") from err
-        pytest.skip(f"optional extra {name!r} is not installed ({err}); {INSTALL}")
+        pytest.skip(f"optional extra {name!r} is not installed ({err}); {INSTALL}",
+                    allow_module_level=True)

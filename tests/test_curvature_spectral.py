@@ -15,6 +15,7 @@ from curvature_cases import Reference, make_case, rel_err
 
 import hessfree
 from hessfree.curvature import SpectralDensity, TraceEstimate, density, eigsh, trace
+from hessfree.errors import InputError, InputTypeError
 from hessfree.linops import single_threaded_blas
 
 F64 = torch.float64
@@ -201,17 +202,17 @@ def test_eigsh_bad_inputs(ops64):
         (dict(v0=torch.zeros(n, dtype=F64)), "v0: expected finite, nonzero"),
     ]
     for kw, msg in cases:
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(InputError, match=msg):
             eigsh(op, **{"k": 2, **kw})
-    with pytest.raises(ValueError, match="op: expected a square matrix"):
+    with pytest.raises(InputError, match="op: expected a non-empty square 2-D tensor"):
         eigsh(torch.ones(3, 4, dtype=F64), 1)
-    with pytest.raises(ValueError, match="op: expected a symmetric matrix"):
+    with pytest.raises(InputError, match="op: expected a symmetric matrix"):
         eigsh(torch.triu(torch.ones(4, 4, dtype=F64)), 1)
-    with pytest.raises(TypeError, match="op: expected a tensor or an operator"):
+    with pytest.raises(InputTypeError, match="op: expected an operator"):
         eigsh(type("NoProduct", (), {"shape": (4, 4)})(), 1)
-    with pytest.raises(ValueError, match="op: expected a square operator"):
+    with pytest.raises(InputError, match="op: expected a square operator"):
         eigsh(type("Rect", (), {"shape": (4, 5), "matvec": lambda s, v: v})(), 1)
-    with pytest.raises(TypeError, match="generator: expected a torch.Generator"):
+    with pytest.raises(InputTypeError, match="generator: expected a torch.Generator"):
         eigsh(op, 2, generator=0)
 
 
@@ -250,11 +251,11 @@ def test_trace_counts_products_and_rejects_bad_inputs(ops64):
     start = op.products
     trace(op, 10, block=4, generator=gen(0))
     assert op.products - start == 10
-    with pytest.raises(ValueError, match="samples: expected an integer >= 2"):
+    with pytest.raises(InputError, match="samples: expected an integer >= 2"):
         trace(op, 1)
-    with pytest.raises(ValueError, match="distribution: expected one of"):
+    with pytest.raises(InputError, match="distribution: expected one of"):
         trace(op, 5, distribution="uniform")
-    with pytest.raises(ValueError, match="block: expected an integer >= 1"):
+    with pytest.raises(InputError, match="block: expected an integer >= 1"):
         trace(op, 5, block=0)
 
 
@@ -326,15 +327,15 @@ def test_density_of_curvature_operators(ops64):
 
 def test_density_bad_inputs(ops64):
     op, A = ops64["dense"]
-    with pytest.raises(ValueError, match="num_steps: expected an integer"):
+    with pytest.raises(InputError, match="num_steps: expected an integer"):
         density(op, num_steps=A.shape[0] + 1)
-    with pytest.raises(ValueError, match="num_probes: expected an integer >= 1"):
+    with pytest.raises(InputError, match="num_probes: expected an integer >= 1"):
         density(op, num_probes=0)
-    with pytest.raises(ValueError, match="sigma: expected"):
+    with pytest.raises(InputError, match="sigma: expected"):
         density(op, num_steps=5, sigma=0.0)
-    with pytest.raises(ValueError, match="grid: expected a 1-D floating-point tensor"):
+    with pytest.raises(InputError, match="grid: expected a 1-D floating-point tensor"):
         density(op, num_steps=5, grid=torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="grid: expected an integer >= 2"):
+    with pytest.raises(InputError, match="grid: expected an integer >= 2"):
         density(op, num_steps=5, grid=1)
 
 

@@ -83,7 +83,8 @@ def test_shards_are_contiguous_uneven_and_cover_the_batch():
 def test_reduced_quantities_equal_the_joined_batch(tmp_path, world, n):
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
-    from _dist_products import case, quantities
+    from _dist_products import case, quantities, token_case, token_quantities
+    from curvature_cases import TokenMSE
 
     done = launch([str(HERE / "_dist_products.py"), str(tmp_path), str(n), "7"], world,
                   tmp_path)
@@ -94,6 +95,9 @@ def test_reduced_quantities_equal_the_joined_batch(tmp_path, world, n):
     v = torch.randn(dim, generator=g, dtype=torch.float64)
     V = torch.randn(dim, 3, generator=g, dtype=torch.float64)
     ref = quantities(problem, (x, x), v, V)
+    tmodel, tbatch, tv = token_case(n, 7)
+    ref.update(token_quantities(hessfree.Problem(tmodel, TokenMSE(), weight_decay=1e-3),
+                                tbatch, tv))
     for r in range(world):
         got = torch.load(tmp_path / f"rank{r}.pt")
         setup_calls, product_calls = got.pop("calls").tolist()

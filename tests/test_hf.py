@@ -131,11 +131,16 @@ def test_nan_only_in_the_step_is_rejected():
     x, t = torch.randn(30, 5, dtype=F64), torch.randn(30, 3, dtype=F64)
     problem = hessfree.Problem(model, hessfree.losses.MSE())
     opt = HessianFree(problem, config=HFConfig(initial_lambda=1.0))
-    real_value = problem.value
-    problem.value = lambda params, batch: math.nan  # every trial point is NaN
+    real = problem.evaluate
+
+    def poisoned(params, batch, grad=False, check=True):  # every trial point is NaN
+        e = real(params, batch, grad=grad, check=check)
+        return e if grad else hessfree.curvature.Evaluation(math.nan, e.count, e.cases)
+
+    problem.evaluate = poisoned
     before = [p.detach().clone() for p in model.parameters()]
     stats = opt.step((x, t))
-    problem.value = real_value
+    problem.evaluate = real
     assert not stats.accepted and stats.reason == "non-finite step"
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 

@@ -105,7 +105,7 @@ def test_constructor_errors():
     with pytest.raises(ValueError, match="g: expected dtype torch.float64"):
         Quadratic(G, torch.zeros(G.dim, dtype=F32), 1.0)
     q = Quadratic(G, G.grad, 1.0)
-    with pytest.raises(ValueError, match=f"p: expected a 1-D tensor of length {G.dim}"):
+    with pytest.raises(ValueError, match=f"p: expected a flat 1-D tensor of length {G.dim}"):
         q.value(torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match="p: expected dtype torch.float64"):
         q @ torch.zeros(G.dim, dtype=F32)
@@ -123,12 +123,12 @@ def test_from_dense_errors():
         Quadratic.from_dense(bad, b)
     with pytest.raises(ValueError, match="A: expected a floating-point dtype"):
         Quadratic.from_dense(torch.eye(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64))
-    with pytest.raises(ValueError, match="b: expected a 1-D tensor of length 4"):
+    with pytest.raises(ValueError, match="b: expected a flat 1-D tensor of length 4"):
         Quadratic.from_dense(A, b[:3])
     with pytest.raises(ValueError, match="b: expected dtype torch.float64"):
         Quadratic.from_dense(A, b.float())
     q = Quadratic.from_dense(A, b)
-    with pytest.raises(ValueError, match="p: expected a 1-D tensor of length 4"):
+    with pytest.raises(ValueError, match="p: expected a flat 1-D tensor of length 4"):
         q.value(torch.zeros(5, dtype=F64))
     with pytest.raises(ValueError, match="p: expected dtype torch.float64"):
         q.grad(torch.zeros(4, dtype=F32))

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from hessfree import _checks
 from hessfree.cg.block import BlockResult, MatMat, _check_block, _shift_vector, _start
+from hessfree.cg.operators import block_operator
 from hessfree.cg.stopping import CONVERGED, MAX_ITERATIONS, NON_FINITE, RESIDUAL_TOLERANCE
 
 __all__ = ["solve_minres"]
@@ -99,7 +100,9 @@ def solve_minres(matmat: MatMat, B: Tensor, shifts: Sequence[float] | float | No
     rtol = _checks.number(rtol, "rtol", 0.0)
     atol = _checks.number(atol, "atol", 0.0)
     max_iters = _checks.integer(max_iters, "max_iters", 0)
-    X, S, products = _start(matmat, B, sig, X0)
+    A = block_operator(matmat, B)
+    start = A.products
+    X, S = _start(A, B, sig, X0)
     st = _Lanczos(B, X, S)
     limit = [max(rtol * b, atol) for b in torch.linalg.vector_norm(B, dim=0).tolist()]
     iters, reasons = [0] * c, [""] * c
@@ -108,8 +111,7 @@ def solve_minres(matmat: MatMat, B: Tensor, shifts: Sequence[float] | float | No
     while active:
         idx = torch.tensor(active, device=B.device)
         V = st.y[:, idx] / st.beta[idx]
-        AV = matmat(V) + sig[idx] * V
-        products += len(active)
+        AV = A.apply_block(V) + sig[idx] * V
         st.step(idx, AV, V)
         for j in active:
             iters[j] += 1
@@ -117,7 +119,7 @@ def solve_minres(matmat: MatMat, B: Tensor, shifts: Sequence[float] | float | No
                         max_iters)
     res = torch.tensor(st.phibar.tolist(), dtype=torch.float64)
     return BlockResult(st.X, iters, reasons, res, [torch.zeros(0, dtype=torch.float64)] * c,
-                       products)
+                       A.products - start)
 
 
 def _still(phibar: list[float], beta: list[float], limit: list[float], iters: list[int],

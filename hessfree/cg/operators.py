@@ -1,20 +1,25 @@
 """Linear operators and diagonal preconditioners as CG sees them.
 
-CG needs only ``A @ v`` on flat 1-D tensors. :func:`as_operator` accepts a curvature operator
-object (anything with ``__matmul__``), a dense square 2-D tensor, or a plain callable
-``v -> A v`` (wrapped in :class:`FunctionOperator`). The preconditioner ``M`` is the *inverse*
+CG takes the package's operator base (:class:`hessfree.linops.FlatOperator`: curvature
+operators, their damped versions, quadratics, combinations ``A + λ·I``, ``Counted``) and
+everything :func:`hessfree.linops.as_operator` turns into one: a dense square tensor, a plain
+callable ``v -> A v`` (wrapped in a :class:`~hessfree.linops.FunctionOperator`, each product
+checked) or an object with ``matvec``/``matmat``/``@``. The preconditioner ``M`` is the *inverse*
 of a diagonal preconditioner, given as a 1-D tensor (z = M * r) or a callable r -> z.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, Union
+from typing import Any, Protocol, Union
 
 import torch
 from torch import Tensor
 
 from hessfree.errors import InputError, InputTypeError
+from hessfree.linops import FlatOperator, FunctionOperator, checked_result
+from hessfree.linops import as_operator as _as_operator
+from hessfree.vectors import flat_vector
 
 __all__ = [
     "DiagonalPreconditioner",
@@ -24,85 +29,28 @@ __all__ = [
     "Preconditioner",
     "as_operator",
     "as_preconditioner",
-    "checked_matmul",
+    "block_operator",
     "quadratic_value",
 ]
 
+#: the operators CG takes: the package's base (re-exported under CG's name)
+LinearOperator = FlatOperator
 
-class LinearOperator(Protocol):
-    """Anything with ``A @ v`` for a flat 1-D tensor ``v``."""
-
-    def __matmul__(self, v: Tensor) -> Tensor:  # pragma: no cover - protocol
-        """Return A v."""
-        ...
+OperatorLike = Union[FlatOperator, Tensor, Callable[[Tensor], Tensor], Any]
 
 
-class FunctionOperator:
-    """A callable ``v -> A v`` seen as an operator with ``@``.
+def as_operator(A: OperatorLike, like: Tensor | None = None) -> FlatOperator:
+    """``A`` as an operator CG can use (:func:`hessfree.linops.as_operator`).
 
-    Args:
-        fn: the matrix-vector product.
-    """
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
-        """Wrap ``fn``."""
-        self.fn = fn
-
-    def __matmul__(self, v: Tensor) -> Tensor:
-        """Return ``fn(v)``."""
-        return self.fn(v)
-
-    def __repr__(self) -> str:
-        """Show the wrapped callable."""
-        return f"FunctionOperator({self.fn!r})"
-
-
-OperatorLike = Union[LinearOperator, Tensor, Callable[[Tensor], Tensor]]
-
-
-def as_operator(A: OperatorLike) -> LinearOperator:
-    """Give ``A`` an ``@``: tensors and operator objects as they are, callables wrapped.
+    ``like``: the right-hand side, whose length, dtype and device ``A`` must fit.
 
     Raises:
-        ValueError: ``A`` is a tensor that is not square 2-D.
-        TypeError: ``A`` has no ``@`` and is not callable.
+        ValueError: a dense ``A`` that is not square, or one that does not fit ``like``.
+        TypeError: ``A`` has no product and is not callable.
     """
-    if isinstance(A, Tensor):
-        if A.dim() != 2 or A.shape[0] != A.shape[1]:
-            raise InputError(f"A: expected a square 2-D tensor, got shape {tuple(A.shape)}")
-        return A
-    if hasattr(type(A), "__matmul__"):
-        return A
-    if callable(A):
-        return FunctionOperator(A)
-    raise InputTypeError(
-        "A: expected an operator with `A @ v`, a square 2-D tensor or a callable v -> A v, "
-        f"got {type(A).__name__}"
-    )
-
-
-def _checked_result(out: object, like: Tensor, what: str) -> Tensor:
-    """``out`` detached, after checking it is a tensor shaped, typed and placed like ``like``."""
-    if not isinstance(out, Tensor):
-        raise InputTypeError(f"{what} returned {type(out).__name__}, expected a Tensor")
-    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
-        raise InputError(
-            f"{what} returned shape {tuple(out.shape)}, {out.dtype} on {out.device}; "
-            f"expected shape {tuple(like.shape)}, {like.dtype} on {like.device}"
-        )
-    return out.detach()
-
-
-def checked_matmul(A: LinearOperator, v: Tensor) -> Tensor:
-    """``A @ v``, checked to be a tensor shaped, typed and placed like ``v`` (detached).
-
-    Raises:
-        TypeError: the product is not a tensor.
-        ValueError: the product has the wrong shape, dtype or device.
-    """
-    return _checked_result(A @ v, v, "A: `A @ v`")
+    if like is None:
+        return _as_operator(A, name="A")
+    return _as_operator(A, like.numel(), like.dtype, like.device, name="A", match="b")
 
 
 class Preconditioner(Protocol):
@@ -146,17 +94,7 @@ class FunctionPreconditioner:
 
     def apply(self, r: Tensor, out: Tensor | None) -> Tensor:
         """Return ``fn(r)`` (``out`` is ignored)."""
-        return _checked_result(self.fn(r), r, "M: M(r)")
-
-
-def check_like(v: Tensor, name: str, like: Tensor, shape_hint: str = "(like b)") -> None:
-    """``v`` must have the shape, dtype and device of ``like`` (errors name ``name``)."""
-    if v.shape != like.shape:
-        raise InputError(f"{name}: expected a 1-D tensor of length {like.numel()} {shape_hint}, "
-                         f"got shape {tuple(v.shape)}")
-    if v.dtype != like.dtype or v.device != like.device:
-        raise InputError(f"{name}: expected dtype {like.dtype} on {like.device} (like b), "
-                         f"got {v.dtype} on {v.device}")
+        return checked_result(self.fn(r), r, "M: M(r)")
 
 
 def as_preconditioner(
@@ -172,8 +110,9 @@ def as_preconditioner(
     if M is None:
         return None
     if isinstance(M, Tensor):
-        check_like(M, "M", like, "(the inverse of a diagonal preconditioner, z = M * r) or a "
-                   "callable r -> z")
+        flat_vector(M, "M", like.numel(), like.dtype, like.device,
+                    whose=" (like b: the inverse of a diagonal preconditioner, z = M * r) or a "
+                    "callable r -> z")
         if not bool(((M > 0) & torch.isfinite(M)).all()):
             raise InputError("M: expected positive, finite entries (an inverse diagonal)")
         return DiagonalPreconditioner(M.detach())
@@ -184,7 +123,25 @@ def as_preconditioner(
     )
 
 
+def block_operator(A: Any, like: Tensor) -> FlatOperator:
+    """``A`` for the block solvers, as a :class:`~hessfree.linops.FlatOperator`.
+
+    An operator of the base as it is, or a callable ``V -> A V`` on ``(n, c)`` blocks (the size,
+    dtype and device of ``like``): the solvers report the products its counter records.
+    """
+    if isinstance(A, FlatOperator):
+        return A
+    if not callable(A):
+        raise InputTypeError(f"matmat: expected an operator or a callable V -> A V, got "
+                             f"{type(A).__name__}")
+
+    def one(v: Tensor) -> Tensor:
+        return A(v.reshape(-1, 1)).reshape(-1)
+
+    return FunctionOperator(one, like.shape[0], like.dtype, like.device, block=A, name="matmat")
+
+
 def quadratic_value(A: OperatorLike, b: Tensor, x: Tensor) -> Tensor:
     """φ(x) = ½ xᵀA x − bᵀx, computed directly with one product (a 0-d tensor)."""
-    ax = checked_matmul(as_operator(A), x)
+    ax = as_operator(A, b).apply(x.detach())
     return 0.5 * torch.dot(x, ax) - torch.dot(b, x)

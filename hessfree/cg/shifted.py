@@ -26,6 +26,7 @@ from torch import Tensor
 
 from hessfree import _checks
 from hessfree.cg.block import BlockResult, MatMat, _check_block, _Columns, _rule, _stop
+from hessfree.cg.operators import block_operator
 from hessfree.cg.stopping import NEGATIVE_CURVATURE, NON_FINITE, StopSpec
 from hessfree.errors import InputError
 
@@ -93,11 +94,11 @@ def solve_shifted(matmat: MatMat, B: Tensor, shifts: Sequence[float], stop: Stop
     for q in range(k * m):
         cols.record(q, 0.0, b_norms[q // m])
         live[q // m, q % m] = not _stop(cols, q, rr_host[q // m])
-    products = 0
+    A = block_operator(matmat, B)
+    start = A.products
     while bool(live.any()):
         ja = live.any(1).nonzero().squeeze(1)
-        AP = matmat(P[:, ja]) + s0 * P[:, ja]
-        products += ja.numel()
+        AP = A.apply_block(P[:, ja].contiguous()) + s0 * P[:, ja]
         pap = (P[:, ja] * AP).sum(0)
         dead = _curvature_failures(cols, pap.tolist(), ja.tolist(), live, m)  # host sync 1
         if dead:
@@ -114,7 +115,7 @@ def solve_shifted(matmat: MatMat, B: Tensor, shifts: Sequence[float], stop: Stop
         R[:, ja], rr[ja] = R_new, rr_new
         P[:, ja] = R_new + beta * P[:, ja]
         _record(cols, sh, R, B, rr, ja, live, m)  # host sync 2
-    return cols.result(sh.X, products)
+    return cols.result(sh.X, A.products - start)
 
 
 def _curvature_failures(cols: _Columns, pap: list[float], seeds: list[int], live: Tensor,

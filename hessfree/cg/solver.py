@@ -38,8 +38,6 @@ from hessfree.cg.operators import (
     Preconditioner,
     as_operator,
     as_preconditioner,
-    check_like,
-    checked_matmul,
 )
 from hessfree.cg.stopping import (
     CONVERGED,
@@ -53,7 +51,8 @@ from hessfree.cg.stopping import (
     as_stop_rule,
 )
 from hessfree.cg.storage import StoreSpec, as_store_policy
-from hessfree.errors import InputError, InputTypeError
+from hessfree.errors import InputTypeError
+from hessfree.vectors import flat_vector
 
 __all__ = ["CGResult", "solve"]
 
@@ -87,13 +86,11 @@ class _PCG:
 
     def __init__(self, op: LinearOperator, b: Tensor, precond: Preconditioner | None) -> None:
         self.op, self.b, self.precond = op, b, precond
-        self.products = 0
         self.fmax = torch.finfo(b.dtype).max
         self._b_norm: float | None = None
 
     def _matmul(self, v: Tensor) -> Tensor:
-        self.products += 1
-        return checked_matmul(self.op, v)
+        return self.op.apply(v)  # counted by the operator; code we do not own is checked there
 
     def _precondition(self, out: Tensor | None) -> Tensor:
         return self.s if self.precond is None else self.precond.apply(self.s, out)
@@ -167,39 +164,6 @@ class _PCG:
         return self._b_norm
 
 
-def _check_vector(v: object, name: str, like: Tensor | None) -> Tensor:
-    """Check b (``like`` None) or x0 (shaped, typed and placed like b); one host sync."""
-    if not isinstance(v, Tensor):
-        raise InputTypeError(f"{name}: expected a Tensor, got {type(v).__name__}")
-    if like is None:
-        if v.dim() != 1:
-            raise InputError(f"{name}: expected a flat 1-D tensor, got shape {tuple(v.shape)}")
-        if not v.is_floating_point():
-            raise InputError(f"{name}: expected a floating-point dtype, got {v.dtype}")
-    else:
-        check_like(v, name, like)
-    if not bool(torch.isfinite(v).all()):
-        raise InputError(f"{name}: expected finite values, got NaN or infinity")
-    return v.detach()
-
-
-def _check_operator(A: OperatorLike, b: Tensor) -> LinearOperator:
-    """Wrap ``A`` and check any shape, dtype and device it declares against ``b``."""
-    op = as_operator(A)
-    n = b.numel()
-    shape = getattr(op, "shape", None)
-    if isinstance(shape, tuple) and len(shape) == 2 and tuple(shape) != (n, n):
-        raise InputError(f"A: expected shape ({n}, {n}) to match b, got {tuple(shape)}")
-    if isinstance(op, Tensor):
-        if op.dtype != b.dtype or op.device != b.device:
-            raise InputError(
-                f"A: expected dtype {b.dtype} on {b.device} (like b), "
-                f"got {op.dtype} on {op.device}"
-            )
-        op = op.detach()
-    return op
-
-
 def _check_max_iters(max_iters: object) -> int:
     return _checks.integer(max_iters, "max_iters", minimum=0)
 
@@ -223,6 +187,8 @@ def solve(
     callback: Callback | None = None,
 ) -> CGResult:
     """Minimise φ(x) = ½ xᵀA x − bᵀx by preconditioned CG (Martens' ``conjgrad_1.m``).
+
+    (Over 60 lines for this documentation of every argument and reason; the loop is 20 lines.)
 
     Args:
         A: symmetric operator with ``A @ v`` on flat 1-D tensors (an operator object, a square
@@ -252,9 +218,10 @@ def solve(
             ``max_iters`` not an integer >= 0; a product of the wrong shape or dtype.
         TypeError: an argument of the wrong kind (e.g. ``stop``, ``store``, ``callback``).
     """
-    b = _check_vector(b, "b", None)
-    x0 = None if x0 is None else _check_vector(x0, "x0", b)
-    op = _check_operator(A, b)
+    b = flat_vector(b, "b", floating=True, finite=True)
+    x0 = None if x0 is None else flat_vector(x0, "x0", b.numel(), b.dtype, b.device,
+                                             whose=" (like b)", finite=True)
+    op = as_operator(A, b)
     precond = as_preconditioner(M, b)
     rule = AnyOf(as_stop_rule(stop), MaxIters(_check_max_iters(max_iters)))
     grid = as_store_policy(store).grid(max_iters)
@@ -263,6 +230,7 @@ def solve(
             f"callback: expected a callable or None, got {type(callback).__name__}")
 
     cg = _PCG(op, b, precond)
+    start = op.products
     cg.start(x0)
     i, phi, iterates = 0, [cg.phi], []
     if callback is not None:
@@ -283,4 +251,4 @@ def solve(
         iterates.pop()
     iterates.append((i, cg.x))
     phis = torch.tensor(phi, dtype=torch.float64)
-    return CGResult(cg.x, iterates, phis, i, reason, cg.products)
+    return CGResult(cg.x, iterates, phis, i, reason, op.products - start)

@@ -23,10 +23,9 @@ import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
-from hessfree.curvature.problem import Problem
+from hessfree.curvature.problem import Problem, declares_hidden
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = ["FrozenModel", "ParamFilter", "block_problem", "module_groups", "module_of",
@@ -74,31 +73,35 @@ def select_params(params: Mapping[str, Tensor], param_filter: ParamFilter | None
 
 
 class FrozenModel:
-    """``f(params, inputs)``: a model whose other parameters are held at ``frozen`` values.
+    """``f(params, inputs)``: a problem's model whose other parameters are held at ``frozen``.
+
+    Called through the original problem's :meth:`~hessfree.Problem.forward`, so the model is
+    called as that problem calls it (its attention scope, a model family's adapter: a Hugging
+    Face model's keywords and logits).
 
     Args:
-        model: the ``nn.Module`` or function ``f(params, inputs)`` of the original problem.
+        problem: the original :class:`~hessfree.Problem`.
         frozen: ``{name: tensor}`` of the parameters that are not differentiated.
     """
 
-    def __init__(self, model: Any, frozen: Mapping[str, Tensor]) -> None:
-        self.model = model
+    def __init__(self, problem: Problem, frozen: Mapping[str, Tensor]) -> None:
+        self.model = problem.model
+        self.forward = problem.forward
         self.frozen = {n: p.detach() for n, p in frozen.items()}
 
     def __getattr__(self, name: str) -> Any:  # e.g. hidden_nonlinearity
-        if name in ("model", "frozen"):
+        if name in ("model", "forward", "frozen"):
             raise AttributeError(name)
         return getattr(self.model, name)
 
+    @property
+    def returns_hidden(self) -> bool:
+        """It forwards ``return_hidden`` to the model, so it declares what the model declares."""
+        return declares_hidden(self.model)
+
     def __call__(self, params: Mapping[str, Tensor], inputs: Any, **kwargs: Any) -> Any:
         """The model's outputs at the frozen values updated by ``params``."""
-        merged = {**self.frozen, **params}
-        if not isinstance(self.model, nn.Module):
-            return self.model(merged, inputs, **kwargs)
-        if isinstance(inputs, Mapping):
-            return functional_call(self.model, merged, (), {**inputs, **kwargs})
-        args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-        return functional_call(self.model, merged, args, kwargs)
+        return self.forward({**self.frozen, **params}, inputs, **kwargs)
 
 
 def block_problem(problem: Problem, params: Mapping[str, Tensor], param_filter: ParamFilter
@@ -112,7 +115,7 @@ def block_problem(problem: Problem, params: Mapping[str, Tensor], param_filter: 
     frozen = {n: p for n, p in params.items() if n not in chosen}
     if not frozen:
         return problem, chosen
-    model = FrozenModel(problem.model, frozen)
+    model = FrozenModel(problem, frozen)
     return Problem(model, problem.loss, problem.weight_decay, problem.reducer), chosen
 
 
@@ -152,7 +155,7 @@ def restrict(op: Any, param_filter: ParamFilter) -> Any:
     if not (hasattr(op, "problem") and hasattr(op, "params") and hasattr(op, "kind")):
         raise InputTypeError(f"op: expected a GGN, Hessian, EmpiricalFisher or a damped one, "
                              f"got {type(op).__name__}")
-    batch = [(c.inputs, c.targets) for c in op.chunks] if op._source is None else op._source
+    batch = op.batch  # checked already
     extra = {"structural_damping": op.structural_damping} \
         if getattr(op, "structural_damping", 0.0) else {}
     backend = "auto" if op.backend == "sequential" else op.backend

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
-from hessfree.batches import Chunk, iter_chunks, take, unsqueeze
+from hessfree.batches import Chunk, Chunks, take, unsqueeze
+from hessfree.curvature.accumulate import DIAGONAL
 from hessfree.curvature.jacobians import LinearTape
 from hessfree.curvature.problem import Problem
 from hessfree.errors import InputError
@@ -101,8 +102,14 @@ def _first_line(err: BaseException) -> str:
 
 
 def _from_vmap(err: BaseException) -> bool:
-    """Whether ``err`` may be ``vmap``'s (a RuntimeError, raised or wrapped by the forward)."""
-    return isinstance(_cause(err), RuntimeError)
+    """Whether ``err`` may be ``vmap``'s.
+
+    A RuntimeError (raised or wrapped by the forward), or any error naming vmap or
+    data-dependent control flow (Hugging Face's attention-mask code).
+    """
+    cause = _cause(err)
+    return isinstance(cause, RuntimeError) or any(
+        word in str(e) for e in (err, cause) for word in ("vmap", "data-dependent"))
 
 
 #: models ``vmap`` could not batch (weakly held): their per-case gradients are taken one by one
@@ -171,9 +178,10 @@ def fisher_diagonal(problem: Problem, params: Mapping[str, Tensor], batch: Any,
 
     Args:
         problem: the problem (with a process group: summed over the ranks' shards, one
-            all-reduce).
+            all-reduce, by the problem's accumulator).
         params: where to evaluate.
-        batch: the batch in any form of :mod:`hessfree.batches` (or a list of checked chunks).
+        batch: the batch in any form of :mod:`hessfree.batches` (or checked
+            :class:`~hessfree.batches.Chunks`).
         chunk_size: cases per vmap slice (default: about 64 MiB of gradients).
         method: ``"auto"`` (the Linear fast path when it applies, else vmap, else one case at
             a time), ``"vmap"``, ``"loop"`` (one case at a time) or ``"linear"`` (raise when it
@@ -181,21 +189,12 @@ def fisher_diagonal(problem: Problem, params: Mapping[str, Tensor], batch: Any,
     """
     if method not in METHODS:
         raise InputError(f"method: expected one of {METHODS}, got {method!r}")
-    chunks = batch if isinstance(batch, list) and batch and isinstance(batch[0], Chunk) \
-        else iter_chunks(batch)
-    diag, n = None, 0
-    for c in chunks:
-        sq = _chunk_sq(problem, params, c, chunk_size, method)
-        diag = sq if diag is None else diag + sq
-        n += c.n
-    assert diag is not None
-    if problem.reducer is not None:
-        diag, total = problem.reducer.sum_parts(diag, n)
-        n = int(round(float(total)))
-    diag = diag * problem.loss.scale_for(n)
-    if problem.weight_decay:
-        diag = diag + problem.weight_decay
-    return diag
+
+    def squares(c: Chunk, scale: float) -> tuple[Tensor]:  # unscaled: weighted after the pass
+        return (_chunk_sq(problem, params, c, chunk_size, method),)
+
+    sums = problem.accumulator.sums(Chunks.of(batch), squares, (DIAGONAL,), deferred=True)
+    return sums.parts[0]
 
 
 def _chunk_sq(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,

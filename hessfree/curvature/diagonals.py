@@ -38,7 +38,7 @@ labels per rank, so across ranks they are the same estimator, not the same numbe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +47,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree.batches import Chunk, iter_chunks
+from hessfree.batches import Chunk
+from hessfree.curvature.accumulate import DIAGONAL, PLAIN
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.jacobians import LinearTape, output_hessian_eig, weighted_sq
 from hessfree.curvature.losses import MSE, BCEWithLogits, CrossEntropy, split_mask
+from hessfree.curvature.sequence_loss import TokenCrossEntropy
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = ["DEFAULT_SAMPLES", "METHODS", "DiagonalEstimate", "diag"]
@@ -171,22 +173,6 @@ def _kind(op: Any) -> str:
     return getattr(op, "kind", "") if hasattr(op, "problem") and hasattr(op, "params") else ""
 
 
-def _chunks(op: Any) -> Iterator[Chunk]:
-    return iter(op.chunks) if op._source is None else iter_chunks(op._source)
-
-
-def _finish_sum(op: Any, total: Tensor, n_local: int, *extra: Tensor) -> tuple[Tensor, ...]:
-    """The sum over ranks (one all-reduce), times the loss's weight for all the cases."""
-    problem = op.problem
-    if problem.reducer is not None:
-        parts = problem.reducer.sum_parts(total, *extra, n_local)
-        total, extra, n = parts[0], tuple(parts[1:-1]), int(round(float(parts[-1])))
-    else:
-        n = n_local
-    s = problem.loss.scale_for(n)
-    return (total * s,) + tuple(e * s for e in extra)
-
-
 def _forward(op: Any, chunk: Chunk) -> tuple[Tensor, LinearTape | None]:
     tape = LinearTape.record(op.problem, op.params, chunk.inputs)
     if tape is not None:
@@ -200,8 +186,7 @@ def _forward(op: Any, chunk: Chunk) -> tuple[Tensor, LinearTape | None]:
 def _exact(op: Any, chunk_size: int | None, groups: Any) -> DiagonalEstimate:
     kind = _kind(op)
     if kind == "fisher":
-        batch = op.chunks if op._source is None else op._source
-        value = fisher_diagonal(op.problem, op.params, batch, chunk_size)
+        value = fisher_diagonal(op.problem, op.params, op.batch, chunk_size)
         passes = 1
     elif kind == "ggn":
         value, passes = _exact_ggn(op, chunk_size)
@@ -217,9 +202,12 @@ def _exact(op: Any, chunk_size: int | None, groups: Any) -> DiagonalEstimate:
 
 def _exact_ggn(op: Any, chunk_size: int | None) -> tuple[Tensor, int]:
     problem, params = op.problem, op.params
-    total = torch.zeros(op.dim, dtype=op.dtype, device=op.device)
-    n_local, passes = 0, 0
-    for chunk in _chunks(op):
+    passes = 0
+
+    def step(chunk: Chunk, scale: float, totals: list | None) -> list:
+        nonlocal passes
+        total = torch.zeros(op.dim, dtype=op.dtype, device=op.device) if totals is None \
+            else totals[0]
         out, tape = _forward(op, chunk)
         lam, V = output_hessian_eig(problem.loss.prepare(out, chunk.targets, 1.0), out)
         top = float(lam.abs().max()) if lam.numel() else 0.0
@@ -229,11 +217,11 @@ def _exact_ggn(op: Any, chunk_size: int | None) -> tuple[Tensor, int]:
             total += weighted_sq(problem, params, chunk.inputs, V[k], lam[:, k], tape,
                                  chunk_size)
             passes += 1
-        n_local += chunk.n
-    (value,) = _finish_sum(op, total, n_local)
-    if problem.weight_decay:
-        value = value + problem.weight_decay
-    return value, passes
+        return [total]
+
+    # unscaled per-case terms: the weight of all the cases (and ranks) after the pass
+    sums = problem.accumulator.fold(op.batch, step, (DIAGONAL,), deferred=True)
+    return sums.parts[0], passes
 
 
 # -- sampled labels: MC and Gauss-Newton-Bartlett ---------------------------------------------
@@ -260,6 +248,12 @@ def sampled_output_grads(loss: Any, out: Tensor, targets: Any,
         p = torch.sigmoid(out)
         t = torch.bernoulli(p.to(where), generator=generator).to(out.device)
         return (p - t) * w.sqrt()
+    if type(loss) is TokenCrossEntropy:  # y ~ softmax at the tokens that count
+        p = torch.softmax(out, -1)
+        flat = p.reshape(-1, p.shape[-1]).to(where)
+        y = torch.multinomial(flat, 1, generator=generator).to(out.device)
+        counts = loss.token_weights(targets).unsqueeze(-1).to(out.dtype)
+        return (p - F.one_hot(y.reshape(p.shape[:-1]), p.shape[-1]).to(out.dtype)) * counts
     if type(loss) is CrossEntropy:
         p = torch.softmax(out, -1)
         flat = p.reshape(-1, p.shape[-1]).to(where)
@@ -269,7 +263,7 @@ def sampled_output_grads(loss: Any, out: Tensor, targets: Any,
         return (p - onehot) * (w * s).sqrt()
     raise InputError("method: 'mc' and 'gnb' draw labels from the model's predictive "
                      "distribution, which needs a matching loss (MSE, BCEWithLogits, "
-                     "CrossEntropy); use 'exact' or 'hutchinson'")
+                     "CrossEntropy, TokenCrossEntropy); use 'exact' or 'hutchinson'")
 
 
 def _sampled(op: Any, method: str, samples: int, generator: torch.Generator | None,
@@ -278,9 +272,12 @@ def _sampled(op: Any, method: str, samples: int, generator: torch.Generator | No
         raise InputError(f"method: {method!r} estimates a GGN's diagonal, got "
                          f"{type(op).__name__}; use method='hutchinson' (any operator)")
     problem, params = op.problem, op.params
-    acc = torch.zeros(samples, op.dim, dtype=op.dtype, device=op.device)
-    n_local, passes = 0, 0
-    for chunk in _chunks(op):
+    passes = 0
+
+    def step(chunk: Chunk, scale: float, totals: list | None) -> list:
+        nonlocal passes
+        acc = torch.zeros(samples, op.dim, dtype=op.dtype, device=op.device) if totals is None \
+            else totals[0]
         if method == "mc":
             out, tape = _forward(op, chunk)
             ones = out.new_ones(chunk.n)
@@ -290,23 +287,18 @@ def _sampled(op: Any, method: str, samples: int, generator: torch.Generator | No
         else:
             acc += _gnb_chunk(op, chunk, samples, generator)
         passes += samples
-        n_local += chunk.n
+        return [acc]
+
+    acc_ = problem.accumulator
     if method == "gnb":  # the per-sample gradients are summed over every case, then squared
-        (acc,) = _finish_sum(op, acc, n_local)
-        acc = acc.square() / problem.loss.scale_for(_total_cases(op, n_local))
+        sums = acc_.fold(op.batch, step, (PLAIN,), deferred=True)
+        acc = acc_.decay(sums.parts[0].square() / sums.weight, DIAGONAL)
     else:
-        (acc,) = _finish_sum(op, acc, n_local)
-    if problem.weight_decay:
-        acc += problem.weight_decay
+        acc = acc_.fold(op.batch, step, (DIAGONAL,), deferred=True).parts[0]
     mom = _Moments(op.dim, _groups(groups, op.dim), op.device)
     mom.add(acc)
     value, err, group_samples = mom.finish(op.dtype)
     return DiagonalEstimate(value, err, method, samples, passes, 0, group_samples)
-
-
-def _total_cases(op: Any, n_local: int) -> int:
-    """Cases over all ranks (the operator counted them at set-up)."""
-    return int(op.n_cases) if op.problem.reducer is not None else n_local
 
 
 def _gnb_chunk(op: Any, chunk: Chunk, samples: int, generator: torch.Generator | None

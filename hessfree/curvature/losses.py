@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hessfree.batches import unsqueeze
+from hessfree.batches import count, unsqueeze
 from hessfree.errors import InputError, InputTypeError
 
 __all__ = [
@@ -89,6 +89,16 @@ class _Reduced:
         """Factor applied to the summed per-case losses of ``n_cases`` cases."""
         return 1.0 / n_cases if self.reduction == "mean" else 1.0
 
+    def count(self, targets: Any) -> int:
+        """How many terms the ``mean`` divides by in a batch with these targets: its cases.
+
+        The sums over cases (:mod:`hessfree.curvature.accumulate`) add these counts over the
+        chunks and ranks, and :meth:`scale_for` of the total weighs the batch (a loss that
+        averages over something else, such as the tokens that count in
+        :class:`~hessfree.curvature.sequence_loss.TokenCrossEntropy`, overrides it).
+        """
+        return count(targets)
+
 
 class MatchingLoss(_Reduced):
     """Base class of the closed-form matching losses.
@@ -127,10 +137,15 @@ class MatchingLoss(_Reduced):
             elem = elem * mask.unsqueeze(-1) if elem.dim() == outputs.dim() else elem * mask
         return elem.reshape(outputs.shape[0], -1).sum(1)
 
-    def prepare(self, outputs: Tensor, targets: Any, scale: float) -> LossState:
-        """Value, ``dL/dz`` and the closed-form ``H_L u`` at ``outputs`` (no graph kept)."""
+    def prepare(self, outputs: Tensor, targets: Any, scale: float, check: bool = True,
+                ) -> LossState:
+        """Value, ``dL/dz`` and the closed-form ``H_L u`` at ``outputs`` (no graph kept).
+
+        ``check=False`` skips :meth:`check` (the targets were checked by an earlier pass).
+        """
         values, mask = split_mask(targets)
-        self.check(outputs, values, mask)
+        if check:
+            self.check(outputs, values, mask)
         with torch.no_grad():
             return self._prepare(outputs.detach(), values, mask, scale)
 
@@ -175,10 +190,19 @@ def _check_mask(outputs: Tensor, mask: Tensor | None) -> None:
         raise InputError("targets mask: expected weights >= 0, got negative values")
 
 
+def _range(values: Tensor) -> tuple[float, float]:
+    """``(min, max)`` of ``values``, read with one host sync."""
+    lo, hi = torch.stack([values.min(), values.max()]).tolist()
+    return lo, hi
+
+
 def _check_unit_interval(values: Tensor, what: str) -> None:
-    if values.numel() and (float(values.min()) < 0 or float(values.max()) > 1):
+    if not values.numel():
+        return
+    lo, hi = _range(values)
+    if lo < 0 or hi > 1:
         raise InputError(f"targets: {what} expects values in [0, 1], got values in "
-                         f"[{float(values.min()):.4g}, {float(values.max()):.4g}]")
+                         f"[{lo:.4g}, {hi:.4g}]")
 
 
 def _check_distributions(values: Tensor, mask: Tensor | None) -> None:
@@ -284,7 +308,8 @@ class CrossEntropy(MatchingLoss):
                     f"(outputs.shape[:-1]), got {tuple(values.shape)}"
                 )
             n = outputs.shape[-1]
-            if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n):
+            lo, hi = _range(values) if values.numel() else (0, 0)
+            if lo < 0 or hi >= n:
                 raise InputError(f"targets: class indices must lie in [0, {n}), got values outside")
         elif values.shape == outputs.shape[:-1]:
             raise InputError(
@@ -369,8 +394,12 @@ class AutodiffLoss(_Reduced):
 
         return torch.func.vmap(one)(outputs, targets)
 
-    def prepare(self, outputs: Tensor, targets: Any, scale: float) -> LossState:
-        """Value, gradient and a cached double-backward ``H_L u`` at ``outputs``."""
+    def prepare(self, outputs: Tensor, targets: Any, scale: float, check: bool = True,
+                ) -> LossState:
+        """Value, gradient and a cached double-backward ``H_L u`` at ``outputs``.
+
+        ``check`` is accepted for symmetry with :meth:`MatchingLoss.prepare` (nothing to check).
+        """
         z = outputs.detach().requires_grad_(True)
         with torch.enable_grad():
             value = self.value(z, targets, scale)

@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree.batches import Chunk, as_chunks, is_source, iter_chunks
+from hessfree.batches import Chunk, Chunks
+from hessfree.curvature.accumulate import GRADIENT, VALUE, Sums
+from hessfree.curvature.attention import translating_kernel_errors
 from hessfree.curvature.blocks import ParamFilter, block_problem
 from hessfree.curvature.diagonal import fisher_diagonal
 from hessfree.curvature.problem import Problem
@@ -32,8 +34,8 @@ from hessfree.curvature.products import (
 from hessfree.curvature.sequential import applies
 from hessfree.curvature.solves import SolveResult, solve
 from hessfree.errors import InputError, InputTypeError
-from hessfree.linops import FlatOperator
-from hessfree.vectors import ParamLayout
+from hessfree.linops import Combination, FlatOperator
+from hessfree.vectors import ParamLayout, flat_vector
 
 __all__ = ["CurvatureOperator", "GGN", "Hessian", "EmpiricalFisher", "DampedOperator",
            "resolve_backend"]
@@ -88,6 +90,8 @@ class CurvatureOperator(FlatOperator):
 
     #: short name of the matrix, used in messages and saved files
     kind = "curvature"
+    #: μ of structural damping (a GGN's; 0 for every other matrix)
+    structural_damping: float = 0.0
 
     def __init__(self, problem: Problem, batch: Any, params: Any = None,
                  backend: str = "auto", cache: bool = True, check: bool = True,
@@ -102,23 +106,17 @@ class CurvatureOperator(FlatOperator):
                 problem.check_modes()
             problem, params = block_problem(problem, params, param_filter)
         self.problem = problem
+        if self.structural_damping > 0:
+            problem.require_hidden("structural_damping")
         self.params = params
         self.layout = ParamLayout.from_params(self.params)
         self.cache = _checks.boolean(cache, "cache")
-        # deferred: chunks are built with sum weights and the (global) weight is applied after
-        # the sum over chunks (and ranks); the batch's size is known only after one pass
-        self.deferred = problem.deferred(batch)
-        self._source = batch if is_source(batch) else None
-        if self._source is not None:
-            first = next(iter_chunks(batch))
-            self.chunks: list[Chunk] = []  # an iterable is read again, never held
-        else:
-            self.chunks = as_chunks(batch)
-            first = self.chunks[0]
-        self.n_cases = sum(c.n for c in self.chunks)
-        self.scale = 1.0 if self.deferred else problem.loss.scale_for(self.n_cases)
+        self.batch = Chunks.of(batch)
+        # held chunks are kept; an iterable is read again on every pass, never held
+        self.chunks: list[Chunk] = list(self.batch.held or ())
+        first = self.batch.first()
         self.backend = resolve_backend(backend, problem, self.params, self.chunks or [first],
-                                       getattr(self, "structural_damping", 0.0) > 0, self.kind)
+                                       self.structural_damping > 0, self.kind)
         self.products = 0
         if check:
             problem.check_modes()
@@ -129,40 +127,40 @@ class CurvatureOperator(FlatOperator):
         self._setup()
 
     # -- construction -------------------------------------------------------------------------
-    def _build(self, chunk: Chunk) -> ChunkProduct:
+    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
         raise NotImplementedError
 
-    def _chunks_of_a_pass(self) -> Any:
-        return self.chunks if self._source is None else iter_chunks(self._source)
+    @property
+    def streamed(self) -> bool:
+        """Whether the batch is an iterable read again on every pass (nothing held)."""
+        return self.batch.streamed
 
+    @translating_kernel_errors
     def _setup(self) -> None:
-        value = 0.0
-        grad: Tensor | None = None
+        """One pass: every chunk's product (cached), the objective and gradient on the batch."""
         local = 0
-        for chunk in self._chunks_of_a_pass():
-            cp = self._build(chunk)
-            value += float(cp.value)
-            grad = cp.grad.clone() if grad is None else grad.add_(cp.grad)
+
+        def build(chunk: Chunk, scale: float) -> tuple[Tensor, Tensor]:
+            nonlocal local
+            cp = self._build(chunk, scale)
             local += chunk.n
             if self.cache:
                 self._cached.append(cp)
-        assert grad is not None
+            return cp.value, cp.grad
+
+        # a chunk's gradient stays in its cached product: the sum starts from a copy
+        sums = self.problem.accumulator.sums(self.batch, build, (VALUE, GRADIENT), self._theta,
+                                             copy=True)
         self._local_cases = local
-        self.weight = 1.0
-        if self.deferred:
-            n = local
-            if self.problem.reducer is not None:
-                grad, total, count = self.problem.reducer.sum_parts(grad, value, local)
-                value, n = float(total), int(round(float(count)))
-            self.n_cases = n
-            self.weight = self.problem.loss.scale_for(n)
-            grad.mul_(self.weight)
-            value *= self.weight
-        wd = self.problem.weight_decay
-        if wd:
-            grad.add_(self._theta, alpha=wd)
-        self.value: float = value + self.problem.decay_value(self._theta)
-        self.grad: Tensor = grad
+        self.setup: Sums = sums
+        #: cases over every chunk and rank
+        self.n_cases = sums.cases
+        #: what the loss's mean divides by (cases; the tokens that count for a token loss)
+        self.count = sums.count
+        #: the factor each chunk's product was built with (the weight, or 1 when deferred)
+        self.scale = sums.scale
+        self.value: float = sums.parts[0]
+        self.grad: Tensor = sums.parts[1]
 
     def _chunk_products(self) -> Any:
         if self.cache:
@@ -172,47 +170,34 @@ class CurvatureOperator(FlatOperator):
     def _rebuilt(self) -> Any:
         """Chunk products of a new pass (uncached), checking it sees the same cases."""
         seen = 0
-        for c in self._chunks_of_a_pass():
+        for c in self.batch:
             seen += c.n
-            yield self._build(c)
+            yield self._build(c, self.scale)
         if seen != self._local_cases:
             raise InputError(f"batch: a pass over the batch gave {seen} cases, the operator was "
                              f"built on {self._local_cases}; an iterable batch must give the "
                              "same cases on every pass")
 
-    def _reduce(self, out: Tensor) -> Tensor:
-        """The sum over ranks (one all-reduce) and the deferred weight."""
-        if self.problem.reducer is not None:
-            self.problem.reducer.sum_(out)
-        if self.deferred:
-            out.mul_(self.weight)
-        return out
-
     def __repr__(self) -> str:
-        chunks = len(self.chunks) if self._source is None else "streamed"
+        chunks = "streamed" if self.streamed else len(self.chunks)
         return (f"{type(self).__name__}(dim={self.dim}, cases={self.n_cases}, "
                 f"chunks={chunks}, backend={self.backend!r})")
 
     # -- products ------------------------------------------------------------------------------
-    def _product(self, v: Tensor, structural: float = 0.0) -> Tensor:
+    @translating_kernel_errors
+    def _curvature(self, v: Tensor, structural: float = 0.0) -> Tensor:
         """The curvature (plus ``structural`` times the structural-damping term) times flat v."""
         parts = list(self.layout.split(v).values())
-        out: Tensor | None = None
-        for cp in self._chunk_products():
-            res = cp.mv(parts, structural)
-            out = res if out is None else out.add_(res)
-        assert out is not None
-        out = self._reduce(out)
-        wd = self.problem.weight_decay
-        if wd:
-            out.add_(v, alpha=wd)
-        return out
+        return self.problem.accumulator.product(
+            (cp.mv(parts, structural) for cp in self._chunk_products()), v,
+            self.setup.weight_after)
 
     def _apply(self, v: Tensor) -> Tensor:
-        return self._product(v)
+        return self._curvature(v)
 
-    def _product_block(self, V: Tensor, structural: float = 0.0) -> Tensor:
-        """:meth:`_product` of each column of ``V`` (``(dim, k)``), batched over the columns.
+    @translating_kernel_errors
+    def _curvature_block(self, V: Tensor, structural: float = 0.0) -> Tensor:
+        """:meth:`_curvature` of each column of ``V`` (``(dim, k)``), batched over the columns.
 
         Each chunk takes the ``k`` columns in one pass of its backend (one larger matrix
         product per layer instead of ``k``: :mod:`hessfree.curvature.sequential`; autograd's
@@ -222,27 +207,53 @@ class CurvatureOperator(FlatOperator):
         k = Vt.shape[0]
         parts = [p.reshape((k,) + s) for p, s in
                  zip(torch.split(Vt, self.layout.sizes, 1), self.layout.shapes)]
-        out: Tensor | None = None
-        for cp in self._chunk_products():
-            res = cp.mm(parts, structural)
-            out = res if out is None else out.add_(res)
-        assert out is not None
-        out = self._reduce(out.contiguous())
-        wd = self.problem.weight_decay
-        if wd:
-            out.add_(Vt, alpha=wd)
+        out = self.problem.accumulator.product(
+            (cp.mm(parts, structural) for cp in self._chunk_products()), Vt,
+            self.setup.weight_after)
         return out.T
 
     def _apply_block(self, V: Tensor) -> Tensor:
-        return self._product_block(V)
+        return self._curvature_block(V)
+
+    def with_structural(self, weight: float) -> FlatOperator:
+        """The curvature plus ``weight`` times the structural-damping term, in one pass.
+
+        Its products are counted by this operator. ``weight = 0``: the operator itself.
+        """
+        return _WithStructural(self, weight) if weight else self
 
     def damped(self, lam: float) -> DampedOperator:
-        """The operator ``self + λI`` (Tikhonov damping, [M10 §4.1])."""
+        """The operator ``self + λI`` (Tikhonov damping, [M10 §4.1]; structural damping too)."""
         return DampedOperator(self, lam)
 
     def solve(self, B: Any, damping: Any = 0.0, **kwargs: Any) -> SolveResult:
         """``(self + λI)⁻¹ B`` by CG: see :func:`hessfree.curvature.solve`."""
         return solve(self, B, damping, **kwargs)
+
+
+class _WithStructural(FlatOperator):
+    """``G + w·S`` of a GGN built with structural damping: one pass per product ([M&S11])."""
+
+    def __init__(self, base: CurvatureOperator, weight: float) -> None:
+        self.base, self.weight, self.layout = base, weight, base.layout
+
+    @property
+    def products(self) -> int:  # type: ignore[override]
+        """The base operator's counter: a product of this view is one of the base."""
+        return self.base.products
+
+    @products.setter
+    def products(self, value: int) -> None:
+        self.base.products = value
+
+    def __repr__(self) -> str:
+        return f"{self.base!r} + {self.weight:g}·S"
+
+    def _apply(self, v: Tensor) -> Tensor:
+        return self.base._curvature(v, self.weight)
+
+    def _apply_block(self, V: Tensor) -> Tensor:
+        return self.base._curvature_block(V, self.weight)
 
 
 class GGN(CurvatureOperator):
@@ -261,24 +272,16 @@ class GGN(CurvatureOperator):
         self.structural_damping = _checks.number(structural_damping, "structural_damping", 0.0)
         super().__init__(problem, batch, params, backend, cache, check, param_filter)
 
-    def _build(self, chunk: Chunk) -> ChunkProduct:
-        try:
-            return ggn_chunk(self.problem, self.params, chunk, self.scale, self.backend,
-                             structural=self.structural_damping > 0)
-        except TypeError as err:
-            if self.structural_damping > 0 and "return_hidden" in str(err):
-                raise InputError(
-                    "structural_damping: the model's forward does not accept return_hidden=True; "
-                    "structural damping needs a model that exposes its hidden pre-activations"
-                ) from err
-            raise
+    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+        return ggn_chunk(self.problem, self.params, chunk, scale, self.backend,
+                         structural=self.structural_damping > 0)
 
     def structural_mv(self, v: Tensor) -> Tensor:
-        """``J_aᵀ D J_a v`` alone (flat), the structural-damping matrix without μλ."""
+        """``J_aᵀ D J_a v`` alone (flat), the structural-damping matrix without μλ (2 products)."""
         if self.structural_damping <= 0:
             raise InputError("structural_damping: the operator was built without it (μ = 0)")
-        self.products += 2
-        return self._product(v, 1.0) - self._product(v, 0.0)
+        v = flat_vector(v, "v", self.dim, self.dtype, self.device)
+        return self.with_structural(1.0).apply(v) - self.apply(v)
 
 
 class Hessian(CurvatureOperator):
@@ -286,8 +289,8 @@ class Hessian(CurvatureOperator):
 
     kind = "hessian"
 
-    def _build(self, chunk: Chunk) -> ChunkProduct:
-        return hessian_chunk(self.problem, self.params, chunk, self.scale, self.backend)
+    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+        return hessian_chunk(self.problem, self.params, chunk, scale, self.backend)
 
 
 class EmpiricalFisher(CurvatureOperator):
@@ -299,17 +302,19 @@ class EmpiricalFisher(CurvatureOperator):
 
     kind = "fisher"
 
-    def _build(self, chunk: Chunk) -> ChunkProduct:
-        return fisher_chunk(self.problem, self.params, chunk, self.scale, self.backend)
+    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+        return fisher_chunk(self.problem, self.params, chunk, scale, self.backend)
 
     def diagonal(self, chunk_size: int | None = None, method: str = "auto") -> Tensor:
         """Exact diagonal (flat), from per-case gradients: see :func:`fisher_diagonal`."""
-        batch = self.chunks if self._source is None else self._source
-        return fisher_diagonal(self.problem, self.params, batch, chunk_size, method)
+        return fisher_diagonal(self.problem, self.params, self.batch, chunk_size, method)
 
 
-class DampedOperator(FlatOperator):
+class DampedOperator(Combination):
     """``A + λI`` (plus ``μλ S`` structural damping when ``A`` is a GGN built with ``μ > 0``).
+
+    The combination ``A.with_structural(μλ) + λ·I`` (:class:`~hessfree.linops.Combination`):
+    one product of ``A`` (counted by ``A``) and one ``axpy`` per product.
 
     Args:
         base: the undamped operator.
@@ -319,20 +324,12 @@ class DampedOperator(FlatOperator):
     def __init__(self, base: CurvatureOperator, lam: float) -> None:
         self.base = base
         self.lam = _checks.number(lam, "lam", 0.0)
-        self.structural = getattr(base, "structural_damping", 0.0) * self.lam
-        self.layout = base.layout
-        self.products = 0
+        self.structural = base.structural_damping * self.lam
+        super().__init__([(1.0, base.with_structural(self.structural)),
+                          (self.lam, base.identity())])
 
     def __repr__(self) -> str:
         return f"DampedOperator({self.base!r}, lam={self.lam:g})"
-
-    def _apply(self, v: Tensor) -> Tensor:
-        self.base.products += 1
-        return self.base._product(v, self.structural).add_(v, alpha=self.lam)
-
-    def _apply_block(self, V: Tensor) -> Tensor:
-        self.base.products += V.shape[1]
-        return self.base._product_block(V, self.structural).add_(V, alpha=self.lam)
 
     def solve(self, B: Any, damping: Any = 0.0, **kwargs: Any) -> SolveResult:
         """``(self + damping·I)⁻¹ B`` by CG: see :func:`hessfree.curvature.solve`."""

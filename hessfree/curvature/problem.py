@@ -1,29 +1,90 @@
 """``Problem``: a model, a matching loss on its outputs and L2 weight decay.
 
 The objective of every optimizer and operator in the package. Batches (``(inputs, targets)`` or
-a list of them, accumulated exactly) are described in :mod:`hessfree.batches`.
+a list of them, accumulated exactly) are described in :mod:`hessfree.batches`; every sum over
+their cases goes through the problem's :class:`~hessfree.curvature.accumulate.Accumulator`.
+:meth:`Problem.evaluate` returns an :class:`Evaluation` record: the objective, the gradient when
+asked, and the count (cases) the loss averaged over, on every chunk and rank.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from hessfree import _checks
-from hessfree.batches import Chunk, as_chunks, is_source, iter_chunks, leaves, take
+from hessfree.batches import Chunk, Chunks, leaves, take
+from hessfree.curvature.accumulate import GRADIENT, VALUE, Accumulator
+from hessfree.curvature.adapters import adapter_for
+from hessfree.curvature.attention import differentiable_attention, kernel_error
 from hessfree.curvature.losses import LossLike, as_loss, split_mask
 from hessfree.distributed import Reducer
 from hessfree.errors import InputError, InputTypeError
 from hessfree.vectors import ParamLayout
 
-__all__ = ["Problem"]
+__all__ = ["Evaluation", "HiddenStates", "Problem", "declares_hidden"]
 
 #: modules whose training-mode forward pass is random (Dropout) or couples the cases (BatchNorm)
 _TRAIN_MODE_MODULES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+class HiddenStates(Protocol):
+    """The model contract of structural damping ([M&S11]; ``hessfree.models.TanhRNN`` keeps it).
+
+    ``forward(inputs, return_hidden=True)`` (or ``f(params, inputs, return_hidden=True)`` for a
+    function) returns ``(outputs, hidden_preactivations)``; a model declares it by naming the
+    parameter ``return_hidden`` in its signature, a wrapper forwarding keywords by a
+    ``returns_hidden = True`` attribute (:func:`declares_hidden`). The optional class
+    attribute ``hidden_nonlinearity`` (``"tanh"``, ``"logistic"`` or ``"linear"``; default
+    ``"tanh"``) names the hidden units whose matching loss the damping term uses.
+    """
+
+    def forward(self, *inputs: Any, return_hidden: bool = False) -> Any:  # pragma: no cover
+        """Outputs, or ``(outputs, hidden pre-activations)`` with ``return_hidden``."""
+        ...
+
+
+def declares_hidden(model: Any) -> bool:
+    """Whether ``model`` declares :class:`HiddenStates`.
+
+    By a ``return_hidden`` parameter of its forward (or of the function), or — for a wrapper
+    that forwards its keywords — by a ``returns_hidden`` attribute saying so.
+    """
+    declared = getattr(model, "returns_hidden", None)
+    if isinstance(declared, bool):
+        return declared
+    fn = model.forward if isinstance(model, nn.Module) else model
+    try:
+        return "return_hidden" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The objective on a batch, what was computed in the same pass, and the count it used.
+
+    Attributes:
+        value: the objective (loss + weight decay).
+        count: what the loss counted (cases, by default; the tokens that count for a token
+            loss) over every chunk and rank: the ``N`` of its ``1/N``.
+        cases: the cases over every chunk and rank (the unit of gradient-equivalents).
+        grad: the flat gradient (None when it was not asked for).
+        diag: the exact diagonal of the empirical Fisher, weight decay included, when the pass
+            computed it (:func:`hessfree.curvature.sequential.value_grad_diagonal`), else None.
+    """
+
+    value: float
+    count: int
+    cases: int
+    grad: Tensor | None = None
+    diag: Tensor | None = None
 
 
 class Problem:
@@ -32,11 +93,19 @@ class Problem:
     The objective is ``f(θ) = loss(model(θ, x), t) + weight_decay/2 · ||θ||²`` ([HFDemo]
     adds the weight cost to the objective and its curvature, biases included).
 
+    Every forward pass runs attention with PyTorch's math kernel
+    (:mod:`hessfree.curvature.attention`), so models with ``scaled_dot_product_attention``,
+    ``nn.MultiheadAttention`` or ``nn.Transformer*`` layers get exact products.
+
     Args:
         model: an ``nn.Module`` (called as ``model(inputs)`` or ``model(*inputs)`` through
-            ``torch.func.functional_call``) or a pure function ``f(params, inputs)``.
-        loss: ``hessfree.losses.MSE``/``BCEWithLogits``/``CrossEntropy`` or any callable
-            ``loss(outputs, targets) -> scalar`` (autodiff fallback for ``H_L``).
+            ``torch.func.functional_call``), a Hugging Face ``PreTrainedModel`` (called with
+            the dict batch's inputs, its ``logits`` read from the output object:
+            :mod:`hessfree.integrations.huggingface`) or a pure function ``f(params, inputs)``.
+        loss: ``hessfree.losses.MSE``/``BCEWithLogits``/``CrossEntropy``,
+            :class:`~hessfree.curvature.sequence_loss.TokenCrossEntropy` or any callable
+            ``loss(outputs, targets) -> scalar`` (autodiff fallback for ``H_L``). None: the
+            model family's own loss (a Hugging Face model's head decides), else an error.
         weight_decay: L2 coefficient (non-negative).
         group: a ``torch.distributed`` process group (or ``"world"``): every sum over cases —
             objective, gradient, curvature products, the EF diagonal, case counts — then spans
@@ -44,7 +113,7 @@ class Problem:
             buffer per reduction (:mod:`hessfree.distributed`). None: one process.
     """
 
-    def __init__(self, model: nn.Module | Callable[..., Any], loss: Any,
+    def __init__(self, model: nn.Module | Callable[..., Any], loss: Any = None,
                  weight_decay: float = 0.0, group: Any = None) -> None:
         if not (isinstance(model, nn.Module) or callable(model)):
             raise InputTypeError(
@@ -52,12 +121,17 @@ class Problem:
                 f"{type(model).__name__}"
             )
         self.model = model
-        self.loss: LossLike = as_loss(loss)
+        self.adapter = adapter_for(model)
+        self.adapter.check(model)
+        self.loss: LossLike = as_loss(self.adapter.default_loss(model) if loss is None else loss)
         self.weight_decay = _checks.number(weight_decay, "weight_decay", 0.0)
         self.reducer: Reducer | None = None if group is None else \
             (group if isinstance(group, Reducer) else Reducer(group))
-        #: cases of the last :meth:`value` / :meth:`value_and_grad` (over all ranks)
-        self.last_cases = 0
+
+    @property
+    def accumulator(self) -> Accumulator:
+        """The one accumulator of this problem's sums over cases (loss, group, weight decay)."""
+        return Accumulator(self.loss, self.reducer, self.weight_decay)
 
     def with_weight_decay(self, weight_decay: float) -> Problem:
         """The same model, loss and group with another weight decay (a new ``Problem``).
@@ -77,14 +151,19 @@ class Problem:
 
         An iterable batch is read once to count it.
         """
-        n = sum(c.n for c in iter_chunks(batch))
-        if self.reducer is None:
-            return n
-        return int(self.reducer.sum_(torch.tensor([float(n)], dtype=torch.float64)).item())
+        return self.accumulator.count(Chunks.of(batch), lambda c: c.n)
 
     def __repr__(self) -> str:
         name = type(self.model).__name__ if isinstance(self.model, nn.Module) else "function"
         return f"Problem({name}, {self.loss!r}, weight_decay={self.weight_decay})"
+
+    def require_hidden(self, what: str) -> None:
+        """Raise naming ``what`` unless the model declares :class:`HiddenStates`."""
+        if not declares_hidden(self.model):
+            raise InputError(
+                f"{what}: the model's forward does not declare return_hidden (a parameter "
+                "return_hidden: bool = False making it return (outputs, hidden_preactivations)); "
+                "structural damping needs a model that exposes its hidden pre-activations")
 
     @property
     def is_module(self) -> bool:
@@ -161,22 +240,44 @@ class Problem:
         """
         kwargs = {"return_hidden": True} if return_hidden else {}
         try:
-            if self.is_module:
+            with differentiable_attention():
+                if not self.is_module:
+                    return self.model(params, inputs, **kwargs)
+                params = self._with_constants(params)
+                kwargs.update(self.adapter.call_kwargs(self.model))
                 if isinstance(inputs, Mapping):  # dict batches: model(**inputs)
-                    return functional_call(self.model, dict(params), (), {**inputs, **kwargs})
-                args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-                return functional_call(self.model, dict(params), args, kwargs)
-            return self.model(params, inputs, **kwargs)
+                    res = functional_call(self.model, dict(params), (), {**inputs, **kwargs})
+                else:
+                    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+                    res = functional_call(self.model, dict(params), args, kwargs)
+            return res if return_hidden else self.adapter.outputs(self.model, res)
         except RuntimeError as err:
+            mapped = kernel_error(err)
+            if mapped is not None:
+                raise mapped from None
             shapes = [tuple(t.shape) for t in leaves(inputs)]
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise InputError(f"batch: the model failed on inputs of shape {shapes}: {first}") \
                 from err
 
+    def _with_constants(self, params: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """``params`` completed with the module's other parameters, detached (constants).
+
+        An operator on some of the parameters treats the rest as constants: no graph is built
+        for them, and ``torch.func`` transforms do not capture live leaves that require grad
+        (``linearize`` then fails on an in-place update of such a leaf).
+        """
+        own = dict(self.model.named_parameters())
+        if len(params) >= len(own):
+            return params
+        return {**{n: p.detach() for n, p in own.items() if n not in params}, **params}
+
     def check_modes(self) -> None:
         """Reject modules whose forward pass differs between calls or couples the cases."""
         if not self.is_module:
             return
+        self.adapter.check(self.model)
+        self.adapter.check_modes(self.model)
         bad = [
             f"{name or 'model'} ({type(m).__name__})"
             for name, m in self.model.named_modules()
@@ -242,77 +343,57 @@ class Problem:
             raise InputError(f"{where}: targets have {values.shape[0]} cases, inputs {chunk.n}")
         return outputs
 
-    def decay_value(self, flat_params: Tensor) -> float:
-        """``weight_decay/2 · ||θ||²``."""
-        if not self.weight_decay:
-            return 0.0
-        return 0.5 * self.weight_decay * float(flat_params.square().sum())
+    @staticmethod
+    def flat(params: Mapping[str, Tensor]) -> Tensor:
+        """The parameters as one flat vector (detached copy)."""
+        return torch.cat([p.detach().reshape(-1) for p in params.values()])
 
-    def deferred(self, batch: Any) -> bool:
-        """Whether sums over ``batch`` are weighted after the pass.
+    def evaluate(self, params: Mapping[str, Tensor], batch: Any, grad: bool = False,
+                 check: bool = True) -> Evaluation:
+        """The objective on ``batch`` (and its flat gradient with ``grad``), with its count.
 
-        So they are under data parallelism, and for an iterable batch, whose number of cases is
-        known only once it is read.
+        One pass over the chunks (one forward, and one backward with ``grad``, per chunk), one
+        all-reduce with a process group. ``check=False`` skips the loss's checks of the targets:
+        for chunks an earlier pass already checked (an HF step's line search).
         """
-        return self.reducer is not None or is_source(batch)
+        chunks = Chunks.of(batch)
+        theta = self.flat(params) if self.weight_decay else None
+        if not grad:
+            def value_of(c: Chunk, scale: float) -> tuple[Tensor]:
+                out = self.check_outputs(self.forward(params, c.inputs), c)
+                return (self.loss.value(out, c.targets, scale, check),)
+
+            with torch.no_grad():
+                s = self.accumulator.sums(chunks, value_of, (VALUE,), theta)
+            return Evaluation(s.parts[0], s.count, s.cases)
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        plist = list(leaves.values())
+
+        def value_grad_of(c: Chunk, scale: float) -> tuple[Tensor, Tensor]:
+            with torch.enable_grad():
+                out = self.check_outputs(self.forward(leaves, c.inputs), c)
+                state = self.loss.prepare(out, c.targets, scale, check)
+                gs = torch.autograd.grad(out, plist, state.grad, materialize_grads=True,
+                                         allow_unused=True)
+            return state.value, torch.cat([g.reshape(-1) for g in gs])
+
+        s = self.accumulator.sums(chunks, value_grad_of, (VALUE, GRADIENT), theta)
+        return Evaluation(s.parts[0], s.count, s.cases, s.parts[1])
+
+    def count(self, chunks: Any) -> int:
+        """What the loss's ``mean`` divides by in ``chunks`` on this process (``loss.count``).
+
+        The number of cases for the classic losses; the tokens that count for
+        :class:`~hessfree.curvature.sequence_loss.TokenCrossEntropy`.
+        """
+        return sum(self.loss.count(c.targets) for c in chunks)
 
     def value(self, params: Mapping[str, Tensor], batch: Any) -> float:
         """The objective on ``batch`` (loss + weight decay), without gradients."""
-        value, total_n = 0.0, 0
-        deferred = self.deferred(batch)
-        chunks = iter_chunks(batch) if deferred else as_chunks(batch)
-        # deferred: sum weights during the pass, the (global) weight after it
-        scale = 1.0 if deferred else self.loss.scale_for(sum(c.n for c in chunks))
-        with torch.no_grad():
-            for c in chunks:
-                out = self.check_outputs(self.forward(params, c.inputs), c)
-                value += float(self.loss.value(out, c.targets, scale))
-                total_n += c.n
-            if self.reducer is not None:
-                like = next(iter(params.values()))
-                total, n = self.reducer.sum_parts(value, total_n,
-                                                  like=like.new_zeros(0, dtype=torch.float64))
-                value, total_n = float(total), int(round(float(n)))
-            if deferred:
-                value *= self.loss.scale_for(total_n)
-            self.last_cases = total_n
-            if not self.weight_decay:
-                return value
-            flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
-            return value + self.decay_value(flat)
+        return self.evaluate(params, batch).value
 
     def value_and_grad(self, params: Mapping[str, Tensor], batch: Any) -> tuple[float, Tensor]:
         """Objective and flat gradient on ``batch`` (chunks accumulated), one backward each."""
-        deferred = self.deferred(batch)
-        chunks = iter_chunks(batch) if deferred else as_chunks(batch)
-        scale = 1.0 if deferred else self.loss.scale_for(sum(c.n for c in chunks))
-        local_n = 0
-        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-        plist = list(leaves.values())
-        grad: Tensor | None = None
-        value = 0.0
-        for c in chunks:
-            with torch.enable_grad():
-                out = self.check_outputs(self.forward(leaves, c.inputs), c)
-                state = self.loss.prepare(out, c.targets, scale)
-                gs = torch.autograd.grad(out, plist, state.grad, materialize_grads=True,
-                                         allow_unused=True)
-            flat_g = torch.cat([g.reshape(-1) for g in gs])
-            grad = flat_g if grad is None else grad.add_(flat_g)
-            value += float(state.value)
-            local_n += c.n
-        assert grad is not None
-        if self.reducer is not None:
-            grad, total, n = self.reducer.sum_parts(grad, value, local_n)
-            value, local_n = float(total), int(round(float(n)))
-        if deferred:
-            s = self.loss.scale_for(local_n)
-            grad.mul_(s)
-            value *= s
-        self.last_cases = local_n
-        if not self.weight_decay:
-            return value, grad
-        flat = torch.cat([p.detach().reshape(-1) for p in plist])
-        grad.add_(flat, alpha=self.weight_decay)
-        return value + self.decay_value(flat), grad
-
+        e = self.evaluate(params, batch, grad=True)
+        assert e.grad is not None
+        return e.value, e.grad

@@ -38,20 +38,22 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from hessfree.batches import Chunk
+from hessfree.curvature.attention import undifferentiable_backward
 from hessfree.curvature.losses import MSE, BCEWithLogits, CrossEntropy, LossState
 from hessfree.curvature.problem import Problem
-from hessfree.curvature.sequential import SequentialJ, sequential_layers
+from hessfree.curvature.sequential import SequentialJ, matrix_inputs, sequential_layers
 from hessfree.errors import InputError
 
 __all__ = [
     "BACKENDS",
     "ChunkProduct",
+    "Linearization",
     "ggn_chunk",
     "fisher_chunk",
     "hessian_chunk",
@@ -82,6 +84,39 @@ class ChunkProduct:
     mv: Callable[[Tensors, float], Tensor]
     state: LossState
     mm: Callable[[Tensors, float], Tensor]
+
+
+class Linearization(Protocol):
+    """The backend contract: ``J`` of one chunk, as each ``J v`` backend provides it.
+
+    Attributes:
+        out: the chunk's outputs; ``hid``: its hidden pre-activations (structural damping) or
+            None; ``state``: the loss state at ``out``; ``grad``: the chunk's flat gradient.
+        batched: whether ``jvp_block``/``vjp_block`` take ``k`` columns at least as fast as ``k``
+            single products (False: block products loop over the columns).
+    """
+
+    out: Tensor
+    hid: Tensor | None
+    state: LossState
+    grad: Tensor
+    batched: bool
+
+    def jvp(self, v: Tensors, hidden: bool = False) -> Tensors:  # pragma: no cover
+        """``[J_out v]`` (and ``J_hidden v`` when ``hidden``)."""
+        ...
+
+    def vjp(self, us: Tensors) -> Tensor:  # pragma: no cover
+        """``Jᵀ u`` (flat)."""
+        ...
+
+    def jvp_block(self, v: Tensors, hidden: bool = False) -> Tensors:  # pragma: no cover
+        """:meth:`jvp` for ``k`` columns stacked in front."""
+        ...
+
+    def vjp_block(self, us: Tensors) -> Tensor:  # pragma: no cover
+        """:meth:`vjp` for ``k`` columns: ``(k, dim)``."""
+        ...
 
 
 def _leaves(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -189,6 +224,9 @@ class _DoubleBackwardJ:
                 self.w.append(torch.zeros_like(self.hid).requires_grad_(True))
                 outs.append(self.hid)
             g = _grad(outs, self.plist, self.w, create_graph=True)
+        cut = undifferentiable_backward(g, list(leaves), linear=True)
+        if cut is not None:
+            raise cut
         self.grad = _flat([t.detach() for t in g])
         self._live = [i for i, t in enumerate(g) if t.requires_grad]
         self._g = [g[i] for i in self._live]
@@ -223,8 +261,61 @@ class _DoubleBackwardJ:
                                  is_grads_batched=True), us[0].shape[0])
 
 
+def _mutates_constants(jvp_fn: Callable[..., Any]) -> bool:
+    """Whether ``linearize``'s replayed graph updates one of its folded constants in place.
+
+    ``torch.func.linearize`` precomputes the tangent-free part of the graph once; where the
+    rest of the graph then applies an in-place operation to such a constant (torch 2.13 does,
+    for the forward-over-reverse graph of a transformer: ``add_`` on a folded tensor), every
+    product changes the constant and the next product is wrong (measured: a second call with
+    the same tangent differed by 34 %). True also when the graph cannot be inspected.
+    """
+    cells = dict(zip(jvp_fn.__code__.co_freevars, jvp_fn.__closure__ or ()))
+    cell = cells.get("const_folded_jvp_graph")
+    graph = getattr(getattr(cell, "cell_contents", None), "graph", None)
+    if graph is None:
+        return True
+    live: set[Any] = set()  # nodes that depend on the tangents
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(a in live for a in node.all_input_nodes):
+            live.add(node)
+        schema = getattr(node.target, "_schema", None)
+        if node.op == "call_function" and schema is not None and schema.is_mutable:
+            first = node.args[0] if node.args else None
+            if isinstance(first, torch.fx.Node) and first not in live:
+                return True
+    return False
+
+
+def _linearized(f: Callable[[Any], Any], prim: dict[str, Tensor]) -> tuple[Any, Any, bool]:
+    """``(f(prim), t -> J_f t, vmappable)``: ``linearize``, or one ``torch.func.jvp`` per product.
+
+    ``linearize`` traces ``f`` once (``make_fx``) and replays the tangent graph; ``vmap`` takes
+    ``k`` tangents through the replay at once. Two cases get ``torch.func.jvp`` per product
+    instead (a forward pass with tangents: slower, the same numbers), one tangent at a time:
+    a model with Python control flow on values computed in its forward pass (Hugging Face's
+    mask code asks whether the padding mask is all ones), which cannot be traced, and a traced
+    graph that updates its own constants in place (:func:`_mutates_constants`).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # fx const-folding noise in linearize
+            out, fn = torch.func.linearize(f, prim)
+        if not _mutates_constants(fn):
+            return out, fn, True
+    except (RuntimeError, InputError) as err:
+        if "tracing tensor" not in str(err) and "data-dependent" not in str(err):
+            raise
+    with torch.no_grad():
+        out = f(prim)
+    return out, lambda t: torch.func.jvp(f, (prim,), (t,))[1], False
+
+
 class _ForwardJ:
     """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``."""
+
+    #: ``torch.func.vmap`` over the columns
+    batched = True
 
     def __init__(self, problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
                  scale: float, hidden: bool) -> None:
@@ -236,9 +327,7 @@ class _ForwardJ:
                                       hidden)
             return (out, hid) if hidden else (out,)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # fx const-folding noise in linearize
-            outs, self._jvp = torch.func.linearize(f, prim)
+        outs, self._jvp, self.batched = _linearized(f, prim)
         _, self._vjp = torch.func.vjp(f, prim)
         self.out = outs[0]
         self.hid = outs[1] if hidden else None
@@ -274,14 +363,14 @@ class _ForwardJ:
 
 
 def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
-               backend: str, hidden: bool) -> Any:
+               backend: str, hidden: bool) -> Linearization:
     if backend == "sequential":
         layers = sequential_layers(problem, params)
-        if layers is None or hidden or not isinstance(chunk.inputs, Tensor):
+        if layers is None or hidden or not matrix_inputs(chunk):
             raise InputError(
                 "backend: 'sequential' needs an nn.Sequential of Linear and elementwise units "
-                "(Sigmoid, Tanh, ReLU, Identity), all parameters trained, tensor inputs and no "
-                "structural damping; use 'double-backward' or 'auto'"
+                "(Sigmoid, Tanh, ReLU, Identity), all parameters trained, 2-D tensor inputs "
+                "(cases × features) and no structural damping; use 'double-backward' or 'auto'"
             )
         return SequentialJ(problem, params, layers, chunk, scale)
     if backend == "double-backward":
@@ -305,7 +394,7 @@ def ggn_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scal
         return lin.vjp([lin.state.hvp(jv_out)])
 
     def mm(v: Tensors, weight: float = 0.0) -> Tensor:
-        if not getattr(lin, "batched", True):
+        if not lin.batched:
             return _loop(mv, v, weight)
         if weight and d_hid is not None:
             jv_out, jv_hid = lin.jvp_block(v, hidden=True)
@@ -330,7 +419,7 @@ def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, s
         return lin.vjp([g * coef.view((n,) + (1,) * (g.dim() - 1))])
 
     def mm(v: Tensors, weight: float = 0.0) -> Tensor:
-        if not getattr(lin, "batched", True):
+        if not lin.batched:
             return _loop(mv, v, weight)
         (jv,) = lin.jvp_block(v)  # (k, N, ...)
         k = jv.shape[0]
@@ -344,58 +433,75 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
                   backend: str = "double-backward") -> ChunkProduct:
     """Hessian of the chunk's scaled loss: reverse-over-reverse or forward-over-reverse."""
     if backend == "double-backward":
-        leaves = _leaves(params)
-        plist = list(leaves.values())
-        with torch.enable_grad():
-            out = problem.check_outputs(problem.forward(leaves, chunk.inputs), chunk)
-            value = problem.loss.value(out, chunk.targets, scale)
-            g = _grad(value, plist, None, create_graph=True)
-        live = [i for i, t in enumerate(g) if t.requires_grad]
-
-        def mv(v: Tensors, weight: float = 0.0) -> Tensor:
-            if not live:
-                return _flat([torch.zeros_like(p) for p in plist])
-            return _flat(_grad([g[i] for i in live], plist, [v[i] for i in live],
-                               retain_graph=True))
-
-        batched = batched_backward(plist[0].device)
-
-        def mm(v: Tensors, weight: float = 0.0) -> Tensor:
-            k = v[0].shape[0]
-            if not batched:
-                return _loop(mv, v, weight)
-            if not live:
-                return plist[0].new_zeros(k, sum(p.numel() for p in plist))
-            return _flat_block(_grad([g[i] for i in live], plist, [v[i] for i in live],
-                                     retain_graph=True, is_grads_batched=True), k)
-
+        value, g, mv, mm = _hessian_reverse(problem, params, chunk, scale)
     elif backend == "forward":
-        prim = {n: p.detach() for n, p in params.items()}
-        names = list(prim)
-
-        def loss_of(p: dict[str, Tensor], check: bool = False) -> Tensor:
-            out = problem.check_outputs(problem.forward(p, chunk.inputs), chunk)
-            return problem.loss.value(out, chunk.targets, scale, check)
-
-        with torch.no_grad():
-            value = loss_of(prim, check=True)
-        gfun = torch.func.grad(loss_of)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            gdict, hvp = torch.func.linearize(gfun, prim)
-        g = [gdict[n] for n in names]
-
-        def mv(v: Tensors, weight: float = 0.0) -> Tensor:
-            res = hvp(dict(zip(names, v)))
-            return _flat([res[n] for n in names])
-
-        def mm(v: Tensors, weight: float = 0.0) -> Tensor:
-            res = torch.func.vmap(lambda *vs: hvp(dict(zip(names, vs))))(*v)
-            return _flat_block([res[n] for n in names], v[0].shape[0])
-
+        value, g, mv, mm = _hessian_forward(problem, params, chunk, scale)
     else:
         raise InputError(
             f"backend: the Hessian supports 'double-backward' and 'forward', got {backend!r}"
         )
     state = LossState(value.detach(), torch.empty(0), scale, lambda u: u)
     return ChunkProduct(value.detach(), _flat([t.detach() for t in g]), mv, state, mm)
+
+
+def _hessian_reverse(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float
+                     ) -> tuple[Tensor, Tensors, Any, Any]:
+    """Value, gradient and ``H v`` (``H V``) by differentiating the gradient's graph."""
+    leaves = _leaves(params)
+    plist = list(leaves.values())
+    with torch.enable_grad():
+        out = problem.check_outputs(problem.forward(leaves, chunk.inputs), chunk)
+        value = problem.loss.value(out, chunk.targets, scale)
+        g = _grad(value, plist, None, create_graph=True)
+    cut = undifferentiable_backward(g, list(leaves), linear=False)
+    if cut is not None:
+        raise cut
+    live = [i for i, t in enumerate(g) if t.requires_grad]
+
+    def mv(v: Tensors, weight: float = 0.0) -> Tensor:
+        if not live:
+            return _flat([torch.zeros_like(p) for p in plist])
+        return _flat(_grad([g[i] for i in live], plist, [v[i] for i in live],
+                           retain_graph=True))
+
+    batched = batched_backward(plist[0].device)
+
+    def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+        k = v[0].shape[0]
+        if not batched:
+            return _loop(mv, v, weight)
+        if not live:
+            return plist[0].new_zeros(k, sum(p.numel() for p in plist))
+        return _flat_block(_grad([g[i] for i in live], plist, [v[i] for i in live],
+                                 retain_graph=True, is_grads_batched=True), k)
+
+    return value, g, mv, mm
+
+
+def _hessian_forward(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float
+                     ) -> tuple[Tensor, Tensors, Any, Any]:
+    """Value, gradient and ``H v`` (``H V``) by linearizing the gradient (forward mode)."""
+    prim = {n: p.detach() for n, p in params.items()}
+    names = list(prim)
+
+    def loss_of(p: dict[str, Tensor], check: bool = False) -> Tensor:
+        out = problem.check_outputs(problem.forward(p, chunk.inputs), chunk)
+        return problem.loss.value(out, chunk.targets, scale, check)
+
+    with torch.no_grad():
+        value = loss_of(prim, check=True)
+    gfun = torch.func.grad(loss_of)
+    gdict, hvp, batched = _linearized(gfun, prim)
+    g = [gdict[n] for n in names]
+
+    def mv(v: Tensors, weight: float = 0.0) -> Tensor:
+        res = hvp(dict(zip(names, v)))
+        return _flat([res[n] for n in names])
+
+    def mm(v: Tensors, weight: float = 0.0) -> Tensor:
+        if not batched:
+            return _loop(mv, v, weight)
+        res = torch.func.vmap(lambda *vs: hvp(dict(zip(names, vs))))(*v)
+        return _flat_block([res[n] for n in names], v[0].shape[0])
+
+    return value, g, mv, mm

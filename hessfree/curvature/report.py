@@ -103,7 +103,7 @@ class CurvatureReport:
 
 
 def _outputs_per_case(op: Any) -> int:
-    chunk = op.chunks[0] if op._source is None else None
+    chunk = None if op.streamed else op.chunks[0]
     if chunk is None:
         return EXACT_MAX_OUTPUTS + 1
     with torch.no_grad():

@@ -16,18 +16,19 @@ parameter gradients are written straight into the flat result.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hessfree.batches import Chunk, as_chunks, iter_chunks
+from hessfree.batches import Chunk, Chunks
+from hessfree.curvature.accumulate import GRADIENT, SQUARES, VALUE
 from hessfree.curvature.losses import LossState
-from hessfree.curvature.problem import Problem
+from hessfree.curvature.problem import Evaluation, Problem
 
-__all__ = ["SequentialJ", "applies", "sequential_layers", "value_grad_diagonal"]
+__all__ = ["SequentialJ", "applies", "matrix_inputs", "sequential_layers",
+           "value_grad_diagonal"]
 
 #: elementwise units: module type -> name
 _UNIT_NAMES = {nn.Sigmoid: "logistic", nn.Tanh: "tanh", nn.ReLU: "relu", nn.Identity: "linear"}
@@ -84,10 +85,15 @@ def sequential_layers(problem: Problem, params: Mapping[str, Tensor]) -> list[La
     return layers
 
 
+def matrix_inputs(chunk: Chunk) -> bool:
+    """Whether the chunk's inputs are one 2-D tensor (cases × features), as the passes need."""
+    return isinstance(chunk.inputs, Tensor) and chunk.inputs.dim() == 2
+
+
 def applies(problem: Problem, params: Mapping[str, Tensor], chunks: list[Chunk]) -> bool:
     """Whether the analytic backend can serve ``problem`` on these chunks."""
     return (sequential_layers(problem, params) is not None
-            and all(isinstance(c.inputs, Tensor) for c in chunks))
+            and all(matrix_inputs(c) for c in chunks))
 
 
 def _derivative(unit: str, y: Tensor, z: Tensor) -> Tensor | None:
@@ -109,6 +115,8 @@ class SequentialJ:
     """
 
     hid = None
+    #: stacked R-operator passes (one larger matrix product per layer)
+    batched = True
 
     def __init__(self, problem: Problem, params: Mapping[str, Tensor], layers: list[Layer],
                  chunk: Chunk, scale: float, grad: bool = True) -> None:
@@ -236,54 +244,41 @@ class SequentialJ:
 
 
 def value_grad_diagonal(problem: Problem, params: Mapping[str, Tensor], batch: Any,
-                        ) -> tuple[float, Tensor, Tensor] | None:
+                        ) -> Evaluation | None:
     """Objective, flat gradient and exact diagonal empirical Fisher in one pass, or None.
 
-    One forward and one backward pass per chunk, plus one ``(δ²)ᵀ(x²)`` matmul per layer:
-    HFDemo computes ``grad2`` alongside the gradient the same way ([HFDemo: preconditioner]).
-    Weight decay
-    is included in all three. None when the analytic backend does not apply.
+    One forward and one backward pass per chunk, plus one ``(δ²)ᵀ(x²)`` matmul per layer added
+    into one buffer: HFDemo computes ``grad2`` alongside the gradient the same way
+    ([HFDemo: preconditioner]). Weight decay is included in all three (the problem's
+    accumulator, one all-reduce with a process group). None when the analytic backend does not
+    apply.
     """
     layers = sequential_layers(problem, params)
     if layers is None:
         return None
-    deferred = problem.deferred(batch)
-    if deferred:  # weights after the pass (data parallelism, iterable batches)
-        chunks = iter_chunks(batch)
-        first = next(chunks)
-        chunks = itertools.chain([first], chunks)
-        if not isinstance(first.inputs, Tensor):
-            return None
-        scale = 1.0
-    else:
-        chunks = as_chunks(batch)
-        if not all(isinstance(c.inputs, Tensor) for c in chunks):
-            return None
-        scale = problem.loss.scale_for(sum(c.n for c in chunks))
-    value, grad, squares, n = 0.0, None, None, 0
-    for chunk in chunks:
+    chunks = Chunks.of(batch)
+    if chunks.held is not None and not all(matrix_inputs(c) for c in chunks):
+        return None
+
+    def step(chunk: Chunk, scale: float, totals: list | None) -> list:
+        # δ carry the scale s, so the squares carry s² (the SQUARES term divides once)
+        if not matrix_inputs(chunk):  # a streamed batch of other inputs
+            raise _NotMatrices
         lin = SequentialJ(problem, params, layers, chunk, scale, grad=False)
-        if squares is None:
+        if totals is None:
             squares = torch.zeros(lin.dim, dtype=lin.dtype, device=lin.device)
-        g = lin.vjp([lin.state.grad], squares)
-        grad = g if grad is None else grad.add_(g)
-        value += float(lin.state.value)
-        n += chunk.n
-    assert grad is not None and squares is not None
-    if deferred:
-        if problem.reducer is not None:
-            grad, squares, total, count = problem.reducer.sum_parts(grad, squares, value, n)
-            value, n = float(total), int(round(float(count)))
-        s = problem.loss.scale_for(n)
-        grad.mul_(s)
-        value *= s
-        diag = squares.mul_(s)  # unscaled δ: s Σ_i δ_i² x_i²
-    else:
-        diag = squares.div_(scale)  # δ carry the factor s: s Σ_i (δ_i/s)² x_i² = Σ δ² x² / s
-    problem.last_cases = n
-    if problem.weight_decay:
-        theta = torch.cat([p.detach().reshape(-1) for p in params.values()])
-        grad.add_(theta, alpha=problem.weight_decay)
-        diag.add_(problem.weight_decay)
-        value += problem.decay_value(theta)
-    return value, grad, diag
+            return [lin.state.value, lin.vjp([lin.state.grad], squares), squares]
+        totals[0].add_(lin.state.value)
+        totals[1].add_(lin.vjp([lin.state.grad], totals[2]))
+        return totals
+
+    theta = problem.flat(params) if problem.weight_decay else None
+    try:
+        s = problem.accumulator.fold(chunks, step, (VALUE, GRADIENT, SQUARES), theta)
+    except _NotMatrices:
+        return None
+    return Evaluation(s.parts[0], s.count, s.cases, s.parts[1], s.parts[2])
+
+
+class _NotMatrices(Exception):
+    """A streamed chunk whose inputs are not one 2-D tensor: the analytic pass does not apply."""

@@ -47,6 +47,7 @@ from hessfree.cg.stopping import (
 )
 from hessfree.curvature.spectral import eigsh
 from hessfree.errors import InputError, InputTypeError
+from hessfree.linops import FlatOperator, as_operator
 
 __all__ = ["METHODS", "LowRankInverse", "SolveResult", "lowrank_inverse", "solve"]
 
@@ -99,37 +100,16 @@ class SolveResult:
         return bool((self.residuals <= self.tolerance).all())
 
 
-class _Op:
-    """``V -> A V`` on ``(n, c)`` blocks, with ``n``, dtype and device.
+def _operator(op: Any) -> FlatOperator:
+    """``op`` as an operator of the base (:func:`hessfree.linops.as_operator`).
 
-    For curvature operators, damped operators, quadratics, dense matrices and anything with
-    ``matmat`` and a square ``shape``.
+    Curvature operators, damped ones, quadratics, a square floating-point matrix, or anything
+    with ``matmat``/``matvec``/``@`` and a square ``shape``.
     """
-
-    def __init__(self, op: Any) -> None:
-        self.op = op
-        self.layout = getattr(op, "layout", None)
-        if isinstance(op, Tensor):
-            if op.dim() != 2 or op.shape[0] != op.shape[1] or not op.is_floating_point():
-                raise InputError(f"op: expected a square floating-point matrix, got shape "
-                                 f"{tuple(op.shape)} and dtype {op.dtype}")
-            self.n, self.dtype, self.device = op.shape[0], op.dtype, op.device
-            self._mm: Callable[[Tensor], Tensor] = op.detach().__matmul__
-            return
-        mm = getattr(op, "matmat", None)
-        if not callable(mm):
-            raise InputTypeError(f"op: expected a curvature operator (anything with matmat), a "
-                                 f"damped operator, a Quadratic or a square tensor, got "
-                                 f"{type(op).__name__}")
-        shape = getattr(op, "shape", None)
-        if not (isinstance(shape, tuple) and len(shape) == 2 and shape[0] == shape[1]):
-            raise InputTypeError(f"op: expected a square operator with a shape (n, n), got "
-                                 f"{shape!r}")
-        self.n, self.dtype, self.device = shape[0], op.dtype, op.device
-        self._mm = mm
-
-    def mm(self, V: Tensor) -> Tensor:
-        return self._mm(V.contiguous())
+    A = as_operator(op, name="op")
+    if not A.dtype.is_floating_point:
+        raise InputError(f"op: expected a floating-point operator, got dtype {A.dtype}")
+    return A
 
 
 def _dampings(damping: Any) -> tuple[tuple[float, ...], bool]:
@@ -144,21 +124,22 @@ def _dampings(damping: Any) -> tuple[tuple[float, ...], bool]:
                            "damping"),), True
 
 
-def _as_block(A: _Op, B: Any, name: str = "B") -> tuple[Tensor, bool, Callable[[Tensor], Any]]:
+def _as_block(A: FlatOperator, B: Any, name: str = "B"
+              ) -> tuple[Tensor, bool, Callable[[Tensor], Any]]:
     """``B`` as ``(n, k)``, whether it was one vector, and the way back to ``B``'s form.
 
     The third item turns an ``(n, k)`` solution into the form ``B`` was given in.
     """
     if not isinstance(B, Tensor):
         if A.layout is None or not isinstance(B, (list, tuple, dict)):
-            raise InputTypeError(f"{name}: expected a Tensor of shape ({A.n},) or ({A.n}, k)"
+            raise InputTypeError(f"{name}: expected a Tensor of shape ({A.dim},) or ({A.dim}, k)"
                                  + (" or a list/dict shaped like the parameters"
                                     if A.layout is not None else "")
                                  + f", got {type(B).__name__}")
         flat, fmt = A.layout.to_flat(B, name)
         return flat.reshape(-1, 1), True, lambda X: A.layout.like(X[:, 0], fmt)
-    if B.dim() not in (1, 2) or B.shape[0] != A.n:
-        raise InputError(f"{name}: expected shape ({A.n},) or ({A.n}, k), got {tuple(B.shape)}")
+    if B.dim() not in (1, 2) or B.shape[0] != A.dim:
+        raise InputError(f"{name}: expected shape ({A.dim},) or ({A.dim}, k), got {tuple(B.shape)}")
     if B.dtype != A.dtype or B.device != A.device:
         raise InputError(f"{name}: expected dtype {A.dtype} on {A.device}, got {B.dtype} on "
                          f"{B.device}")
@@ -189,6 +170,8 @@ def solve(op: Any, B: Any, damping: float | Sequence[float] = 0.0, *, x0: Any = 
           refine: int = 2) -> SolveResult:
     """Solve ``(A + λI) x = b`` for every column ``b`` of ``B`` and every damping ``λ``.
 
+    (Over 60 lines for the documentation of its many options; the work is in ``_Run``.)
+
     Args:
         op: the symmetric operator ``A``: a curvature operator (``GGN``, ``Hessian``,
             ``EmpiricalFisher``, a damped one, a ``Quadratic``) or a square tensor.
@@ -217,14 +200,14 @@ def solve(op: Any, B: Any, damping: float | Sequence[float] = 0.0, *, x0: Any = 
         InputError: bad arguments; CG met ``pᵀ(A + λI)p <= 0`` (the system is not positive
             definite: raise the damping or use ``method="minres"``).
     """
-    A = _Op(op)
+    A = _operator(op)
     lams, single = _dampings(damping)
     Bk, vector, back = _as_block(A, B)
     method = _checks.choice(method, "method", METHODS)
     if shifted not in ("auto", True, False):
         raise InputError(f"shifted: expected 'auto', True or False, got {shifted!r}")
     stop, rtol, atol = _stop_rule(stop, rtol, atol, A.dtype)
-    max_iters = min(2 * A.n + 10, 5000) if max_iters is None else \
+    max_iters = min(2 * A.dim + 10, 5000) if max_iters is None else \
         _checks.integer(max_iters, "max_iters", 0)
     _checks.boolean(certify, "certify")
     refine = _checks.integer(refine, "refine", 0)
@@ -261,7 +244,7 @@ def _use_shifted(shifted: bool | str, m: int, X0: Tensor | None, M: Any, method:
     return possible if shifted == "auto" else bool(shifted)
 
 
-def _start(A: _Op, x0: Any, Bk: Tensor, lams: tuple[float, ...], single: bool
+def _start(A: FlatOperator, x0: Any, Bk: Tensor, lams: tuple[float, ...], single: bool
            ) -> Tensor | None:
     """Hot starts as ``(n, m·k)`` (damping-major columns), or None."""
     if x0 is None:
@@ -269,12 +252,12 @@ def _start(A: _Op, x0: Any, Bk: Tensor, lams: tuple[float, ...], single: bool
     m, k = len(lams), Bk.shape[1]
     if not isinstance(x0, Tensor):
         return _as_block(A, x0, "x0")[0].repeat(1, m)
-    if not single and x0.dim() >= 2 and x0.shape[0] == m and x0.shape[1] == A.n:
+    if not single and x0.dim() >= 2 and x0.shape[0] == m and x0.shape[1] == A.dim:
         parts = [_as_block(A, x0[i], "x0")[0] for i in range(m)]
         X = torch.cat(parts, 1)
     else:
         X = _as_block(A, x0, "x0")[0].repeat(1, m)
-    if X.shape != (A.n, m * k):
+    if X.shape != (A.dim, m * k):
         raise InputError(f"x0: expected the shape of B (or ({m},) + B.shape for {m} dampings), "
                          f"got {tuple(x0.shape)}")
     return X
@@ -283,7 +266,7 @@ def _start(A: _Op, x0: Any, Bk: Tensor, lams: tuple[float, ...], single: bool
 class _Run:
     """The columns of one solve: ``(n, m·k)``, damping-major (column ``i·k + j``)."""
 
-    def __init__(self, A: _Op, Bk: Tensor, lams: tuple[float, ...], M: Any, stop: StopSpec,
+    def __init__(self, A: FlatOperator, Bk: Tensor, lams: tuple[float, ...], M: Any, stop: StopSpec,
                  max_iters: int, method: str, tols: tuple[float, float]) -> None:
         self.A, self.lams, self.M, self.stop = A, lams, M, stop
         self.rtol, self.atol = tols
@@ -292,12 +275,16 @@ class _Run:
         self.B = Bk.repeat(1, len(lams))
         self.shifts = [lam for lam in lams for _ in range(self.k)]
         self.b_norms = torch.linalg.vector_norm(self.B, dim=0).double().cpu()
-        self.products = 0
+        self._start = A.products  # every product of the solve is counted by the operator
         self.iters = torch.zeros(self.B.shape[1], dtype=torch.int64)
         self.reasons = [""] * self.B.shape[1]
 
+    @property
+    def products(self) -> int:
+        """Products with the operator so far (the certificate's included)."""
+        return self.A.products - self._start
+
     def _take(self, res: BlockResult, cols: list[int]) -> None:
-        self.products += res.products
         for pos, q in enumerate(cols):
             self.iters[q] += res.iters[pos]
             self.reasons[q] = res.reasons[pos]
@@ -313,11 +300,11 @@ class _Run:
         idx = torch.tensor(cols, device=self.B.device)
         sh = [self.shifts[q] for q in cols]
         if self.method == "minres":
-            res = solve_minres(self.A.mm, self.B[:, idx], sh, X0, self.rtol, self.atol,
+            res = solve_minres(self.A, self.B[:, idx], sh, X0, self.rtol, self.atol,
                                self.max_iters)
         else:
             M = self.M[:, idx] if isinstance(self.M, Tensor) and self.M.dim() == 2 else self.M
-            res = solve_batched(self.A.mm, self.B[:, idx], sh, X0, M, self.stop,
+            res = solve_batched(self.A, self.B[:, idx], sh, X0, M, self.stop,
                                 self.max_iters)
         self._take(res, cols)
         return res.x
@@ -326,7 +313,7 @@ class _Run:
         every = list(range(self.B.shape[1]))
         if not shifted:
             return self._batched(every, X0)
-        res = solve_shifted(self.A.mm, self.B[:, :self.k], self.lams, self.stop, self.max_iters)
+        res = solve_shifted(self.A, self.B[:, :self.k], self.lams, self.stop, self.max_iters)
         m = len(self.lams)
         order = [j * m + i for i in range(m) for j in range(self.k)]  # (j, i) -> i·k + j
         reordered = BlockResult(res.x.permute(0, 2, 1).reshape(self.B.shape[0], -1),
@@ -346,8 +333,7 @@ class _Run:
     def residuals(self, X: Tensor) -> Tensor:
         """``‖b − (A + λ)x‖`` of every column: one block product (the certificate)."""
         sh = torch.tensor(self.shifts, dtype=X.dtype, device=X.device)
-        R = self.B - self.A.mm(X) - sh * X
-        self.products += X.shape[1]
+        R = self.B - self.A.apply_block(X.contiguous()) - sh * X
         return torch.linalg.vector_norm(R, dim=0).double().cpu()
 
     def result(self, X: Tensor, res: Tensor, tol: Tensor | None, back: Callable[[Tensor], Any],
@@ -422,6 +408,7 @@ def lowrank_inverse(op: Any, k: int, **eigsh_kwargs: Any) -> LowRankInverse:
     Returns:
         A :class:`LowRankInverse`.
     """
-    before = getattr(op, "products", 0)
-    values, vectors = eigsh(op, k, "LA", **eigsh_kwargs)
-    return LowRankInverse(values, vectors, getattr(op, "products", 0) - before)
+    A = _operator(op)
+    before = A.products
+    values, vectors = eigsh(A, k, "LA", **eigsh_kwargs)
+    return LowRankInverse(values, vectors, A.products - before)

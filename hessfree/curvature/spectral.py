@@ -6,13 +6,15 @@
 * :func:`trace` — Hutchinson's estimator of ``tr(A)`` with its standard error;
 * :func:`density` — the spectral density by stochastic Lanczos quadrature (SLQ).
 
-They work on anything that multiplies flat vectors: the curvature operators (``GGN``,
-``Hessian``, ``EmpiricalFisher``), ``G.damped(λ)``, a :class:`hessfree.Quadratic`, a dense
-symmetric tensor, or any object with ``matvec``/``matmat`` (or ``@``) and ``dim`` or ``shape``
-(plus ``dtype``/``device``, else those of ``v0`` or torch's defaults). Everything runs in the
-operator's dtype and on its device; only the small projected matrices (``ncv × ncv``) go to the
-CPU in float64. Products are counted by the operator (``op.products``; a block of ``k``
-columns counts ``k``).
+They work on the package's operator base (:class:`hessfree.linops.FlatOperator`: the curvature
+operators ``GGN``, ``Hessian``, ``EmpiricalFisher``, ``G.damped(λ)``, a
+:class:`hessfree.Quadratic`, combinations) and on what :func:`hessfree.linops.as_operator` turns
+into one: a dense symmetric tensor, or any object with ``matvec``/``matmat`` (or ``@``) and
+``dim`` or ``shape`` (plus ``dtype``/``device``, else those of ``v0`` or torch's defaults). Bad
+arguments raise :class:`~hessfree.errors.InputError` / ``InputTypeError`` naming them.
+Everything runs in the operator's dtype and on its device; only the small projected matrices
+(``ncv × ncv``) go to the CPU in float64. Products are counted by the operator
+(``op.products``; a block of ``k`` columns counts ``k``).
 
 This is the research use of [Yao20] (PyHessian): top eigenvalues, trace and density of the
 curvature of a trained network, here on hessfree's exact products and their block path.
@@ -28,6 +30,8 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
+from hessfree.errors import InputError, InputTypeError
+from hessfree.linops import FlatOperator, as_operator
 
 __all__ = ["WHICH", "SpectralDensity", "TraceEstimate", "density", "eigsh", "trace"]
 
@@ -37,82 +41,24 @@ DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
 # -- operators ------------------------------------------------------------------------------
-class _Operator:
-    """What the algorithms need from ``op``: ``n``, dtype, device and ``A @ V`` on ``(n, b)``."""
+def _operator(op: Any, like: Tensor | None) -> FlatOperator:
+    """``op`` as a floating-point :class:`~hessfree.linops.FlatOperator` (dense: symmetric).
 
-    def __init__(self, op: Any, like: Tensor | None) -> None:
-        self.op = op
-        if isinstance(op, Tensor):
-            self.n = self._check_dense(op)
-            self.dtype, self.device = op.dtype, op.device
-            self._mm = op.detach().__matmul__
-            self._mv = self._mm
-            return
-        self.n = self._size(op)
-        dtype = getattr(op, "dtype", None)
-        device = getattr(op, "device", None)
-        if not isinstance(dtype, torch.dtype):
-            if dtype is not None:
-                raise TypeError(f"op: expected an operator on torch tensors (a torch.dtype), "
-                                f"got dtype {dtype!r}")
-            dtype = like.dtype if like is not None else torch.get_default_dtype()
-        if device is None:
-            device = like.device if like is not None else torch.device("cpu")
-        if not dtype.is_floating_point:
-            raise ValueError(f"op: expected a floating-point dtype, got {dtype}")
-        self.dtype, self.device = dtype, torch.device(device)
-        if callable(getattr(op, "matmat", None)):
-            self._mm = op.matmat
-        elif callable(getattr(op, "matvec", None)):
-            self._mm = self._columns(op.matvec)
-        elif callable(getattr(op, "__matmul__", None)):
-            self._mm = op.__matmul__
-        else:
-            raise TypeError(f"op: expected a tensor or an operator with matvec, matmat or @, got "
-                            f"{type(op).__name__}")
-        self._mv = op.matvec if callable(getattr(op, "matvec", None)) else None
+    What does not declare a dtype or device takes ``like``'s, else torch's defaults.
+    """
+    dtype = like.dtype if like is not None else torch.get_default_dtype()
+    device = like.device if like is not None else torch.device("cpu")
+    A = as_operator(op, None, dtype, device, name="op", symmetric=True)
+    if not A.dtype.is_floating_point:
+        raise InputError(f"op: expected a floating-point dtype, got {A.dtype}")
+    return A
 
-    @staticmethod
-    def _columns(matvec: Any) -> Any:
-        def mm(V: Tensor) -> Tensor:
-            return torch.stack([matvec(V[:, j].contiguous()) for j in range(V.shape[1])], 1)
 
-        return mm
-
-    @staticmethod
-    def _check_dense(A: Tensor) -> int:
-        if A.dim() != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
-            raise ValueError(f"op: expected a square matrix, got shape {tuple(A.shape)}")
-        if not A.is_floating_point():
-            raise ValueError(f"op: expected a floating-point matrix, got {A.dtype}")
-        scale = float(A.abs().max()) if A.numel() else 0.0
-        asym = float((A - A.T).abs().max())
-        if asym > 100 * torch.finfo(A.dtype).eps * max(scale, 1e-300):
-            raise ValueError(f"op: expected a symmetric matrix, got max |A - Aᵀ| = {asym:.3g}")
-        return A.shape[0]
-
-    @staticmethod
-    def _size(op: Any) -> int:
-        shape = getattr(op, "shape", None)
-        if shape is not None:
-            shape = tuple(shape)
-            if len(shape) != 2 or shape[0] != shape[1]:
-                raise ValueError(f"op: expected a square operator, got shape {shape}")
-            n = shape[0]
-        else:
-            n = getattr(op, "dim", None)
-            if callable(n):
-                n = None  # a tensor-like dim() method, not a size
-        if not isinstance(n, int) or n < 1:
-            raise TypeError(f"op: expected a square operator with a shape (n, n) or a dim, got "
-                            f"{type(op).__name__}")
-        return n
-
-    def mm(self, V: Tensor) -> Tensor:
-        """``A V`` for ``V`` of shape ``(n, b)`` (one ``matvec`` when ``b = 1``)."""
-        if V.shape[1] == 1 and self._mv is not None:
-            return self._mv(V[:, 0].contiguous()).reshape(-1, 1)
-        return self._mm(V)
+def _mm(A: FlatOperator, V: Tensor) -> Tensor:
+    """``A V`` for ``V`` of shape ``(n, b)`` (one single product when ``b = 1``)."""
+    if V.shape[1] == 1:
+        return A.apply(V[:, 0].contiguous()).reshape(-1, 1)
+    return A.apply_block(V)
 
 
 def _random(shape: tuple[int, ...], distribution: str, generator: torch.Generator | None,
@@ -128,7 +74,7 @@ def _random(shape: tuple[int, ...], distribution: str, generator: torch.Generato
 
 def _check_generator(generator: Any) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got "
+        raise InputTypeError(f"generator: expected a torch.Generator or None, got "
                         f"{type(generator).__name__}")
     return generator
 
@@ -154,9 +100,9 @@ class _Krylov:
     read contiguous memory; ``H`` is float64 on the CPU.
     """
 
-    def __init__(self, A: _Operator, m: int, b: int, generator: torch.Generator | None) -> None:
+    def __init__(self, A: FlatOperator, m: int, b: int, generator: torch.Generator | None) -> None:
         self.A, self.m, self.b, self.gen = A, m, b, generator
-        self.Qt = torch.zeros(m + b, A.n, dtype=A.dtype, device=A.device)
+        self.Qt = torch.zeros(m + b, A.dim, dtype=A.dtype, device=A.device)
         self.H = torch.zeros(m + b, m, dtype=torch.float64)
         self.eps = torch.finfo(A.dtype).eps
         self.anorm = 0.0  # running estimate of ||A|| (largest ||A q|| seen)
@@ -199,7 +145,7 @@ class _Krylov:
             C[lo:] += c.double().cpu()
             Wt = self._project_out(Wt, nq, C)
         R = torch.zeros(b, b, dtype=torch.float64)
-        tiny = 10 * math.sqrt(self.A.n) * self.eps
+        tiny = 10 * math.sqrt(self.A.dim) * self.eps
         for i in range(b):
             w = Wt[i]
             new = self.Qt[nq:nq + i]
@@ -220,7 +166,7 @@ class _Krylov:
     def _fresh(self, nq: int) -> Tensor:
         """A random unit vector orthogonal to ``Qt[:nq]``, or zero when none is left."""
         A = self.A
-        z = _random((1, A.n), "gaussian", self.gen, A.dtype, A.device)
+        z = _random((1, A.dim), "gaussian", self.gen, A.dtype, A.device)
         z0 = float(torch.linalg.vector_norm(z))
         Q = self.Qt[:nq]
         for _ in range(2):
@@ -237,9 +183,9 @@ class _Krylov:
     def expand(self, j: int) -> None:
         """Column block ``j:j+b``: one ``A @ Q[:, j:j+b]`` and its orthogonalisation."""
         b = self.b
-        W = self.A.mm(self.Qt[j:j + b].T)
-        if W.shape != (self.A.n, b):
-            raise ValueError(f"op: A @ V gave shape {tuple(W.shape)}, expected {(self.A.n, b)}")
+        W = _mm(self.A, self.Qt[j:j + b].T)
+        if W.shape != (self.A.dim, b):
+            raise InputError(f"op: A @ V gave shape {tuple(W.shape)}, expected {(self.A.dim, b)}")
         Wt = W.T
         self.anorm = max(self.anorm, float(torch.linalg.vector_norm(Wt, dim=1).max()))
         C, R = self._orthonormalize(Wt, j + b)
@@ -278,6 +224,8 @@ def eigsh(op: Any, k: int = 6, which: str = "LA", *, tol: float | None = None,
           generator: torch.Generator | None = None, block: int | None = None,
           return_eigenvectors: bool = True) -> Tensor | tuple[Tensor, Tensor]:
     """``k`` eigenpairs of a symmetric operator by Lanczos (scipy's ``eigsh`` in torch).
+
+    (Over 60 lines for this documentation of scipy's arguments; the steps are in ``_Krylov``.)
 
     Lanczos with full reorthogonalisation (classical Gram-Schmidt, twice; [GVL13 §10.1,
     §10.3]), restarted by Krylov-Schur, the thick restart of the symmetric case [Ste01; WS00]:
@@ -327,44 +275,21 @@ def eigsh(op: Any, k: int = 6, which: str = "LA", *, tol: float | None = None,
     """
     generator = _check_generator(generator)
     if v0 is not None and not isinstance(v0, Tensor):
-        raise TypeError(f"v0: expected a tensor, got {type(v0).__name__}")
-    A = _Operator(op, v0)
-    n = A.n
+        raise InputTypeError(f"v0: expected a tensor, got {type(v0).__name__}")
+    A = _operator(op, v0)
+    n = A.dim
     which = _checks.choice(which, "which", WHICH)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
-        raise ValueError(f"k: expected an integer with 1 <= k < n = {n} (for the whole spectrum "
+        raise InputError(f"k: expected an integer with 1 <= k < n = {n} (for the whole spectrum "
                          f"use torch.linalg.eigvalsh on a dense matrix), got {k!r}")
     b = 1 if block is None else _checks.integer(block, "block", 1, n - k)
-    if ncv is None:
-        m = min(n, -(-max(20, 2 * k + 1, k + 2 * b, 6 * b) // b) * b)
-    else:
-        m = _checks.integer(ncv, "ncv", k + b, n)
-    m -= m % b
-    if m < k + b:
-        raise ValueError(f"ncv: need a multiple of block = {b} with k + block <= ncv <= n = {n}, "
-                         f"got {ncv!r}")
+    m = _basis_size(ncv, n, k, b)
     eps = torch.finfo(A.dtype).eps
     tol = math.sqrt(eps) if tol is None else max(_checks.number(tol, "tol", 0.0), eps)
     maxiter = 1000 if maxiter is None else _checks.integer(maxiter, "maxiter", 0)
     _checks.boolean(return_eigenvectors, "return_eigenvectors")
-
-    if v0 is None:
-        V0 = _random((n, b), "gaussian", generator, A.dtype, A.device)
-    else:
-        if v0.shape not in ((n,), (n, b)):
-            raise ValueError(f"v0: expected shape ({n},) or ({n}, {b}), got {tuple(v0.shape)}")
-        if v0.dtype != A.dtype or v0.device != A.device:
-            raise ValueError(f"v0: expected dtype {A.dtype} on {A.device}, got {v0.dtype} on "
-                             f"{v0.device}")
-        if not bool(torch.isfinite(v0).all()) or not bool(v0.abs().sum(0).gt(0).all()):
-            raise ValueError("v0: expected finite, nonzero start vectors")
-        V0 = v0.detach().reshape(n, -1).clone()
-        if V0.shape[1] < b:
-            extra = _random((n, b - V0.shape[1]), "gaussian", generator, A.dtype, A.device)
-            V0 = torch.cat([V0, extra], 1)
-
     K = _Krylov(A, m, b, generator)
-    K.start(V0)
+    K.start(_start_block(v0, A, b, generator))
     # keep about half of the room for the wanted pairs and their neighbours
     steps = max(1, min((m - (k + (m - k) // 2) + b - 1) // b, (m - k) // b))
     p = m - steps * b
@@ -387,6 +312,39 @@ def eigsh(op: Any, k: int = 6, which: str = "LA", *, tol: float | None = None,
                                f"{maxiter} restarts; raise maxiter, ncv or tol")
         restarts += 1
         j = K.restart(S, _select(theta, which, p), theta)
+
+
+def _basis_size(ncv: int | None, n: int, k: int, b: int) -> int:
+    """The Krylov basis size: a multiple of ``b`` in ``[k + b, n]`` (see :func:`eigsh`)."""
+    if ncv is None:
+        m = min(n, -(-max(20, 2 * k + 1, k + 2 * b, 6 * b) // b) * b)
+    else:
+        m = _checks.integer(ncv, "ncv", k + b, n)
+    m -= m % b
+    if m < k + b:
+        raise InputError(f"ncv: need a multiple of block = {b} with k + block <= ncv <= n = {n}, "
+                         f"got {ncv!r}")
+    return m
+
+
+def _start_block(v0: Tensor | None, A: FlatOperator, b: int,
+                 generator: torch.Generator | None) -> Tensor:
+    """``b`` start vectors: ``v0`` (checked), completed by Gaussian ones from ``generator``."""
+    n = A.dim
+    if v0 is None:
+        return _random((n, b), "gaussian", generator, A.dtype, A.device)
+    if v0.shape not in ((n,), (n, b)):
+        raise InputError(f"v0: expected shape ({n},) or ({n}, {b}), got {tuple(v0.shape)}")
+    if v0.dtype != A.dtype or v0.device != A.device:
+        raise InputError(f"v0: expected dtype {A.dtype} on {A.device}, got {v0.dtype} on "
+                         f"{v0.device}")
+    if not bool(torch.isfinite(v0).all()) or not bool(v0.abs().sum(0).gt(0).all()):
+        raise InputError("v0: expected finite, nonzero start vectors")
+    V0 = v0.detach().reshape(n, -1).clone()
+    if V0.shape[1] < b:
+        extra = _random((n, b - V0.shape[1]), "gaussian", generator, A.dtype, A.device)
+        V0 = torch.cat([V0, extra], 1)
+    return V0
 
 
 def _result(K: _Krylov, theta: Tensor, S: Tensor, want: Tensor, j: int,
@@ -440,7 +398,7 @@ def trace(op: Any, samples: int = 100, *, generator: torch.Generator | None = No
         A :class:`TraceEstimate`.
     """
     generator = _check_generator(generator)
-    A = _Operator(op, None)
+    A = _operator(op, None)
     samples = _checks.integer(samples, "samples", 2)
     distribution = _checks.choice(distribution, "distribution", DISTRIBUTIONS)
     block = min(samples, 8) if block is None else _checks.integer(block, "block", 1)
@@ -448,8 +406,8 @@ def trace(op: Any, samples: int = 100, *, generator: torch.Generator | None = No
     done = 0
     while done < samples:
         cols = min(block, samples - done)
-        Z = _random((A.n, cols), distribution, generator, A.dtype, A.device)
-        AZ = A.mm(Z)
+        Z = _random((A.dim, cols), distribution, generator, A.dtype, A.device)
+        AZ = _mm(A, Z)
         values.append((Z.double() * AZ.double()).sum(0).cpu())
         done += cols
     vals = torch.cat(values)
@@ -489,14 +447,14 @@ class SpectralDensity:
         return float((self.weights * inside).sum() / self.nodes.shape[0])
 
 
-def _lanczos_probes(A: _Operator, Z: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+def _lanczos_probes(A: FlatOperator, Z: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor]:
     """Lanczos with full reorthogonalisation from each column of ``Z`` (all in one block).
 
     Returns ``alpha`` and ``beta`` (``P × steps``, float64 CPU; ``beta[:, i]`` couples vectors
     ``i`` and ``i + 1``) and the number of steps of each probe before an exact breakdown.
     """
     P = Z.shape[1]
-    Q = torch.zeros(P, steps, A.n, dtype=A.dtype, device=A.device)
+    Q = torch.zeros(P, steps, A.dim, dtype=A.dtype, device=A.device)
     alpha = torch.zeros(P, steps, dtype=torch.float64)
     beta = torch.zeros(P, steps, dtype=torch.float64)
     done = torch.full((P,), steps, dtype=torch.int64)
@@ -505,7 +463,7 @@ def _lanczos_probes(A: _Operator, Z: Tensor, steps: int) -> tuple[Tensor, Tensor
     anorm = torch.zeros(P, dtype=torch.float64)
     for i in range(steps):
         Q[:, i] = v
-        w = A.mm(v.T).T  # (P, n)
+        w = _mm(A, v.T).T  # (P, n)
         anorm = torch.maximum(anorm, torch.linalg.vector_norm(w, dim=1).double().cpu())
         a = (w * v).sum(1)
         alpha[:, i] = a.double().cpu()
@@ -517,7 +475,7 @@ def _lanczos_probes(A: _Operator, Z: Tensor, steps: int) -> tuple[Tensor, Tensor
         if i + 1 == steps:
             break
         live = done == steps
-        broke = live & (r <= 10 * math.sqrt(A.n) * eps * anorm)
+        broke = live & (r <= 10 * math.sqrt(A.dim) * eps * anorm)
         done[broke] = i + 1
         keep = (done == steps).to(A.dtype).to(A.device)
         beta[:, i] = torch.where(done == steps, r, torch.zeros_like(r))
@@ -530,6 +488,8 @@ def density(op: Any, num_probes: int = 8, num_steps: int = 64, *,
             generator: torch.Generator | None = None, distribution: str = "rademacher",
             block: int | None = None) -> SpectralDensity:
     """Spectral density of a symmetric operator by stochastic Lanczos quadrature [UCS17; Yao20].
+
+    (Over 60 lines for this documentation; the Lanczos runs are in ``_lanczos_probes``.)
 
     For each probe ``v`` (random, unit norm), ``num_steps`` Lanczos steps give a tridiagonal
     ``T`` with eigenvalues ``θ_i`` and eigenvectors ``u_i``; ``Σ_i τ_i f(θ_i)``, ``τ_i = u_i[0]²``,
@@ -554,14 +514,14 @@ def density(op: Any, num_probes: int = 8, num_steps: int = 64, *,
         A :class:`SpectralDensity` (grid, density, the raw nodes and weights).
     """
     generator = _check_generator(generator)
-    A = _Operator(op, None)
+    A = _operator(op, None)
     num_probes = _checks.integer(num_probes, "num_probes", 1)
-    num_steps = _checks.integer(num_steps, "num_steps", 1, A.n)
+    num_steps = _checks.integer(num_steps, "num_steps", 1, A.dim)
     distribution = _checks.choice(distribution, "distribution", DISTRIBUTIONS)
     block = num_probes if block is None else _checks.integer(block, "block", 1)
     if isinstance(grid, Tensor):
         if grid.dim() != 1 or grid.numel() < 2 or not grid.is_floating_point():
-            raise ValueError(f"grid: expected a 1-D floating-point tensor of >= 2 points, got "
+            raise InputError(f"grid: expected a 1-D floating-point tensor of >= 2 points, got "
                              f"shape {tuple(grid.shape)} and dtype {grid.dtype}")
     else:
         _checks.integer(grid, "grid", 2)
@@ -573,7 +533,7 @@ def density(op: Any, num_probes: int = 8, num_steps: int = 64, *,
     steps = torch.zeros(num_probes, dtype=torch.int64)
     for start in range(0, num_probes, block):
         cols = min(block, num_probes - start)
-        Z = _random((A.n, cols), distribution, generator, A.dtype, A.device)
+        Z = _random((A.dim, cols), distribution, generator, A.dtype, A.device)
         alpha, beta, done = _lanczos_probes(A, Z, num_steps)
         for i in range(cols):
             s = int(done[i])

@@ -27,13 +27,18 @@ __all__ = ["Backtracked", "cg_backtrack"]
 
 @dataclass(frozen=True)
 class Backtracked:
-    """The chosen iterate: its CG index, position in the list, the step and its objective."""
+    """The chosen iterate: its CG index, position in the list, the step and its objective.
+
+    ``values`` holds ``(CG iteration, objective)`` of every iterate evaluated, in the order of
+    evaluation (so a caller reads, e.g., the objective at the last iterate from it).
+    """
 
     iteration: int
     position: int
     step: Tensor
     value: float
     evaluations: int
+    values: tuple[tuple[int, float], ...] = ()
 
 
 def cg_backtrack(objective: Callable[[Tensor], float],
@@ -47,14 +52,14 @@ def cg_backtrack(objective: Callable[[Tensor], float],
         raise InputError(f"rule: expected 'walk-back' or 'best', got {rule!r}")
     j = len(iterates) - 1
     best = objective(iterates[j][1])
-    evaluations = 1
+    seen = [(iterates[j][0], best)]
     while j > 0:
         value = objective(iterates[j - 1][1])
-        evaluations += 1
+        seen.append((iterates[j - 1][0], value))
         if not (math.isfinite(value) and (value <= best or not math.isfinite(best))):
             break
         j, best = j - 1, value
-    return Backtracked(iterates[j][0], j, iterates[j][1], best, evaluations)
+    return Backtracked(iterates[j][0], j, iterates[j][1], best, len(seen), tuple(seen))
 
 
 def _best(objective: Callable[[Tensor], float],
@@ -64,4 +69,5 @@ def _best(objective: Callable[[Tensor], float],
     for i, v in enumerate(values):
         if math.isfinite(v) and (v < values[j] or not math.isfinite(values[j])):
             j = i
-    return Backtracked(iterates[j][0], j, iterates[j][1], values[j], len(values))
+    return Backtracked(iterates[j][0], j, iterates[j][1], values[j], len(values),
+                       tuple((i, v) for (i, _), v in zip(iterates, values)))

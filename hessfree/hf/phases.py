@@ -19,21 +19,29 @@ Each :class:`Phase` says
   the global update counter —, line search, backtracking, rejection);
 * the weight decay of its objective (``None``: the problem's).
 
-Who draws the batches is the caller's business (``hessfree.runs`` does it from the specs); the
-optimizer records the phase index in every ``StepStats``.
+The batches are drawn by the optimizer itself from a :class:`BatchSource` it was given
+(``hessfree.runs`` gives its ``BatchDrawer``), one per role of :data:`ROLES` that the phase
+names, or given to ``HessianFree.step`` directly; the optimizer records the phase index in every
+``StepStats``. The phase of the next step is a pure read (:meth:`PhaseSchedule.advance` moves
+the counters after each step).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hessfree import _checks
 from hessfree.errors import InputError, InputTypeError
 from hessfree.hf.config import HFConfig
 
-__all__ = ["BATCH_KINDS", "BatchSpec", "Phase", "PhaseSchedule"]
+__all__ = ["BATCH_KINDS", "ROLES", "BatchSource", "BatchSpec", "Phase", "PhaseSchedule"]
+
+#: the batches of one HF step, by role; a role's position is its code (it seeds fresh draws in
+#: ``hessfree.runs``): the gradient, the curvature, the held-out ρ batch (``check``), the
+#: held-out CG-backtracking and step-size search batches ([HF-RNN])
+ROLES = ("gradient", "curvature", "check", "backtrack", "search")
 
 #: "all": the whole set; "chunk": one of ``parts`` fixed pieces, piece ``t mod parts`` at update
 #: t; "minibatch": a fresh random minibatch (``fraction`` of the set or ``size`` cases) drawn
@@ -110,7 +118,18 @@ class BatchSpec:
 
 
 #: the batches of a phase besides the gradient and curvature ones, each a step argument
-_HELD_OUT = ("check", "backtrack", "search")
+_HELD_OUT = ROLES[2:]
+
+
+class BatchSource(Protocol):
+    """Where an optimizer draws the batches of a step (``hessfree.runs.batching.BatchDrawer``)."""
+
+    def draw(self, spec: BatchSpec, t: int, role: int) -> Any:  # pragma: no cover - protocol
+        """The batch ``spec`` describes for update ``t`` and role ``ROLES[role]``.
+
+        None for ``BatchSpec("same")``; the gradient batch is drawn first in a step.
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -240,6 +259,12 @@ class PhaseSchedule:
 
     def __getitem__(self, i: int) -> Phase:
         return self.phases[i]
+
+    def advance(self, index: int, steps: int, cg_steps: int) -> tuple[int, int, int]:
+        """The counters ``(phase, steps in it, CG iterations in it)`` past finished phases."""
+        while index + 1 < len(self.phases) and self.phases[index].done(steps, cg_steps):
+            index, steps, cg_steps = index + 1, 0, 0
+        return index, steps, cg_steps
 
     @classmethod
     def single(cls, gradient: BatchSpec | None = None, curvature: BatchSpec | None = None,

@@ -9,8 +9,8 @@
   ``0.8^i`` for ``i < 50`` in turn, the first that lowers the objective at all is taken; when
   none does, the rate is 0 and the step is rejected;
 * :func:`fixed_rate`: a given learning rate ε with no search, optionally rejecting an update
-  that raises the objective (``reject_worse``), compared on the batch whose objective is
-  already known.
+  that raises the objective (``reject_worse``) on the batch the measurement policy names
+  (:mod:`hessfree.hf.measure`), given as a :class:`Judged` record.
 
 Both return a :class:`StepSize`: the rate, the gradient-batch objective after the step when it was
 evaluated (NaN otherwise), how many objective evaluations the policy spent, and why the step is
@@ -26,11 +26,24 @@ from dataclasses import dataclass
 from hessfree.hf.config import HFConfig
 from hessfree.hf.linesearch import armijo
 
-__all__ = ["StepSize", "first_decrease", "fixed_rate", "line_search", "LINE_SEARCH_FAILED",
-           "LOSS_INCREASED"]
+__all__ = ["Judged", "StepSize", "first_decrease", "fixed_rate", "line_search",
+           "LINE_SEARCH_FAILED", "LOSS_INCREASED"]
 
 LINE_SEARCH_FAILED = "line search failed"
 LOSS_INCREASED = "loss increased"
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The objective before and after an update on the batch that judges it.
+
+    ``on_gradient``: that batch is the gradient batch (so ``after`` is the step's
+    ``loss_after``).
+    """
+
+    before: float
+    after: float
+    on_gradient: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,23 +87,20 @@ def first_decrease(objective: Callable[[float], float], f0: float, config: HFCon
     return StepSize(0.0, f0, config.ls_max_tries, LINE_SEARCH_FAILED)
 
 
-def fixed_rate(alpha: float, reject_worse: bool, f0: float, known: float,
-               compare: Callable[[float], tuple[float, float, bool]]) -> StepSize:
-    """Take rate ``alpha``; with ``reject_worse``, refuse an update that raises the objective.
+def fixed_rate(alpha: float, f0: float, known: float, judged: Judged | None = None
+               ) -> StepSize:
+    """Take rate ``alpha``; when ``judged``, refuse an update that raised the objective there.
 
     Args:
         alpha: the learning rate.
-        reject_worse: compare the objective after the update with the one before.
         f0: the gradient-batch objective before the update (reported on rejection).
         known: the gradient-batch objective after the update if it is already known without a
             new evaluation (CG-backtracking on the gradient batch, rate 1), else NaN.
-        compare: ``alpha -> (after, before, after_is_on_the_gradient_batch)`` on a batch whose
-            value before is known; it costs an evaluation only when ``alpha`` is not the rate
-            the backtracking already evaluated.
+        judged: the objective before and after the update on the batch that judges it
+            (``reject_worse``; the measurement policy says which), or None: no test.
     """
-    if not reject_worse:
+    if judged is None:
         return StepSize(alpha, known, 0, None)
-    after, before, on_gradient_batch = compare(alpha)
-    if not (math.isfinite(after) and after <= before):
+    if not (math.isfinite(judged.after) and judged.after <= judged.before):
         return StepSize(0.0, f0, 0, LOSS_INCREASED)
-    return StepSize(alpha, after if on_gradient_batch else math.nan, 0, None)
+    return StepSize(alpha, judged.after if judged.on_gradient else math.nan, 0, None)

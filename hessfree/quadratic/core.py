@@ -28,8 +28,9 @@ from hessfree import _checks
 from hessfree.curvature.operator import CurvatureOperator, DampedOperator
 from hessfree.curvature.solves import SolveResult, solve
 from hessfree.errors import InputError, InputTypeError
-from hessfree.linops import FlatOperator
+from hessfree.linops import DenseOperator, FlatOperator, symmetric_matrix
 from hessfree.quadratic import io
+from hessfree.vectors import flat_vector
 
 __all__ = ["Quadratic", "check_lam", "load", "save"]
 
@@ -45,37 +46,8 @@ def check_lam(lam: object, name: str = "lam") -> float:
                          f"definite), got {lam!r}") from None
 
 
-def _check_dense(A: object) -> Tensor:
-    if not isinstance(A, Tensor):
-        raise InputTypeError(f"A: expected a square 2-D tensor, got {type(A).__name__}")
-    if A.dim() != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
-        raise InputError(f"A: expected a non-empty square 2-D tensor, got shape {tuple(A.shape)}")
-    if not A.is_floating_point():
-        raise InputError(f"A: expected a floating-point dtype, got {A.dtype}")
-    if not bool(torch.isfinite(A).all()):
-        raise InputError("A: expected finite entries, got NaN or infinity")
-    scale = float(A.abs().max())
-    tol = 100 * torch.finfo(A.dtype).eps * max(scale, 1e-300)
-    asym = float((A - A.T).abs().max())
-    if asym > tol:
-        raise InputError(
-            f"A: expected a symmetric matrix, got max |A - Aᵀ| = {asym:.3g} (tolerance "
-            f"{tol:.3g}); symmetrise it with (A + A.T) / 2 if that is what you mean"
-        )
-    return A.detach()
-
-
 def _check_flat(v: object, name: str, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    if not isinstance(v, Tensor):
-        raise InputTypeError(f"{name}: expected a 1-D tensor of length {n}, got {type(v).__name__}")
-    if v.dim() != 1 or v.numel() != n:
-        raise InputError(f"{name}: expected a 1-D tensor of length {n}, got shape {tuple(v.shape)}")
-    if v.dtype != dtype or v.device != device:
-        raise InputError(
-            f"{name}: expected dtype {dtype} on {device} (the quadratic's), "
-            f"got {v.dtype} on {v.device}"
-        )
-    return v.detach()
+    return flat_vector(v, name, n, dtype, device, whose=" (the quadratic's)")
 
 
 class Quadratic(FlatOperator):
@@ -115,7 +87,8 @@ class Quadratic(FlatOperator):
         self.operator: CurvatureOperator | None = operator
         self.layout = operator.layout
         self.A: Tensor | None = None
-        self._damped: DampedOperator | None = operator.damped(self.lam)
+        #: the curvature of q: ``G + λI`` (``A`` for a dense quadratic)
+        self.curvature: FlatOperator = operator.damped(self.lam)
         self.g = flat.detach()
         self.attrs: dict[str, Any] = {}
         self.products = 0
@@ -128,12 +101,12 @@ class Quadratic(FlatOperator):
             A: symmetric square floating-point matrix (the whole curvature, damping included).
             b: 1-D tensor of length ``A.shape[0]`` with ``A``'s dtype and device.
         """
-        A = _check_dense(A)
-        b = _check_flat(b, "b", A.shape[0], A.dtype, A.device)
-        if not bool(torch.isfinite(b).all()):
-            raise InputError("b: expected finite values, got NaN or infinity")
+        A = symmetric_matrix(A, "A")
+        b = flat_vector(b, "b", A.shape[0], A.dtype, A.device, whose=" (the quadratic's)",
+                        finite=True)
         q = cls.__new__(cls)
-        q.operator, q._damped, q.A, q.layout = None, None, A, None
+        q.operator, q.A, q.layout = None, A, None
+        q.curvature = DenseOperator(A)
         q.g, q.lam, q.attrs, q.products = -b, 0.0, {}, 0
         return q
 
@@ -143,20 +116,8 @@ class Quadratic(FlatOperator):
         """Whether the curvature is an explicit matrix (``from_dense``)."""
         return self.A is not None
 
-    @property
-    def dim(self) -> int:
-        """Length of ``p``."""
-        return self.g.numel()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of vectors."""
-        return self.g.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of vectors."""
-        return self.g.device
+    def _space(self) -> tuple[int, torch.dtype, torch.device]:
+        return self.g.numel(), self.g.dtype, self.g.device
 
     @property
     def b(self) -> Tensor:
@@ -176,16 +137,10 @@ class Quadratic(FlatOperator):
 
     def _apply(self, p: Tensor) -> Tensor:
         """``(G + λI) p`` (the curvature of q)."""
-        if self.A is not None:
-            return self.A @ p
-        assert self._damped is not None
-        return self._damped._apply(p)
+        return self.curvature.apply(p)
 
     def _apply_block(self, P: Tensor) -> Tensor:
-        if self.A is not None:
-            return self.A @ P
-        assert self._damped is not None
-        return self._damped._apply_block(P)
+        return self.curvature.apply_block(P)
 
     def __matmul__(self, p: Any) -> Tensor:
         if isinstance(p, Tensor) and p.dim() == 2:

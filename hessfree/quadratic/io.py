@@ -90,7 +90,7 @@ def _loss_attrs(loss: Any) -> tuple[str, str]:
 def _write_operator(q: Any, group: h5py.Group) -> None:
     op = q.operator
     assert op is not None
-    if getattr(op, "_source", None) is not None or op.problem.reducer is not None:
+    if op.streamed or op.problem.reducer is not None:
         raise InputError("q: a quadratic whose operator reads an iterable batch or a batch split "
                          "over processes cannot be saved (the file holds the batch); build it "
                          "on a list in one process (hessfree.batches.materialize)")

@@ -35,14 +35,16 @@ from hessfree import _checks
 from hessfree.batches import Batch, count, split, take
 from hessfree.distributed import shard
 from hessfree.errors import InputError
-from hessfree.hf.phases import BatchSpec
+from hessfree.hf.phases import ROLES, BatchSpec
 from hessfree.runs.dataset import Dataset
 
 __all__ = ["BatchDrawer", "EpochSampler", "BACKTRACK", "CURVATURE", "GRADIENT", "RHO", "SEARCH"]
 
-#: roles of a batch (they seed fresh draws and samplers differently)
-#: (RHO: the held-out minibatch ρ is measured on, ``HessianFree.step``'s ``check_batch``)
-GRADIENT, CURVATURE, RHO, BACKTRACK, SEARCH = 0, 1, 2, 3, 4
+#: roles of a batch (they seed fresh draws and samplers differently): the codes HessianFree
+#: draws with (``hessfree.hf.phases.ROLES``; RHO: the held-out minibatch ρ is measured on,
+#: ``HessianFree.step``'s ``check_batch``)
+GRADIENT, CURVATURE, RHO, BACKTRACK, SEARCH = (ROLES.index(r) for r in (
+    "gradient", "curvature", "check", "backtrack", "search"))
 
 
 class EpochSampler:

@@ -29,7 +29,7 @@ from hessfree.errors import InputTypeError
 from hessfree.hf import HessianFree
 from hessfree.hf.phases import PhaseSchedule
 from hessfree.quadratic import Quadratic
-from hessfree.runs.batching import BACKTRACK, CURVATURE, GRADIENT, RHO, SEARCH, BatchDrawer
+from hessfree.runs.batching import GRADIENT, BatchDrawer
 from hessfree.runs.dataset import Dataset
 from hessfree.runs.rows import hf_row, momentum_row
 from hessfree.runs.settings import GRAD_CHUNK, HFSettings, MomentumHFSettings, MomentumSettings
@@ -102,8 +102,10 @@ class HFRunner:
         self.optimizer = optimizer
         self.n_train = data.n_train
         self.schedule = settings.phases(self.n_train, data.fresh is not None)
-        self.opt = HessianFree(problem, config=settings.config, phases=self.schedule)
         self.drawer = BatchDrawer(data, seed, settings.grad_chunk, *_place(problem))
+        # the optimizer draws each update's batches from the drawer, as its phase says
+        self.opt = HessianFree(problem, config=settings.config, phases=self.schedule,
+                               source=self.drawer)
 
     @property
     def t(self) -> int:
@@ -125,31 +127,18 @@ class HFRunner:
         """The phase schedule of the settings."""
         return self.schedule
 
-    def batches(self) -> tuple[Any, Any, dict[str, Any]]:
-        """The gradient and curvature batches of the next update and its held-out ones.
-
-        The held-out ones (``check_batch``, ``backtrack_batch``, ``search_batch`` of
-        ``HessianFree.step``) are those the current phase names; the gradient batch is drawn
-        first (a ``"piece"`` is cut from it).
-        """
-        phase, t = self.opt.phase, self.t
-        grad = self.drawer.draw(phase.gradient, t, GRADIENT)
-        curv = self.drawer.draw(phase.curvature, t, CURVATURE)
-        held = {f"{role}_batch": self.drawer.draw(getattr(phase, role), t, code)
-                for role, code in (("check", RHO), ("backtrack", BACKTRACK),
-                                   ("search", SEARCH)) if getattr(phase, role) is not None}
-        return grad, curv, held
-
     #: an update ends by the trainer's deadline (CG stops early: reason ``"deadline"``)
     stops_on_time = True
 
     def step(self, on_quadratic: QuadraticHook | None = None, deadline: float | None = None
              ) -> dict[str, Any]:
-        """One HF update; its row. ``deadline``: CG stops in time for the step to end by it."""
-        grad_batch, curv_batch, held = self.batches()
+        """One HF update (its batches drawn by the optimizer); its row.
+
+        ``deadline``: CG stops in time for the step to end by it.
+        """
         self.opt.deadline = deadline
         try:
-            stats = self.opt.step(grad_batch, curv_batch, on_quadratic=on_quadratic, **held)
+            stats = self.opt.step(on_quadratic=on_quadratic)
         finally:
             self.opt.deadline = None
         return hf_row(stats, self.n_train)
