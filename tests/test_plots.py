@@ -150,6 +150,9 @@ def test_the_quadratic_figure_names_every_curve_and_keeps_its_labels_inside(tmp_
     assert lines["nag"].get_zorder() > lines["cm"].get_zorder()
     assert lines["nag"].get_linestyle() != lines["cm"].get_linestyle()
     renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    for i, one in enumerate(boxes):  # NAG's and CM's labels apart, though their ends coincide
+        assert not any(one.overlaps(other) for other in boxes[i + 1:])
     box = fig.bbox
     for label in (ax.xaxis.label, ax.yaxis.label):
         inside = label.get_window_extent(renderer)
