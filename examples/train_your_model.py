@@ -30,7 +30,7 @@ step's CG stops on time (``HessianFree.deadline``) instead of running past the b
 
 Data: real MNIST when it is found (``--data DIR`` or ``$HESSFREE_DATA``), else a small
 generated 10-class set of 28x28 images (noisy class prototypes), so it runs anywhere.
-``--scale f`` multiplies the time and the data sizes (CI runs the command below at 0.05).
+``--scale f`` multiplies the time and the data sizes (CI runs the command below at 0.15).
 
     python examples/train_your_model.py --seconds 60 --out cnn.png    # about 2.5 min, 2 cores
 """

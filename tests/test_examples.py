@@ -45,8 +45,14 @@ def number(text: str, pattern: str) -> float:
     return float(m.group(1))
 
 
-def test_every_example_documents_a_command_with_its_time():
-    for path in sorted(EXAMPLES.glob("*.py")):
+#: the examples CI runs as their docstrings say, scaled down by ``--scale``
+SCALED = ("cg_vs_nag_on_a_quadratic.py", "curvature_in_your_research.py", "influence.py",
+          "train_your_model.py")
+
+
+def test_every_scaled_example_documents_a_command_with_its_time():
+    for name in SCALED:
+        path = EXAMPLES / name
         args = documented(path.name)
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert "--scale" in doc, path.name  # CI runs the documented command scaled down

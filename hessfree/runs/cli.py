@@ -251,6 +251,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args.set)
     if args.resume:
+        threads = _thread_count(args.threads)  # auto: the run's own threads are kept
         path = resume(args.resume, steps=args.steps, seconds=args.seconds, budget=args.budget,
                       quiet=args.quiet, experiment=args.experiment, optimizer=args.optimizer,
                       seed=args.seed, dtype=args.dtype, device=args.device,
@@ -258,7 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       checkpoint_minutes=args.checkpoint_minutes,
                       save_quadratics_every=args.save_quadratics_every, out=args.out,
                       overrides=overrides, timeout=args.timeout,
-                      threads=_thread_count(args.threads))
+                      threads=None if threads == "auto" else threads)
         if _rank() == 0:
             print(path)
         return 0

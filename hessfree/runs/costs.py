@@ -43,12 +43,17 @@ def load_factor() -> float:
     return max(now, have) / max(then, have)
 
 
+def _grid(family: str) -> bool:
+    """Whether ``family`` is a registered grid family (SGD/CM/NAG: the same update's cost)."""
+    return family in families.names() and isinstance(families.get(family).table, families.Grid)
+
+
 def _per(table: dict[str, float], family: str) -> float | None:
-    """A family's entry, or NAG's for a family that takes NAG's update (a grid family)."""
+    """A family's entry, or, for a grid family, a measured grid family's (the same update)."""
     if family in table:
         return float(table[family])
-    if isinstance(families.get(family).table, families.Grid) and "nag" in table:
-        return float(table["nag"])
+    if _grid(family):
+        return next((float(v) for name, v in table.items() if _grid(name)), None)
     return None
 
 

@@ -343,8 +343,11 @@ def _threads(chosen: run_threads.Threads) -> dict[str, Any]:
 
 
 def _built(run: _Run, seconds: float, chosen: run_threads.Threads) -> None:
-    """Log the set-up (not counted in ``--seconds``), the threads, and a busy machine."""
-    if run.rank != 0:
+    """Log the set-up (not counted in ``--seconds``), the threads, and a busy machine.
+
+    Not with ``quiet`` (the threads are in the results file's attributes).
+    """
+    if run.rank != 0 or run.spec.quiet:
         return
     log.info("%s: data and model built in %.1f s; %d thread%s (%s)", run.spec.experiment,
              seconds, chosen.n, "s" * (chosen.n != 1), chosen.why)
