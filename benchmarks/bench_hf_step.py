@@ -80,7 +80,7 @@ def main() -> None:
         "CG vector work": med(lambda s: s.seconds_cg - cg_products(s)),
         "rho product": med(lambda s: s.seconds_products - cg_products(s)),
         "CG-backtracking (forwards, 1250)": med(lambda s: s.seconds_backtrack),
-        "line search (forwards, 5000)": med(lambda s: s.seconds_linesearch),
+        "line search (forwards, 5000)": med(lambda s: s.seconds_stepsize),
     }
     total = med(lambda s: s.seconds)
     split["bookkeeping (the rest)"] = total - sum(split.values())

@@ -73,7 +73,7 @@ def steps(name: str, opt: HessianFree, batches, n: int) -> list[tuple[int, int, 
         grad, curv, check = batches(k)
         counter: Counter = Counter()
         with counting(counter):
-            stats = opt.step(grad, curv, check_batch=check)
+            stats = opt.step(grad, curv, heldout_batch=check)
         if k:
             out.append((sum(counter.values()), stats.cg_iters, stats.forwards))
     return out

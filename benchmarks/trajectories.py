@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hessfree.runs.cli import main as cli
-from hessfree.runs.results import read_results
+from hessfree.runs.results import RENAMED_COLUMNS, read_results
 
 SMALL_AE = ["--set", "n_train=512", "--set", "n_test=128"]
 RUNS = {
@@ -54,7 +54,7 @@ RUNS = {
                                     "--eval-every", "3", *SMALL_AE, "--set",
                                     "minibatch_cg_steps=250", "--set", "cg_max_iters=10",
                                     "--set", "line_search=false", "--set",
-                                    "reject_on_check=true", "--set", "learning_rate=3.0",
+                                    "reject_on_heldout=true", "--set", "learning_rate=3.0",
                                     "--set", "lr_origin=100", "--set", "lr_begin=100"],
     "curves-ae/nag": ["curves-ae", "--optimizer", "nag", "--steps", "50", "--eval-every", "25",
                       *SMALL_AE, "--set", "batch_size=64"],
@@ -156,6 +156,7 @@ def main() -> int:
                 for col, vals in (a or {}).get(table, {}).items():
                     if col == "loss_before":
                         col = "loss"
+                    col = RENAMED_COLUMNS.get(col, col)
                     if col not in b[table]:
                         diffs.append(f"{table}/{col} (gone)")
                     elif b[table][col] != vals:

@@ -8,8 +8,10 @@ Python), numpy scalars are accepted where Python numbers are.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +22,7 @@ from torch import Tensor
 from hessfree.errors import InputError
 
 __all__ = [
+    "accepts_renamed",
     "all_finite",
     "boolean",
     "choice",
@@ -27,6 +30,7 @@ __all__ = [
     "is_finite",
     "number",
     "probability",
+    "renamed",
 ]
 
 
@@ -136,3 +140,36 @@ def is_finite(x: float | Tensor) -> bool:
     if isinstance(x, Tensor):
         return all_finite(x)
     return math.isfinite(x)
+
+
+def renamed(new_value: Any, old_value: Any, new: str, old: str, where: str) -> Any:
+    """A keyword argument given under its old name: the value, with a ``DeprecationWarning``.
+
+    ``new_value``/``old_value``: what the caller passed as ``new``/``old`` (None: nothing).
+    Both given is an ``InputError``.
+    """
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise InputError(f"{old}: the old name of {new}; give only {new}")
+    warnings.warn(f"{where}: {old}= is now called {new}=; the old name goes in the next release",
+                  DeprecationWarning, stacklevel=3)
+    return old_value
+
+
+def accepts_renamed(cls: type) -> type:
+    """Class decorator: ``cls(old=...)`` reads as ``cls(new=...)`` for ``cls.RENAMED``'s pairs.
+
+    The old keyword warns (:func:`renamed`); apply it above ``@dataclass``.
+    """
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        for old, new in cls.RENAMED.items():
+            if old in kwargs:
+                kwargs[new] = renamed(kwargs.get(new), kwargs.pop(old), new, old, cls.__name__)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls

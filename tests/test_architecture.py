@@ -365,7 +365,7 @@ def test_the_measurement_table_is_the_resolvers():
             "search", "search_rule", "reject", "rate"} == fields
     text = _doc_section("The measurement policy")
     for switch in ("precond_batch", "backtrack_batch", "rho_after_backtracking", "ls_batch",
-                   "reject_on_check", "reject_worse"):
+                   "reject_on_heldout", "reject_worse"):
         assert f"`{switch}`" in text
 
 

@@ -309,7 +309,7 @@ def test_stepstats_is_a_complete_record():
     # batch, the line search on the gradient batch
     assert s.forward_cases == 64 + 64 * s.backtrack_evals + 16 + 64 * s.ls_evals
     parts = s.seconds_setup + s.seconds_precond + s.seconds_cg + s.seconds_backtrack \
-        + s.seconds_linesearch + s.seconds_gradient
+        + s.seconds_stepsize + s.seconds_gradient
     assert s.seconds >= parts and s.seconds_cg > 0 and 0 < s.seconds_products < s.seconds
     with pytest.raises(Exception):
         s.loss_before = 0.0  # frozen
@@ -348,7 +348,7 @@ def test_deep_autoencoder_training_both_presets_and_sgd():
     g = torch.Generator().manual_seed(1)
     for _ in range(40):
         idx, check = torch.randint(0, 512, (2, 128), generator=g)
-        opt.step((x[idx], x[idx]), check_batch=(x[check], x[check]))
+        opt.step((x[idx], x[idx]), heldout_batch=(x[check], x[check]))
     f_momentum = problem.value(problem.parameters(), (x, x))
     assert f_momentum < f0 / 8
 

@@ -69,7 +69,7 @@ def test_first_decrease_rejects_after_fifty_rates_and_never_takes_nan():
 
 def test_armijo_tests_sixty_rates_as_hfdemo():
     """HFDemo: ``while j < 60`` tests the rates 0.8^0 ... 0.8^59; the 60th reduction rejects."""
-    from hessfree.hf.linesearch import armijo
+    from hessfree.hf.stepsize import armijo
 
     calls = []
     res = armijo(lambda a: calls.append(a) or 5.0, 1.0, -1.0)

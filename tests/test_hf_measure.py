@@ -17,9 +17,9 @@ from hessfree.errors import InputError
 from hessfree.hf import BatchSpec, HFConfig, Phase, PhaseSchedule
 from hessfree.hf.measure import (
     BACKTRACK,
-    CHECK,
     CURVATURE,
     GRADIENT,
+    HELDOUT,
     SEARCH,
     THETA,
     Values,
@@ -60,15 +60,15 @@ def test_without_a_curvature_batch_every_curvature_measurement_is_the_gradient_b
 
 
 @pytest.mark.parametrize("check, on_check, rate, want", [
-    (True, True, 0.5, CHECK), (True, False, 1.0, CURVATURE), (False, True, 1.0, CURVATURE),
+    (True, True, 0.5, HELDOUT), (True, False, 1.0, CURVATURE), (False, True, 1.0, CURVATURE),
     (False, False, 0.7, CURVATURE),
 ])
-def test_a_fixed_rate_is_judged_on_the_check_batch_or_where_its_value_is_known(
+def test_a_fixed_rate_is_judged_on_the_heldout_batch_or_where_its_value_is_known(
         check, on_check, rate, want):
-    given = {GRADIENT, CURVATURE} | ({CHECK} if check else set())
-    cfg = HFConfig(line_search=False, backtrack_batch="curvature", reject_on_check=on_check)
+    given = {GRADIENT, CURVATURE} | ({HELDOUT} if check else set())
+    cfg = HFConfig(line_search=False, backtrack_batch="curvature", reject_on_heldout=on_check)
     m = resolve(cfg, given, rate)
-    assert m.reject == want and m.rho == (CHECK if check else CURVATURE) and m.search is None
+    assert m.reject == want and m.rho == (HELDOUT if check else CURVATURE) and m.search is None
     assert resolve(cfg.replace(reject_worse=False), given, rate).reject is None
     assert resolve(cfg.replace(backtrack_batch="gradient"), {GRADIENT, CURVATURE},
                    1.0).reject == GRADIENT  # rate 1: the backtracking batch's known value
@@ -80,14 +80,14 @@ def test_every_combination_of_switches_resolves_to_roles_the_step_has():
                     preconditioner=(True, False), precond_batch=("gradient", "curvature"),
                     line_search=(True, False), ls_rule=("armijo", "first-decrease"),
                     ls_batch=("gradient", "heldout"), reject_worse=(True, False),
-                    reject_on_check=(True, False), rho_after_backtracking=(True, False))
+                    reject_on_heldout=(True, False), rho_after_backtracking=(True, False))
     seen = 0
     for values in itertools.product(*switches.values()):
         kw = dict(zip(switches, values))
         if kw["ls_batch"] == "heldout" and kw["ls_rule"] == "armijo":
             continue  # refused by HFConfig
         cfg = HFConfig(**kw)
-        for given in ({GRADIENT}, {GRADIENT, CURVATURE}, {GRADIENT, CURVATURE, CHECK}):
+        for given in ({GRADIENT}, {GRADIENT, CURVATURE}, {GRADIENT, CURVATURE, HELDOUT}):
             given = given | {BACKTRACK, SEARCH}
             for rate in (1.0, 0.5):
                 m = resolve(cfg, given, rate)
@@ -144,7 +144,7 @@ class Source:
 def _phases():
     cfg = HFConfig.momentum_like(cg_max_iters=4, initial_lambda=1.0)
     return PhaseSchedule((Phase("a", steps=2, gradient=BatchSpec("minibatch", size=8),
-                                config=cfg, check=BatchSpec("minibatch", size=8)),
+                                config=cfg, heldout=BatchSpec("minibatch", size=8)),
                           Phase("b", gradient=BatchSpec("minibatch", size=8),
                                 curvature=BatchSpec("minibatch", size=8), config=cfg)))
 
@@ -156,7 +156,7 @@ def test_a_step_draws_the_batches_its_phase_names_from_the_source():
     drawn = hessfree.HessianFree(problem, phases=_phases(), source=source)
     got = [drawn.step() for _ in range(4)]
     assert source.calls[:3] == [("minibatch", 0, "gradient"), ("same", 0, "curvature"),
-                                ("minibatch", 0, "check")]
+                                ("minibatch", 0, "heldout")]
     assert [r for _, t, r in source.calls if t == 3] == ["gradient", "curvature"]
     # the same steps given their batches explicitly
     model.load_state_dict(start)
@@ -166,8 +166,8 @@ def test_a_step_draws_the_batches_its_phase_names_from_the_source():
         phase = given.phase
         grad = replay.draw(phase.gradient, t, 0)
         curv = replay.draw(phase.curvature, t, 1)
-        check = None if phase.check is None else replay.draw(phase.check, t, 2)
-        s = given.step(grad, curv, check_batch=check)
+        check = None if phase.heldout is None else replay.draw(phase.heldout, t, 2)
+        s = given.step(grad, curv, heldout_batch=check)
         a = dataclasses.asdict(s)
         b = dataclasses.asdict(got[t])
         assert {k: v for k, v in a.items() if not k.startswith("seconds")} == \
@@ -179,19 +179,19 @@ def test_batches_are_all_given_or_all_drawn():
     opt = hessfree.HessianFree(problem)
     with pytest.raises(InputError, match="^grad_batch: required"):
         opt.step()
-    with pytest.raises(InputError, match="^grad_batch: required with check_batch"):
-        opt.step(check_batch=(x, y))
+    with pytest.raises(InputError, match="^grad_batch: required with heldout_batch"):
+        opt.step(heldout_batch=(x, y))
     with pytest.raises(TypeError):  # optional arguments are keyword-only
         opt.step((x, y), None, lambda q: None)
-    with pytest.raises(ValueError, match=r"^check_batch\[1\]: the batch contains non-finite"):
-        opt.step((x, y), check_batch=[(x, y), (x.clone().fill_(float("nan")), y)])
+    with pytest.raises(ValueError, match=r"^heldout_batch\[1\]: the batch contains non-finite"):
+        opt.step((x, y), heldout_batch=[(x, y), (x.clone().fill_(float("nan")), y)])
 
 
 def test_reading_the_phase_changes_nothing():
     _, problem, x, y = _problem()
     opt = hessfree.HessianFree(problem, phases=_phases())
     for _ in range(2):
-        opt.step((x[:8], y[:8]), check_batch=(x[8:16], y[8:16]))
+        opt.step((x[:8], y[:8]), heldout_batch=(x[8:16], y[8:16]))
     before = opt.state_dict()
     assert before["phase"] == [1, 0, 0]  # moved on after the last step of phase "a"
     for _ in range(3):

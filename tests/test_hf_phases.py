@@ -1,5 +1,5 @@
 """Phases of an HF run: validation, advancing by steps or CG iterations, exact mid-phase resume,
-the phase's objective, the check batch, the quadratic a step solves, and the A.6 presets."""
+the phase's objective, the held-out batch, the quadratic a step solves, and the A.6 presets."""
 
 from __future__ import annotations
 
@@ -135,29 +135,29 @@ def test_quadratic_is_the_one_the_step_solves():
     torch.testing.assert_close(q @ v, q2 @ v, rtol=0, atol=0)
 
 
-def test_check_batch_measures_rho_and_rejection_on_unseen_cases():
+def test_heldout_batch_measures_rho_and_rejection_on_unseen_cases():
     _, prob, (x, y) = problem()
     fit, held = (x[:32], y[:32]), (x[32:], y[32:])
     for on_check in (True, False):
         _, prob, _ = problem()
         cfg = HFConfig.momentum_like(cg_max_iters=5, initial_lambda=1e-3, line_search=False,
-                                     reject_on_check=on_check)
+                                     reject_on_heldout=on_check)
         opt = hessfree.HessianFree(prob, config=cfg)
         held_before = prob.value(prob.parameters(), held)
         fit_before = prob.value(prob.parameters(), fit)
-        s = opt.step(fit, check_batch=held)
-        assert s.check_loss_before == held_before and math.isfinite(s.check_loss_after)
-        # ρ: the check batch's change against the model built with its own gradient
-        assert s.check_model_change != s.model_change
-        want = (s.check_loss_after - s.check_loss_before) / s.check_model_change
+        s = opt.step(fit, heldout_batch=held)
+        assert s.heldout_loss_before == held_before and math.isfinite(s.heldout_loss_after)
+        # ρ: the held-out batch's change against the model built with its own gradient
+        assert s.heldout_model_change != s.model_change
+        want = (s.heldout_loss_after - s.heldout_loss_before) / s.heldout_model_change
         assert s.rho == pytest.approx(want) or (s.rho == -math.inf and want < 0)
         if on_check:
-            assert s.accepted == (s.check_loss_after <= s.check_loss_before)
+            assert s.accepted == (s.heldout_loss_after <= s.heldout_loss_before)
         else:
             fit_after = s.curv_loss_after  # the fitted batch's objective after the step
             assert s.accepted == (fit_after <= fit_before)
     plain = hessfree.HessianFree(problem()[1], config=cfg).step(fit)
-    assert math.isnan(plain.check_loss_before) and math.isnan(plain.check_model_change)
+    assert math.isnan(plain.heldout_loss_before) and math.isnan(plain.heldout_model_change)
 
 
 def test_reset_on_reject_does_not_carry_the_rejected_direction():

@@ -193,7 +193,7 @@ def test_momentum_like_runs_the_a6_phases(capsys, tmp_path):
     # preconditioner) and a check minibatch of 32 for ρ (its gradient), then the whole
     # training set for the gradient (in chunks)
     assert list(r.steps["grad_cases"][:2]) == [3 * 32, 3 * 32]
-    assert all(c > 0 for c in r.steps["check_loss_before"][:2])
+    assert all(c > 0 for c in r.steps["heldout_loss_before"][:2])
     assert all(g >= 256 for g in r.steps["grad_cases"][2:])
 
 

@@ -31,18 +31,9 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
+from hessfree.cg import stopping
 from hessfree.cg.operators import block_operator
-from hessfree.cg.stopping import (
-    CONVERGED,
-    NEGATIVE_CURVATURE,
-    NON_FINITE,
-    AnyOf,
-    CGState,
-    MaxIters,
-    StopRule,
-    StopSpec,
-    as_stop_rule,
-)
+from hessfree.cg.stopping import StopRule, StopSpec
 from hessfree.errors import InputError, InputTypeError
 from hessfree.linops import FlatOperator
 from hessfree.vectors import flat_vector
@@ -91,10 +82,6 @@ def _shift_vector(shifts: object, c: int, like: Tensor, name: str = "shifts") ->
     if len(values) != c:
         raise InputError(f"{name}: expected one shift or {c} (one per column), got {len(values)}")
     return torch.tensor(values, dtype=like.dtype, device=like.device)
-
-
-def _rule(stop: StopSpec, max_iters: int) -> StopRule:
-    return AnyOf(as_stop_rule(stop), MaxIters(_checks.integer(max_iters, "max_iters", 0)))
 
 
 Precond = Callable[[Tensor], Tensor] | Tensor | None
@@ -149,10 +136,10 @@ class _Columns:
         """The reason column ``j`` stops after its current iteration, or None."""
         phi = self.phi[j]
         if not (math.isfinite(rz) and math.isfinite(phi[-1])):
-            return NON_FINITE
+            return stopping.NON_FINITE
         if rz == 0:
-            return CONVERGED
-        return self.rule(CGState(self.iters[j], phi, self.res[j], self.b_norms[j]))
+            return stopping.CONVERGED
+        return self.rule(stopping.CGState(self.iters[j], phi, self.res[j], self.b_norms[j]))
 
     def result(self, x: Tensor, products: int) -> BlockResult:
         return BlockResult(x, list(self.iters), [str(r) for r in self.reasons],
@@ -186,7 +173,7 @@ def solve_batched(matmat: MatMat, B: Tensor, shifts: Sequence[float] | float | N
     n, c = B.shape
     sig = _shift_vector(shifts, c, B)
     M = _check_precond(M, B)
-    rule = _rule(stop, max_iters)
+    rule = stopping.capped(stop, max_iters)
     A = block_operator(matmat, B)
     start = A.products
     X, S = _start(A, B, sig, X0)
@@ -230,9 +217,9 @@ def _positive(cols: _Columns, active: list[int], pap: list[float]) -> list[int]:
     alive = []
     for pos, j in enumerate(active):
         if not math.isfinite(pap[pos]):
-            cols.reasons[j] = NON_FINITE
+            cols.reasons[j] = stopping.NON_FINITE
         elif pap[pos] <= 0:
-            cols.reasons[j] = NEGATIVE_CURVATURE
+            cols.reasons[j] = stopping.NEGATIVE_CURVATURE
         else:
             alive.append(pos)
     return alive

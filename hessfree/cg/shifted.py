@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree.cg.block import BlockResult, MatMat, _check_block, _Columns, _rule, _stop
+from hessfree.cg.block import BlockResult, MatMat, _check_block, _Columns, _stop
 from hessfree.cg.operators import block_operator
-from hessfree.cg.stopping import NEGATIVE_CURVATURE, NON_FINITE, StopSpec
+from hessfree.cg.stopping import NEGATIVE_CURVATURE, NON_FINITE, StopSpec, capped
 from hessfree.errors import InputError
 
 __all__ = ["solve_shifted"]
@@ -88,7 +88,7 @@ def solve_shifted(matmat: MatMat, B: Tensor, shifts: Sequence[float], stop: Stop
     R, P = B.clone(), B.clone()
     rr = (R * R).sum(0)
     b_norms = rr.sqrt().tolist()
-    cols = _Columns(k * m, _rule(stop, max_iters), [b_norms[q // m] for q in range(k * m)])
+    cols = _Columns(k * m, capped(stop, max_iters), [b_norms[q // m] for q in range(k * m)])
     live = torch.ones(k, m, dtype=torch.bool, device=B.device)
     rr_host = rr.tolist()
     for q in range(k * m):

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hessfree import _checks
 from hessfree.cg.operators import (
     LinearOperator,
     OperatorLike,
@@ -43,12 +42,10 @@ from hessfree.cg.stopping import (
     CONVERGED,
     NEGATIVE_CURVATURE,
     NON_FINITE,
-    AnyOf,
     CGState,
-    MaxIters,
     StopRule,
     StopSpec,
-    as_stop_rule,
+    capped,
 )
 from hessfree.cg.storage import StoreSpec, as_store_policy
 from hessfree.errors import InputTypeError
@@ -164,10 +161,6 @@ class _PCG:
         return self._b_norm
 
 
-def _check_max_iters(max_iters: object) -> int:
-    return _checks.integer(max_iters, "max_iters", minimum=0)
-
-
 def _reason_at(cg: _PCG, rule: StopRule, i: int, phi: list[float]) -> str | None:
     """Why to stop after iteration i: CG's own status first, then the rules in order."""
     reason = cg.status()
@@ -223,7 +216,7 @@ def solve(
                                              whose=" (like b)", finite=True)
     op = as_operator(A, b)
     precond = as_preconditioner(M, b)
-    rule = AnyOf(as_stop_rule(stop), MaxIters(_check_max_iters(max_iters)))
+    rule = capped(stop, max_iters)
     grid = as_store_policy(store).grid(max_iters)
     if callback is not None and not callable(callback):
         raise InputTypeError(

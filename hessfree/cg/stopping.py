@@ -37,6 +37,7 @@ __all__ = [
     "ResidualTolerance",
     "StopRule",
     "as_stop_rule",
+    "capped",
     "martens_gap",
     "martens_progress",
 ]
@@ -313,3 +314,8 @@ def as_stop_rule(stop: StopSpec) -> StopRule:
     raise InputTypeError(
         f"stop: expected a stopping rule, a list of rules or None, got {type(stop).__name__}"
     )
+
+
+def capped(stop: StopSpec, max_iters: object) -> StopRule:
+    """``stop`` (as :func:`as_stop_rule` reads it) or the iteration cap ``max_iters``."""
+    return AnyOf(as_stop_rule(stop), MaxIters(_checks.integer(max_iters, "max_iters", minimum=0)))

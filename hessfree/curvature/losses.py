@@ -129,13 +129,7 @@ class MatchingLoss(_Reduced):
 
         ``check=False`` skips the data-dependent target checks (needed under ``vmap``).
         """
-        values, mask = split_mask(targets)
-        if check:
-            self.check(outputs, values, mask)
-        elem = self._elementwise(outputs, values)
-        if mask is not None:
-            elem = elem * mask.unsqueeze(-1) if elem.dim() == outputs.dim() else elem * mask
-        return elem.reshape(outputs.shape[0], -1).sum(1)
+        return self._per_case(outputs, *self._split(outputs, targets, check))
 
     def prepare(self, outputs: Tensor, targets: Any, scale: float, check: bool = True,
                 ) -> LossState:
@@ -143,11 +137,23 @@ class MatchingLoss(_Reduced):
 
         ``check=False`` skips :meth:`check` (the targets were checked by an earlier pass).
         """
+        values, mask = self._split(outputs, targets, check)
+        with torch.no_grad():
+            return self._prepare(outputs.detach(), values, mask, scale)
+
+    def _split(self, outputs: Tensor, targets: Any, check: bool) -> tuple[Tensor, Tensor | None]:
+        """``(values, mask)`` of ``targets``, checked against ``outputs`` unless ``check=False``."""
         values, mask = split_mask(targets)
         if check:
             self.check(outputs, values, mask)
-        with torch.no_grad():
-            return self._prepare(outputs.detach(), values, mask, scale)
+        return values, mask
+
+    def _per_case(self, outputs: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+        """Per-case losses of split targets: the elementwise losses summed per case."""
+        elem = self._elementwise(outputs, values)
+        if mask is not None:
+            elem = elem * mask.unsqueeze(-1) if elem.dim() == outputs.dim() else elem * mask
+        return elem.reshape(outputs.shape[0], -1).sum(1)
 
     def check(self, outputs: Tensor, values: Tensor, mask: Tensor | None) -> None:
         """Raise ``InputError`` when targets or mask do not fit the outputs or the loss.
@@ -157,14 +163,9 @@ class MatchingLoss(_Reduced):
         """
         if outputs.dim() < 1:
             raise InputError("outputs: expected at least one (case) dimension, got a scalar")
-        if values.shape != outputs.shape:
-            raise InputError(
-                f"targets: expected shape {tuple(outputs.shape)} (the model's outputs) for "
-                f"{type(self).__name__}, got {tuple(values.shape)}"
-            )
-        if not values.is_floating_point():
-            raise InputError(f"targets: expected floating-point values for "
-                             f"{type(self).__name__}, got {values.dtype}")
+        _check_real(outputs, values,
+                    f"shape {tuple(outputs.shape)} (the model's outputs) for {type(self).__name__}",
+                    f"floating-point values for {type(self).__name__}")
         self._check_domain(values)
         _check_mask(outputs, mask)
 
@@ -176,6 +177,14 @@ class MatchingLoss(_Reduced):
 
     def _prepare(self, z: Tensor, t: Tensor, mask: Tensor | None, scale: float) -> LossState:
         raise NotImplementedError
+
+
+def _check_real(outputs: Tensor, values: Tensor, shape: str, kind: str) -> None:
+    """Real-valued targets: ``outputs``' shape (else "expected ``shape``"), floating point."""
+    if values.shape != outputs.shape:
+        raise InputError(f"targets: expected {shape}, got {tuple(values.shape)}")
+    if not values.is_floating_point():
+        raise InputError(f"targets: expected {kind}, got {values.dtype}")
 
 
 def _check_mask(outputs: Tensor, mask: Tensor | None) -> None:
@@ -316,15 +325,11 @@ class CrossEntropy(MatchingLoss):
                 f"targets: class indices must be an integer tensor (torch.long), got "
                 f"{values.dtype} of shape {tuple(values.shape)}; convert them with .long() "
                 f"(probability targets have the outputs' shape {tuple(outputs.shape)})")
-        elif values.shape != outputs.shape:
-            raise InputError(
-                f"targets: expected class indices of shape {tuple(outputs.shape[:-1])} or "
-                f"probabilities of shape {tuple(outputs.shape)}, got {tuple(values.shape)}"
-            )
-        elif not values.is_floating_point():
-            raise InputError(f"targets: expected class indices (integers) or probabilities "
-                             f"(floating point), got {values.dtype}")
         else:
+            _check_real(outputs, values,
+                        f"class indices of shape {tuple(outputs.shape[:-1])} or probabilities "
+                        f"of shape {tuple(outputs.shape)}",
+                        "class indices (integers) or probabilities (floating point)")
             _check_distributions(values, mask)
         _check_mask(outputs, mask)
 

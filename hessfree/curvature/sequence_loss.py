@@ -90,7 +90,10 @@ class TokenCrossEntropy(MatchingLoss):
 
         Only tensor operations (no data-dependent Python), so it runs under ``vmap``.
         """
-        labels, mask = split_mask(targets)
+        return self._labels_of(*split_mask(targets))
+
+    def _labels_of(self, labels: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """:meth:`_labels` of targets already split into labels and mask."""
         valid = labels != self.ignore_index
         if mask is not None:
             valid = valid & (mask != 0)
@@ -143,28 +146,17 @@ class TokenCrossEntropy(MatchingLoss):
                              f"{self.ignore_index}, got values outside")
 
     # -- values --------------------------------------------------------------------------------
-    def per_case(self, outputs: Tensor, targets: Any, check: bool = True) -> Tensor:
+    def _per_case(self, outputs: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
         """Per-sequence losses ``(B,)``: the sum of the counted tokens' cross-entropies."""
-        values, mask = split_mask(targets)
-        if check:
-            self.check(outputs, values, mask)
-        labels, valid = self._labels(targets)
+        labels, valid = self._labels_of(values, mask)
         nll = torch.logsumexp(outputs, -1) - outputs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         nll = torch.where(valid, nll, torch.zeros_like(nll))
         return nll.reshape(outputs.shape[0], -1).sum(1)
 
-    def prepare(self, outputs: Tensor, targets: Any, scale: float, check: bool = True,
-                ) -> LossState:
-        """Value, ``dL/dz`` and the closed-form ``H_L u``, sliced over tokens (no graph kept).
-
-        ``check=False`` skips :meth:`check` (the targets were checked by an earlier pass).
-        """
-        values, mask = split_mask(targets)
-        if check:
-            self.check(outputs, values, mask)
-        with torch.no_grad():
-            labels, valid = self._labels(targets)
-            return self._token_state(outputs.detach(), labels, valid, scale)
+    def _prepare(self, z: Tensor, t: Tensor, mask: Tensor | None, scale: float) -> LossState:
+        """Value, ``dL/dz`` and the closed-form ``H_L u``, sliced over tokens."""
+        labels, valid = self._labels_of(t, mask)
+        return self._token_state(z, labels, valid, scale)
 
     def _step(self, v: int) -> int:
         return self.slice_tokens or max(1, SLICE_NUMBERS // max(v, 1))

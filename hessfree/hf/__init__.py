@@ -3,13 +3,12 @@
 from hessfree.hf.backtrack import Backtracked, cg_backtrack
 from hessfree.hf.config import HFConfig
 from hessfree.hf.damping import lm_update, reduction_ratio
-from hessfree.hf.linesearch import LineSearchResult, armijo
 from hessfree.hf.measure import Measures
 from hessfree.hf.optimizer import HessianFree
 from hessfree.hf.phases import BatchSpec, Phase, PhaseSchedule
 from hessfree.hf.precondition import inverse_preconditioner
 from hessfree.hf.stats import ACCEPTED, REJECTIONS, StepStats
-from hessfree.hf.stepsize import Judged, StepSize, fixed_rate, line_search
+from hessfree.hf.stepsize import Judged, LineSearchResult, StepSize, armijo, fixed_rate, line_search
 
 __all__ = [
     "ACCEPTED",

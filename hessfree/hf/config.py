@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from hessfree import _checks
 from hessfree import schedules as _schedules
@@ -30,6 +31,7 @@ BACKTRACK_RULES = ("walk-back", "best")
 LS_RULES = ("armijo", "first-decrease")
 
 
+@_checks.accepts_renamed
 @dataclass(frozen=True)
 class HFConfig:
     """Settings of :class:`hessfree.HessianFree`; defaults are Martens' (2010, HFDemo code).
@@ -98,9 +100,9 @@ class HFConfig:
         learning_rate: step size ε (with the line search: the rate it starts from); 1
             ([S13 A.6]); float or schedule.
         reject_worse: without a line search, reject a step that raises the curvature-batch
-            objective (with one, Armijo decides); with a check batch, the check-batch objective.
-        reject_on_check: with a check batch, ``reject_worse`` judges the step there (True) or
-            on the batch it was fitted to (False; ρ still comes from the check batch).
+            objective (with one, Armijo decides); with a held-out batch, the held-out objective.
+        reject_on_heldout: with a held-out batch, ``reject_worse`` judges the step there (True) or
+            on the batch it was fitted to (False; ρ still comes from the held-out batch).
         reset_on_reject: after a rejected step, start the next CG from ζ times the solution
             before it, not the rejected one (HFDemo carries the rejected solution: False).
         zero_on_reject: after a rejected step, start the next CG from zero ([HF-RNN]: "setting
@@ -146,10 +148,14 @@ class HFConfig:
     ls_max_tries: int = 60
     learning_rate: Any = 1.0
     reject_worse: bool = True
-    reject_on_check: bool = True
+    reject_on_heldout: bool = True
     reset_on_reject: bool = False
     zero_on_reject: bool = False
     boost_on_reject: bool = False
+
+    #: fields an earlier hessfree wrote, by today's name: saved configs, results files and
+    #: ``--set`` still read them (the held-out batch was the "check" batch)
+    RENAMED: ClassVar[dict[str, str]] = {"reject_on_check": "reject_on_heldout"}
 
     def __post_init__(self) -> None:
         """Validate every field; raise ``ValueError`` naming the field."""
@@ -207,8 +213,8 @@ class HFConfig:
         Stability in the minibatch regime (hessfree's choices, measured in
         ``benchmarks/RESULTS.md``, "Momentum-like HF"):
 
-        * ρ from a *check batch* (``HessianFree.step(check_batch=...)``; the trainer draws a
-          second minibatch), compared with the quadratic model built with the check batch's own
+        * ρ from a *held-out batch* (``HessianFree.step(heldout_batch=...)``; the trainer draws a
+          second minibatch), compared with the quadratic model built with the held-out batch's own
           gradient: it measures whether the curvature model holds along the step. With ρ on
           the minibatch the step was fitted to, ρ stays near 1 whatever the step does to other
           cases, λ falls to ~1e-4 and the run wanders (CURVES: training error rising from 2.3
@@ -225,12 +231,17 @@ class HFConfig:
         """
         base = dict(line_search=True, learning_rate=1.0, cg_fixed_iters=True, cg_max_iters=50,
                     cg_decay=0.95, backtracking=False, reject_worse=True,
-                    reject_on_check=False, boost_on_reject=True)
+                    reject_on_heldout=False, boost_on_reject=True)
         base.update(overrides)
         return cls(**base)
 
     def replace(self, **changes: Any) -> HFConfig:
-        """A copy with ``changes`` applied (validated)."""
+        """A copy with ``changes`` applied (validated); an old name warns and still applies."""
+        for old, new in self.RENAMED.items():
+            if old in changes:
+                warnings.warn(f"HFConfig: {old} is now called {new}; the old name goes in the "
+                              "next release", DeprecationWarning, stacklevel=2)
+                changes.setdefault(new, changes.pop(old))
         return replace(self, **changes)
 
     # -- serialisation ------------------------------------------------------------------------
@@ -251,7 +262,9 @@ class HFConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HFConfig:
-        """Inverse of :meth:`to_dict` / :meth:`to_json` (unknown keys raise)."""
+        """Inverse of :meth:`to_dict` / :meth:`to_json` (old names read, unknown keys raise)."""
+        d = {cls.RENAMED.get(k, k): v for k, v in d.items()
+             if not (k in cls.RENAMED and cls.RENAMED[k] in d)}
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -322,7 +335,7 @@ def _check(cfg: HFConfig) -> None:
         raise InputError("ls_batch: Armijo's test needs the gradient of the batch it searches "
                          "on; 'heldout' goes with ls_rule='first-decrease'")
     for name in ("rho_damped", "rho_after_backtracking", "cg_fixed_iters", "backtracking",
-                 "preconditioner", "line_search", "reject_worse", "reject_on_check",
+                 "preconditioner", "line_search", "reject_worse", "reject_on_heldout",
                  "reset_on_reject", "zero_on_reject", "boost_on_reject"):
         _checks.boolean(getattr(cfg, name), name)
     _checks.choice(cfg.backend, "backend", ("auto", *BACKENDS))

@@ -14,12 +14,12 @@ preconditioner's diagonal       gradient (fused with the gradient pass     ``pre
                                 where it can) or curvature                 ``precond_batch``
 CG-backtracking                 gradient, curvature or backtrack           ``backtrack_batch``,
                                 (held out)                                 ``backtracking``
-ρ: f(θ + p) − f(θ) over the     check when given (with its own gradient    ``check_batch``,
-model's prediction              in the model), else curvature              ``rho_after_back...``
+ρ: f(θ + p) − f(θ) over the     heldout when given (its own gradient in    ``heldout_batch``,
+model's prediction              the model), else curvature                 ``rho_after_back...``
 step-size search                gradient or search (held out)              ``line_search``,
                                                                            ``ls_rule``,
                                                                            ``ls_batch``
-a fixed rate's rejection        check (``reject_on_check``), else the      ``reject_worse``,
+a fixed rate's rejection        heldout (``reject_on_heldout``), else the  ``reject_worse``,
                                 backtracking batch at rate 1, else         ``learning_rate``
                                 curvature
 ==============================  =========================================  =====================
@@ -47,10 +47,10 @@ from hessfree.hf.phases import ROLES
 from hessfree.hf.record import StepRecord
 from hessfree.vectors import ParamLayout
 
-__all__ = ["BACKTRACK", "CHECK", "CURVATURE", "GRADIENT", "SEARCH", "THETA", "Measures",
+__all__ = ["BACKTRACK", "CURVATURE", "GRADIENT", "HELDOUT", "SEARCH", "THETA", "Measures",
            "Values", "resolve"]
 
-GRADIENT, CURVATURE, CHECK, BACKTRACK, SEARCH = ROLES
+GRADIENT, CURVATURE, HELDOUT, BACKTRACK, SEARCH = ROLES
 #: the point θ itself; every other point is ``(i, α)``: θ + α·x_i for the CG iterate x_i
 THETA = (-1, 0.0)
 Point = tuple[int, float]
@@ -66,7 +66,7 @@ class Measures:
         precondition: the preconditioner's diagonal's (None: no preconditioner).
         fused: the diagonal comes from the gradient pass (HFDemo's ``grad2``).
         backtrack: CG-backtracking's.
-        rho: ρ's: ``"check"`` or the curvature role.
+        rho: ρ's: ``"heldout"`` or the curvature role.
         rho_backtracked: ρ measures the backtracked step (else the last CG iterate).
         search: the step-size search's (None: a fixed rate).
         search_rule: ``"armijo"`` or ``"first-decrease"`` (None: a fixed rate).
@@ -111,12 +111,12 @@ def resolve(config: HFConfig, given: Collection[str], rate: float = 1.0,
         (GRADIENT if config.backtrack_batch == "gradient" else curvature)
     reject = None
     if not config.line_search and config.reject_worse:
-        reject = CHECK if CHECK in given and config.reject_on_check else \
+        reject = HELDOUT if HELDOUT in given and config.reject_on_heldout else \
             (backtrack if rate == 1.0 else curvature)
     return Measures(
         curvature=curvature, precondition=precondition,
         fused=config.preconditioner and on_gradient and curvature == CURVATURE,
-        backtrack=backtrack, rho=CHECK if CHECK in given else curvature,
+        backtrack=backtrack, rho=HELDOUT if HELDOUT in given else curvature,
         rho_backtracked=config.rho_after_backtracking,
         search=(SEARCH if heldout_ls else GRADIENT) if config.line_search else None,
         search_rule=config.ls_rule if config.line_search else None, reject=reject, rate=rate)

@@ -12,7 +12,7 @@ One step (``docs/architecture.md``, "One HF step"; [M10 §4]):
    backtracked one, as in HFDemo), Martens' stopping rule, stored iterates ([M10 §4.4-4.5]);
 6. CG-backtracking over the stored iterates ([M10 §4.6]) on the gradient batch (HFDemo), the
    curvature batch or a held-out batch ([HF-RNN]);
-7. ρ = (f(θ+p) − f(θ)) / (q(p) − q(0)) on the curvature batch (or the check batch) and the
+7. ρ = (f(θ+p) − f(θ)) / (q(p) − q(0)) on the curvature batch (or the held-out batch) and the
    Levenberg-Marquardt rule ([M10 §4.1]);
 8. the step size: Armijo line search on the gradient batch, HF-RNN's first-decrease search, or a
    fixed learning rate (:mod:`hessfree.hf.stepsize`);
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hessfree import cg
+from hessfree import _checks, cg
 from hessfree._checks import is_finite
 from hessfree.batches import Chunks, leaves, take
 from hessfree.curvature import GGN, Hessian, Problem
@@ -49,8 +49,8 @@ from hessfree.hf.config import HFConfig
 from hessfree.hf.damping import lm_update, reduction_ratio
 from hessfree.hf.measure import (
     BACKTRACK,
-    CHECK,
     GRADIENT,
+    HELDOUT,
     SEARCH,
     THETA,
     Measures,
@@ -272,8 +272,9 @@ class HessianFree:
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, grad_batch: Any = None, curvature_batch: Any = None, *,
-             check_batch: Any = None, backtrack_batch: Any = None, search_batch: Any = None,
-             on_quadratic: Callable[[Quadratic], None] | None = None) -> StepStats:
+             heldout_batch: Any = None, backtrack_batch: Any = None, search_batch: Any = None,
+             on_quadratic: Callable[[Quadratic], None] | None = None,
+             check_batch: Any = None) -> StepStats:
         """One outer HF iteration; updates the parameters in place and returns its record.
 
         Args:
@@ -282,8 +283,8 @@ class HessianFree:
                 other batch): every batch the current phase names is drawn from ``source``.
             curvature_batch: the same form, for the curvature products (Martens: 1/4 of
                 CURVES); ``None``: the gradient batch.
-            check_batch: a batch the step was not fitted to, on which ρ (and, with
-                ``reject_on_check``, a fixed rate's rejection) measures the step instead of the
+            heldout_batch: a batch the step was not fitted to, on which ρ (and, with
+                ``reject_on_heldout``, a fixed rate's rejection) measures the step instead of the
                 curvature batch (one gradient and one objective evaluation; ρ compares with the
                 quadratic model built with this batch's gradient); None: as HFDemo.
             backtrack_batch: the held-out batch of CG-backtracking when the config says
@@ -292,12 +293,15 @@ class HessianFree:
                 ``ls_batch="heldout"`` ([HF-RNN] ``line_search_batches``); else unused.
             on_quadratic: called with the step's :class:`~hessfree.Quadratic` (the one
                 :meth:`quadratic` would give) before CG runs, e.g. to save it.
+            check_batch: the old name of ``heldout_batch`` (a ``DeprecationWarning``).
 
         Which batch measures what is resolved once, before anything runs
         (:mod:`hessfree.hf.measure`).
         """
         t_start = time.perf_counter()
-        batches = self._batches(dict(zip(ROLES, (grad_batch, curvature_batch, check_batch,
+        heldout_batch = _checks.renamed(heldout_batch, check_batch, "heldout_batch",
+                                        "check_batch", "HessianFree.step")
+        batches = self._batches(dict(zip(ROLES, (grad_batch, curvature_batch, heldout_batch,
                                                 backtrack_batch, search_batch))))
         cfg, theta = self.config, self._theta()
         plan = resolve(cfg, batches, float(value_at(cfg.learning_rate, self.t)))
@@ -322,7 +326,7 @@ class HessianFree:
         self._rho(m, res, bt, plan, values, record)
         if not (is_finite(bt.step) and is_finite(bt.value)):
             return self._finish(record, t_start, "non-finite step")
-        with Timer(record, "seconds_linesearch"):
+        with Timer(record, "seconds_stepsize"):
             size = self._step_size(m, bt, plan, values)
         self._move(bt.step, size, record)
         return self._finish(record, t_start, size.rejection or ACCEPTED)
@@ -428,8 +432,8 @@ class HessianFree:
         """ρ and the quadratic model's change along the step ρ measures (in the record).
 
         The curvature batch's objective there is always measured (HFDemo's ``ll_chunk``,
-        [HF-RNN] ``RHO_batches``); a check batch replaces it in ρ, compared with the model
-        built with the check batch's own gradient ``g_c``: ``g_cᵀp + ½ pᵀBp`` (``Bp`` the same
+        [HF-RNN] ``RHO_batches``); a held-out batch replaces it in ρ, compared with the model
+        built with the held-out batch's own gradient ``g_c``: ``g_cᵀp + ½ pᵀBp`` (``Bp`` the same
         product). A step fitted to its minibatch gains less on other cases than the fitted model
         says; a model built on the same cases measures how far the curvature holds along ``p``.
         """
@@ -439,12 +443,12 @@ class HessianFree:
         f_ref = m.G.value
         record.model_change, Bp = self._model_change(m.G, m.g, p, record, m.n_curv)
         model_change = record.model_change
-        if plan.rho == CHECK:
-            e = values.at_theta(CHECK, grad=True)
+        if plan.rho == HELDOUT:
+            e = values.at_theta(HELDOUT, grad=True)
             assert e.grad is not None
-            record.check_loss_before = f_ref = e.value
-            record.check_loss_after = f_rho = values.at(CHECK, (iteration, 1.0), p)
-            record.check_model_change = model_change = \
+            record.heldout_loss_before = f_ref = e.value
+            record.heldout_loss_after = f_rho = values.at(HELDOUT, (iteration, 1.0), p)
+            record.heldout_model_change = model_change = \
                 float(torch.dot(e.grad, p) + 0.5 * torch.dot(p, Bp))
         record.rho = reduction_ratio(f_rho, f_ref, model_change)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from hessfree import _checks
 from hessfree.errors import InputError, InputTypeError
@@ -39,9 +39,9 @@ from hessfree.hf.config import HFConfig
 __all__ = ["BATCH_KINDS", "ROLES", "BatchSource", "BatchSpec", "Phase", "PhaseSchedule"]
 
 #: the batches of one HF step, by role; a role's position is its code (it seeds fresh draws in
-#: ``hessfree.runs``): the gradient, the curvature, the held-out ρ batch (``check``), the
+#: ``hessfree.runs``): the gradient, the curvature, the held-out ρ batch (``heldout``), the
 #: held-out CG-backtracking and step-size search batches ([HF-RNN])
-ROLES = ("gradient", "curvature", "check", "backtrack", "search")
+ROLES = ("gradient", "curvature", "heldout", "backtrack", "search")
 
 #: "all": the whole set; "chunk": one of ``parts`` fixed pieces, piece ``t mod parts`` at update
 #: t; "minibatch": a fresh random minibatch (``fraction`` of the set or ``size`` cases) drawn
@@ -132,6 +132,7 @@ class BatchSource(Protocol):
         ...
 
 
+@_checks.accepts_renamed
 @dataclass(frozen=True)
 class Phase:
     """One stretch of an HF run with fixed batches, config and objective (module docstring).
@@ -145,8 +146,8 @@ class Phase:
         curvature: the curvature batch (``BatchSpec("same")``: the gradient batch).
         config: the HFConfig of the phase's updates; None: the optimizer's ``config``.
         weight_decay: L2 coefficient of the phase's objective; None: the problem's.
-        check: a batch the step is not fitted to, on which ρ and the rejection test measure it
-            (``HessianFree.step``'s ``check_batch``); None: the curvature batch (HFDemo).
+        heldout: a batch the step is not fitted to, on which ρ and the rejection test measure it
+            (``HessianFree.step``'s ``heldout_batch``); None: the curvature batch (HFDemo).
         backtrack: the held-out CG-backtracking batch (``HessianFree.step``'s
             ``backtrack_batch``, used when the config says ``backtrack_batch="heldout"``).
         search: the held-out step-size search batch (``search_batch``; ``ls_batch="heldout"``).
@@ -159,7 +160,7 @@ class Phase:
     curvature: BatchSpec = field(default_factory=lambda: BatchSpec("same"))
     config: HFConfig | None = None
     weight_decay: float | None = None
-    check: BatchSpec | None = None
+    heldout: BatchSpec | None = None
     backtrack: BatchSpec | None = None
     search: BatchSpec | None = None
 
@@ -211,12 +212,19 @@ class Phase:
                 "weight_decay": self.weight_decay,
                 **{role: getattr(self, role).to_dict() for role in _HELD_OUT
                    if getattr(self, role) is not None},
-                **({} if self.check is not None else {"check": None})}
+                **({} if self.heldout is not None else {"heldout": None})}
+
+    #: keys an earlier hessfree wrote, by today's name (the held-out batch was ``check``)
+    RENAMED: ClassVar[dict[str, str]] = {"check": "heldout"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Phase:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; reads the old keys of :attr:`RENAMED` too."""
         d = dict(d)
+        for old, new in cls.RENAMED.items():
+            if old in d:
+                value = d.pop(old)
+                d.setdefault(new, value)
         cfg = d.pop("config", None)
         held = {role: d.pop(role, None) for role in _HELD_OUT}
         return cls(**{**d, "gradient": BatchSpec(**d.get("gradient", {})),

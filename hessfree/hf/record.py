@@ -44,9 +44,9 @@ class StepRecord:
     ls_evals: int = 0
     grad_norm: float = math.nan
     step_norm: float = 0.0
-    check_loss_before: float = math.nan
-    check_loss_after: float = math.nan
-    check_model_change: float = math.nan
+    heldout_loss_before: float = math.nan
+    heldout_loss_after: float = math.nan
+    heldout_model_change: float = math.nan
     gradients: int = 0
     forwards: int = 0
     products: int = 0
@@ -59,7 +59,7 @@ class StepRecord:
     seconds_cg: float = 0.0
     seconds_products: float = 0.0
     seconds_backtrack: float = 0.0
-    seconds_linesearch: float = 0.0
+    seconds_stepsize: float = 0.0
 
     def gradient(self, cases: int) -> None:
         """Count a gradient evaluation (or its equivalent) over ``cases`` cases."""

@@ -24,10 +24,11 @@ class StepStats:
     ``phase`` is the index of the optimizer's phase the step ran in
     (:mod:`hessfree.hf.phases`). Losses are objectives (loss + weight decay). ``loss_*`` are
     on the gradient batch, ``curv_loss_*`` on the curvature batch; ``loss_after`` is NaN when
-    nothing evaluated it (no line search); ``check_loss_*`` are on the step's check batch (NaN
-    without one), where ρ and rejection were then measured. Costs count evaluations and the
-    cases they covered, so runs with different batch sizes compare in gradient-equivalents (a
-    GGN product costs about one gradient, ``benchmarks/RESULTS.md``; a forward pass a third).
+    nothing evaluated it (no line search); ``heldout_loss_*`` are on the step's held-out batch
+    (NaN without one; ``check_loss_*`` before), where ρ and rejection were then measured.
+    Costs count evaluations and the cases they covered, so runs with different batch sizes
+    compare in gradient-equivalents (a GGN product costs about one gradient,
+    ``benchmarks/RESULTS.md``; a forward pass a third).
     """
 
     step: int
@@ -51,9 +52,9 @@ class StepStats:
     ls_evals: int
     grad_norm: float
     step_norm: float
-    check_loss_before: float
-    check_loss_after: float
-    check_model_change: float
+    heldout_loss_before: float
+    heldout_loss_after: float
+    heldout_model_change: float
     gradients: int
     forwards: int
     products: int
@@ -67,7 +68,7 @@ class StepStats:
     seconds_cg: float
     seconds_products: float
     seconds_backtrack: float
-    seconds_linesearch: float
+    seconds_stepsize: float
 
     @property
     def grad_equivalents(self) -> float:

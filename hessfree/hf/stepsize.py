@@ -1,7 +1,7 @@
 """How far to move along HF's chosen step: one function per policy.
 
 * :func:`line_search`: Martens' Armijo backtracking on the gradient batch ([M10 §4.6]; HFDemo
-  "bog-standard back-tracking", :func:`hessfree.hf.linesearch.armijo`) from rate 1, or from the
+  "bog-standard back-tracking", :func:`armijo`) from rate 1, or from the
   scheduled rate ε in the momentum-like HF's preset ([S13 A.6]; see
   :meth:`hessfree.hf.config.HFConfig.momentum_like`); the step is rejected when no rate within
   ``ls_max_tries`` reductions gives sufficient decrease.
@@ -14,7 +14,8 @@
 
 Both return a :class:`StepSize`: the rate, the gradient-batch objective after the step when it was
 evaluated (NaN otherwise), how many objective evaluations the policy spent, and why the step is
-rejected (None when it is taken).
+rejected (None when it is taken). :func:`armijo` is the Armijo search itself, on any objective
+of the rate.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hessfree.hf.config import HFConfig
-from hessfree.hf.linesearch import armijo
 
-__all__ = ["Judged", "StepSize", "first_decrease", "fixed_rate", "line_search",
-           "LINE_SEARCH_FAILED", "LOSS_INCREASED"]
+__all__ = ["Judged", "LineSearchResult", "StepSize", "armijo", "first_decrease", "fixed_rate",
+           "line_search", "LINE_SEARCH_FAILED", "LOSS_INCREASED"]
 
 LINE_SEARCH_FAILED = "line search failed"
 LOSS_INCREASED = "loss increased"
@@ -54,6 +54,50 @@ class StepSize:
     value: float
     evaluations: int
     rejection: str | None
+
+
+@dataclass(frozen=True)
+class LineSearchResult:
+    """Step size (0 if none was acceptable), the objective there, evaluations used."""
+
+    alpha: float
+    value: float
+    evaluations: int
+    accepted: bool
+
+
+def armijo(objective: Callable[[float], float], f0: float, slope: float, c: float = 1e-2,
+           shrink: float = 0.8, max_tries: int = 60, alpha0: float = 1.0,
+           first_value: float | None = None) -> LineSearchResult:
+    """Largest ``alpha0·shrink^k`` (k < ``max_tries``) with sufficient decrease.
+
+    Armijo backtracking ([M10 §4.6]; [HFDemo] "bog-standard back-tracking"): ``rate = 1;
+    c = 10^(-2)``; accept when ``f(θ + rate·p) <= f(θ) + c·rate·gᵀp``, else ``rate = 0.8·rate``;
+    ``while j < 60`` tests the rates 0.8^0 ... 0.8^59 and the 60th reduction rejects the step
+    (rate 0).
+
+    Args:
+        objective: ``alpha -> f(θ + alpha·p)``.
+        f0: ``f(θ)``.
+        slope: ``gᵀp`` (negative for a descent direction).
+        c: sufficient-decrease constant.
+        shrink: reduction factor.
+        max_tries: rates tested (HFDemo: 60, rates 0.8^0 ... 0.8^59).
+        alpha0: first step size.
+        first_value: ``f(θ + alpha0·p)`` if already known (saves one evaluation).
+    """
+    alpha = alpha0
+    evaluations = 0
+    for k in range(max_tries):
+        if k == 0 and first_value is not None:
+            value = first_value
+        else:
+            value = objective(alpha)
+            evaluations += 1
+        if math.isfinite(value) and value <= f0 + c * alpha * slope:
+            return LineSearchResult(alpha, value, evaluations, True)
+        alpha *= shrink
+    return LineSearchResult(0.0, f0, evaluations, False)
 
 
 def line_search(objective: Callable[[float], float], f0: float, slope: float,

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hessfree import _checks
 from hessfree.batches import is_source, leaves, take
 from hessfree.curvature import Problem
 from hessfree.errors import InputError, InputTypeError
@@ -172,12 +173,12 @@ def _phases(phases: Any) -> Any:
     items = phases.phases if isinstance(phases, PhaseSchedule) else phases
     for i, phase in enumerate(items or ()):
         if isinstance(phase, Phase) and (phase.gradient != BatchSpec("all") or phase.curvature
-                                         != BatchSpec("same") or phase.check is not None):
+                                         != BatchSpec("same") or phase.heldout is not None):
             raise InputError(
                 f"phases[{i}]: its batch specs ({phase.gradient.describe()}, curvature "
                 f"{phase.curvature.describe()}) are drawn by hessfree's runners; in a training "
                 "loop the loop gives the batches: leave the specs at their defaults and use "
-                "curvature= and step(check_batch=)")
+                "curvature= and step(heldout_batch=)")
     return phases
 
 
@@ -262,8 +263,9 @@ class HessianFreeOptimizer(torch.optim.Optimizer):
         return self.hf.stop_reason
 
     def step(self, closure: Callable[[], Any] | None = None, *, batch: Any = None,
-             curvature_batch: Any = None, check_batch: Any = None,
-             on_quadratic: Callable[[Quadratic], None] | None = None) -> float:
+             curvature_batch: Any = None, heldout_batch: Any = None,
+             on_quadratic: Callable[[Quadratic], None] | None = None,
+             check_batch: Any = None) -> float:
         """One HF step (:meth:`hessfree.HessianFree.step`); returns the loss before it.
 
         **The closure contract.** ``closure()`` is called once, before anything else, and must
@@ -282,24 +284,27 @@ class HessianFreeOptimizer(torch.optim.Optimizer):
             batch: the gradient batch, instead of the closure (not both).
             curvature_batch: the curvature batch of this step; default: the ``curvature``
                 policy given at construction.
-            check_batch: cases the step was not fitted to, on which ρ is measured
+            heldout_batch: cases the step was not fitted to, on which ρ is measured
                 (:meth:`hessfree.HessianFree.step`).
             on_quadratic: called with the step's :class:`~hessfree.Quadratic` before CG runs.
+            check_batch: the old name of ``heldout_batch`` (a ``DeprecationWarning``).
 
         Returns:
             The objective on the gradient batch before the step (``.last_stats`` has the
             rest: loss after, ρ, λ, CG iterations and reason, costs).
         """
+        heldout_batch = _checks.renamed(heldout_batch, check_batch, "heldout_batch",
+                                        "check_batch", "HessianFreeOptimizer.step")
         grad_batch = self._gradient_batch(closure, batch)
         if curvature_batch is not None:
             curv = _batch(curvature_batch, self.targets, "curvature_batch")
         else:
             curv = self._curvature_of(grad_batch)
-        check = None if check_batch is None else _batch(check_batch, self.targets,
-                                                         "check_batch")
+        heldout = None if heldout_batch is None else _batch(heldout_batch, self.targets,
+                                                           "heldout_batch")
         self._check_precision()
         with torch.enable_grad():
-            stats = self.hf.step(grad_batch, curv, check_batch=check, on_quadratic=on_quadratic)
+            stats = self.hf.step(grad_batch, curv, heldout_batch=heldout, on_quadratic=on_quadratic)
         self.param_groups[0].report(stats.step_size, self.hf.lam)
         return stats.loss_before
 

@@ -42,9 +42,9 @@ __all__ = ["BatchDrawer", "EpochSampler", "BACKTRACK", "CURVATURE", "GRADIENT", 
 
 #: roles of a batch (they seed fresh draws and samplers differently): the codes HessianFree
 #: draws with (``hessfree.hf.phases.ROLES``; RHO: the held-out minibatch ρ is measured on,
-#: ``HessianFree.step``'s ``check_batch``)
+#: ``HessianFree.step``'s ``heldout_batch``)
 GRADIENT, CURVATURE, RHO, BACKTRACK, SEARCH = (ROLES.index(r) for r in (
-    "gradient", "curvature", "check", "backtrack", "search"))
+    "gradient", "curvature", "heldout", "backtrack", "search"))
 
 
 class EpochSampler:

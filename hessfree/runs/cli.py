@@ -141,24 +141,21 @@ def _list(kind: type) -> Any:
     return parse
 
 
-def _int(name: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    parse.__name__ = name
-    return parse
+def _scalar(kind: type, expected: str) -> Any:
+    """An argparse ``type`` for the option ``name``: ``kind(text)``, else "expected ..."."""
+    def typed(name: str) -> Any:
+        def parse(text: str) -> Any:
+            try:
+                return kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        parse.__name__ = name
+        return parse
+    return typed
 
 
-def _float(name: str) -> Any:
-    def parse(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    parse.__name__ = name
-    return parse
+_int = _scalar(int, "an integer")
+_float = _scalar(float, "a number")
 
 
 class _Parser(argparse.ArgumentParser):

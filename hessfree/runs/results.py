@@ -62,12 +62,19 @@ from hessfree.runs.h5 import (
 )
 from hessfree.runs.lock import is_live
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "ResultsError", "ResultsWriter", "RunRecord", "RunResults",
-           "list_runs", "read_results"]
+__all__ = ["FORMAT", "RENAMED_COLUMNS", "SCHEMA_VERSION", "ResultsError", "ResultsWriter",
+           "RunRecord", "RunResults", "list_runs", "read_results"]
 
 log = logging.getLogger(__name__)
 
 TABLES = ("steps", "eval")
+#: columns an earlier hessfree wrote, by today's name: read under today's name, renamed in a
+#: resumed file (the held-out batch of an HF step was the "check" batch; the step-size
+#: policy's time was called the line search's)
+RENAMED_COLUMNS = {"check_loss_before": "heldout_loss_before",
+                   "check_loss_after": "heldout_loss_after",
+                   "check_model_change": "heldout_model_change",
+                   "seconds_linesearch": "seconds_stepsize"}
 _CHUNK_ROWS = 1024  # 8 KiB float64 chunks: few chunk allocations and index splits in a long run
 _DTYPES = {"f": np.dtype(np.float64), "i": np.dtype(np.int64), "b": np.dtype(bool),
            "O": h5py.string_dtype("utf-8")}
@@ -236,6 +243,9 @@ class ResultsWriter:
         try:
             if mode == "append":
                 write_attrs(self._f, attrs or {})
+                for name in TABLES:
+                    if name in self._f:
+                        _rename_columns(self._f[name])
             self._tables = {name: _Table(self._f.require_group(name)) for name in TABLES}
             self._f.flush()
         except BaseException:
@@ -369,6 +379,35 @@ class RunResults:
             return {key: group[key][()] for key in json.loads(group.attrs["names"])}
 
 
+def _rename_columns(group: h5py.Group) -> None:
+    """Give a resumed table's columns today's names (:data:`RENAMED_COLUMNS`), in place.
+
+    Each old column is first linked under its new name, then ``fields`` lists the new names,
+    then the old links go: at every moment the columns ``fields`` names exist.
+    """
+    try:
+        names = json.loads(group.attrs.get("fields", "[]"))
+    except (TypeError, ValueError):
+        return  # a damaged table: reading its columns says so in one line
+    if not isinstance(names, list):
+        return
+    renames = {old: new for old, new in RENAMED_COLUMNS.items()
+               if old in names and new not in names and old in group and new not in group}
+    if not renames:
+        return
+    for old, new in renames.items():
+        group[new] = group[old]
+    group.attrs["fields"] = json.dumps([renames.get(k, k) for k in names])
+    for old in renames:
+        del group[old]
+
+
+def _today(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A table read from a file with today's column names (:data:`RENAMED_COLUMNS`)."""
+    return {(RENAMED_COLUMNS[k] if k in RENAMED_COLUMNS and RENAMED_COLUMNS[k] not in table
+             else k): v for k, v in table.items()}
+
+
 def _upgrade_v1(steps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Version-1 step columns in the shared row schema (``loss``, ``reason``)."""
     if "loss_before" in steps and "loss" not in steps:
@@ -384,7 +423,7 @@ def _read_once(path: str | os.PathLike, damaged: list[str]) -> RunResults:
         steps = _read_table(f.get("steps"), damaged)
         if int(f.attrs.get("schema_version", SCHEMA_VERSION)) < 2:
             steps = _upgrade_v1(steps)
-        return RunResults(Path(path), read_attrs(f), steps,
+        return RunResults(Path(path), read_attrs(f), _today(steps),
                           _read_table(f.get("eval"), damaged), [k for k in params if k[0] != "."],
                           sorted(quads, key=lambda k: (len(k), k)))
 

@@ -102,9 +102,17 @@ def flat(record: Any) -> dict[str, Any]:
     return out
 
 
+def renames(cls: type) -> dict[str, str]:
+    """Old flat keys of ``cls`` by today's name: its ``RENAMED`` and its nested records'."""
+    out = dict(getattr(cls, "RENAMED", {}))
+    for t in _nested(cls).values():
+        out.update(t.RENAMED)
+    return out
+
+
 def _renamed(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with old keys (``cls.RENAMED``) under today's names (today's name wins)."""
-    renamed = getattr(cls, "RENAMED", {})
+    """``values`` with old keys (:func:`renames`) under today's names (today's name wins)."""
+    renamed = renames(cls)
     out = {k: v for k, v in values.items() if k not in renamed}
     for old, new in renamed.items():
         if old in values:
@@ -191,7 +199,7 @@ def _parse_one(text: str, kind: Any, key: str) -> Any:
 
 def today(records: tuple[Any, ...], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``overrides`` with keys renamed since (the records' ``RENAMED``) under today's names."""
-    renamed = {old: new for rec in records for old, new in type(rec).RENAMED.items()}
+    renamed = {old: new for rec in records for old, new in renames(type(rec)).items()}
     return {renamed.get(k, k): v for k, v in overrides.items()}
 
 
@@ -370,7 +378,7 @@ class MomentumHFSettings(Settings):
     ``heldout_rho`` (default on: hessfree's fix of the minibatch phase,
     :meth:`HFConfig.momentum_like`; called ``check`` before, which still reads) measures ρ of
     the first phase on a second minibatch of the same size, drawn from the cases outside the
-    fitted one (disjoint from it; ``HessianFree.step``'s ``check_batch``), so λ adapts to how
+    fitted one (disjoint from it; ``HessianFree.step``'s ``heldout_batch``), so λ adapts to how
     well steps generalise.
 
     Attributes:
@@ -445,7 +453,7 @@ class MomentumHFSettings(Settings):
         iters = int(self.config.cg_max_iters)
         length = _scaled(self.minibatch_cg_steps, f, iters)
         phase1 = Phase("minibatch", cg_steps=length or None, gradient=minibatch,
-                       curvature=BatchSpec("same"), config=first, check=heldout)
+                       curvature=BatchSpec("same"), config=first, heldout=heldout)
         if fresh or not length or not (self.full_cg_steps or self.final_cg_steps):
             return PhaseSchedule((phase1,))
         full = self.config.replace(cg_max_iters=self.full_cg_iters, cg_decay=self.full_decay,
@@ -483,28 +491,32 @@ class MomentumHFSettings(Settings):
 class MomentumSettings(Settings):
     """NAG, CM and SGD in a run ([S13 Eq. 1-5], §3 for the autoencoders, §4 for the RNNs).
 
-    Attributes:
-        weight_decay: L2 coefficient of the objective (the papers use none).
-        batch_size: cases per update (200 for the autoencoders, 100 for the RNNs).
-        lr: the learning rate ε.
-        schedule: ``"sutskever"`` (Eq. 5 capped at ``mu_max``, μ = ``final_mu`` for the last
-            ``final_steps`` updates), ``"rnn"`` (0.9 for ``warm_steps`` updates, then ``mu0``) or
-            ``"constant"`` (``mu_max``). SGD ignores it (μ = 0).
-        mu_max, final_mu, final_steps, mu0, warm_steps: the schedules' constants.
-        mu_stage: updates per stage of Eq. 5 (250, [S13 Eq. 5]; ``hessfree reproduce`` scales it
-            with the fraction of the budget unless told not to).
+    Each field's meaning is the docstring below it.
     """
 
     weight_decay: float = 0.0
+    """L2 coefficient of the objective (the papers use none)."""
     batch_size: int = 200
+    """Cases per update (200 for the autoencoders, 100 for the RNNs)."""
     lr: float = 0.01
+    """The learning rate ε."""
     schedule: str = "sutskever"
+    """``"sutskever"`` (Eq. 5 capped at ``mu_max``, μ = ``final_mu`` for the last
+    ``final_steps`` updates), ``"rnn"`` (0.9 for ``warm_steps`` updates, then ``mu0``) or
+    ``"constant"`` (``mu_max``). SGD ignores it (μ = 0)."""
     mu_max: float = 0.99
+    """The cap of Eq. 5, and the constant schedule's μ."""
     final_mu: float = 0.9
+    """μ of Eq. 5's last ``final_steps`` updates."""
     final_steps: int = 1000
+    """Updates at ``final_mu`` at the end of a ``"sutskever"`` run."""
     mu0: float = 0.995
+    """μ of the ``"rnn"`` schedule after its warm start."""
     warm_steps: int = 1000
+    """Updates at μ = 0.9 before the ``"rnn"`` schedule's ``mu0``."""
     mu_stage: int = 250
+    """Updates per stage of Eq. 5 (250, [S13 Eq. 5]; ``hessfree reproduce`` scales it with the
+    fraction of the budget unless told not to)."""
 
     def __post_init__(self) -> None:
         """Validate."""
