@@ -67,6 +67,16 @@ def _reference(capsys, tmp_path, steps=8):
     return read_results(out.strip().splitlines()[-1])
 
 
+def _resumes_to(capsys, path, ref, steps=8):
+    """``--resume`` finishes the run with the rows of the uninterrupted reference."""
+    code, _, err = run(capsys, "train", "--resume", path.parent, "--steps", steps, "--quiet")
+    assert code == 0, err
+    res = read_results(path)
+    for k in ("step", "loss", "mu"):
+        np.testing.assert_array_equal(res.steps[k], ref.steps[k], err_msg=k)
+    assert res.attrs["status"] == "finished"
+
+
 @pytest.mark.parametrize("kind", sorted(ERRORS))
 def test_fault_at_creation_leaves_nothing(capsys, tmp_path, monkeypatch, kind):
     _fail_on(monkeypatch, ResultsWriter, "_create", 1, ERRORS[kind])
@@ -90,12 +100,7 @@ def test_fault_at_a_row_keeps_committed_rows_and_resumes(capsys, tmp_path, monke
     assert checkpoint.load(path.with_name("checkpoint.pt"))["step"] == 3
     assert _no_temporaries(path.parent) == []
     monkeypatch.undo()
-    code, _, err = run(capsys, "train", "--resume", path.parent, "--steps", 8, "--quiet")
-    assert code == 0, err
-    res = read_results(path)
-    for k in ("step", "loss", "mu"):
-        np.testing.assert_array_equal(res.steps[k], ref.steps[k], err_msg=k)
-    assert res.attrs["status"] == "finished"
+    _resumes_to(capsys, path, ref)
 
 
 def test_a_wall_clock_checkpoint_is_written_before_checkpoint_every(capsys, tmp_path,
@@ -138,12 +143,7 @@ def test_a_crash_before_checkpoint_every_resumes_from_the_wall_clock_checkpoint(
     path = _only_run(tmp_path)
     assert checkpoint.load(path.with_name("checkpoint.pt"))["step"] == 4
     monkeypatch.undo()
-    code, _, err = run(capsys, "train", "--resume", path.parent, "--steps", 8, "--quiet")
-    assert code == 0, err
-    res = read_results(path)
-    for k in ("step", "loss", "mu"):
-        np.testing.assert_array_equal(res.steps[k], ref.steps[k], err_msg=k)
-    assert res.attrs["status"] == "finished"
+    _resumes_to(capsys, path, ref)
 
 
 @pytest.mark.parametrize("kind", sorted(ERRORS))

@@ -386,26 +386,14 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
             given here are applied (and recorded).
     """
     check_budgets(steps, seconds, budget)
-    given = Path(path)
-    if not given.exists():
-        raise InputError(f"--resume: no such run folder {str(given)!r}")
-    path = given / RESULTS_NAME if given.is_dir() else given
-    ckpt = path.with_name(CHECKPOINT_NAME)
-    if not path.exists() or not ckpt.exists():
-        raise InputError(f"--resume: {str(given)!r} is not a run folder (expected results.h5 "
-                         f"and checkpoint.pt in {str(path.parent)!r})")
+    path, ckpt = _run_files(path)
     state = checkpoint.load(ckpt)
     saved = _saved_spec(state, ckpt)
     changes = _check_resume(saved, expect)
     spec = dataclasses.replace(saved, steps=steps, seconds=seconds, budget=budget, quiet=quiet,
                                **changes)
     exp = experiments.get(spec.experiment)
-    try:
-        data = from_flat(type(exp.data_defaults()), state["data_settings"])
-        opt = from_flat(families.get(spec.optimizer).settings, state["optimizer_settings"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise checkpoint.CheckpointError(f"{ckpt}: its settings do not fit experiment "
-                                         f"{spec.experiment!r} ({err})") from None
+    data, opt = _saved_settings(exp, spec, state, ckpt)
     _check_overrides(exp, spec.optimizer, data, opt, expect.get("overrides") or {})
     chosen = _resumed_threads(spec.threads, state)
     with run_threads.using(chosen.n):
@@ -435,6 +423,30 @@ def resume(path: str | os.PathLike, steps: int | None = None, seconds: float | N
                 log.info("%s is already at step %d: the budget asks for nothing more", path,
                          run.step)
             return _loop(run, session, chosen, on_progress)
+
+
+def _saved_settings(exp: Experiment, spec: RunSpec, state: dict[str, Any], ckpt: Path
+                    ) -> tuple[Any, Any]:
+    """The data and optimizer settings records a checkpoint holds."""
+    try:
+        return (from_flat(type(exp.data_defaults()), state["data_settings"]),
+                from_flat(families.get(spec.optimizer).settings, state["optimizer_settings"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise checkpoint.CheckpointError(f"{ckpt}: its settings do not fit experiment "
+                                         f"{spec.experiment!r} ({err})") from None
+
+
+def _run_files(given: str | os.PathLike) -> tuple[Path, Path]:
+    """The results file and the checkpoint of the run folder (or results file) ``given``."""
+    given = Path(given)
+    if not given.exists():
+        raise InputError(f"--resume: no such run folder {str(given)!r}")
+    path = given / RESULTS_NAME if given.is_dir() else given
+    ckpt = path.with_name(CHECKPOINT_NAME)
+    if not path.exists() or not ckpt.exists():
+        raise InputError(f"--resume: {str(given)!r} is not a run folder (expected results.h5 "
+                         f"and checkpoint.pt in {str(path.parent)!r})")
+    return path, ckpt
 
 
 def _resumed_threads(threads: int | str, state: dict[str, Any]) -> run_threads.Threads:
@@ -517,11 +529,8 @@ def _loop(run: _Run, session: RunSession, chosen: run_threads.Threads,
             t0 = time.perf_counter()
             row = _update(run, session, budget, stops_on_time)
             if row is None:  # the budget's time was up during the update: undone
-                last = True
-                if lead and run.last_eval != run.step:
-                    _evaluate(run, session, budget, bar)
                 if lead:
-                    _checkpoint(run, session, budget)
+                    _final_work(run, session, budget, bar)
                 break
             run.step += 1
             run.seconds += float(row["seconds"])
@@ -557,6 +566,14 @@ def _loop(run: _Run, session: RunSession, chosen: run_threads.Threads,
         log.info("results in %s (%.1f s of wall-clock in this session's loop)", session.path,
                  time.perf_counter() - run.loop_start)
     return session.path
+
+
+def _final_work(run: _Run, session: RunSession, budget: WallBudget | None, bar: RunBar
+                ) -> None:
+    """The final evaluation (unless this step has one) and checkpoint of an ended run."""
+    if run.last_eval != run.step:
+        _evaluate(run, session, budget, bar)
+    _checkpoint(run, session, budget)
 
 
 def _update(run: _Run, session: RunSession, budget: WallBudget | None, stops_on_time: bool
