@@ -163,3 +163,20 @@ def test_the_plan_gives_each_group_and_the_whole_an_estimated_time(monkeypatch):
     total = (sum(nag) + sum(hf)) / 2
     assert f"estimated {total / 60:.0f} min with --jobs 2" in text
     assert "measured 2026-01-02 on 2 cores" in text
+
+
+def test_a_products_bar_counts_what_the_operator_spent(capsys):
+    """`compare`, the demo's comparison and its reference solve: a bar over the products the
+    operator counts during the block (nothing when quiet)."""
+
+    class Counted:
+        products = 5  # spent before the block: not counted
+
+    op = Counted()
+    with progress.products(op, 10, "compare"):
+        op.products += 7
+    err = capsys.readouterr().err
+    assert "compare" in err and "7/10" in err
+    with progress.products(op, 10, "compare", quiet=True):
+        op.products += 1
+    assert capsys.readouterr().err == ""
