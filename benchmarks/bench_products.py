@@ -5,11 +5,24 @@ The model is Hinton & Salakhutdinov's CURVES autoencoder, 784-400-200-100-50-25-
 Times are medians of repeats, interleaved; everything is a ratio to one loss+gradient of the
 same model in the same run. Peers (curvlinops, BackPACK) are timed when importable.
 
+Like for like: a *cached* product reuses the forward pass (and what the backward needs) across
+products, as HF's CG does; an *uncached* product pays the forward pass every time. The second
+table sets each of ours against the peer's product of the same kind, in the same run:
+
+- cached: ours (sequential, double-backward) against BackPACK's ``ggn_vector_product`` on a stored
+  output and loss (its graph kept between products); curvlinops (3.0.1) has no option to keep its
+  forward pass, so it has no cached row;
+- uncached: ours with ``cache=False`` (double-backward) and a fresh operator per product
+  (sequential: set-up + product) against curvlinops' ``GGNLinearOperator @ v`` (a forward pass in
+  every product) and BackPACK with its forward pass redone per product.
+
 Memory: each measurement runs in a fresh child process; peak RSS (VmHWM, reset through
 /proc/self/clear_refs) minus the RSS before the operation, i.e. what the operation needs on top
 of the model and the data. For the GGN this is the cached set-up plus one product.
 
-    python benchmarks/bench_products.py [--repeats 15] [--batch 1000] [--no-memory]
+    python benchmarks/bench_products.py [--repeats 15] [--batch 1000] [--no-memory] [--out F.md]
+
+``--out`` writes the output, headed by its command line, as a committed artifact.
 """
 
 from __future__ import annotations
@@ -23,6 +36,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,18 +64,57 @@ def peers(model: nn.Module, x: torch.Tensor, v: list[torch.Tensor]) -> dict[str,
         lossf = nn.BCEWithLogitsLoss(reduction="sum")
         op = GGNLinearOperator(model, lossf, plist, [(x, x)], check_deterministic=False)
         flat = torch.cat([t.reshape(-1) for t in v])
-        out["curvlinops GGNLinearOperator @ v"] = lambda: op @ flat
+        out[CURVLINOPS] = lambda: op @ flat
     except ImportError:
         pass
     try:
         from backpack.hessianfree.ggnvp import ggn_vector_product
 
+        def loss_of(output: torch.Tensor) -> torch.Tensor:
+            return nn.functional.binary_cross_entropy_with_logits(output, x, reduction="sum") / n
+
         output = model(x)
-        loss = nn.functional.binary_cross_entropy_with_logits(output, x, reduction="sum") / n
-        out["backpack ggn_vector_product"] = lambda: ggn_vector_product(loss, output, model, v)
+        loss = loss_of(output)
+        out[BACKPACK] = lambda: ggn_vector_product(loss, output, model, v)
+
+        def uncached() -> Any:
+            fresh = model(x)
+            return ggn_vector_product(loss_of(fresh), fresh, model, v)
+
+        out[BACKPACK_UNCACHED] = uncached
     except ImportError:
         pass
     return out
+
+
+OURS_SEQ = "GGN product, auto = sequential (cached)"
+OURS_DB = "GGN product, double-backward (cached)"
+OURS_UNCACHED = "GGN product, double-backward uncached (cache=False)"
+OURS_FRESH = "GGN set-up + product, auto = sequential (uncached)"
+CURVLINOPS = "curvlinops GGNLinearOperator @ v"
+BACKPACK = "backpack ggn_vector_product (stored graph)"
+BACKPACK_UNCACHED = "backpack forward + ggn_vector_product"
+#: (kind, ours, peer): each of ours against the peer's product of the same kind
+LIKE_FOR_LIKE = (("cached", OURS_SEQ, BACKPACK), ("cached", OURS_DB, BACKPACK),
+                 ("uncached", OURS_FRESH, CURVLINOPS), ("uncached", OURS_UNCACHED, CURVLINOPS),
+                 ("uncached", OURS_FRESH, BACKPACK_UNCACHED),
+                 ("uncached", OURS_UNCACHED, BACKPACK_UNCACHED))
+
+
+def like_for_like(t: dict[str, float], ref: float) -> list[str]:
+    """The table of each of ours against the peer's product of the same kind."""
+    lines = ["| kind | ours | ms | x gradient | peer | ms | x gradient | peer / ours |",
+             "|---|---|---:|---:|---|---:|---:|---:|"]
+    for kind, ours, peer in LIKE_FOR_LIKE:
+        if ours in t and peer in t:
+            lines.append(f"| {kind} | {ours} | {t[ours] * 1e3:.2f} | {t[ours] / ref:.2f} | "
+                         f"{peer} | {t[peer] * 1e3:.2f} | {t[peer] / ref:.2f} | "
+                         f"{t[peer] / t[ours]:.2f} |")
+    if CURVLINOPS in t:
+        lines.append(f"| (mixed: not like for like) | {OURS_SEQ} | {t[OURS_SEQ] * 1e3:.2f} | "
+                     f"{t[OURS_SEQ] / ref:.2f} | {CURVLINOPS} | {t[CURVLINOPS] * 1e3:.2f} | "
+                     f"{t[CURVLINOPS] / ref:.2f} | {t[CURVLINOPS] / t[OURS_SEQ]:.2f} |")
+    return lines
 
 
 def cases(model, x, problem) -> dict[str, Callable]:
@@ -95,6 +149,7 @@ def cases(model, x, problem) -> dict[str, Callable]:
         "GGN set-up, forward/linearize": lambda: hessfree.GGN(problem, batch, check=False,
                                                               backend="forward"),
         "GGN product, double-backward uncached (cache=False)": lambda: Gu @ v,
+        OURS_FRESH: lambda: hessfree.GGN(problem, batch, check=False) @ v,
         "Hessian product, double-backward (cached)": lambda: H @ v,
         "Hessian set-up, double-backward": lambda: hessfree.Hessian(problem, batch, check=False),
         "EF product, auto = sequential (cached)": lambda: F @ v,
@@ -180,34 +235,34 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-child", default=None)
+    ap.add_argument("--out", default=None, help="also write the output to this file")
     args = ap.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child, args.batch)
         return
+    lines = [f"Command: `python benchmarks/bench_products.py {' '.join(sys.argv[1:])}`", ""]
     model, x, problem = setup(args.batch)
     fns = cases(model, x, problem)
     t = time_all(fns, args.repeats)
     ref = t["loss+gradient (hessfree Problem.value_and_grad)"]
-    print(f"CURVES autoencoder, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"batch {args.batch}, float32; torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"median of {args.repeats}")
-    print(f"| {'operation':58s} | {'ms':>8s} | {'x gradient':>10s} |")
-    print(f"|{'-' * 60}|{'-' * 10}|{'-' * 12}|")
-    for k, s in t.items():
-        print(f"| {k:58s} | {s * 1e3:8.2f} | {s / ref:10.2f} |")
-    for ours in ("GGN product, auto = sequential (cached)",
-                 "GGN product, double-backward (cached)"):
-        for peer in ("curvlinops GGNLinearOperator @ v", "backpack ggn_vector_product"):
-            if peer in t:
-                print(f"{ours} is {t[peer] / t[ours]:.2f}x faster than {peer}")
+    lines += [f"CURVES autoencoder, {sum(p.numel() for p in model.parameters()):,} parameters, "
+              f"batch {args.batch}, float32; torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+              f"{os.cpu_count()} cores; median of {args.repeats}", "",
+              f"| {'operation':58s} | {'ms':>8s} | {'x gradient':>10s} |",
+              f"|{'-' * 60}|{'-' * 10}|{'-' * 12}|"]
+    lines += [f"| {k:58s} | {s * 1e3:8.2f} | {s / ref:10.2f} |" for k, s in t.items()]
+    lines += ["", "Like for like (cached: the forward pass kept between products; uncached: "
+              "redone in every product):", "", *like_for_like(t, ref)]
     if not args.no_memory:
         mem = memory(args.batch)
         g = mem["gradient"]
-        print(f"\n| {'peak memory over model+data':30s} | {'MiB':>8s} | {'x gradient':>10s} |")
-        print(f"|{'-' * 32}|{'-' * 10}|{'-' * 12}|")
-        for k, m in mem.items():
-            print(f"| {k:30s} | {m:8.1f} | {m / g:10.2f} |")
+        lines += ["", f"| {'peak memory over model+data':30s} | {'MiB':>8s} | "
+                  f"{'x gradient':>10s} |", f"|{'-' * 32}|{'-' * 10}|{'-' * 12}|"]
+        lines += [f"| {k:30s} | {m:8.1f} | {m / g:10.2f} |" for k, m in mem.items()]
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -57,3 +57,39 @@ def test_check_products_passes_within_its_memory():
     assert "between cases: largest entry 0.0e+00" in done.stdout
     peak = int(done.stdout.split("peak_rss_kb")[1].split()[0]) * 1024
     assert peak <= CHECK_PRODUCTS_RSS, f"peak RSS {peak / 2**30:.2f} GiB"
+
+
+def _demo_in_subprocess(tmp_path, name, env):
+    """The scaled demo as a user runs it (a fresh process); its stdout table and comparison."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / name
+    done = subprocess.run(
+        [sys.executable, "-m", "hessfree", "demo", "--budget", "8", "--out", str(out), "--quiet",
+         "--set", "n_train=300", "--set", "n_test=100"],
+        capture_output=True, text=True, check=False, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    (folder,) = list(out.glob("demo-*"))
+    table = [line for line in done.stdout.splitlines() if str(out) not in line]
+    return table, json.loads((folder / "comparison.json").read_text())
+
+
+@pytest.mark.slow
+def test_demo_prints_the_same_numbers_run_to_run(tmp_path):
+    """Two runs of one command give the same printed table and the same q(x_k), bit for bit.
+
+    The second process gets another thread count in its environment and another hash seed:
+    the demo pins its threads (``--threads``, default 1) and nothing may depend on set order.
+    """
+    first, cmp1 = _demo_in_subprocess(tmp_path, "a", {"OMP_NUM_THREADS": "2",
+                                                      "PYTHONHASHSEED": "1"})
+    second, cmp2 = _demo_in_subprocess(tmp_path, "b", {"OMP_NUM_THREADS": "1",
+                                                       "PYTHONHASHSEED": "2"})
+    assert any(line.startswith("| NAG (Eq. 3-5) |") for line in first)
+    assert any(line.startswith("| cg |") for line in first)
+    assert first == second
+    assert cmp1["values"] == cmp2["values"] and cmp1["q_star"] == cmp2["q_star"]
+    assert "seconds" not in "\n".join(first)  # times are in demo.md, not in the printed table

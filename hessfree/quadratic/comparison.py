@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,11 +31,14 @@ from hessfree.errors import InputError, InputTypeError
 from hessfree.quadratic.core import Quadratic, value_from
 from hessfree.schedules import SutskeverSchedule
 
-__all__ = ["MU_GRID", "METHODS", "Comparison", "compare", "largest_eigenvalue"]
+__all__ = ["COMPARISON_FORMAT", "MU_GRID", "METHODS", "Comparison", "compare",
+           "largest_eigenvalue"]
 
 #: the fixed momentum constants tried when ``mu`` is a grid (best final q wins)
 MU_GRID = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
 METHODS = ("cg", "nag", "cm", "gd")
+#: the ``format`` of :meth:`Comparison.to_dict` records (``hessfree compare --save``, the demo)
+COMPARISON_FORMAT = "hessfree.comparison/1"
 #: the k at which :meth:`Comparison.table` reports by default (Fig. 5 truncates CG at 120)
 TABLE_KS = (10, 20, 50, 120, 250)
 
@@ -158,6 +162,40 @@ class Comparison:
         for k in ks:
             _checks.integer(k, "ks", 0, self.iters)
         return [(m, [float(v[k]) for k in ks]) for m, v in self.values.items()]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly record of the comparison (NaN and infinities as ``None``)."""
+        def num(x: Any) -> Any:
+            return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+        return {"format": COMPARISON_FORMAT, "iters": self.iters, "dim": self.dim,
+                "L": num(self.L), "L_products": self.L_products, "eps": num(self.eps),
+                "q_star": num(self.q_star) if self.q_star is not None else None,
+                "cg_reason": self.cg_reason, "products": dict(self.products),
+                "mu": {m: (v if isinstance(v, str) else float(v)) for m, v in self.mu.items()},
+                "tuning_products": self.tuning_products,
+                "final_check": {m: num(v) for m, v in self.final_check.items()},
+                "check_products": self.check_products,
+                "values": {m: [num(float(x)) for x in v] for m, v in self.values.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Comparison:
+        """Inverse of :meth:`to_dict` (the seconds and the μ search are not kept)."""
+        if not isinstance(d, dict) or d.get("format") != COMPARISON_FORMAT:
+            raise InputError(f"comparison: expected a record of format {COMPARISON_FORMAT!r}")
+
+        def num(x: Any) -> float:
+            return math.nan if x is None else float(x)
+
+        return cls(values={m: np.array([num(x) for x in v]) for m, v in d["values"].items()},
+                   products={m: int(k) for m, k in d["products"].items()},
+                   iters=int(d["iters"]), dim=int(d["dim"]), L=num(d["L"]),
+                   L_products=int(d["L_products"]), eps=num(d["eps"]), mu=dict(d["mu"]),
+                   tuning_products=int(d["tuning_products"]),
+                   q_star=None if d["q_star"] is None else float(d["q_star"]),
+                   cg_reason=d["cg_reason"],
+                   final_check={m: num(v) for m, v in d["final_check"].items()},
+                   check_products=int(d["check_products"]))
 
     def format(self, ks: Sequence[int] | None = None) -> str:
         """A plain-text report: set-up, then q (and q − q* when known) at each k."""

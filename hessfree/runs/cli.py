@@ -1,7 +1,7 @@
 """The ``hessfree`` command line (also ``python -m hessfree``).
 
-``list``, ``train``, ``compare``, ``plot``, ``report``, ``reproduce``, ``demo`` and
-``check-products``. Bad input — an unknown
+``list``, ``train``, ``compare``, ``plot``, ``report``, ``reproduce``, ``demo``,
+``check-products``, ``artifact`` and ``verify``. Bad input — an unknown
 experiment, optimizer or setting, a value of the wrong type or out of range, a file that is not
 what it should be — and faults the run reports cleanly (a full disk) get one line on stderr,
 exit code 2 and no traceback. Anything else is a bug and keeps its traceback (exit code 1).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from hessfree._version import __version__
 from hessfree.errors import InputError, InputTypeError, RunError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "reproduce_command"]
 
 #: exit code of a user error or a cleanly reported fault
 EXIT_USAGE = 2
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="IMAGE", help="write the curves (.png, .pdf or .svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _threads_arg(p)
+    p.add_argument("--save", metavar="JSON", help="write q(x_k) of every method as JSON")
     p = sub.add_parser("plot", help="several runs on one figure")
     p.add_argument("results", nargs="+", help="results.h5 files")
     p.add_argument("--x", default="steps", choices=["steps", "seconds", "grad-equiv"],
@@ -206,12 +208,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient-equivalents per optimizer")
     p.add_argument("--out", default="runs", help="folder for the demo-<time> folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=_int("--threads"), default=1,
+                   help="torch threads (default 1: the same digits run to run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of curves-small for every run (repeatable)")
-    _threads_arg(p)
     p = sub.add_parser("check-products", help="GGN products on a small autoencoder, checked "
                        "against a dense matrix")
     _threads_arg(p)
+    p = sub.add_parser("artifact", help="a small committed artifact (tables, no parameters) of "
+                       "a folder of runs, with the command that made them")
+    p.add_argument("source", help="the folder the command wrote (it may not exist yet)")
+    p.add_argument("--out", required=True, help="the artifact folder")
+    p.add_argument("--command", dest="made_by", help="the exact command that wrote SOURCE "
+                   "(default: the command of the artifact already in --out)")
+    p.add_argument("--note", help="what a reader should know about the runs (default: the "
+                   "existing artifact's)")
+    p.add_argument("--max-rows", type=_int("--max-rows"), default=1000,
+                   help="runs with more updates keep step counts, not the step table")
+    p = sub.add_parser("verify", help="recompute every published number from the committed "
+                       "artifacts (a registry of claims)")
+    p.add_argument("--root", default=".", help="the repository (default: here)")
+    p.add_argument("--claims", default=None,
+                   help="the registry file (default ROOT/benchmarks/claims.py)")
+    p.add_argument("--write", action="store_true",
+                   help="rewrite the generated blocks and redraw the figures first")
     return parser
 
 
@@ -311,7 +331,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import h5py
 
     from hessfree import quadratic
-    from hessfree._files import check_image_output
+    from hessfree._files import check_image_output, write_text
     from hessfree._h5 import open_file
     from hessfree.runs import experiments
 
@@ -320,6 +340,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"quadratic: no such file {path!r}")
     if args.plot:
         check_image_output(args.plot, [path], "--plot")
+    if args.save and (Path(args.save).suffix != ".json" or Path(args.save).resolve() ==
+                      Path(path).resolve()):
+        raise UsageError(f"--save: expected a new .json file, got {args.save!r}")
     _check_int(args.iters, "--iters", 1)
     with open_file(path, "r", what="quadratic file") as f:
         saved = sorted(f["quadratics"].keys(), key=lambda k: (len(k), k)) \
@@ -342,6 +365,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         result = quadratic.compare(q, iters=args.iters)
     print(f"{path}:{group}")
     print(result.format())
+    if args.save:
+        record = {"source": f"{Path(path).name}:{group}", **result.to_dict()}
+        write_text(args.save, json.dumps(record, indent=1) + "\n")
+        print(args.save)
     if args.plot:
         quadratic.plot(result, args.plot)
         print(args.plot)
@@ -399,7 +426,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hessfree.runs.demo import run_demo
 
     folder = run_demo(args.out, budget=args.budget, quiet=args.quiet,
-                      overrides=_overrides(args.set), threads=_thread_count(args.threads))
+                      overrides=_overrides(args.set), threads=args.threads)
     print(folder)
     return 0
 
@@ -412,9 +439,61 @@ def cmd_check_products(args: argparse.Namespace) -> int:
         return run_demo()
 
 
+def reproduce_command(command: str) -> tuple[argparse.Namespace, list[Any]] | None:
+    """The parsed arguments and jobs of a ``hessfree reproduce`` command line, else None.
+
+    Leading ``VAR=value`` words and ``nice [-n N]`` are skipped, as a shell would run them.
+    """
+    import shlex
+
+    from hessfree.runs.reproduce import plan
+
+    words = shlex.split(command)
+    while words and ("=" in words[0] and not words[0].startswith("-") or words[0] == "nice"):
+        words = words[3:] if words[:2] == ["nice", "-n"] else words[1:]
+    if len(words) < 2 or Path(words[0]).name != "hessfree" or words[1] != "reproduce":
+        return None
+    args = build_parser().parse_args(words[1:])
+    return args, plan(args.table, args.fraction, experiments_=args.experiments,
+                      optimizers=args.optimizers, mus=args.mu, lrs=args.lrs,
+                      overrides=_overrides(args.set), seeds=args.seeds, seed=args.seed,
+                      mu_stages=args.mu_stages)
+
+
+def cmd_artifact(args: argparse.Namespace) -> int:
+    """Write the artifact of a folder of runs."""
+    from hessfree.runs.evidence import ARTIFACT_FILE, build
+
+    command = args.made_by
+    index = Path(args.out) / ARTIFACT_FILE
+    if command is None and index.is_file():
+        command = json.loads(index.read_text()).get("command")
+    planned = reproduce_command(command) if command else None
+    print(build(args.source, args.out, command, note=args.note, max_rows=args.max_rows,
+                plan=planned))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every registered claim, block, figure and scanned section; 1 if any fails."""
+    from hessfree.runs.verify import load_registry, verify
+
+    root = Path(args.root)
+    registry = load_registry(args.claims or root / "benchmarks" / "claims.py")
+    outcomes = verify(root, registry, write=args.write)
+    failed = [o for o in outcomes if not o.ok]
+    for o in failed:
+        print(f"FAIL {o.kind} {o.id}: {o.detail}")
+    kinds = sorted({o.kind for o in outcomes})
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} checks hold ("
+          + ", ".join(f"{sum(o.kind == k for o in outcomes)} {k}" for k in kinds) + ")")
+    return 1 if failed else 0
+
+
 COMMANDS = {"list": cmd_list, "train": cmd_train, "compare": cmd_compare, "plot": cmd_plot,
             "report": cmd_report, "reproduce": cmd_reproduce, "demo": cmd_demo,
-            "check-products": cmd_check_products}
+            "check-products": cmd_check_products, "artifact": cmd_artifact,
+            "verify": cmd_verify}
 
 
 def _message(err: BaseException) -> str:

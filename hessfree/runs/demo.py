@@ -11,10 +11,19 @@ enough that every method leaves the mean-image plateau within the budget on a 2-
    regime of [S13 Fig. 5]) and runs CG, NAG, CM and GD on it at equal products;
 3. prints a table and writes one figure with two panels: training error against
    gradient-equivalents, and ``q − q*`` against curvature products.
+
+It is deterministic: every draw is seeded, budgets count gradient-equivalents (not seconds),
+and the whole demo runs on ``threads`` intra-op threads (default 1, whatever the machine's
+cores or ``OMP_NUM_THREADS``: a parallel reduction splits its sums by the thread count, which
+changes the last bits of a product, and an HF trajectory amplifies them). So the printed table is
+the same digit for digit in every run of one command on one machine; another CPU (other SIMD
+kernels) or another torch build may change the digits. Times depend on the machine and its load:
+they are in ``demo.md`` and the results files, not in the printed table.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,21 +31,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from hessfree import quadratic
+from hessfree import _checks, quadratic
 from hessfree._files import figure, label_axes, label_ends, save_figure, write_text
 from hessfree.quadratic.eigen import STYLES
 from hessfree.runs import experiments, families
-from hessfree.runs import threads as threads_
 from hessfree.runs.h5 import open_results
 from hessfree.runs.progress import products
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 
-__all__ = ["EXPERIMENT", "RUNS", "DemoRun", "run_demo"]
+__all__ = ["COMPARISON_FILE", "EXPERIMENT", "RUNS", "DemoRun", "draw_figure", "run_demo"]
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "curves-small"
+#: the demo folder's record of the CG-against-NAG comparison (:meth:`Comparison.to_dict`)
+COMPARISON_FILE = "comparison.json"
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ RUNS = (DemoRun("hf", 5, save_quadratics_every=2), DemoRun("hf-momentum", 5),
 
 def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
              quiet: bool = False, iters: int = 100, overrides: dict[str, Any] | None = None,
-             threads: int | str = "auto") -> Path:
+             threads: int = 1) -> Path:
     """Run the demo; returns the folder holding the three results files, the figure and table.
 
     Args:
@@ -69,9 +80,21 @@ def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
         quiet: no progress bars.
         iters: curvature products per method on the saved quadratic.
         overrides: settings for every run (e.g. a smaller ``n_train`` in a test).
-        threads: threads of the runs and the comparison (:mod:`hessfree.runs.threads`).
+        threads: torch's intra-op threads while the demo runs (restored after): a fixed count
+            makes the printed numbers the same run to run (module docstring).
     """
-    folder = Path(out) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    _checks.integer(threads, "threads", minimum=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(Path(out), budget, seed, quiet, iters, overrides, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(out: Path, budget: float, seed: int, quiet: bool, iters: int,
+         overrides: dict[str, Any] | None, threads: int) -> Path:
+    folder = out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = {}
     log.info("demo: %d runs of %g gradient-equivalents on %s (%s), then CG, NAG, CM and GD on "
              "one saved quadratic, %d products each", len(RUNS), budget, EXPERIMENT,
@@ -84,10 +107,12 @@ def run_demo(out: str | Path = "runs", budget: float = 400.0, seed: int = 0,
             overrides=over, save_quadratics_every=r.save_quadratics_every, threads=threads))
     runs = {opt: read_results(p) for opt, p in paths.items()}
     saver = next(r.optimizer for r in RUNS if r.save_quadratics_every)
-    with threads_.using(threads_.choose(threads).n):
-        step, comparison = _compare(paths[saver], runs[saver], iters, quiet)
-    lines = _table(runs, step, comparison, budget)
-    write_text(folder / "demo.md", "\n".join(lines) + "\n")
+    step, comparison = _compare(paths[saver], runs[saver], iters, quiet)
+    lines = _table(runs, step, comparison, budget, seed, threads)
+    if comparison is not None:
+        record = {"step": step, **comparison.to_dict()}
+        write_text(folder / COMPARISON_FILE, json.dumps(record, indent=1) + "\n")
+    write_text(folder / "demo.md", "\n".join(lines + _times(runs)) + "\n")
     figure = _figure(runs, comparison, step, folder / "demo.png")
     print("\n".join(lines))
     print(f"figure: {figure}")
@@ -124,16 +149,18 @@ def _final(res: Any) -> tuple[float, float, float]:
     return float(ev["train_error"][-1]), float(ev["test_error"][-1]), float(ev["grad_equiv"][-1])
 
 
-def _table(runs: dict[str, Any], step: int, c: Any, budget: float) -> list[str]:
-    lines = [f"# hessfree demo: {EXPERIMENT}, {budget:g} gradient-equivalents per optimizer",
-             "", "| optimizer | updates | rejected | seconds | gradient-equivalents | "
-             "training error | test error |", "|---|---:|---:|---:|---:|---:|---:|"]
+def _table(runs: dict[str, Any], step: int, c: Any, budget: float, seed: int, threads: int
+           ) -> list[str]:
+    """The printed table: only what the seed determines (no times)."""
+    lines = [f"# hessfree demo: {EXPERIMENT}, {budget:g} gradient-equivalents per optimizer, "
+             f"seed {seed}, {threads} thread{'s' if threads > 1 else ''}",
+             "", "| optimizer | updates | rejected | gradient-equivalents | "
+             "training error | test error |", "|---|---:|---:|---:|---:|---:|"]
     for opt, res in runs.items():
         tr, te, ge = _final(res)
         st = res.steps
         lines.append(f"| {families.get(opt).label} | {len(st['step'])} | "
-                     f"{int((~st['accepted']).sum())} | "
-                     f"{float(np.sum(st['seconds'])):.1f} | {ge:.0f} | {tr:.3f} | {te:.3f} |")
+                     f"{int((~st['accepted']).sum())} | {ge:.0f} | {tr:.3f} | {te:.3f} |")
     if c is not None:
         q_star = c.q_star
         lines += ["", f"CG vs NAG on the quadratic of HF's step {step} "
@@ -146,10 +173,27 @@ def _table(runs: dict[str, Any], step: int, c: Any, budget: float) -> list[str]:
     return lines
 
 
+def _times(runs: dict[str, Any]) -> list[str]:
+    """``demo.md``'s wall-clock section (machine- and load-dependent, so not printed)."""
+    lines = ["", "Wall-clock seconds of each run's updates (evaluation excluded; they depend on "
+             "the machine and its load):", ""]
+    return lines + [f"- {families.get(opt).label}: {float(np.sum(res.steps['seconds'])):.1f}"
+                    for opt, res in runs.items()]
+
+
 def _products_to(values: np.ndarray, q_star: float, fraction: float) -> str:
     target = q_star * fraction  # q(0) = 0
     hit = np.nonzero(values <= target)[0]
     return str(int(hit[0])) if len(hit) else f">{len(values) - 1}"
+
+
+def draw_figure(runs: dict[str, Any], comparison: Any, step: int, path: str | Path) -> Path:
+    """The demo's figure, drawn again from its runs and its comparison.
+
+    ``runs``: anything with an ``eval`` table, by optimizer (results files, or the runs of a
+    committed artifact); ``comparison``: a :class:`~hessfree.quadratic.Comparison`.
+    """
+    return _figure(runs, comparison, step, Path(path))
 
 
 def _figure(runs: dict[str, Any], c: Any, step: int, path: Path) -> Path:
