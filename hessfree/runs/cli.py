@@ -170,6 +170,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _evidence_args(sub: Any) -> None:
+    """The ``artifact`` and ``verify`` commands."""
+    p = sub.add_parser("artifact", help="a small committed artifact (tables, no parameters) of "
+                       "a folder of runs, with the command that made them")
+    p.add_argument("source", help="the folder the command wrote (it may not exist yet)")
+    p.add_argument("--out", required=True, help="the artifact folder")
+    p.add_argument("--command", dest="made_by", help="the exact command that wrote SOURCE "
+                   "(default: the command of the artifact already in --out)")
+    p.add_argument("--note", help="what a reader should know about the runs (default: the "
+                   "existing artifact's)")
+    p.add_argument("--max-rows", type=_int("--max-rows"), default=1000,
+                   help="runs with more updates keep step counts, not the step table")
+    p = sub.add_parser("verify", help="recompute every published number from the committed "
+                       "artifacts (a registry of claims)")
+    p.add_argument("--root", default=".", help="the repository (default: here)")
+    p.add_argument("--claims", default=None,
+                   help="the registry file (default ROOT/benchmarks/claims.py)")
+    p.add_argument("--write", action="store_true",
+                   help="rewrite the generated blocks and redraw the figures first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hessfree`` command."""
     parser = _Parser(
@@ -215,23 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-products", help="GGN products on a small autoencoder, checked "
                        "against a dense matrix")
     _threads_arg(p)
-    p = sub.add_parser("artifact", help="a small committed artifact (tables, no parameters) of "
-                       "a folder of runs, with the command that made them")
-    p.add_argument("source", help="the folder the command wrote (it may not exist yet)")
-    p.add_argument("--out", required=True, help="the artifact folder")
-    p.add_argument("--command", dest="made_by", help="the exact command that wrote SOURCE "
-                   "(default: the command of the artifact already in --out)")
-    p.add_argument("--note", help="what a reader should know about the runs (default: the "
-                   "existing artifact's)")
-    p.add_argument("--max-rows", type=_int("--max-rows"), default=1000,
-                   help="runs with more updates keep step counts, not the step table")
-    p = sub.add_parser("verify", help="recompute every published number from the committed "
-                       "artifacts (a registry of claims)")
-    p.add_argument("--root", default=".", help="the repository (default: here)")
-    p.add_argument("--claims", default=None,
-                   help="the registry file (default ROOT/benchmarks/claims.py)")
-    p.add_argument("--write", action="store_true",
-                   help="rewrite the generated blocks and redraw the figures first")
+    _evidence_args(sub)
     return parser
 
 
