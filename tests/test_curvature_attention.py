@@ -84,12 +84,13 @@ def test_encoder_products_equal_dense_references(encoder):
     assert rel(G.grad, grad) < TOL
 
 
-def test_encoder_forward_mode_products_equal_dense_references(padded_encoder):
+@pytest.mark.parametrize("backend", ["forward", "jvp"])
+def test_encoder_forward_mode_products_equal_dense_references(padded_encoder, backend):
     problem, batch, ref = padded_encoder
     V = _vectors(ref.theta.numel())
-    G = hessfree.GGN(problem, batch, backend="forward")
+    G = hessfree.GGN(problem, batch, backend=backend)
     assert rel(G @ V, ref.ggn(V)) < TOL
-    F = hessfree.EmpiricalFisher(problem, batch, backend="forward")
+    F = hessfree.EmpiricalFisher(problem, batch, backend=backend)
     assert rel(F @ V[:, 0], ref.fisher(V[:, :1])[:, 0]) < TOL
 
 
@@ -107,7 +108,7 @@ def encoder_hessian():
     return problem, (inputs, labels), dense
 
 
-@pytest.mark.parametrize("backend", ["auto", "forward"])
+@pytest.mark.parametrize("backend", ["auto", "forward", "jvp"])
 def test_encoder_hessian_equals_the_dense_hessian(encoder_hessian, backend):
     problem, batch, dense = encoder_hessian
     params = {n: p for n, p in problem.parameters().items() if n in HESSIAN_SUBSET}
@@ -259,6 +260,41 @@ class _OnceDifferentiable(torch.autograd.Function):
         return g * (1 - torch.tanh(x) ** 2)
 
 
+class _NewStyleOnceDifferentiable(torch.autograd.Function):
+    """The same kernel written for torch.func (``setup_context``), backward still not
+    differentiable: the products' transform sees the cut only inside its own level."""
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 - torch.tanh(x) ** 2)
+
+
+class _OldStyleTanh(torch.autograd.Function):
+    """An old-style Function (no ``setup_context``, which torch.func refuses) whose backward is
+    differentiable: products run through it by plain autograd."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
 @torch.library.custom_op("hessfree_tests::fused_tanh_backward", mutates_args=())
 def _fused_tanh_backward(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return g * (1 - torch.tanh(x) ** 2)
@@ -287,13 +323,20 @@ class PackageKernel(nn.Module):
 
     def forward(self, ids):
         h = self.emb(ids)
-        h = _OnceDifferentiable.apply(h) if self.kind == "function" else _fused_tanh(h)
-        return self.head(h)
+        kernel = {"function": _OnceDifferentiable.apply, "library": _fused_tanh,
+                  "new-style": _NewStyleOnceDifferentiable.apply, "old-style": _OldStyleTanh.apply,
+                  "tanh": torch.tanh}[self.kind]
+        return self.head(kernel(h))
 
 
 class LibraryKernel(PackageKernel):
     def __init__(self) -> None:
         super().__init__("library")
+
+
+class NewStyleKernel(PackageKernel):
+    def __init__(self) -> None:
+        super().__init__("new-style")
 
 
 @pytest.mark.parametrize("cls, backend, kernel", [
@@ -302,6 +345,7 @@ class LibraryKernel(PackageKernel):
     (PackageKernel, "auto", "a custom autograd.Function"),
     (PackageKernel, "forward", "a custom autograd.Function"),
     (LibraryKernel, "auto", "hessfree_tests.fused_tanh_backward.default"),
+    (NewStyleKernel, "auto", "a custom autograd.Function"),
 ])
 def test_a_kernel_without_the_needed_derivative_gets_one_line(cls, backend, kernel):
     model = cls().eval()  # float32: the CPU flash kernel takes float32
@@ -317,6 +361,21 @@ def test_a_kernel_without_the_needed_derivative_gets_one_line(cls, backend, kern
     if cls is FlashOnly and backend == "auto":  # first derivatives are fine: gradients work
         value, grad = problem.value_and_grad(problem.parameters(), (ids, ids))
         assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("kind", ["old-style", "tanh"])
+def test_products_run_through_a_differentiable_custom_function(kind):
+    """torch.func refuses an old-style autograd.Function; the products take plain autograd
+    there and equal the dense reference (and the plain-tanh model's, through torch.func)."""
+    model = seeded(PackageKernel(kind), 3)
+    ids = torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(1))
+    problem = hessfree.Problem(model, hessfree.TokenCrossEntropy(shift=True))
+    G = hessfree.GGN(problem, (ids, ids))
+    F = hessfree.EmpiricalFisher(problem, (ids, ids), backend="double-backward")
+    dense = Dense(module_logits(seeded(PackageKernel("tanh"), 3), ids), problem.parameters(),
+                  ids, shift=True)
+    V = _vectors(G.dim)
+    assert rel(G.matmat(V), dense.ggn(V)) < TOL and rel(F.matmat(V), dense.fisher(V)) < TOL
 
 
 def test_kernel_error_leaves_other_errors_alone():

@@ -6,7 +6,7 @@ from curvature_cases import LOSSES, MODELS, Reference, make_case, rel_err
 
 import hessfree
 
-BACKENDS = ("double-backward", "forward")
+BACKENDS = ("double-backward", "forward", "jvp")
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 

@@ -121,15 +121,17 @@ def test_structural_damping_matches_dense_float64_reference():
     torch.testing.assert_close(dense @ _flat(rnn, v), ref, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("backend", ["auto", "double-backward", "jvp"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
-def test_damped_product_adds_mu_lambda_times_the_source_term(dtype, tol):
-    """``G.damped(λ) v = G v + λ v + μλ · (source term)``: μ = 0.03 is [HF-RNN]'s μ."""
+def test_damped_product_adds_mu_lambda_times_the_source_term(dtype, tol, backend):
+    """``G.damped(λ) v = G v + λ v + μλ · (source term)``: μ = 0.03 is [HF-RNN]'s μ, with every
+    backend that takes structural damping."""
     rnn = _rnn(2, 5, 1, "zero", seed=4, dtype=dtype)
     x = torch.randn(6, 8, 2, dtype=dtype)
     y = torch.randn(6, 1, 1, dtype=dtype)
     mu, lam = 0.03, 0.7
     op = hessfree.GGN(hessfree.Problem(rnn, hessfree.losses.MSE()), (x, y),
-                      structural_damping=mu)
+                      structural_damping=mu, backend=backend)
     v = {n: t.to(dtype) for n, t in _direction(rnn, 9).items()}
     fv = _flat(rnn, v)
     structural = (op.damped(lam) @ fv) - (op @ fv) - lam * fv

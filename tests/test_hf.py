@@ -395,3 +395,22 @@ def test_structural_damping_reaches_the_cg_operator(monkeypatch):
 
 def rel_err_flat(a, b):
     return float((a - b).norm() / b.norm())
+
+
+def test_a_token_loss_step_is_counted_in_sequences_not_tokens():
+    """Gradient-equivalents are single-case gradients: a token loss counts its tokens for the
+    mean, but the cost of a pass is counted in the sequences it reads."""
+    from hessfree.models import GPT
+
+    torch.manual_seed(0)
+    model = GPT(20, 16, 1, 2, 16).eval()
+    ids = torch.randint(0, 20, (64, 16), generator=torch.Generator().manual_seed(1))
+    labels = ids.masked_fill(torch.rand(64, 16, generator=torch.Generator().manual_seed(2))
+                             < 0.3, -100)
+    opt = hessfree.HessianFree(hessfree.Problem(model, hessfree.TokenCrossEntropy(shift=True)),
+                               config=hessfree.HFConfig.martens2010(initial_lambda=1.0,
+                                                                    cg_max_iters=5))
+    s = opt.step((ids, labels), (ids[:16], labels[:16]))
+    # the gradient (64), the curvature set-up (16), the preconditioner's per-case gradients (64)
+    assert s.grad_cases == 64 + 16 + 64
+    assert s.product_cases % 16 == 0 and s.forward_cases % 16 == 0 and s.product_cases > 0

@@ -23,6 +23,7 @@ from hessfree.curvature.accumulate import GRADIENT, VALUE, Sums
 from hessfree.curvature.attention import translating_kernel_errors
 from hessfree.curvature.blocks import ParamFilter, block_problem
 from hessfree.curvature.diagonal import fisher_diagonal
+from hessfree.curvature.precision import usable_backend
 from hessfree.curvature.problem import Problem
 from hessfree.curvature.products import (
     BACKENDS,
@@ -53,14 +54,25 @@ def resolve_backend(backend: str, problem: Problem, params: dict[str, Tensor],
     double-backward product costs 9.6 gradients (the stacked hidden pre-activations cost T
     full-size zero fills in double backward) and the forward one 1.4, after a set-up of about 20
     gradients that one HF step's CG run repays. No GPU measurement exists yet.
+
+    ``"jvp"`` is never chosen: it is the backend of least memory (the operator holds the
+    forward graph only; each product runs the forward pass again with tangents), for models
+    whose cached double-backward graphs do not fit — on a GPT
+    (``benchmarks/bench_transformer.py``) it held about one gradient's memory where
+    double-backward held two, for a product about 0.4 gradients dearer.
     """
     if backend == "auto":
         if kind != "hessian" and not structural and applies(problem, params, chunks):
-            return "sequential"
-        return "forward" if structural and kind != "hessian" else "double-backward"
-    if backend not in BACKENDS:
+            chosen = "sequential"
+        else:
+            chosen = "forward" if structural and kind != "hessian" else "double-backward"
+    elif backend not in BACKENDS:
         raise InputError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
-    return backend
+    else:
+        chosen = backend
+    if problem.precision is None:
+        return chosen
+    return usable_backend(problem.precision, chosen, backend == "auto", kind)
 
 
 class CurvatureOperator(FlatOperator):
@@ -72,8 +84,8 @@ class CurvatureOperator(FlatOperator):
         params: ``{name: tensor}`` (or a list) at which to evaluate; ``None``: the module's
             trainable parameters. The operator keeps a copy: it stays the curvature at these
             values even after the live parameters change.
-        backend: ``"auto"``, ``"double-backward"``, ``"forward"`` or ``"sequential"`` (see
-            :func:`resolve_backend`).
+        backend: ``"auto"``, ``"double-backward"``, ``"forward"``, ``"jvp"`` or
+            ``"sequential"`` (see :func:`resolve_backend`).
         cache: keep each chunk's graphs between products (fast) or recompute them (lean).
         check: reject Dropout/BatchNorm in training mode and non-deterministic forward passes.
         param_filter: the block ``A[S, S]`` for the parameters ``S`` it chooses (a module name,

@@ -24,6 +24,7 @@ from hessfree.curvature.accumulate import GRADIENT, VALUE, Accumulator
 from hessfree.curvature.adapters import adapter_for
 from hessfree.curvature.attention import differentiable_attention, kernel_error
 from hessfree.curvature.losses import LossLike, as_loss, split_mask
+from hessfree.curvature.precision import Precision, precision_policy
 from hessfree.distributed import Reducer
 from hessfree.errors import InputError, InputTypeError
 from hessfree.vectors import ParamLayout
@@ -111,10 +112,15 @@ class Problem:
             objective, gradient, curvature products, the EF diagonal, case counts — then spans
             all ranks, each holding a shard of every batch, with one all-reduce of one flat
             buffer per reduction (:mod:`hessfree.distributed`). None: one process.
+        precision: ``None`` (everything in the parameters' dtype) or ``"float32"``: a
+            bfloat16/float16 model computes its forward pass and Jacobian products in its own
+            dtype while the loss, curvature products, sums, CG and the HF update are float32
+            (:mod:`hessfree.curvature.precision` says exactly what is which, and what
+            accuracy it promises). On a float32 model ``"float32"`` changes nothing.
     """
 
     def __init__(self, model: nn.Module | Callable[..., Any], loss: Any = None,
-                 weight_decay: float = 0.0, group: Any = None) -> None:
+                 weight_decay: float = 0.0, group: Any = None, precision: Any = None) -> None:
         if not (isinstance(model, nn.Module) or callable(model)):
             raise InputTypeError(
                 f"model: expected an nn.Module or a function f(params, inputs), got "
@@ -127,6 +133,9 @@ class Problem:
         self.weight_decay = _checks.number(weight_decay, "weight_decay", 0.0)
         self.reducer: Reducer | None = None if group is None else \
             (group if isinstance(group, Reducer) else Reducer(group))
+        self.precision_name = precision
+        #: the mixed policy in force (None: the parameters' dtype throughout)
+        self.precision: Precision | None = precision_policy(precision, model)
 
     @property
     def accumulator(self) -> Accumulator:
@@ -139,12 +148,12 @@ class Problem:
         HF's phase schedule uses it to change the objective explicitly ([S13 A.6] lowers the
         weight decay in its last phase); the original problem is left as it is.
         """
-        return Problem(self.model, self.loss, weight_decay, self.reducer)
+        return Problem(self.model, self.loss, weight_decay, self.reducer, self.precision_name)
 
     def local(self) -> Problem:
         """The same problem on this process alone (no reduction over ranks)."""
-        return self if self.reducer is None else Problem(self.model, self.loss,
-                                                         self.weight_decay)
+        return self if self.reducer is None else Problem(
+            self.model, self.loss, self.weight_decay, precision=self.precision_name)
 
     def n_cases(self, batch: Any) -> int:
         """Cases in ``batch`` — over all ranks when distributed (one small all-reduce).
@@ -155,7 +164,8 @@ class Problem:
 
     def __repr__(self) -> str:
         name = type(self.model).__name__ if isinstance(self.model, nn.Module) else "function"
-        return f"Problem({name}, {self.loss!r}, weight_decay={self.weight_decay})"
+        mixed = "" if self.precision is None else f", precision={self.precision_name!r}"
+        return f"Problem({name}, {self.loss!r}, weight_decay={self.weight_decay}{mixed})"
 
     def require_hidden(self, what: str) -> None:
         """Raise naming ``what`` unless the model declares :class:`HiddenStates`."""
@@ -187,8 +197,14 @@ class Problem:
 
         Every tensor must be real floating point (one dtype and device). For a module, the names
         must be names of its parameters, with their shapes: a tensor the model does not use would
-        get a zero gradient and never move.
+        get a zero gradient and never move. Under a mixed :attr:`precision`: float32 copies
+        (the live tensors are :meth:`live_params`).
         """
+        live = self.live_params(params)
+        return live if self.precision is None else self.precision.working(live)
+
+    def live_params(self, params: Any = None) -> dict[str, Tensor]:
+        """:meth:`resolve_params` without the precision policy: the tensors themselves."""
         if params is None:
             return self._checked(self.parameters())
         if isinstance(params, Mapping):
@@ -244,13 +260,17 @@ class Problem:
                 if not self.is_module:
                     return self.model(params, inputs, **kwargs)
                 params = self._with_constants(params)
+                if self.precision is not None:
+                    params = self.precision.model_params(params)
+                    inputs = self.precision.inputs(inputs)
                 kwargs.update(self.adapter.call_kwargs(self.model))
                 if isinstance(inputs, Mapping):  # dict batches: model(**inputs)
                     res = functional_call(self.model, dict(params), (), {**inputs, **kwargs})
                 else:
                     args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
                     res = functional_call(self.model, dict(params), args, kwargs)
-            return res if return_hidden else self.adapter.outputs(self.model, res)
+            res = res if return_hidden else self.adapter.outputs(self.model, res)
+            return res if self.precision is None else self.precision.outputs(res)
         except RuntimeError as err:
             mapped = kernel_error(err)
             if mapped is not None:

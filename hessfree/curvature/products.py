@@ -7,12 +7,16 @@ product of the chunk's curvature with a list of tensors shaped like the paramete
 Three backends compute the Jacobian-vector products ``J v`` (all tested against dense
 matrices):
 
-* ``"double-backward"`` (reverse-over-reverse): keep the forward graph and build the vector-Jacobian
-  graph ``g(w) = Jᵀ w`` once with ``create_graph=True``; since ``g`` is linear in ``w``,
-  ``J v = d(g·v)/dw`` is one backward pass through that cached graph. Seeding ``w`` with ``dL/dz``
-  makes ``g`` the loss gradient, so the set-up costs one forward and one backward pass.
+* ``"double-backward"`` (reverse-over-reverse): keep the forward graph and record the
+  vector-Jacobian function ``g(w) = Jᵀ w`` once; since ``g`` is linear in ``w``,
+  ``J v = d(g·v)/dw`` is one backward pass through that cached record. Seeding ``w`` with
+  ``dL/dz`` makes ``g`` the loss gradient, so the set-up costs one forward and one backward
+  pass. ``g`` is recorded one ``torch.func`` level above the forward pass, so it keeps no
+  tensor that only derivatives in the activations would need (:class:`_DoubleBackwardJ`).
 * ``"forward"`` (forward mode): ``torch.func.linearize`` traces the JVP once (expensive set-up,
   cheap products) and ``torch.func.vjp`` keeps the reverse graph for ``Jᵀ u``.
+* ``"jvp"`` (forward mode, nothing traced): one ``torch.func.jvp`` per product (the forward
+  pass again, with tangents) and ``torch.func.vjp``'s reverse graph: the least memory.
 * ``"sequential"``: analytic R-operator passes for ``nn.Sequential`` stacks of ``Linear`` and
   elementwise units (:mod:`hessfree.curvature.sequential`), the fastest where it applies.
 
@@ -60,7 +64,7 @@ __all__ = [
     "hidden_curvature",
 ]
 
-BACKENDS = ("double-backward", "forward", "sequential")
+BACKENDS = ("double-backward", "forward", "jvp", "sequential")
 Tensors = list[Tensor]
 
 
@@ -205,8 +209,89 @@ def _split_outputs(problem: Problem, res: Any, chunk: Chunk, hidden: bool) -> tu
     return problem.check_outputs(out, chunk), hid
 
 
+#: torch.func's refusal of an ``autograd.Function`` without ``setup_context`` (old style)
+_OLD_STYLE_FUNCTION = "must override the setup_context staticmethod"
+
+
 class _DoubleBackwardJ:
-    """``J`` at one chunk by the double-backward trick over cached graphs."""
+    """``J`` at one chunk by the double-backward trick, the forward's tensors held as constants.
+
+    ``torch.func.vjp`` records the forward pass (``Jᵀ u`` is a backward through it), and a
+    second ``torch.func.vjp`` records ``g(w) = Jᵀw`` as a function of the seed ``w`` alone:
+    ``J v = d(g·v)/dw`` is one backward through that record, and ``g`` at ``w = dL/dz`` is the
+    gradient. The second record sits one transform level above the first, so the forward's
+    activations and parameters are constants in it: it keeps only what the derivative in ``w``
+    needs. Recorded with plain autograd (:class:`_AutogradDoubleBackwardJ`), the same
+    ``create_graph`` backward would also keep every incoming gradient its operations would need
+    for derivatives in the activations and parameters, which no product takes: on the GPT of
+    ``benchmarks/bench_transformer.py`` (10.7M parameters, 2048 tokens) the cached operator
+    held 1008 MB that way and 610 MB this way, for bit-identical products. A model with an
+    old-style ``autograd.Function`` (no ``setup_context``), which ``torch.func`` refuses, takes
+    the plain-autograd path.
+    """
+
+    def __init__(self, problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
+                 scale: float, hidden: bool) -> None:
+        prim = {n: p.detach() for n, p in params.items()}
+        self.names = list(prim)
+        self.batched = batched_backward(next(iter(prim.values())).device)
+
+        def f(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
+            out, hid = _split_outputs(problem, problem.forward(p, chunk.inputs, hidden), chunk,
+                                      hidden)
+            return (out, hid) if hidden else (out,)
+
+        with torch.enable_grad():
+            outs, self._vjp = torch.func.vjp(f, prim)
+        self.out = outs[0]
+        self.hid = outs[1] if hidden else None
+        self.state = problem.loss.prepare(self.out, chunk.targets, scale)
+        seeds = (self.state.grad, *[torch.zeros_like(o) for o in outs[1:]])
+        cut: list[InputError] = []
+
+        def g(*w: Tensor) -> tuple[Tensor, ...]:
+            (res,) = self._vjp(w)
+            got = [res[n] for n in self.names]
+            found = undifferentiable_backward(got, self.names, linear=True)
+            if found is not None:  # looked at inside the transform, where the graph is seen
+                cut.append(found)
+            return tuple(got)
+
+        with torch.enable_grad():
+            grads, self._jvp = torch.func.vjp(g, *seeds)
+        if cut:
+            raise cut[0]
+        self.grad = _flat(list(grads))
+
+    def jvp(self, v: Tensors, hidden: bool = False) -> Tensors:
+        """``[J_out v]`` (and ``J_hidden v`` when ``hidden``)."""
+        res = self._jvp(tuple(v))
+        return list(res) if hidden else [res[0]]
+
+    def vjp(self, us: Tensors) -> Tensor:
+        """``Jᵀ u`` (flat) for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
+        if self.hid is not None and len(us) == 1:
+            us = [us[0], torch.zeros_like(self.hid)]
+        (res,) = self._vjp(tuple(us))
+        return _flat([res[n] for n in self.names])
+
+    # k columns: the same backward passes, vectorised over the columns by ``torch.func.vmap``
+    def jvp_block(self, v: Tensors, hidden: bool = False) -> Tensors:
+        """``[J_out V]`` (and ``J_hidden V``) for ``v`` with a leading dimension ``k``."""
+        res = torch.func.vmap(lambda *vs: tuple(self._jvp(vs)))(*v)
+        return list(res) if hidden else [res[0]]
+
+    def vjp_block(self, us: Tensors) -> Tensor:
+        """``Jᵀ U`` as ``(k, dim)`` for ``us`` with a leading dimension ``k``."""
+        k = us[0].shape[0]
+        if self.hid is not None and len(us) == 1:
+            us = [us[0], self.hid.new_zeros((k,) + self.hid.shape)]
+        (res,) = torch.func.vmap(lambda *u: self._vjp(u))(*us)
+        return _flat_block([res[n] for n in self.names], k)
+
+
+class _AutogradDoubleBackwardJ:
+    """``J`` at one chunk by the double-backward trick over cached plain-autograd graphs."""
 
     def __init__(self, problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
                  scale: float, hidden: bool) -> None:
@@ -308,17 +393,37 @@ def _linearized(f: Callable[[Any], Any], prim: dict[str, Tensor]) -> tuple[Any, 
             raise
     with torch.no_grad():
         out = f(prim)
-    return out, lambda t: torch.func.jvp(f, (prim,), (t,))[1], False
+    return out, per_product_jvp(f, prim), False
+
+
+def per_product_jvp(f: Callable[[Any], Any], prim: dict[str, Tensor]) -> Callable[[Any], Any]:
+    """``t -> J_f t`` by one ``torch.func.jvp`` per call: ``f`` again, with tangents.
+
+    Nothing is stored between calls (the pass runs without autograd's graph): each product pays
+    the forward pass once more, and holds only the activations and tangents of the layer
+    being computed.
+    """
+    def jvp(t: Any) -> Any:
+        with torch.no_grad():
+            return torch.func.jvp(f, (prim,), (t,))[1]
+
+    return jvp
 
 
 class _ForwardJ:
-    """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``."""
+    """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``.
+
+    ``linearize=False`` (the ``"jvp"`` backend): no traced tangent graph; each ``J v`` is one
+    ``torch.func.jvp`` (:func:`per_product_jvp`), and the operator holds only the forward
+    graph that ``Jᵀ u`` runs back through — about a gradient's memory, for a product of about
+    one forward pass more than the double-backward one.
+    """
 
     #: ``torch.func.vmap`` over the columns
     batched = True
 
     def __init__(self, problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
-                 scale: float, hidden: bool) -> None:
+                 scale: float, hidden: bool, linearize: bool = True) -> None:
         prim = {n: p.detach() for n, p in params.items()}
         self.names = list(prim)
 
@@ -327,8 +432,12 @@ class _ForwardJ:
                                       hidden)
             return (out, hid) if hidden else (out,)
 
-        outs, self._jvp, self.batched = _linearized(f, prim)
-        _, self._vjp = torch.func.vjp(f, prim)
+        if linearize:
+            outs, self._jvp, self.batched = _linearized(f, prim)
+            _, self._vjp = torch.func.vjp(f, prim)
+        else:
+            outs, self._vjp = torch.func.vjp(f, prim)
+            self._jvp, self.batched = per_product_jvp(f, prim), False
         self.out = outs[0]
         self.hid = outs[1] if hidden else None
         self.state = problem.loss.prepare(self.out, chunk.targets, scale)
@@ -374,9 +483,14 @@ def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, sca
             )
         return SequentialJ(problem, params, layers, chunk, scale)
     if backend == "double-backward":
-        return _DoubleBackwardJ(problem, params, chunk, scale, hidden)
-    if backend == "forward":
-        return _ForwardJ(problem, params, chunk, scale, hidden)
+        try:
+            return _DoubleBackwardJ(problem, params, chunk, scale, hidden)
+        except (RuntimeError, InputError) as err:  # Problem.forward words the model's errors
+            if _OLD_STYLE_FUNCTION not in f"{err} {err.__cause__}":
+                raise
+        return _AutogradDoubleBackwardJ(problem, params, chunk, scale, hidden)
+    if backend in ("forward", "jvp"):
+        return _ForwardJ(problem, params, chunk, scale, hidden, linearize=backend == "forward")
     raise InputError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
 
 
@@ -434,11 +548,13 @@ def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, 
     """Hessian of the chunk's scaled loss: reverse-over-reverse or forward-over-reverse."""
     if backend == "double-backward":
         value, g, mv, mm = _hessian_reverse(problem, params, chunk, scale)
-    elif backend == "forward":
-        value, g, mv, mm = _hessian_forward(problem, params, chunk, scale)
+    elif backend in ("forward", "jvp"):
+        value, g, mv, mm = _hessian_forward(problem, params, chunk, scale,
+                                            linearize=backend == "forward")
     else:
         raise InputError(
-            f"backend: the Hessian supports 'double-backward' and 'forward', got {backend!r}"
+            f"backend: the Hessian supports 'double-backward', 'forward' and 'jvp', got "
+            f"{backend!r}"
         )
     state = LossState(value.detach(), torch.empty(0), scale, lambda u: u)
     return ChunkProduct(value.detach(), _flat([t.detach() for t in g]), mv, state, mm)
@@ -478,9 +594,13 @@ def _hessian_reverse(problem: Problem, params: Mapping[str, Tensor], chunk: Chun
     return value, g, mv, mm
 
 
-def _hessian_forward(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float
-                     ) -> tuple[Tensor, Tensors, Any, Any]:
-    """Value, gradient and ``H v`` (``H V``) by linearizing the gradient (forward mode)."""
+def _hessian_forward(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
+                     linearize: bool = True) -> tuple[Tensor, Tensors, Any, Any]:
+    """Value, gradient and ``H v`` (``H V``) by linearizing the gradient (forward mode).
+
+    ``linearize=False`` (the ``"jvp"`` backend): one ``torch.func.jvp`` of the gradient per
+    product (:func:`per_product_jvp`), nothing traced.
+    """
     prim = {n: p.detach() for n, p in params.items()}
     names = list(prim)
 
@@ -491,7 +611,10 @@ def _hessian_forward(problem: Problem, params: Mapping[str, Tensor], chunk: Chun
     with torch.no_grad():
         value = loss_of(prim, check=True)
     gfun = torch.func.grad(loss_of)
-    gdict, hvp, batched = _linearized(gfun, prim)
+    if linearize:
+        gdict, hvp, batched = _linearized(gfun, prim)
+    else:
+        gdict, hvp, batched = gfun(prim), per_product_jvp(gfun, prim), False
     g = [gdict[n] for n in names]
 
     def mv(v: Tensors, weight: float = 0.0) -> Tensor:

@@ -64,10 +64,11 @@ def sequential_layers(problem: Problem, params: Mapping[str, Tensor]) -> list[La
 
     It applies when the chain is ``Linear`` modules and units, each unit follows a ``Linear``
     (one ``f'(z)`` per ``Linear`` output), and the parameters are exactly the ``Linear``
-    weights and biases, in chain order.
+    weights and biases, in chain order, and no mixed precision policy is in force (the
+    analytic passes do not run the model's forward pass, so not in its dtype).
     """
     model = problem.model
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, nn.Module) or problem.precision is not None:
         return None
     layers = _declared_layers(model)
     if not layers or not isinstance(layers[0], nn.Linear):

@@ -168,7 +168,7 @@ class Values:
         """The objective at θ on a held-out batch (its first pass: targets checked)."""
         e = self.objective.evaluate(self.theta, self.batches[role], grad=grad)
         if grad:
-            self.record.gradient(e.count)
+            self.record.gradient(e.cases)
         else:
             self._count(e)
         self.put(role, THETA, e.value)
@@ -179,7 +179,7 @@ class Values:
         return lambda alpha: self.at(role, (iteration, alpha), step)
 
     def _count(self, e: Evaluation) -> float:
-        self.record.forward(e.count)
+        self.record.forward(e.cases)
         return e.value
 
 

@@ -135,8 +135,16 @@ class HessianFree:
         self.base_config = config
         self.schedule = phases
         self.source = source
+        #: what the steps update: the parameters, or their float32 master copies under a
+        #: mixed precision policy (each update is then written back into :attr:`live`)
         self.params = problem.resolve_params(params)
+        self.live = problem.live_params(params) if problem.precision is not None else None
         self.layout = ParamLayout.from_params(self.params)
+        if self.layout.dtype in (torch.bfloat16, torch.float16):
+            raise InputError(
+                f"params: {self.layout.dtype} parameters would make CG and the update "
+                f"{self.layout.dtype} too; use Problem(..., precision='float32') (the model "
+                "still runs in its dtype; curvature, CG and the update are float32)")
         self.lam = float(self._config_of(0).initial_lambda)
         self.t = 0
         self.cg_total = 0
@@ -253,7 +261,7 @@ class HessianFree:
         e = self._gradient(theta, batches[GRADIENT], plan.fused, record)
         values.put(GRADIENT, THETA, e.value)
         assert e.grad is not None
-        return _LocalModel(G, e.value, e.grad, e.diag, e.count, n_curv)
+        return _LocalModel(G, e.value, e.grad, e.diag, e.cases, n_curv)
 
     def quadratic(self, grad_batch: Any, curvature_batch: Any = None) -> Quadratic:
         """The quadratic ``q(p) = gᵀp + ½ pᵀ(G + λI)p`` the next step would solve by CG.
@@ -339,6 +347,8 @@ class HessianFree:
             with torch.no_grad():
                 for n, d in self.layout.split(step).items():
                     self.params[n].add_(d, alpha=size.alpha)
+                    if self.live is not None:  # the model's copy, rounded to its dtype
+                        self.live[n].copy_(self.params[n])
             record.step_norm = abs(size.alpha) * float(step.norm())
 
     def _gradient(self, theta: dict[str, Tensor], batch: Chunks, fused: bool,
@@ -351,10 +361,10 @@ class HessianFree:
         with Timer(record, "seconds_gradient"):
             e = value_grad_diagonal(self.objective, theta, batch) if fused else None
             if e is not None:
-                record.forward(e.count)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
+                record.forward(e.cases)  # the (δ²)ᵀ(x²) matmuls cost about a forward pass
             else:
                 e = self.objective.evaluate(theta, batch, grad=True)
-            record.gradient(e.count)  # the count is over all ranks
+            record.gradient(e.cases)  # cases over all ranks (a token loss counts tokens)
         return e
 
     def _preconditioner(self, theta: dict[str, Tensor], batches: dict[str, Chunks],
@@ -516,10 +526,13 @@ class HessianFree:
         checked by :meth:`load_state_dict`.
         """
         index, steps, cg_steps = self._phase
-        return {"version": STATE_VERSION, "lam": self.lam, "step": self.t,
-                "cg_total": self.cg_total, "phase": [index, steps, cg_steps],
-                "last_solution": self.last_solution.clone(), "dim": self.layout.numel,
-                "config": self.base_config.to_dict(), "phases": self.schedule.to_dict()}
+        state = {"version": STATE_VERSION, "lam": self.lam, "step": self.t,
+                 "cg_total": self.cg_total, "phase": [index, steps, cg_steps],
+                 "last_solution": self.last_solution.clone(), "dim": self.layout.numel,
+                 "config": self.base_config.to_dict(), "phases": self.schedule.to_dict()}
+        if self.live is not None:  # the float32 masters: the model holds them rounded
+            state["master_params"] = self.problem.flat(self.params)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuse a state of another version, size, config or phases.
@@ -559,6 +572,12 @@ class HessianFree:
         self._phase = self.schedule.advance(*phase)  # saved before or after moving on
         self.last_solution = state[key].detach().to(self.layout.device,
                                                     self.layout.dtype).clone()
+        if self.live is not None and "master_params" in state:
+            with torch.no_grad():
+                for n, p in self.layout.split(state["master_params"].to(
+                        self.layout.device, self.layout.dtype)).items():
+                    self.params[n].copy_(p)
+                    self.live[n].copy_(p)
 
     @staticmethod
     def _check_same(name: str, saved: Any, ours: Any) -> None:

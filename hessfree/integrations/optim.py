@@ -358,7 +358,8 @@ class HessianFreeOptimizer(torch.optim.Optimizer):
                 "precision: the model runs under autocast (Lightning precision='16-mixed' or "
                 "'bf16-mixed', Accelerate mixed_precision='fp16'/'bf16'); HF's curvature "
                 "products, CG and line search need the model's own precision: use "
-                "precision='32-true'/'64-true' or mixed_precision='no'")
+                "precision='32-true'/'64-true' or mixed_precision='no' (a bfloat16 model: "
+                "hessfree.Problem(..., precision='float32'))")
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

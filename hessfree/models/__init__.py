@@ -12,6 +12,7 @@ from hessfree.models.autoencoder import (
     mnist_autoencoder,
     reconstruction_error,
 )
+from hessfree.models.gpt import GPT, char_gpt
 from hessfree.models.init import esn_init_, sparse_init_
 from hessfree.models.mlp import MLP, FeedForward
 from hessfree.models.rnn import TanhRNN
@@ -19,8 +20,10 @@ from hessfree.models.rnn import TanhRNN
 __all__ = [
     "DeepAutoencoder",
     "FeedForward",
+    "GPT",
     "MLP",
     "TanhRNN",
+    "char_gpt",
     "curves_autoencoder",
     "esn_init_",
     "faces_autoencoder",
