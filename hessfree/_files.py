@@ -31,7 +31,7 @@ from typing import Any
 from hessfree.errors import InputError
 
 __all__ = ["IMAGE_FORMATS", "atomic_path", "check_image_output", "figure", "image_format",
-           "label_axes", "save_figure", "write_text"]
+           "label_axes", "label_ends", "save_figure", "write_text"]
 
 #: extension -> matplotlib format
 IMAGE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
@@ -150,6 +150,30 @@ def label_axes(ax: Any, xlabel: str, ylabel: str, title: str | None = None, *,
         ax.grid(True, alpha=0.3)
     if legend:
         ax.legend(fontsize=legend_size)
+
+
+def label_ends(ax: Any, gap: float = 11.0) -> None:
+    """Each line's name and last value written beside its end, in its colour.
+
+    The x range is widened to the right to hold the labels (a log x axis: by a factor), and
+    labels whose ends lie closer than ``gap`` pixels are moved apart vertically, so a curve
+    hidden under another one is still named, and every final value can be read.
+    """
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+    if not lines:
+        return
+    right = max(float(ln.get_xdata()[-1]) for ln in lines)
+    ax.set_xlim(right=right * 4 if ax.get_xscale() == "log" else right * 1.3)
+    ax.get_ylim()  # settles the limits before data are mapped to pixels
+    ends = sorted(((float(ax.transData.transform((ln.get_xdata()[-1], ln.get_ydata()[-1]))[1]),
+                    ln) for ln in lines), key=lambda e: e[0])
+    placed: list[float] = []
+    for y, line in ends:  # bottom to top, each at least ``gap`` above the one below
+        placed.append(max(y, placed[-1] + gap) if placed else y)
+        ax.annotate(f"{line.get_label()} {line.get_ydata()[-1]:.3g}",
+                    xy=(line.get_xdata()[-1], line.get_ydata()[-1]),
+                    xytext=(4, placed[-1] - y), textcoords="offset pixels", va="center",
+                    fontsize=7, color=line.get_color())
 
 
 def save_figure(fig: Any, path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (),

@@ -334,8 +334,20 @@ def test_inputs_that_require_grad_are_not_tracked():
 def test_reason_strings():
     assert cg.REASONS == (
         "martens progress", "residual tolerance", "max iterations", "negative curvature",
-        "non-finite", "converged",
+        "non-finite", "converged", "deadline",
     )
+
+
+def test_deadline_stops_after_at_least_one_iteration():
+    """A passed deadline stops CG after its first iteration; a far one never fires."""
+    import time
+
+    a, b = spd(30, 30, seed=5)
+    past = cg.solve(a, b, stop=cg.Deadline(time.perf_counter() - 1.0), max_iters=50)
+    assert past.reason == cg.DEADLINE and past.iters == 1
+    far = cg.solve(a, b, stop=[cg.ResidualTolerance(1e-10), cg.Deadline(time.perf_counter()
+                                                                          + 1e6)])
+    assert far.reason == cg.RESIDUAL_TOLERANCE
 
 
 A3 = torch.eye(3)

@@ -231,6 +231,8 @@ class FlashOnly(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.inner = SDPABlock()
+        for unused in (self.inner.ln2, self.inner.mlp):  # not called below: frozen, since a
+            unused.requires_grad_(False)  # trainable parameter the outputs ignore is refused
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.inner

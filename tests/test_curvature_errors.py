@@ -70,6 +70,40 @@ def test_targets_shape_mismatch(ae):
         hessfree.GGN(problem, (x, t[:4]))
 
 
+def test_float_class_targets_name_the_dtype():
+    """Class indices given as floats: the message names the dtype, not an equal shape."""
+    ce = hessfree.Problem(nn.Linear(3, 4), hessfree.losses.CrossEntropy())
+    x, y = torch.randn(200, 3), torch.randint(0, 4, (200,))
+    with pytest.raises(ValueError, match=r"integer tensor \(torch.long\), got torch.float32 "
+                                         r"of shape \(200,\); convert them with .long\(\)"):
+        hessfree.GGN(ce, (x, y.float()))
+    hessfree.GGN(ce, (x, y))  # integer indices are fine
+
+
+class _HalfUsed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.spare = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+@pytest.mark.parametrize("kind", ["GGN", "Hessian", "EmpiricalFisher", "HessianFree"])
+def test_a_registered_but_unused_parameter_is_refused(kind):
+    """The README's promise: parameters the model does not use are refused in one line."""
+    problem = hessfree.Problem(_HalfUsed(), hessfree.losses.MSE())
+    batch = (torch.randn(6, 3), torch.randn(6, 2))
+    with pytest.raises(ValueError, match=r"outputs do not depend on \['spare.weight', "
+                                         r"'spare.bias'\]"):
+        if kind == "HessianFree":
+            hessfree.HessianFree(problem).step(batch)
+        else:
+            getattr(hessfree, kind)(problem, batch)
+    problem.model.spare.requires_grad_(False)  # excluded: the rest works
+    getattr(hessfree, "GGN" if kind == "HessianFree" else kind)(problem, batch)
+
+
 @pytest.mark.parametrize("layer", [nn.Dropout(0.5), nn.BatchNorm1d(4)])
 def test_train_mode_dropout_batchnorm(layer):
     model = nn.Sequential(nn.Linear(3, 4), layer, nn.Linear(4, 2))

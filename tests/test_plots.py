@@ -121,3 +121,40 @@ def test_overwrites_existing_png(runs, tmp_path):
     out.write_bytes(b"old")
     plot_runs(runs, y="loss", x="steps", out=out, title="custom")
     check_png(out)
+
+
+def test_the_quadratic_figure_names_every_curve_and_keeps_its_labels_inside(tmp_path,
+                                                                            monkeypatch):
+    """NAG identical to CM (NAG hidden under CM before): each curve is labelled with its name
+    and final value at its end, NAG is drawn on top in its own style, and the axis labels lie
+    inside the image."""
+    from hessfree import quadratic
+    from hessfree.quadratic import eigen
+    from hessfree.quadratic.comparison import Comparison
+
+    k = np.arange(0, 51, dtype=np.float64)
+    same = -1.0 + 0.9 ** k
+    c = Comparison(values={"cg": -1.0 + 0.5 ** k, "nag": same.copy(), "cm": same.copy(),
+                           "gd": -1.0 + 0.97 ** k}, products={}, iters=50, dim=10, q_star=-1.0)
+    kept = {}
+    real = eigen.save_figure
+    monkeypatch.setattr(eigen, "save_figure", lambda fig, *a, **kw: (kept.setdefault(
+        "fig", fig), real(fig, *a, **kw))[1])
+    quadratic.plot(c, tmp_path / "q.png")
+    fig = kept["fig"]
+    (ax,) = fig.axes
+    texts = {t.get_text().split()[0]: t for t in ax.texts}
+    assert sorted(texts) == ["cg", "cm", "gd", "nag"]
+    assert texts["nag"].get_text() == f"nag {0.9 ** 50:.3g}"  # the gap q - q* at the end
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert lines["nag"].get_zorder() > lines["cm"].get_zorder()
+    assert lines["nag"].get_linestyle() != lines["cm"].get_linestyle()
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    for i, one in enumerate(boxes):  # NAG's and CM's labels apart, though their ends coincide
+        assert not any(one.overlaps(other) for other in boxes[i + 1:])
+    box = fig.bbox
+    for label in (ax.xaxis.label, ax.yaxis.label):
+        inside = label.get_window_extent(renderer)
+        assert box.x0 <= inside.x0 and inside.x1 <= box.x1
+        assert box.y0 <= inside.y0 and inside.y1 <= box.y1

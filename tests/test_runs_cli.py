@@ -233,3 +233,19 @@ def test_progress_bar_survives_an_overshot_budget(capsys, tmp_path, budget):
     path = Path(out.strip().splitlines()[-1])
     assert len(read_results(path).steps["step"]) >= 1
     assert "toy-quartic nag" in err  # the bar was drawn on stderr
+
+
+def test_every_option_has_a_help_text_and_reproduce_shows_its_defaults():
+    import argparse
+
+    from hessfree.runs.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [(name, action.dest) for name, p in sub.choices.items() for action in p._actions
+               if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert missing == []
+    text = " ".join(sub.choices["reproduce"].format_help().split())
+    for shown in ("(default: 0)", "(default: 1)", "(default: cpu)", "(default: float32)",
+                  "(default: reproduce)", "(default: auto)", "(default: all)"):
+        assert shown in text, shown

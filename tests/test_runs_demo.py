@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from hessfree.runs.cli import main
@@ -26,9 +30,33 @@ def test_demo_writes_runs_table_and_figure(capsys, tmp_path):
     assert "momentum-like HF (A.6)" in out
 
 
-def test_check_products_passes(capsys):
-    assert main(["check-products"]) == 0
-    assert "dense float64 reference" in capsys.readouterr().out
+#: the check's peak memory must stay within this (an 8 GB laptop runs it beside the rest)
+CHECK_PRODUCTS_RSS = 1.5 * 2**30
+
+# VmHWM (the peak resident set of this process's memory since its exec), not ru_maxrss: Linux
+# carries the parent's high-water mark across fork and exec into ru_maxrss, so a child of a
+# large pytest process would report the parent's size
+CHILD = """
+import sys
+from hessfree.runs.cli import main
+code = main(["check-products", "--threads", "1"])
+with open("/proc/self/status") as f:
+    print("peak_rss_kb", next(ln.split()[1] for ln in f if ln.startswith("VmHWM:")))
+sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's VmHWM")
+def test_check_products_passes_within_its_memory():
+    """`hessfree check-products` in a process of its own: it passes, and its peak resident
+    memory stays within 1.5 GiB — its dense reference is built a few cases at a time."""
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dense float64 reference" in done.stdout
+    assert "between cases: largest entry 0.0e+00" in done.stdout
+    peak = int(done.stdout.split("peak_rss_kb")[1].split()[0]) * 1024
+    assert peak <= CHECK_PRODUCTS_RSS, f"peak RSS {peak / 2**30:.2f} GiB"
 
 
 def _demo_in_subprocess(tmp_path, name, env):

@@ -67,6 +67,16 @@ def _reference(capsys, tmp_path, steps=8):
     return read_results(out.strip().splitlines()[-1])
 
 
+def _resumes_to(capsys, path, ref, steps=8):
+    """``--resume`` finishes the run with the rows of the uninterrupted reference."""
+    code, _, err = run(capsys, "train", "--resume", path.parent, "--steps", steps, "--quiet")
+    assert code == 0, err
+    res = read_results(path)
+    for k in ("step", "loss", "mu"):
+        np.testing.assert_array_equal(res.steps[k], ref.steps[k], err_msg=k)
+    assert res.attrs["status"] == "finished"
+
+
 @pytest.mark.parametrize("kind", sorted(ERRORS))
 def test_fault_at_creation_leaves_nothing(capsys, tmp_path, monkeypatch, kind):
     _fail_on(monkeypatch, ResultsWriter, "_create", 1, ERRORS[kind])
@@ -90,12 +100,50 @@ def test_fault_at_a_row_keeps_committed_rows_and_resumes(capsys, tmp_path, monke
     assert checkpoint.load(path.with_name("checkpoint.pt"))["step"] == 3
     assert _no_temporaries(path.parent) == []
     monkeypatch.undo()
-    code, _, err = run(capsys, "train", "--resume", path.parent, "--steps", 8, "--quiet")
+    _resumes_to(capsys, path, ref)
+
+
+def test_a_wall_clock_checkpoint_is_written_before_checkpoint_every(capsys, tmp_path,
+                                                                   monkeypatch):
+    """--checkpoint-minutes: a run of long steps is resumable long before --checkpoint-every
+    steps (a checkpoint whenever either is due); with the default (10 minutes) these short
+    steps checkpoint at the step count and the end only."""
+    from hessfree.runs.session import RunSession
+
+    seen: list[int] = []
+    real = RunSession.write_checkpoint
+
+    def spy(self, step, state):
+        seen.append(step)
+        return real(self, step, state)
+
+    monkeypatch.setattr(RunSession, "write_checkpoint", spy)
+    args = ["toy-quartic", "--optimizer", "nag", "--eval-every", "2", "--checkpoint-every",
+            "50", "--steps", "6", "--quiet"]
+    code, _, err = run(capsys, "train", *args, "--out", tmp_path / "default")
     assert code == 0, err
-    res = read_results(path)
-    for k in ("step", "loss", "mu"):
-        np.testing.assert_array_equal(res.steps[k], ref.steps[k], err_msg=k)
-    assert res.attrs["status"] == "finished"
+    assert seen == [6]  # only at the end: six fast steps are far from 10 minutes
+    seen.clear()
+    code, _, err = run(capsys, "train", *args, "--checkpoint-minutes", "1e-9", "--out",
+                       tmp_path / "often")
+    assert code == 0, err
+    assert seen == [1, 2, 3, 4, 5, 6]  # every step ends a minute-interval here
+
+
+def test_a_crash_before_checkpoint_every_resumes_from_the_wall_clock_checkpoint(
+        capsys, tmp_path, monkeypatch):
+    """The run that crashed at step 5 with --checkpoint-every 50 resumes from step 4 (its last
+    wall-clock checkpoint) and writes the rows an uninterrupted run writes."""
+    ref = _reference(capsys, tmp_path)
+    _fail_on(monkeypatch, ResultsWriter, "append_step", 5, errno.EIO)  # step 5 (1-based)
+    args = ["toy-quartic", "--optimizer", "nag", "--eval-every", "2", "--checkpoint-every",
+            "50", "--checkpoint-minutes", "1e-9", "--quiet"]
+    code, _, err = run(capsys, "train", *args, "--steps", 8, "--out", tmp_path)
+    assert code == 2 and "checkpoint (step 4)" in err and "--resume" in err
+    path = _only_run(tmp_path)
+    assert checkpoint.load(path.with_name("checkpoint.pt"))["step"] == 4
+    monkeypatch.undo()
+    _resumes_to(capsys, path, ref)
 
 
 @pytest.mark.parametrize("kind", sorted(ERRORS))

@@ -305,6 +305,7 @@ def test_a_converged_problem_ends_the_run_with_its_results(capsys, tmp_path):
 @pytest.mark.parametrize("argv, needle", [
     (["--eval-every", "0"], "--eval-every: expected an integer >= 1, got 0"),
     (["--checkpoint-every", "0"], "--checkpoint-every: expected an integer >= 1, got 0"),
+    (["--checkpoint-minutes", "0"], "--checkpoint-minutes: expected a finite number > 0"),
     (["--seed", str(2**70)], "--seed: expected an integer in [0, "),
     (["--seed", "-1"], "--seed: expected an integer in [0, "),
     (["--save-quadratics-every", "0"], "--save-quadratics-every: expected an integer >= 1"),

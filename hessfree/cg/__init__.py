@@ -26,6 +26,7 @@ from hessfree.cg.operators import (
 from hessfree.cg.solver import CGResult, solve
 from hessfree.cg.stopping import (
     CONVERGED,
+    DEADLINE,
     MARTENS_PROGRESS,
     MAX_ITERATIONS,
     NEGATIVE_CURVATURE,
@@ -34,6 +35,7 @@ from hessfree.cg.stopping import (
     RESIDUAL_TOLERANCE,
     AnyOf,
     CGState,
+    Deadline,
     MartensProgress,
     MaxIters,
     ResidualTolerance,
@@ -48,7 +50,8 @@ __all__ = [
     "Geometric", "LinearOperator", "Never", "StorePolicy", "as_operator", "as_preconditioner",
     "quadratic_value", "solve",
     # the stopping rules and reasons (hessfree.cg.stopping)
-    "CONVERGED", "MARTENS_PROGRESS", "MAX_ITERATIONS", "NEGATIVE_CURVATURE", "NON_FINITE",
-    "REASONS", "RESIDUAL_TOLERANCE", "AnyOf", "CGState", "MartensProgress", "MaxIters",
-    "ResidualTolerance", "StopRule", "martens_gap", "martens_progress",
+    "CONVERGED", "DEADLINE", "MARTENS_PROGRESS", "MAX_ITERATIONS", "NEGATIVE_CURVATURE",
+    "NON_FINITE", "REASONS", "RESIDUAL_TOLERANCE", "AnyOf", "CGState", "Deadline",
+    "MartensProgress", "MaxIters", "ResidualTolerance", "StopRule", "martens_gap",
+    "martens_progress",
 ]

@@ -12,6 +12,7 @@ one product A p_{i-1} and produces x_i and φ_i. Rules are asked at ``i = 0, 1, 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Union
@@ -21,6 +22,7 @@ from hessfree.errors import InputError, InputTypeError
 
 __all__ = [
     "CONVERGED",
+    "DEADLINE",
     "MARTENS_PROGRESS",
     "MAX_ITERATIONS",
     "NEGATIVE_CURVATURE",
@@ -29,6 +31,7 @@ __all__ = [
     "RESIDUAL_TOLERANCE",
     "AnyOf",
     "CGState",
+    "Deadline",
     "MartensProgress",
     "MaxIters",
     "ResidualTolerance",
@@ -51,6 +54,8 @@ NEGATIVE_CURVATURE = "negative curvature"
 NON_FINITE = "non-finite"
 #: rᵀz == 0 exactly (the residual is exactly zero for a positive preconditioner).
 CONVERGED = "converged"
+#: The caller's time was up (:class:`Deadline`: a wall-clock budget).
+DEADLINE = "deadline"
 #: Every reason :func:`hessfree.cg.solve` can report.
 REASONS = (
     MARTENS_PROGRESS,
@@ -59,6 +64,7 @@ REASONS = (
     NEGATIVE_CURVATURE,
     NON_FINITE,
     CONVERGED,
+    DEADLINE,
 )
 
 
@@ -235,6 +241,24 @@ class MaxIters:
     def __call__(self, state: CGState) -> str | None:
         """Return ``"max iterations"`` when ``state.i >= n``."""
         return MAX_ITERATIONS if state.i >= self.n else None
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """Stop once the clock passes ``at`` (reason ``"deadline"``), after at least one iteration.
+
+    For callers with a wall-clock budget (``hessfree train --seconds``): CG's iterate when time
+    is up is as valid a CG iterate as any other, only a shorter one.
+
+    Args:
+        at: a :func:`time.perf_counter` value.
+    """
+
+    at: float
+
+    def __call__(self, state: CGState) -> str | None:
+        """Return ``"deadline"`` when ``state.i >= 1`` and the time is past ``at``."""
+        return DEADLINE if state.i >= 1 and time.perf_counter() >= self.at else None
 
 
 class AnyOf:

@@ -320,6 +320,11 @@ class CrossEntropy(MatchingLoss):
             lo, hi = _range(values) if values.numel() else (0, 0)
             if lo < 0 or hi >= n:
                 raise InputError(f"targets: class indices must lie in [0, {n}), got values outside")
+        elif values.shape == outputs.shape[:-1]:
+            raise InputError(
+                f"targets: class indices must be an integer tensor (torch.long), got "
+                f"{values.dtype} of shape {tuple(values.shape)}; convert them with .long() "
+                f"(probability targets have the outputs' shape {tuple(outputs.shape)})")
         else:
             _check_real(outputs, values,
                         f"class indices of shape {tuple(outputs.shape[:-1])} or probabilities "

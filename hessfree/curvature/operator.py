@@ -133,6 +133,7 @@ class CurvatureOperator(FlatOperator):
         if check:
             problem.check_modes()
             problem.check_deterministic(self.params, first)
+            problem.check_used(self.params, first)
         self._theta = torch.cat([p.detach().reshape(-1) for p in self.params.values()])
         self._cached: list[ChunkProduct] = []
         self._setup()

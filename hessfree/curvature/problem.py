@@ -327,6 +327,25 @@ class Problem:
                     "random sampling inside forward), so curvature products would be inconsistent"
                 )
 
+    def check_used(self, params: Mapping[str, Tensor], chunk: Chunk, n_probe: int = 4) -> None:
+        """Refuse parameters the outputs do not depend on (a module registered, never called).
+
+        Their gradient would be missing, not zero, and they would never move.
+        """
+        k = min(n_probe, chunk.n)
+        leaves_ = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        with torch.enable_grad():
+            out = self.forward(leaves_, take(chunk.inputs, slice(0, k)))
+            outs = [t for t in leaves(out) if isinstance(t, Tensor) and t.requires_grad]
+            grads = torch.autograd.grad([t.sum() for t in outs], list(leaves_.values()),
+                                        allow_unused=True) if outs else [None] * len(leaves_)
+        unused = [n for n, g in zip(leaves_, grads) if g is None]
+        if unused:
+            raise InputError(
+                f"params: the model's outputs do not depend on {unused} (registered but not "
+                "used in forward); exclude them (requires_grad_(False), or pass params= without "
+                "them), so that HF does not carry parameters it can never move")
+
     def check_outputs(self, outputs: Any, chunk: Chunk, where: str = "batch") -> Tensor:
         """Check the model returned one tensor of ``n`` cases that fits the targets."""
         if not isinstance(outputs, Tensor):

@@ -3,7 +3,7 @@
 Deep-autoencoder sets ([H&S06]): ``mnist`` (real files, checksummed, [Data: MNIST]; ``fetch``
 downloads them), ``curves`` and ``faces`` (re-generated, [Data: CURVES] / [Data: FACES]).
 RNN problems ([M&S11]): ``pathological`` with ``zero_one_error`` ([Data: pathological]).
-Toy problems of the seed posts: ``toy``. The data root is an argument or ``$HESSFREE_DATA``.
+Toy problems for quick sanity checks: ``toy``. The data root is an argument or ``$HESSFREE_DATA``.
 """
 
 from hessfree.data import toy

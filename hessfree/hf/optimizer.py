@@ -161,6 +161,10 @@ class HessianFree:
         #: why no further step can make progress (None while steps can): the gradient is
         #: exactly zero, or a step that would raise λ past ``lambda_max``
         self.stop_reason: str | None = None
+        #: a :func:`time.perf_counter` value by which each step should end (a caller's
+        #: wall-clock budget, e.g. ``hessfree train --seconds``), or None: CG then stops early
+        #: (reason ``"deadline"``) to leave the time :meth:`_after_cg` expects the rest needs
+        self.deadline: float | None = None
 
     # -- phases --------------------------------------------------------------------------------
     def _config_of(self, index: int) -> HFConfig:
@@ -388,6 +392,9 @@ class HessianFree:
             store = cg.Every(cfg.cg_store_every, first=1)
         else:
             store = cg.Geometric(cfg.cg_store_ratio, first=cfg.cg_store_first)
+        if self.deadline is not None:
+            stop = [*([stop] if callable(stop) else stop),
+                    cg.Deadline(self.deadline - self._after_cg(record))]
         A = record.counted(G.damped(self.lam), cases)
         x0 = self.last_solution.mul(zeta) if zeta > 0 and bool(self.last_solution.any()) \
             else None
@@ -396,6 +403,18 @@ class HessianFree:
         self.last_solution = res.x.clone()  # HFDemo: ch = chs{end}
         record.cg_iters, record.cg_reason = res.iters, res.reason
         return res
+
+    def _after_cg(self, record: StepRecord) -> float:
+        """Seconds a step is expected to spend after CG (backtracking, ρ, the step size).
+
+        The last step's, or at least this step's time before CG (the first step: that alone).
+        """
+        before = record.seconds_gradient + record.seconds_precond + record.seconds_setup
+        if not self.history:
+            return before
+        last = self.history[-1]
+        return max(before, last.seconds - last.seconds_cg - last.seconds_gradient
+                   - last.seconds_precond - last.seconds_setup)
 
     def _backtrack(self, res: cg.CGResult, plan: Measures, values: Values) -> Backtracked:
         """The chosen iterate, its objective (and every evaluated one's) on the plan's batch.

@@ -30,13 +30,34 @@ class UsageError(InputError):
     """A user error found by the command line itself."""
 
 
+class _Help(argparse.HelpFormatter):
+    """Help texts that end with the option's default, where it has a useful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS \
+            or default == []  # 0 is a default worth showing (``0 in (False,)`` is True)
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", default="auto", metavar="N|auto",
+                   help="intra-op threads of the tensor operations: a number, or auto = "
+                        "$OMP_NUM_THREADS when set, else the cores the load average leaves "
+                        "free (an idle 2-core machine: 2, a busy one: 1)")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", nargs="?", default=None,
                    help="experiment name (see `hessfree list`); optional with --resume")
     p.add_argument("--optimizer", help="an optimizer family of `hessfree list` (default hf)")
     p.add_argument("--steps", type=_int("--steps"), help="stop after this many outer steps")
     p.add_argument("--seconds", type=_float("--seconds"),
-                   help="stop after this much optimizer time")
+                   help="wall-clock seconds for the whole run from the training loop's start, "
+                        "evaluations and checkpoints included (it ends within max(1.1 S, S + 5))")
     p.add_argument("--budget", type=_float("--budget"),
                    help="stop after this many gradient-equivalents of the training set")
     p.add_argument("--seed", type=_int("--seed"), help="seed of data, initialization and "
@@ -50,6 +71,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate every N steps (default 10)")
     p.add_argument("--checkpoint-every", type=_int("--checkpoint-every"),
                    help="checkpoint every N steps (default 50)")
+    p.add_argument("--checkpoint-minutes", type=_float("--checkpoint-minutes"), metavar="M",
+                   help="also checkpoint after a step ending M minutes of wall-clock after the "
+                        "last checkpoint, whichever is due first (default 10)")
     p.add_argument("--save-quadratics-every", type=_int("--save-quadratics-every"),
                    metavar="K", help="HF: save the step's quadratic every K steps")
     p.add_argument("--resume", metavar="PATH", help="continue the run in PATH")
@@ -57,18 +81,24 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=_float("--timeout"),
                    help="under torchrun: seconds a rank waits for the others (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_arg(p)
 
 
 def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("table", help="table1 (deep autoencoders) or table5 (RNN tasks)")
     p.add_argument("--fraction", type=_float("--fraction"), required=True,
                    help="fraction of the papers' budget, in (0, 1]")
-    p.add_argument("--experiments", type=_list(str), help="comma-separated subset")
-    p.add_argument("--optimizers", type=_list(str), help="comma-separated subset")
-    p.add_argument("--mu", type=_list(float), help="μ_max (table1) or μ0 (table5) values")
-    p.add_argument("--lrs", type=_list(float), help="learning-rate grid")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--experiments", type=_list(str),
+                   help="comma-separated subset of the table's experiments (default: all)")
+    p.add_argument("--optimizers", type=_list(str),
+                   help="comma-separated subset of the table's optimizers, or any registered "
+                        "family with a grid role (default: the table's)")
+    p.add_argument("--mu", type=_list(float),
+                   help="μ_max (table1) or μ0 (table5) values (default: the paper's)")
+    p.add_argument("--lrs", type=_list(float),
+                   help="learning-rate grid (default: the paper's, table1 0.05 ... 0.0001)")
+    p.add_argument("--device", default="cpu", help="where every run trains: cpu or cuda")
+    p.add_argument("--dtype", default="float32", help="float32 or float64")
     p.add_argument("--jobs", type=_int("--jobs"), default=1,
                    help="runs at a time (worker processes running the same path)")
     p.add_argument("--resume", action="store_true",
@@ -76,7 +106,8 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="reproduce", help="folder for the runs and the summary")
     p.add_argument("--summary-only", action="store_true",
                    help="run nothing: summarize the runs already in --out, finished or not")
-    p.add_argument("--seed", type=_int("--seed"), default=0)
+    p.add_argument("--seed", type=_int("--seed"), default=0,
+                   help="the seed of every run (with --seeds N: the first)")
     p.add_argument("--seeds", type=_seed_list,
                    help="seeds per cell: a count N (--seed, --seed+1, ...) or a comma-separated "
                         "list; each cell runs once per seed and the summary gives mean and spread")
@@ -85,6 +116,9 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
                         "updates with --fraction (default, so μ reaches μ_max) or keep them")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run (repeatable)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress line over the plan (the plan is still printed)")
+    _threads_arg(p)
 
 
 def _seed_list(text: str) -> int | list[int]:
@@ -126,48 +160,18 @@ _float = _scalar(float, "a number")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's errors as one line and exit code 2 (its usage text goes away)."""
+    """argparse's errors as one line and exit code 2; help texts with their defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:  # noqa: D102
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``hessfree`` command."""
-    parser = _Parser(
-        prog="hessfree", description="Hessian-free optimization and momentum methods: train on "
-        "the classic benchmarks, compare CG and NAG on saved quadratics, plot and report.")
-    parser.add_argument("--version", action="version", version=f"hessfree {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    sub.add_parser("list", help="experiments and optimizers")
-    _train_args(sub.add_parser("train", help="train one optimizer on one experiment"))
-    p = sub.add_parser("compare", help="CG vs NAG (CM, GD) on a saved quadratic")
-    p.add_argument("quadratic", help="FILE.h5[:group], e.g. results.h5:quadratics/40")
-    p.add_argument("--iters", type=_int("--iters"), default=250)
-    p.add_argument("--plot", metavar="IMAGE", help="write the curves (.png, .pdf or .svg)")
-    p.add_argument("--save", metavar="JSON", help="write q(x_k) of every method as JSON")
-    p = sub.add_parser("plot", help="several runs on one figure")
-    p.add_argument("results", nargs="+")
-    p.add_argument("--x", default="steps", choices=["steps", "seconds", "grad-equiv"])
-    p.add_argument("--y", default="train_error",
-                   choices=["train_error", "test_error", "loss", "lambda", "cg_iters"])
-    p.add_argument("--out", default="fig.png", help="the image (.png, .pdf or .svg)")
-    p = sub.add_parser("report", help="final errors next to the papers' numbers")
-    p.add_argument("results", nargs="+")
-    _reproduce_args(sub.add_parser(
-        "reproduce", help="Table 1 or Table 5 of Sutskever et al. (2013) at a fraction of the "
-        "budget"))
-    p = sub.add_parser("demo", help="HF, the momentum-like HF and NAG at equal cost, then CG vs "
-                       "NAG on a saved quadratic (about 3 minutes on 2 cores)")
-    p.add_argument("--budget", type=_float("--budget"), default=400.0,
-                   help="gradient-equivalents per optimizer")
-    p.add_argument("--out", default="runs")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--threads", type=_int("--threads"), default=1,
-                   help="torch threads (default 1: the same digits run to run)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    sub.add_parser("check-products", help="GGN products on a small autoencoder, checked against "
-                   "a dense matrix")
+def _evidence_args(sub: Any) -> None:
+    """The ``artifact`` and ``verify`` commands."""
     p = sub.add_parser("artifact", help="a small committed artifact (tables, no parameters) of "
                        "a folder of runs, with the command that made them")
     p.add_argument("source", help="the folder the command wrote (it may not exist yet)")
@@ -185,6 +189,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the registry file (default ROOT/benchmarks/claims.py)")
     p.add_argument("--write", action="store_true",
                    help="rewrite the generated blocks and redraw the figures first")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``hessfree`` command."""
+    parser = _Parser(
+        prog="hessfree",
+        description="Hessian-free optimization and momentum methods: train on the classic "
+        "benchmarks, compare CG and NAG on saved quadratics, plot and report.")
+    parser.add_argument("--version", action="version", version=f"hessfree {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub.add_parser("list", help="experiments and optimizers")
+    _train_args(sub.add_parser("train", help="train one optimizer on one experiment"))
+    p = sub.add_parser("compare", help="CG vs NAG (CM, GD) on a saved quadratic")
+    p.add_argument("quadratic", help="FILE.h5[:group], e.g. results.h5:quadratics/40 (default "
+                   "group: the middle one saved)")
+    p.add_argument("--iters", type=_int("--iters"), default=250,
+                   help="curvature products per method")
+    p.add_argument("--plot", metavar="IMAGE", help="write the curves (.png, .pdf or .svg)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_arg(p)
+    p.add_argument("--save", metavar="JSON", help="write q(x_k) of every method as JSON")
+    p = sub.add_parser("plot", help="several runs on one figure")
+    p.add_argument("results", nargs="+", help="results.h5 files")
+    p.add_argument("--x", default="steps", choices=["steps", "seconds", "grad-equiv"],
+                   help="the x axis (seconds: optimizer time of the updates)")
+    p.add_argument("--y", default="train_error",
+                   choices=["train_error", "test_error", "loss", "lambda", "cg_iters"],
+                   help="the y axis")
+    p.add_argument("--out", default="fig.png", help="the image (.png, .pdf or .svg)")
+    p = sub.add_parser("report", help="final errors next to the papers' numbers")
+    p.add_argument("results", nargs="+", help="results.h5 files")
+    _reproduce_args(sub.add_parser(
+        "reproduce", help="Table 1 or Table 5 of Sutskever et al. (2013) at a fraction of the "
+        "budget"))
+    p = sub.add_parser("demo", help="HF, the momentum-like HF and NAG at equal cost, then CG vs "
+                       "NAG on a saved quadratic (README, 'Set-up': its measured time)")
+    p.add_argument("--budget", type=_float("--budget"), default=400.0,
+                   help="gradient-equivalents per optimizer")
+    p.add_argument("--out", default="runs", help="folder for the demo-<time> folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=_int("--threads"), default=1,
+                   help="torch threads (default 1: the same digits run to run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of curves-small for every run (repeatable)")
+    p = sub.add_parser("check-products", help="GGN products on a small autoencoder, checked "
+                       "against a dense matrix")
+    _threads_arg(p)
+    _evidence_args(sub)
     return parser
 
 
@@ -221,12 +273,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args.set)
     if args.resume:
+        threads = _thread_count(args.threads)  # auto: the run's own threads are kept
         path = resume(args.resume, steps=args.steps, seconds=args.seconds, budget=args.budget,
                       quiet=args.quiet, experiment=args.experiment, optimizer=args.optimizer,
                       seed=args.seed, dtype=args.dtype, device=args.device,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                      checkpoint_minutes=args.checkpoint_minutes,
                       save_quadratics_every=args.save_quadratics_every, out=args.out,
-                      overrides=overrides, timeout=args.timeout)
+                      overrides=overrides, timeout=args.timeout,
+                      threads=None if threads == "auto" else threads)
         if _rank() == 0:
             print(path)
         return 0
@@ -236,15 +291,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"experiment: unknown {args.experiment!r}; valid: "
                          f"{', '.join(experiments.names())}")
     given = {k: getattr(args, k) for k in ("optimizer", "seed", "device", "dtype", "out",
-                                          "eval_every", "checkpoint_every", "name", "timeout")
+                                          "eval_every", "checkpoint_every", "checkpoint_minutes",
+                                          "name", "timeout")
              if getattr(args, k) is not None}
     spec = RunSpec(experiment=args.experiment, steps=args.steps, seconds=args.seconds,
                    budget=args.budget, overrides=overrides,
-                   save_quadratics_every=args.save_quadratics_every, quiet=args.quiet, **given)
+                   save_quadratics_every=args.save_quadratics_every, quiet=args.quiet,
+                   threads=_thread_count(args.threads), **given)
     path = train(spec)
     if _rank() == 0:
         print(path)
     return 0
+
+
+def _thread_count(text: str) -> int | str:
+    """``--threads``: ``"auto"`` or a positive integer (checked by the run)."""
+    from hessfree.runs.threads import AUTO, choose
+
+    return AUTO if text.strip().lower() == AUTO else choose(text).n
+
+
+def _our_threads(text: str) -> Any:
+    """This process's threads for a command that is not a run (set here: the process is ours)."""
+    from hessfree.runs.threads import choose, using
+
+    return using(choose(text).n)
 
 
 def _rank() -> int:
@@ -292,7 +363,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UsageError(f"quadratic: {path} has no quadratic at {group!r}; saved "
                              f"quadratics: {have}")
         q = quadratic.Quadratic.load(node, build_model=experiments.build_model)
-    result = quadratic.compare(q, iters=args.iters)
+    from hessfree.runs.progress import products
+
+    expected = args.iters * (2 + 2 * len(quadratic.MU_GRID)) + 30  # CG, GD, NAG/CM per μ, L
+    with _our_threads(args.threads), products(q, expected, "compare", args.quiet):
+        result = quadratic.compare(q, iters=args.iters)
     print(f"{path}:{group}")
     print(result.format())
     if args.save:
@@ -344,7 +419,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                    optimizers=args.optimizers, mus=args.mu, lrs=args.lrs, device=args.device,
                    dtype=args.dtype, jobs=args.jobs, resume=args.resume, seed=args.seed,
                    overrides=_overrides(args.set), summary_only=args.summary_only,
-                   seeds=args.seeds, mu_stages=args.mu_stages)
+                   seeds=args.seeds, mu_stages=args.mu_stages,
+                   threads=_thread_count(args.threads), quiet=args.quiet)
     print(md.read_text())
     print(md)
     return 0
@@ -364,7 +440,8 @@ def cmd_check_products(args: argparse.Namespace) -> int:
     """The curvature-product check against a dense matrix."""
     from hessfree.runs.check_products import run_demo
 
-    return run_demo()
+    with _our_threads(args.threads):
+        return run_demo()
 
 
 def reproduce_command(command: str) -> tuple[argparse.Namespace, list[Any]] | None:

@@ -34,9 +34,11 @@ import numpy as np
 import torch
 
 from hessfree import _checks, quadratic
-from hessfree._files import figure, label_axes, save_figure, write_text
+from hessfree._files import figure, label_axes, label_ends, save_figure, write_text
+from hessfree.quadratic.eigen import STYLES
 from hessfree.runs import experiments, families
 from hessfree.runs.h5 import open_results
+from hessfree.runs.progress import products
 from hessfree.runs.results import read_results
 from hessfree.runs.trainer import RunSpec, train
 
@@ -94,15 +96,18 @@ def _run(out: Path, budget: float, seed: int, quiet: bool, iters: int,
          overrides: dict[str, Any] | None, threads: int) -> Path:
     folder = out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = {}
+    log.info("demo: %d runs of %g gradient-equivalents on %s (%s), then CG, NAG, CM and GD on "
+             "one saved quadratic, %d products each", len(RUNS), budget, EXPERIMENT,
+             ", ".join(r.optimizer for r in RUNS), iters)
     for r in RUNS:
         over = {k: v for k, v in (overrides or {}).items() if k in _keys(r.optimizer)}
         paths[r.optimizer] = train(RunSpec(
             experiment=EXPERIMENT, optimizer=r.optimizer, budget=budget, seed=seed,
             out=str(folder), name=r.optimizer, quiet=quiet, eval_every=r.eval_every,
-            overrides=over, save_quadratics_every=r.save_quadratics_every))
+            overrides=over, save_quadratics_every=r.save_quadratics_every, threads=threads))
     runs = {opt: read_results(p) for opt, p in paths.items()}
     saver = next(r.optimizer for r in RUNS if r.save_quadratics_every)
-    step, comparison = _compare(paths[saver], runs[saver], iters)
+    step, comparison = _compare(paths[saver], runs[saver], iters, quiet)
     lines = _table(runs, step, comparison, budget, seed, threads)
     if comparison is not None:
         record = {"step": step, **comparison.to_dict()}
@@ -119,8 +124,8 @@ def _keys(optimizer: str) -> set[str]:
     return set(exp.data_defaults().keys()) | set(exp.optimizer_defaults(optimizer).keys())
 
 
-def _compare(path: Path, res: Any, iters: int) -> tuple[int, Any]:
-    """CG vs NAG/CM/GD on the saved quadratic whose step ran CG the longest."""
+def _compare(path: Path, res: Any, iters: int, quiet: bool = False) -> tuple[int, Any]:
+    """CG vs NAG/CM/GD on the saved quadratic whose step ran CG the longest (with progress)."""
     saved = [int(k) for k in res.quadratics]
     if not saved:
         return -1, None
@@ -129,10 +134,12 @@ def _compare(path: Path, res: Any, iters: int) -> tuple[int, Any]:
     with open_results(path, "r") as f:
         q = quadratic.Quadratic.load(f[f"quadratics/{step}"],
                                      build_model=experiments.build_model)
-    c = quadratic.compare(q, iters=iters)
+    with products(q, iters * (2 + 2 * len(quadratic.MU_GRID)) + 30, "demo: CG vs NAG", quiet):
+        c = quadratic.compare(q, iters=iters)
     # the gap is to the minimum (CG run to a small residual), not to the best value any method
     # reached within the budget
-    ref = quadratic.minimum(q, max_iters=max(2000, 10 * iters))
+    with products(q, None, "demo: the quadratic's minimum", quiet):
+        ref = quadratic.minimum(q, max_iters=max(2000, 10 * iters))
     c.q_star = min([ref.value] + [float(np.nanmin(v)) for v in c.values.values()])
     return step, c
 
@@ -201,8 +208,9 @@ def _figure(runs: dict[str, Any], c: Any, step: int, path: Path) -> Path:
         floor = max(abs(q_star) * 1e-7, 1e-300)  # float32 quadratics: q to about 1e-7
         for m in c.methods:
             gap = np.maximum(c.values[m] - q_star, floor)
-            right.plot(np.arange(len(gap)), gap, label=m.upper())
+            right.plot(np.arange(len(gap)), gap, label=m.upper(), **STYLES.get(m, {}))
         label_axes(right, "curvature products", "q(x_k) − q*",
                    f"the quadratic of HF's step {step}", log_y=True)
+        label_ends(right)
     fig.tight_layout()
     return save_figure(fig, path)

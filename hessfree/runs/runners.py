@@ -66,7 +66,12 @@ class Runner(Protocol):
         """The optimizer's phase schedule (recorded in the results file), or None."""
 
     def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
-        """One update; its row (:mod:`hessfree.runs.rows`)."""
+        """One update; its row (:mod:`hessfree.runs.rows`).
+
+        A runner whose class sets ``stops_on_time = True`` also takes ``deadline`` (a
+        :func:`time.perf_counter` value or None) and ends its update by then, cutting its own
+        work (HF: CG stops early); the trainer passes it under a ``--seconds`` budget.
+        """
 
     def evaluation_context(self) -> ContextManager[None]:
         """A context in which the model holds the iterate to evaluate."""
@@ -122,9 +127,21 @@ class HFRunner:
         """The phase schedule of the settings."""
         return self.schedule
 
-    def step(self, on_quadratic: QuadraticHook | None = None) -> dict[str, Any]:
-        """One HF update (its batches drawn by the optimizer); its row."""
-        return hf_row(self.opt.step(on_quadratic=on_quadratic), self.n_train)
+    #: an update ends by the trainer's deadline (CG stops early: reason ``"deadline"``)
+    stops_on_time = True
+
+    def step(self, on_quadratic: QuadraticHook | None = None, deadline: float | None = None
+             ) -> dict[str, Any]:
+        """One HF update (its batches drawn by the optimizer); its row.
+
+        ``deadline``: CG stops in time for the step to end by it.
+        """
+        self.opt.deadline = deadline
+        try:
+            stats = self.opt.step(on_quadratic=on_quadratic)
+        finally:
+            self.opt.deadline = None
+        return hf_row(stats, self.n_train)
 
     def evaluation_context(self) -> ContextManager[None]:
         """HF's parameters are its iterate."""

@@ -265,10 +265,10 @@ class RunSession:
         with self._stage(f"writing the {name} parameters", step):
             self.writer.save_params(name, tensors)
 
-    def finish(self, step: int, status: str) -> None:
-        """Record the run's final status and its steps done."""
+    def finish(self, step: int, status: str, **attrs: Any) -> None:
+        """Record the run's final status, its steps done and any other root ``attrs``."""
         with self._stage("writing the results", step):
-            self.writer.set_attrs(status=status, steps_done=step)
+            self.writer.set_attrs(status=status, steps_done=step, **attrs)
         self.status = status
 
     def _mark(self, status: str) -> None:

@@ -1,4 +1,8 @@
-"""Small built-in experiments: the MNIST classifier and the seed posts' toy problems."""
+"""Small built-in experiments: sanity checks the package was first specified with.
+
+An MNIST classifier and toy problems (a quartic, sequence reversal, ...), each small enough to run
+in seconds; their descriptions (``hessfree list``) say what each checks.
+"""
 
 from __future__ import annotations
 
@@ -83,7 +87,7 @@ def _mnist_mlp() -> Experiment:
                            final_steps=0)
     return Experiment(
         name="mnist-mlp", description="MNIST classifier 784-600-10 (logistic hidden, softmax), "
-        "the seed post comparing SGD/CM/NAG at lr 0.01, mu 0.9, minibatch 100",
+        "a small check of SGD/CM/NAG at lr 0.01, mu 0.9, minibatch 100",
         data=_mlp_data, model=_mlp_model, loss=lambda s: losses.CrossEntropy(), error=_mlp_error,
         error_name="classification error (fraction)",
         settings={"data": MLPData(),
@@ -95,7 +99,7 @@ def _mnist_mlp() -> Experiment:
 
 
 class QuarticModel(nn.Module):
-    """The seed post's f(x) = (x1² + x2² + x3² + x4²)² as a model.
+    """The toy quartic f(x) = (x1² + x2² + x3² + x4²)² as a model.
 
     Its output is ``Σx²`` per case and the squared-error loss against 0 gives ``f``; the GGN is
     then ``2 (2x)(2x)ᵀ``.
@@ -120,8 +124,8 @@ def _toy_quartic() -> Experiment:
                            final_steps=0)
     zeros = (torch.zeros(1, 1), torch.zeros(1, 1))
     return Experiment(
-        name="toy-quartic", description="f(x) = (x1²+x2²+x3²+x4²)² from x = 0.5 (seed post on "
-        "update rules; SGD ~200 steps, CM/NAG ~10 at lr 0.01)",
+        name="toy-quartic", description="f(x) = (x1²+x2²+x3²+x4²)² from x = 0.5 (a check of the "
+        "update rules: SGD ~200 steps, CM/NAG ~10 at lr 0.01)",
         data=lambda s, seed: Dataset(zeros, zeros),
         model=lambda s, g: QuarticModel(), loss=lambda s: losses.MSE(), error=_quartic_error,
         error_name="f(x)",
@@ -155,8 +159,9 @@ def _reversal_error(model: nn.Module, batch: Any, s: SequenceData) -> float:
 def _sequence_reversal() -> Experiment:
     mom = MomentumSettings(batch_size=100, lr=1e-2, schedule="rnn", mu0=0.9, warm_steps=1000)
     return Experiment(
-        name="sequence-reversal", description="reverse a random permutation of 1..8 (seed post "
-        "on recursive autoencoders): tanh RNN, softmax output after 8 blank steps",
+        name="sequence-reversal", description="reverse a random permutation of 1..8 (a toy "
+        "sequence task of the recursive-autoencoder kind): tanh RNN, softmax output after 8 "
+        "blank steps",
         data=lambda s, seed: Dataset(_reversal_draw(s.n_train, seed),
                                      _reversal_draw(s.n_test, 10**6 + seed), _reversal_draw),
         model=lambda s, g: esn_init_(models.TanhRNN(8, s.n_hidden, 8, "softmax"),
