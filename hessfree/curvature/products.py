@@ -213,7 +213,34 @@ def _split_outputs(problem: Problem, res: Any, chunk: Chunk, hidden: bool) -> tu
 _OLD_STYLE_FUNCTION = "must override the setup_context staticmethod"
 
 
-class _DoubleBackwardJ:
+class _FuncVJP:
+    """The VJPs of a linearization held as a ``torch.func.vjp`` function of the named parameters.
+
+    Shared by the double-backward and forward linearizations (they differ in the JVP only):
+    ``self._vjp``, ``self.hid`` and ``self.names`` are set by the subclass.
+    """
+
+    _vjp: Any
+    hid: Tensor | None
+    names: list[str]
+
+    def vjp(self, us: Tensors) -> Tensor:
+        """``Jᵀ u`` (flat) for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
+        if self.hid is not None and len(us) == 1:
+            us = [us[0], torch.zeros_like(self.hid)]
+        (res,) = self._vjp(tuple(us))
+        return _flat([res[n] for n in self.names])
+
+    def vjp_block(self, us: Tensors) -> Tensor:
+        """``Jᵀ U`` as ``(k, dim)`` for ``us`` with a leading dimension ``k``."""
+        k = us[0].shape[0]
+        if self.hid is not None and len(us) == 1:
+            us = [us[0], self.hid.new_zeros((k,) + self.hid.shape)]
+        (res,) = torch.func.vmap(lambda *u: self._vjp(u))(*us)
+        return _flat_block([res[n] for n in self.names], k)
+
+
+class _DoubleBackwardJ(_FuncVJP):
     """``J`` at one chunk by the double-backward trick, the forward's tensors held as constants.
 
     ``torch.func.vjp`` records the forward pass (``Jᵀ u`` is a backward through it), and a
@@ -268,26 +295,12 @@ class _DoubleBackwardJ:
         res = self._jvp(tuple(v))
         return list(res) if hidden else [res[0]]
 
-    def vjp(self, us: Tensors) -> Tensor:
-        """``Jᵀ u`` (flat) for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
-        if self.hid is not None and len(us) == 1:
-            us = [us[0], torch.zeros_like(self.hid)]
-        (res,) = self._vjp(tuple(us))
-        return _flat([res[n] for n in self.names])
-
     # k columns: the same backward passes, vectorised over the columns by ``torch.func.vmap``
     def jvp_block(self, v: Tensors, hidden: bool = False) -> Tensors:
         """``[J_out V]`` (and ``J_hidden V``) for ``v`` with a leading dimension ``k``."""
         res = torch.func.vmap(lambda *vs: tuple(self._jvp(vs)))(*v)
         return list(res) if hidden else [res[0]]
 
-    def vjp_block(self, us: Tensors) -> Tensor:
-        """``Jᵀ U`` as ``(k, dim)`` for ``us`` with a leading dimension ``k``."""
-        k = us[0].shape[0]
-        if self.hid is not None and len(us) == 1:
-            us = [us[0], self.hid.new_zeros((k,) + self.hid.shape)]
-        (res,) = torch.func.vmap(lambda *u: self._vjp(u))(*us)
-        return _flat_block([res[n] for n in self.names], k)
 
 
 class _AutogradDoubleBackwardJ:
@@ -410,7 +423,7 @@ def per_product_jvp(f: Callable[[Any], Any], prim: dict[str, Tensor]) -> Callabl
     return jvp
 
 
-class _ForwardJ:
+class _ForwardJ(_FuncVJP):
     """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``.
 
     ``linearize=False`` (the ``"jvp"`` backend): no traced tangent graph; each ``J v`` is one
@@ -449,26 +462,12 @@ class _ForwardJ:
         res = self._jvp(dict(zip(self.names, v)))
         return list(res) if hidden else [res[0]]
 
-    def vjp(self, us: Tensors) -> Tensor:
-        """``Jᵀ u`` (flat) for ``us = [u_out]`` or ``[u_out, u_hidden]``."""
-        if self.hid is not None and len(us) == 1:
-            us = [us[0], torch.zeros_like(self.hid)]
-        (res,) = self._vjp(tuple(us))
-        return _flat([res[n] for n in self.names])
-
     # k columns: ``torch.func.vmap`` over the linearized JVP and the VJP function
     def jvp_block(self, v: Tensors, hidden: bool = False) -> Tensors:
         """``[J_out V]`` (and ``J_hidden V``) for ``v`` with a leading dimension ``k``."""
         res = torch.func.vmap(lambda *vs: tuple(self._jvp(dict(zip(self.names, vs)))))(*v)
         return list(res) if hidden else [res[0]]
 
-    def vjp_block(self, us: Tensors) -> Tensor:
-        """``Jᵀ U`` as ``(k, dim)`` for ``us`` with a leading dimension ``k``."""
-        k = us[0].shape[0]
-        if self.hid is not None and len(us) == 1:
-            us = [us[0], self.hid.new_zeros((k,) + self.hid.shape)]
-        (res,) = torch.func.vmap(lambda *u: self._vjp(u))(*us)
-        return _flat_block([res[n] for n in self.names], k)
 
 
 def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
