@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -54,7 +53,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_products import _rss_kb  # the same RSS reading (this folder is on sys.path)
+from bench_products import (  # the same RSS reading and timing loop (this folder is on sys.path)
+    _rss_kb,
+    time_all,
+)
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -283,18 +285,6 @@ def cases(model: nn.Module, logits: nn.Module, ids: Tensor, args: argparse.Names
     if args.compile:
         c.update(compiled_cases(logits, ids, vl))
     return c, failed
-
-
-def time_all(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for f in fns.values():  # warm-up
-        f()
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(t) for k, t in times.items()}
 
 
 # -- memory: one child process per measurement -------------------------------------------------
