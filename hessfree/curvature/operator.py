@@ -134,12 +134,12 @@ class CurvatureOperator(FlatOperator):
             problem.check_modes()
             problem.check_deterministic(self.params, first)
             problem.check_used(self.params, first)
-        self._theta = torch.cat([p.detach().reshape(-1) for p in self.params.values()])
         self._cached: list[ChunkProduct] = []
         self._setup()
 
     # -- construction -------------------------------------------------------------------------
-    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+    def _build(self, chunk: Chunk, scale: float, role: str = "cached") -> ChunkProduct:
+        """The chunk's product for ``role`` "cached", "setup" or "product" (ggn_chunk)."""
         raise NotImplementedError
 
     @property
@@ -154,15 +154,18 @@ class CurvatureOperator(FlatOperator):
 
         def build(chunk: Chunk, scale: float) -> tuple[Tensor, Tensor]:
             nonlocal local
-            cp = self._build(chunk, scale)
+            cp = self._build(chunk, scale, "cached" if self.cache else "setup")
             local += chunk.n
             if self.cache:
                 self._cached.append(cp)
             return cp.value, cp.grad
 
-        # a chunk's gradient stays in its cached product: the sum starts from a copy
-        sums = self.problem.accumulator.sums(self.batch, build, (VALUE, GRADIENT), self._theta,
-                                             copy=True)
+        # a chunk's gradient stays in its cached product: the sum starts from a copy; the flat
+        # parameters only where weight decay needs them (each is one more parameter vector)
+        theta = (torch.cat([p.detach().reshape(-1) for p in self.params.values()])
+                 if self.problem.accumulator.weight_decay else None)
+        sums = self.problem.accumulator.sums(self.batch, build, (VALUE, GRADIENT), theta,
+                                             copy=self.cache)
         self._local_cases = local
         self.setup: Sums = sums
         #: cases over every chunk and rank
@@ -184,7 +187,7 @@ class CurvatureOperator(FlatOperator):
         seen = 0
         for c in self.batch:
             seen += c.n
-            yield self._build(c, self.scale)
+            yield self._build(c, self.scale, "product")
         if seen != self._local_cases:
             raise InputError(f"batch: a pass over the batch gave {seen} cases, the operator was "
                              f"built on {self._local_cases}; an iterable batch must give the "
@@ -284,9 +287,9 @@ class GGN(CurvatureOperator):
         self.structural_damping = _checks.number(structural_damping, "structural_damping", 0.0)
         super().__init__(problem, batch, params, backend, cache, check, param_filter)
 
-    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+    def _build(self, chunk: Chunk, scale: float, role: str = "cached") -> ChunkProduct:
         return ggn_chunk(self.problem, self.params, chunk, scale, self.backend,
-                         structural=self.structural_damping > 0)
+                         structural=self.structural_damping > 0, role=role)
 
     def structural_mv(self, v: Tensor) -> Tensor:
         """``J_aᵀ D J_a v`` alone (flat), the structural-damping matrix without μλ (2 products)."""
@@ -301,7 +304,7 @@ class Hessian(CurvatureOperator):
 
     kind = "hessian"
 
-    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+    def _build(self, chunk: Chunk, scale: float, role: str = "cached") -> ChunkProduct:
         return hessian_chunk(self.problem, self.params, chunk, scale, self.backend)
 
 
@@ -314,8 +317,9 @@ class EmpiricalFisher(CurvatureOperator):
 
     kind = "fisher"
 
-    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
-        return fisher_chunk(self.problem, self.params, chunk, scale, self.backend)
+    def _build(self, chunk: Chunk, scale: float, role: str = "cached") -> ChunkProduct:
+        return fisher_chunk(self.problem, self.params, chunk, scale, self.backend,
+                            role)
 
     def diagonal(self, chunk_size: int | None = None, method: str = "auto") -> Tensor:
         """Exact diagonal (flat), from per-case gradients: see :func:`fisher_diagonal`."""
