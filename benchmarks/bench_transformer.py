@@ -31,7 +31,9 @@ tensors; torch's CPU allocator keeps no peak statistic), and reports its peak RS
 through ``/proc/self/clear_refs``) minus the RSS before the operation: what the operation needs
 on top of the model and the data. ``GGN set-up + product`` is what CG holds (the cached operator
 and one product in flight); ``GGN product`` alone is what each product adds to the cached
-operator.
+operator. ``backend='jvp', cache=False`` keeps nothing between products (the parameters'
+snapshot and the gradient only): each product is a forward pass with tangents and no graph,
+then one forward graph that its backward pass frees.
 
     python benchmarks/bench_transformer.py [--repeats 7] [--batch 8] [--tokens 256]
         [--layers 6 --heads 6 --width 384 --vocab 65] [--model gpt|hf-gpt2] [--compile]
@@ -245,10 +247,11 @@ def cases(model: nn.Module, logits: nn.Module, ids: Tensor, args: argparse.Names
     assert G.backend == "double-backward", G.backend
     Gj = hessfree.GGN(problem, batch, check=False, backend="jvp")
     Gf = hessfree.GGN(problem, batch, check=False, backend="forward")
+    Gl = hessfree.GGN(problem, batch, check=False, backend="jvp", cache=False)
     v = torch.randn(G.dim)
     vl = list(G.layout.split(v).values())
     ours = G @ v
-    for name, op in (("jvp", Gj), ("forward", Gf)):
+    for name, op in (("jvp", Gj), ("forward", Gf), ("jvp, cache=False", Gl)):
         print(f"  backend {name!r}: relative difference to double-backward's G v "
               f"{float((op @ v - ours).norm() / ours.norm()):.1e}")
 
@@ -271,6 +274,7 @@ def cases(model: nn.Module, logits: nn.Module, ids: Tensor, args: argparse.Names
         "GGN set-up, backend='jvp'": lambda: hessfree.GGN(problem, batch, check=False,
                                                           backend="jvp"),
         "GGN product, backend='forward' (linearize)": lambda: Gf @ v,
+        "GGN product, backend='jvp', cache=False (nothing kept)": lambda: Gl @ v,
     }
     failed: dict[str, str] = {}
     if not args.no_peers:
@@ -298,6 +302,8 @@ MEMORY = {
     "ggn-uncached": "GGN product, cache=False",
     "ggn-jvp": "GGN set-up + product, backend='jvp'",
     "ggn-forward": "GGN set-up + product, backend='forward'",
+    "ggn-lean": "GGN set-up + product, backend='jvp', cache=False",
+    "ggn-lean-product": "GGN product on a backend='jvp', cache=False operator",
     "curvlinops": "curvlinops matvec, math kernel",
     "backpack": "BackPACK forward + product, math kernel",
 }
@@ -340,10 +346,17 @@ def _memory_child(what: str, args: argparse.Namespace) -> None:
         if what in ("ggn-jvp", "ggn-forward"):
             G = hessfree.GGN(problem, batch, check=False, backend=what[4:])
             return G, G @ v
+        if what == "ggn-lean":
+            G = hessfree.GGN(problem, batch, check=False, backend="jvp", cache=False)
+            return G, G @ v
+        if what == "ggn-lean-product":
+            return held[0] @ v
         return held[0]()  # a peer's product
 
     if what == "ggn-product":
         held.append(hessfree.GGN(problem, batch, check=False))
+    elif what == "ggn-lean-product":
+        held.append(hessfree.GGN(problem, batch, check=False, backend="jvp", cache=False))
     elif what in ("curvlinops", "backpack"):
         fns = peer_products(logits, ids, vl, math=True)
         fn = next((f for k, f in fns.items() if k.lower().startswith(what)), None)
