@@ -37,12 +37,16 @@ then one forward graph that its backward pass frees.
 
     python benchmarks/bench_transformer.py [--repeats 7] [--batch 8] [--tokens 256]
         [--layers 6 --heads 6 --width 384 --vocab 65] [--model gpt|hf-gpt2] [--compile]
-        [--no-memory] [--no-peers]
+        [--no-memory] [--no-peers] [--out F.txt]
+
+``--out`` also writes the output, headed by its command line, as a committed artifact.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -416,10 +420,40 @@ def main() -> None:
     ap.add_argument("--no-time", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--memory-child", default=None)
+    ap.add_argument("--out", default=None, help="also write the output to this file")
     args = ap.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child, args)
         return
+    if not args.out:
+        report(args)
+        return
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, buf)):
+        report(args)
+    with open(args.out, "w") as f:
+        f.write(f"Command: `python benchmarks/bench_transformer.py {' '.join(sys.argv[1:])}`"
+                f"\n\n{buf.getvalue()}")
+
+
+class _Tee(io.TextIOBase):
+    """Writes to two streams (the terminal and the saved output)."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+def report(args: argparse.Namespace) -> None:
+    """The header line, then the time and memory tables as asked."""
     model, logits, ids = build(args)
     n = sum(p.numel() for p in trainable(model))
     print(f"{args.model}: {args.layers} layers, {args.heads} heads, width {args.width}, "
