@@ -16,7 +16,8 @@ matrices):
 * ``"forward"`` (forward mode): ``torch.func.linearize`` traces the JVP once (expensive set-up,
   cheap products) and ``torch.func.vjp`` keeps the reverse graph for ``Jᵀ u``.
 * ``"jvp"`` (forward mode, nothing traced): one ``torch.func.jvp`` per product (the forward
-  pass again, with tangents) and ``torch.func.vjp``'s reverse graph: the least memory.
+  pass again, with tangents) and ``torch.func.vjp``'s reverse graph; uncached, the graph too is
+  recorded per product and freed by it (:class:`_RecomputedJ`): the least memory.
 * ``"sequential"``: analytic R-operator passes for ``nn.Sequential`` stacks of ``Linear`` and
   elementwise units (:mod:`hessfree.curvature.sequential`), the fastest where it applies.
 
@@ -73,7 +74,8 @@ class ChunkProduct:
     """What one chunk contributes: loss, gradient, and its curvature-vector product.
 
     Attributes:
-        value: the chunk's scaled loss (0-d tensor, no graph).
+        value: the chunk's scaled loss (0-d tensor, no graph); None (as ``grad`` and ``state``)
+            in the record of one uncached ``"jvp"`` product (``role="product"``).
         grad: the chunk's scaled loss gradient, flat.
         mv: ``(v, structural) -> curvature·v`` (flat) for ``v`` a list shaped like the
             parameters; ``structural`` is the weight of the structural-damping term (0: none).
