@@ -166,14 +166,13 @@ class CurvatureOperator(FlatOperator):
             local += chunk.n
             if self.cache:
                 self._cached.append(cp)
-            return cp.value, cp.grad
+            grad, cp.grad = cp.grad, None  # handed to the sums (no copy): products never read it
+            return cp.value, grad
 
-        # a chunk's gradient stays in its cached product: the sum starts from a copy; the flat
-        # parameters only where weight decay needs them (each is one more parameter vector)
+        # the flat parameters only where weight decay needs them (one more parameter vector)
         theta = (torch.cat([p.detach().reshape(-1) for p in self.params.values()])
                  if self.problem.accumulator.weight_decay else None)
-        sums = self.problem.accumulator.sums(self.batch, build, (VALUE, GRADIENT), theta,
-                                             copy=self.cache)
+        sums = self.problem.accumulator.sums(self.batch, build, (VALUE, GRADIENT), theta)
         self._local_cases = local
         self.setup: Sums = sums
         #: cases over every chunk and rank

@@ -597,7 +597,8 @@ def _chunk_product(lin: Linearization, role: str, mv: Any, mm: Any) -> ChunkProd
     """The chunk's record; a product's alone (``role="product"``) has no value or grad."""
     if role == "product" and isinstance(lin, _RecomputedJ):
         return ChunkProduct(None, None, mv, None, mm)  # type: ignore[arg-type]
-    return ChunkProduct(lin.state.value, lin.grad, mv, lin.state, mm)
+    grad, lin.grad = lin.grad, None  # the record's alone: the operator sums into it in place
+    return ChunkProduct(lin.state.value, grad, mv, lin.state, mm)
 
 
 def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
