@@ -8,7 +8,7 @@ products (each product redoes each chunk's forward pass): slower, but the memory
 product is a forward pass with tangents and no graph, then one forward graph that its backward
 pass frees, so no double-backward graph exists at any time and a product's peak is a gradient's
 (on the GPT of ``benchmarks/bench_transformer.py``, the set-up and a product held 1.22x a
-gradient's peak, against 2.1x cached).
+gradient's peak, against 2.0x cached).
 
 Vectors are flat 1-D tensors of length ``G.dim``, or lists/dicts of tensors shaped like the
 parameters; the answer comes back in the same form. The curvature includes ``weight_decay · I``
@@ -63,8 +63,8 @@ def resolve_backend(backend: str, problem: Problem, params: dict[str, Tensor],
     ``"jvp"`` is never chosen: it is the backend of least memory (the operator holds the
     forward graph only; each product runs the forward pass again with tangents), for models
     whose cached double-backward graphs do not fit — on a GPT
-    (``benchmarks/bench_transformer.py``) the set-up and a product held 1.7 gradients' peak
-    memory where double-backward held 2.1, for a product about 0.4 gradients dearer; with
+    (``benchmarks/bench_transformer.py``) the set-up and a product held 1.6 gradients' peak
+    memory where double-backward held 2.0, for a product about 0.4 gradients dearer; with
     ``cache=False`` it holds no graph between products (1.2 gradients' peak; each product runs
     one forward pass more). ``cache=False`` does not change the choice.
     """
