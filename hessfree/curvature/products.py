@@ -433,8 +433,7 @@ class _RecomputedJ:
     product; each ``Jᵀ u`` records a fresh forward graph with ``torch.func.vjp`` and runs back
     through it once, so the graph is freed before the product returns. A product's peak is
     then a gradient's (the forward pass with graph, then the backward pass) and the forward
-    pass with tangents comes before it, never beside it: ``[forward-mode + one vjp]``, the
-    peers' lean matvec, on the operator's products. Built by an uncached operator for its
+    pass with tangents comes before it, never beside it. Built by an uncached operator for its
     products only: ``state``, ``out`` and ``hid`` are those of the latest :meth:`jvp`, and there
     is no ``grad``. ``setup=True`` (the uncached operator's set-up pass): the loss state and
     gradient at construction, from one forward graph freed by the backward pass through it.
