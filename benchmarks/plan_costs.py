@@ -10,6 +10,7 @@ evaluation, with the date, the cores and the load average of the measurement.
     python benchmarks/plan_costs.py                     # every experiment (a quiet machine)
     python benchmarks/plan_costs.py --experiments curves-small,addition --print
     python benchmarks/plan_costs.py --quick --print     # a smoke test: nothing written
+    python benchmarks/plan_costs.py --experiments faces-ae --merge   # add one, keep the rest
 
 MNIST and FACES need their data (``$HESSFREE_DATA``); an experiment whose data is missing is
 skipped, with a line saying so (its plans then have no estimate).
@@ -68,12 +69,29 @@ def measure(experiment: str, families: list[str], quick: bool) -> dict:
             for k, v in out.items()}
 
 
+def merged(record: dict) -> dict:
+    """``record``'s experiments written into the current file's costs, the rest kept.
+
+    The measurement of the merged ones is listed under ``measured["merged"]``.
+    """
+    from hessfree.runs.presets.step_costs import COSTS
+
+    out = {"measured": dict(COSTS["measured"]),
+           "experiments": {**COSTS["experiments"], **record["experiments"]}}
+    note = {**record["measured"], "experiments": sorted(record["experiments"])}
+    note["command"] += " --merge --experiments " + ",".join(note["experiments"])
+    out["measured"]["merged"] = [*COSTS["measured"].get("merged", []), note]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiments", default="", help="comma-separated (default: every table's "
                    "and curves-small)")
     p.add_argument("--quick", action="store_true", help="small sizes, few updates; writes nothing")
     p.add_argument("--print", action="store_true", help="print the costs instead of writing them")
+    p.add_argument("--merge", action="store_true", help="keep the other experiments of the "
+                   "written file (and its measurement record); note this measurement beside it")
     a = p.parse_args()
     torch.set_num_threads(1)
     names = [e for e in a.experiments.split(",") if e] or \
@@ -96,6 +114,8 @@ def main() -> None:
     if a.print or a.quick:
         pprint.pprint(record, width=100)
         return
+    if a.merge:
+        record = merged(record)
     OUT.write_text('"""Per-update costs of the built-in experiments (:mod:`hessfree.runs.costs`).'
                    f"\n\nWritten by ``{COMMAND}``; do not edit by hand.\n\"\"\"\n\n"
                    f"COSTS = {pprint.pformat(record, width=96, sort_dicts=True)}\n")

@@ -9,12 +9,12 @@ it, and runs CG, NAG, CM and GD from zero at equal curvature products; it prints
 products each needs to close 90% and 99% of the gap to the minimum, and saves the curves.
 
 The default network is the demo's (``curves-small``: 2000 generated CURVES images, a
-784-200-100-50-25-6 autoencoder), so the command below finishes in a few minutes on 2 cores;
+784-200-100-50-25-6 autoencoder), so the command below finishes in about a minute on 2 cores;
 ``--hidden 400,200,100,50,25,6 --n-train 20000`` is the paper's network and data size (hours).
 ``--scale f`` multiplies the data, the layer widths, the steps and the products (CI runs the
 command below at 0.3).
 
-    python examples/cg_vs_nag_on_a_quadratic.py --out fig5.png    # under 4 min, 2 cores
+    python examples/cg_vs_nag_on_a_quadratic.py --out fig5.png    # about 50 s on 2 idle cores
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ What it shows, on a small user-defined convolutional classifier and one batch of
 ``--scale f`` multiplies the cases and the convolution channels (CI runs the command below at
 0.125).
 
-    python examples/curvature_in_your_research.py --out density.png    # under 1 min, 2 cores
+    python examples/curvature_in_your_research.py --out density.png    # about 7 s on 2 idle cores
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ Data: real MNIST when it is found (``--data DIR`` or ``$HESSFREE_DATA``), else a
 generated 10-class set of 28x28 images (noisy class prototypes), so it runs anywhere.
 ``--scale f`` multiplies the time and the data sizes (CI runs the command below at 0.15).
 
-    python examples/train_your_model.py --seconds 60 --out cnn.png    # under 4 min, 2 cores
+    python examples/train_your_model.py --seconds 60 --out cnn.png    # about 2.6 min, 2 idle cores
 """
 
 from __future__ import annotations
