@@ -31,16 +31,22 @@ tensors; torch's CPU allocator keeps no peak statistic), and reports its peak RS
 through ``/proc/self/clear_refs``) minus the RSS before the operation: what the operation needs
 on top of the model and the data. ``GGN set-up + product`` is what CG holds (the cached operator
 and one product in flight); ``GGN product`` alone is what each product adds to the cached
-operator.
+operator. ``backend='jvp', cache=False`` keeps nothing between products (the parameters'
+snapshot and the gradient only): each product is a forward pass with tangents and no graph,
+then one forward graph that its backward pass frees.
 
     python benchmarks/bench_transformer.py [--repeats 7] [--batch 8] [--tokens 256]
         [--layers 6 --heads 6 --width 384 --vocab 65] [--model gpt|hf-gpt2] [--compile]
-        [--no-memory] [--no-peers]
+        [--no-memory] [--no-peers] [--out F.txt]
+
+``--out`` also writes the output, headed by its command line, as a committed artifact.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -245,10 +251,11 @@ def cases(model: nn.Module, logits: nn.Module, ids: Tensor, args: argparse.Names
     assert G.backend == "double-backward", G.backend
     Gj = hessfree.GGN(problem, batch, check=False, backend="jvp")
     Gf = hessfree.GGN(problem, batch, check=False, backend="forward")
+    Gl = hessfree.GGN(problem, batch, check=False, backend="jvp", cache=False)
     v = torch.randn(G.dim)
     vl = list(G.layout.split(v).values())
     ours = G @ v
-    for name, op in (("jvp", Gj), ("forward", Gf)):
+    for name, op in (("jvp", Gj), ("forward", Gf), ("jvp, cache=False", Gl)):
         print(f"  backend {name!r}: relative difference to double-backward's G v "
               f"{float((op @ v - ours).norm() / ours.norm()):.1e}")
 
@@ -271,6 +278,7 @@ def cases(model: nn.Module, logits: nn.Module, ids: Tensor, args: argparse.Names
         "GGN set-up, backend='jvp'": lambda: hessfree.GGN(problem, batch, check=False,
                                                           backend="jvp"),
         "GGN product, backend='forward' (linearize)": lambda: Gf @ v,
+        "GGN product, backend='jvp', cache=False (nothing kept)": lambda: Gl @ v,
     }
     failed: dict[str, str] = {}
     if not args.no_peers:
@@ -298,6 +306,8 @@ MEMORY = {
     "ggn-uncached": "GGN product, cache=False",
     "ggn-jvp": "GGN set-up + product, backend='jvp'",
     "ggn-forward": "GGN set-up + product, backend='forward'",
+    "ggn-lean": "GGN set-up + product, backend='jvp', cache=False",
+    "ggn-lean-product": "GGN product on a backend='jvp', cache=False operator",
     "curvlinops": "curvlinops matvec, math kernel",
     "backpack": "BackPACK forward + product, math kernel",
 }
@@ -340,10 +350,17 @@ def _memory_child(what: str, args: argparse.Namespace) -> None:
         if what in ("ggn-jvp", "ggn-forward"):
             G = hessfree.GGN(problem, batch, check=False, backend=what[4:])
             return G, G @ v
+        if what == "ggn-lean":
+            G = hessfree.GGN(problem, batch, check=False, backend="jvp", cache=False)
+            return G, G @ v
+        if what == "ggn-lean-product":
+            return held[0] @ v
         return held[0]()  # a peer's product
 
     if what == "ggn-product":
         held.append(hessfree.GGN(problem, batch, check=False))
+    elif what == "ggn-lean-product":
+        held.append(hessfree.GGN(problem, batch, check=False, backend="jvp", cache=False))
     elif what in ("curvlinops", "backpack"):
         fns = peer_products(logits, ids, vl, math=True)
         fn = next((f for k, f in fns.items() if k.lower().startswith(what)), None)
@@ -403,10 +420,40 @@ def main() -> None:
     ap.add_argument("--no-time", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--memory-child", default=None)
+    ap.add_argument("--out", default=None, help="also write the output to this file")
     args = ap.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child, args)
         return
+    if not args.out:
+        report(args)
+        return
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, buf)):
+        report(args)
+    with open(args.out, "w") as f:
+        f.write(f"Command: `python benchmarks/bench_transformer.py {' '.join(sys.argv[1:])}`"
+                f"\n\n{buf.getvalue()}")
+
+
+class _Tee(io.TextIOBase):
+    """Writes to two streams (the terminal and the saved output)."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+def report(args: argparse.Namespace) -> None:
+    """The header line, then the time and memory tables as asked."""
     model, logits, ids = build(args)
     n = sum(p.numel() for p in trainable(model))
     print(f"{args.model}: {args.layers} layers, {args.heads} heads, width {args.width}, "

@@ -34,6 +34,7 @@ HF_STEP = "benchmarks/results/hf_step-2026-11-23.txt"
 RNN = "benchmarks/results/rnn-2026-11-23.txt"
 CG = "benchmarks/results/cg.md"
 SPECTRAL = "benchmarks/results/spectral.md"
+TRANSFORMER_MEMORY = "benchmarks/results/transformer_memory.txt"
 README = ("README.md",)
 BOTH = ("README.md", "benchmarks/RESULTS.md")
 RESULTS = ("benchmarks/RESULTS.md",)
@@ -322,6 +323,9 @@ def product_ratio(art: Any, ours: str, peer: str) -> float:
 SEQ = "GGN product, auto = sequential (cached)"
 DB = "GGN product, double-backward (cached)"
 UNCACHED = "GGN product, double-backward uncached (cache=False)"
+LEAN = "GGN set-up + product, backend='jvp', cache=False"
+LEAN_PRODUCT = "GGN product on a backend='jvp', cache=False operator"
+CACHED_SETUP_PRODUCT = "GGN set-up + product (what CG holds)"
 BENCH_CLAIMS = [
     Claim("products.cached", PRODUCTS, lambda a: (value(a.text, SEQ, 1), value(a.text, DB, 1)),
           "a cached GGN product costs **{}** gradients (auto = analytic `sequential` backend; "
@@ -348,6 +352,13 @@ BENCH_CLAIMS = [
           "agree with scipy's `eigsh` to {} in {} products and {} s against scipy's {} products "
           "and {} s", str),
     Claim("spectral.blocks", SPECTRAL, lambda a: block_ratios(a.text), "({}-{}x)", ".2f"),
+    Claim("transformer.memory.lean", TRANSFORMER_MEMORY,
+          lambda a: (value(a.text, LEAN, 2), value(a.text, CACHED_SETUP_PRODUCT, 2)),
+          "peak at **{}x** a gradient's memory, against {}x for the cached default", ".2f"),
+    Claim("transformer.memory.lean.results", TRANSFORMER_MEMORY,
+          lambda a: (value(a.text, LEAN, 2), value(a.text, LEAN_PRODUCT, 2)),
+          "the set-up and one product peak at {}x the math-kernel gradient, and each product "
+          "adds {}x to that operator", ".2f", RESULTS),
 ]
 
 

@@ -56,9 +56,13 @@ def case(model_name: str, n: int, seed: int):
 
 def quantities(problem, batch, v, V) -> dict:
     """Every reduced quantity of the token loss: the three operators (products, gradient,
-    value, token count), the EF diagonal, a damped solve and the objective."""
+    value, token count; the GGN and EF also uncached with ``backend="jvp"``, which keeps
+    nothing between products), the EF diagonal, a damped solve and the objective."""
+    lean = {"backend": "jvp", "cache": False}
     ops = {"ggn": hessfree.GGN(problem, batch), "hessian": hessfree.Hessian(problem, batch),
-           "fisher": hessfree.EmpiricalFisher(problem, batch)}
+           "fisher": hessfree.EmpiricalFisher(problem, batch),
+           "ggn_lean": hessfree.GGN(problem, batch, **lean),
+           "fisher_lean": hessfree.EmpiricalFisher(problem, batch, **lean)}
     out = {"fisher_diag": ops["fisher"].diagonal(),
            "ggn_solve": ops["ggn"].solve(V, 0.5, rtol=1e-12).x}
     for name, op in ops.items():

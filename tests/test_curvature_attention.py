@@ -94,6 +94,26 @@ def test_encoder_forward_mode_products_equal_dense_references(padded_encoder, ba
     assert rel(F @ V[:, 0], ref.fisher(V[:, :1])[:, 0]) < TOL
 
 
+def test_encoder_uncached_jvp_products_equal_dense_references(encoder):
+    """``backend="jvp", cache=False`` (nothing kept between products: forward mode without a
+    graph, then one fresh forward graph for the vjp): the dense references, in chunks too."""
+    problem, batch, ref = encoder
+    V = _vectors(ref.theta.numel())
+    lean = {"backend": "jvp", "cache": False}
+    (inputs, labels) = batch
+    cut = [slice(0, 1), slice(1, 3)]
+    chunks = [(tuple(t[c] for t in inputs) if isinstance(inputs, tuple) else inputs[c],
+               labels[c]) for c in cut]
+    for b in (batch, chunks):
+        G = hessfree.GGN(problem, b, **lean)
+        F = hessfree.EmpiricalFisher(problem, b, **lean)
+        assert abs(G.value - ref.value()) < 1e-12
+        assert rel(G @ V, ref.ggn(V)) < TOL and rel(F @ V, ref.fisher(V)) < TOL
+        assert rel(G @ V[:, 0], ref.ggn(V[:, :1])[:, 0]) < TOL
+        grad = torch.autograd.functional.jacobian(ref.loss_of_z, ref.z) @ ref.J
+        assert rel(G.grad, grad) < TOL and rel(F.grad, grad) < TOL
+
+
 HESSIAN_SUBSET = ["emb.weight", "encoder.layers.0.self_attn.in_proj_bias",
                   "encoder.layers.1.norm1.weight"]
 

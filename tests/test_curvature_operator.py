@@ -62,7 +62,7 @@ def test_chunked_equals_concatenated(kind, reduction):
     assert abs(problem.value(problem.parameters(), chunks) - full.value) < 1e-12
 
 
-@pytest.mark.parametrize("backend", ["double-backward", "forward", "sequential"])
+@pytest.mark.parametrize("backend", ["double-backward", "forward", "jvp", "sequential"])
 def test_uncached_equals_cached(backend):
     problem, (x, t) = _problem("mlp" if backend == "sequential" else "rnn", "mse", n=8)
     chunks = [(x[:5], t[:5]), (x[5:], t[5:])]

@@ -72,6 +72,11 @@ def test_products_equal_float64_references_to_the_promised_accuracy(dtype, seed)
         assert rel(FV.double(), dense.fisher(V)) < tol, backend
         assert rel(G.grad.double(), grad) < tol
         assert G.value == pytest.approx(dense.value(), rel=tol)
+        if backend == "jvp":  # uncached: nothing kept between products, the same policy
+            lean = hessfree.GGN(problem, chunks, backend=backend, cache=False)
+            LV = lean @ V.float()
+            assert LV.dtype == lean.grad.dtype == torch.float32
+            assert rel(LV.double(), dense.ggn(V)) < tol and rel(lean.grad.double(), grad) < tol
         if dtype == torch.bfloat16:
             H = hessfree.Hessian(problem, (ids, labels), backend=backend)
             HV = H @ V.float()

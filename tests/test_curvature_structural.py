@@ -121,17 +121,19 @@ def test_structural_damping_matches_dense_float64_reference():
     torch.testing.assert_close(dense @ _flat(rnn, v), ref, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("backend", ["auto", "double-backward", "jvp"])
+@pytest.mark.parametrize("backend, cache", [("auto", True), ("double-backward", True),
+                                            ("jvp", True), ("jvp", False)])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
-def test_damped_product_adds_mu_lambda_times_the_source_term(dtype, tol, backend):
+def test_damped_product_adds_mu_lambda_times_the_source_term(dtype, tol, backend, cache):
     """``G.damped(λ) v = G v + λ v + μλ · (source term)``: μ = 0.03 is [HF-RNN]'s μ, with every
-    backend that takes structural damping."""
+    backend that takes structural damping (and the uncached ``jvp`` one, which holds nothing
+    between products)."""
     rnn = _rnn(2, 5, 1, "zero", seed=4, dtype=dtype)
     x = torch.randn(6, 8, 2, dtype=dtype)
     y = torch.randn(6, 1, 1, dtype=dtype)
     mu, lam = 0.03, 0.7
     op = hessfree.GGN(hessfree.Problem(rnn, hessfree.losses.MSE()), (x, y),
-                      structural_damping=mu, backend=backend)
+                      structural_damping=mu, backend=backend, cache=cache)
     v = {n: t.to(dtype) for n, t in _direction(rnn, 9).items()}
     fv = _flat(rnn, v)
     structural = (op.damped(lam) @ fv) - (op @ fv) - lam * fv

@@ -41,6 +41,9 @@ def test_token_losses_across_ranks_equal_the_joined_batch(tmp_path, model, world
     ref = quantities(hessfree.Problem(net, loss, weight_decay=1e-3), batch, v, V)
     labels = batch["labels"] if isinstance(batch, dict) else batch[1]
     assert int(ref["ggn_count"]) == int(labels[:, 1:].ne(-100).sum())
+    for k in ("ggn", "fisher"):  # the uncached jvp operators are the cached ones
+        for q in ("mv", "mm", "grad"):
+            assert rel(ref[f"{k}_lean_{q}"], ref[f"{k}_{q}"]) < 1e-12, (k, q)
     for r in range(world):
         got = torch.load(tmp_path / f"rank{r}.pt")
         for k, want in ref.items():

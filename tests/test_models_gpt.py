@@ -58,8 +58,8 @@ def test_bad_sizes_and_long_sequences_are_refused_in_one_line():
         _tiny()(torch.zeros(1, 9, dtype=torch.long))
 
 
-@pytest.mark.parametrize("backend", ["auto", "jvp"])
-def test_products_on_the_gpt_equal_dense_references(backend):
+@pytest.mark.parametrize("backend, cache", [("auto", True), ("jvp", True), ("jvp", False)])
+def test_products_on_the_gpt_equal_dense_references(backend, cache):
     """GGN and EF on the GPT (fused attention by default: hessfree scopes it to math) against
     dense float64 torch.func references with labels that do not all count."""
     model = _tiny(2)
@@ -69,7 +69,8 @@ def test_products_on_the_gpt_equal_dense_references(backend):
     problem = hessfree.Problem(model, hessfree.TokenCrossEntropy(shift=True))
     dense = Dense(module_logits(model, ids), problem.parameters(), labels, shift=True)
     V = torch.randn(dense.theta.numel(), 2, generator=g, dtype=torch.float64)
-    G = hessfree.GGN(problem, [(ids[:1], labels[:1]), (ids[1:], labels[1:])], backend=backend)
-    F = hessfree.EmpiricalFisher(problem, (ids, labels), backend=backend)
+    G = hessfree.GGN(problem, [(ids[:1], labels[:1]), (ids[1:], labels[1:])], backend=backend,
+                     cache=cache)
+    F = hessfree.EmpiricalFisher(problem, (ids, labels), backend=backend, cache=cache)
     assert rel(G @ V, dense.ggn(V)) < 1e-10 and rel(F @ V, dense.fisher(V)) < 1e-10
     assert G.value == pytest.approx(dense.value(), rel=1e-12)

@@ -4,6 +4,11 @@ An operator is built at the current parameters on a batch (or a list of minibatc
 forward pass once per chunk and caches what its products need (``cache=True``), so ``G @ v`` costs
 one ``J v`` plus one ``Jᵀ u`` per chunk for the GGN. With ``cache=False`` nothing is kept between
 products (each product redoes each chunk's forward pass): slower, but the memory of one chunk.
+``backend="jvp", cache=False`` is the least memory for the GGN and the empirical Fisher: each
+product is a forward pass with tangents and no graph, then one forward graph that its backward
+pass frees, so no double-backward graph exists at any time and a product's peak is a gradient's
+(on the GPT of ``benchmarks/bench_transformer.py``, the set-up and a product held 1.22x a
+gradient's peak, against 2.0x cached).
 
 Vectors are flat 1-D tensors of length ``G.dim``, or lists/dicts of tensors shaped like the
 parameters; the answer comes back in the same form. The curvature includes ``weight_decay · I``
@@ -58,8 +63,10 @@ def resolve_backend(backend: str, problem: Problem, params: dict[str, Tensor],
     ``"jvp"`` is never chosen: it is the backend of least memory (the operator holds the
     forward graph only; each product runs the forward pass again with tangents), for models
     whose cached double-backward graphs do not fit — on a GPT
-    (``benchmarks/bench_transformer.py``) it held about one gradient's memory where
-    double-backward held two, for a product about 0.4 gradients dearer.
+    (``benchmarks/bench_transformer.py``) the set-up and a product held 1.6 gradients' peak
+    memory where double-backward held 2.0, for a product about 0.4 gradients dearer; with
+    ``cache=False`` it holds no graph between products (1.2 gradients' peak; each product runs
+    one forward pass more). ``cache=False`` does not change the choice.
     """
     if backend == "auto":
         if kind != "hessian" and not structural and applies(problem, params, chunks):
@@ -86,7 +93,8 @@ class CurvatureOperator(FlatOperator):
             values even after the live parameters change.
         backend: ``"auto"``, ``"double-backward"``, ``"forward"``, ``"jvp"`` or
             ``"sequential"`` (see :func:`resolve_backend`).
-        cache: keep each chunk's graphs between products (fast) or recompute them (lean).
+        cache: keep each chunk's graphs between products (fast) or recompute them (lean; with
+            ``backend="jvp"`` a GGN or EF product holds no more than a gradient does).
         check: reject Dropout/BatchNorm in training mode and non-deterministic forward passes.
         param_filter: the block ``A[S, S]`` for the parameters ``S`` it chooses (a module name,
             a pattern of parameter names, a list, or a callable; :mod:`hessfree.curvature.
@@ -134,12 +142,12 @@ class CurvatureOperator(FlatOperator):
             problem.check_modes()
             problem.check_deterministic(self.params, first)
             problem.check_used(self.params, first)
-        self._theta = torch.cat([p.detach().reshape(-1) for p in self.params.values()])
         self._cached: list[ChunkProduct] = []
         self._setup()
 
     # -- construction -------------------------------------------------------------------------
-    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+    def _build(self, chunk: Chunk, scale: float, role: str = "cached") -> ChunkProduct:
+        """The chunk's product for ``role`` "cached", "setup" or "product" (ggn_chunk)."""
         raise NotImplementedError
 
     @property
@@ -154,15 +162,17 @@ class CurvatureOperator(FlatOperator):
 
         def build(chunk: Chunk, scale: float) -> tuple[Tensor, Tensor]:
             nonlocal local
-            cp = self._build(chunk, scale)
+            cp = self._build(chunk, scale, "cached" if self.cache else "setup")
             local += chunk.n
             if self.cache:
                 self._cached.append(cp)
-            return cp.value, cp.grad
+            grad, cp.grad = cp.grad, None  # handed to the sums (no copy): products never read it
+            return cp.value, grad
 
-        # a chunk's gradient stays in its cached product: the sum starts from a copy
-        sums = self.problem.accumulator.sums(self.batch, build, (VALUE, GRADIENT), self._theta,
-                                             copy=True)
+        # the flat parameters only where weight decay needs them (one more parameter vector)
+        theta = (torch.cat([p.detach().reshape(-1) for p in self.params.values()])
+                 if self.problem.accumulator.weight_decay else None)
+        sums = self.problem.accumulator.sums(self.batch, build, (VALUE, GRADIENT), theta)
         self._local_cases = local
         self.setup: Sums = sums
         #: cases over every chunk and rank
@@ -184,7 +194,7 @@ class CurvatureOperator(FlatOperator):
         seen = 0
         for c in self.batch:
             seen += c.n
-            yield self._build(c, self.scale)
+            yield self._build(c, self.scale, "product")
         if seen != self._local_cases:
             raise InputError(f"batch: a pass over the batch gave {seen} cases, the operator was "
                              f"built on {self._local_cases}; an iterable batch must give the "
@@ -284,9 +294,9 @@ class GGN(CurvatureOperator):
         self.structural_damping = _checks.number(structural_damping, "structural_damping", 0.0)
         super().__init__(problem, batch, params, backend, cache, check, param_filter)
 
-    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+    def _build(self, chunk: Chunk, scale: float, role: str = "cached") -> ChunkProduct:
         return ggn_chunk(self.problem, self.params, chunk, scale, self.backend,
-                         structural=self.structural_damping > 0)
+                         structural=self.structural_damping > 0, role=role)
 
     def structural_mv(self, v: Tensor) -> Tensor:
         """``J_aᵀ D J_a v`` alone (flat), the structural-damping matrix without μλ (2 products)."""
@@ -301,7 +311,7 @@ class Hessian(CurvatureOperator):
 
     kind = "hessian"
 
-    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
+    def _build(self, chunk: Chunk, scale: float, role: str = "cached") -> ChunkProduct:
         return hessian_chunk(self.problem, self.params, chunk, scale, self.backend)
 
 
@@ -314,8 +324,9 @@ class EmpiricalFisher(CurvatureOperator):
 
     kind = "fisher"
 
-    def _build(self, chunk: Chunk, scale: float) -> ChunkProduct:
-        return fisher_chunk(self.problem, self.params, chunk, scale, self.backend)
+    def _build(self, chunk: Chunk, scale: float, role: str = "cached") -> ChunkProduct:
+        return fisher_chunk(self.problem, self.params, chunk, scale, self.backend,
+                            role)
 
     def diagonal(self, chunk_size: int | None = None, method: str = "auto") -> Tensor:
         """Exact diagonal (flat), from per-case gradients: see :func:`fisher_diagonal`."""

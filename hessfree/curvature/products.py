@@ -16,7 +16,8 @@ matrices):
 * ``"forward"`` (forward mode): ``torch.func.linearize`` traces the JVP once (expensive set-up,
   cheap products) and ``torch.func.vjp`` keeps the reverse graph for ``Jᵀ u``.
 * ``"jvp"`` (forward mode, nothing traced): one ``torch.func.jvp`` per product (the forward
-  pass again, with tangents) and ``torch.func.vjp``'s reverse graph: the least memory.
+  pass again, with tangents) and ``torch.func.vjp``'s reverse graph; uncached, the graph too is
+  recorded per product and freed by it (:class:`_RecomputedJ`): the least memory.
 * ``"sequential"``: analytic R-operator passes for ``nn.Sequential`` stacks of ``Linear`` and
   elementwise units (:mod:`hessfree.curvature.sequential`), the fastest where it applies.
 
@@ -73,7 +74,8 @@ class ChunkProduct:
     """What one chunk contributes: loss, gradient, and its curvature-vector product.
 
     Attributes:
-        value: the chunk's scaled loss (0-d tensor, no graph).
+        value: the chunk's scaled loss (0-d tensor, no graph); None (as ``grad`` and ``state``)
+            in the record of one uncached ``"jvp"`` product (``role="product"``).
         grad: the chunk's scaled loss gradient, flat.
         mv: ``(v, structural) -> curvature·v`` (flat) for ``v`` a list shaped like the
             parameters; ``structural`` is the weight of the structural-damping term (0: none).
@@ -423,6 +425,65 @@ def per_product_jvp(f: Callable[[Any], Any], prim: dict[str, Tensor]) -> Callabl
     return jvp
 
 
+class _RecomputedJ:
+    """``J`` at one chunk with nothing held between products (the ``"jvp"`` backend, uncached).
+
+    Each ``J v`` is one ``torch.func.jvp`` run without autograd (:func:`per_product_jvp`'s
+    pass): no graph is recorded, and its primal output gives the loss state (``H_L``) of the
+    product; each ``Jᵀ u`` records a fresh forward graph with ``torch.func.vjp`` and runs back
+    through it once, so the graph is freed before the product returns. A product's peak is
+    then a gradient's (the forward pass with graph, then the backward pass) and the forward
+    pass with tangents comes before it, never beside it. Built by an uncached operator for its
+    products only: ``state``, ``out`` and ``hid`` are those of the latest :meth:`jvp`, and there
+    is no ``grad``. ``setup=True`` (the uncached operator's set-up pass): the loss state and
+    gradient at construction, from one forward graph freed by the backward pass through it.
+    """
+
+    #: one column at a time (a block product loops over the columns)
+    batched = False
+
+    def __init__(self, problem: Problem, params: Mapping[str, Tensor], chunk: Chunk,
+                 scale: float, hidden: bool, setup: bool = False) -> None:
+        self.prim = {n: p.detach() for n, p in params.items()}
+        self.names = list(self.prim)
+        self._prepare = lambda out: problem.loss.prepare(out, chunk.targets, scale, False)
+        self.state: Any = None
+        self.out: Any = None
+        self.hid: Tensor | None = None
+
+        def f(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
+            out, hid = _split_outputs(problem, problem.forward(p, chunk.inputs, hidden), chunk,
+                                      hidden)
+            return (out, hid) if hidden else (out,)
+
+        self._f = f
+        if setup:
+            with torch.enable_grad():
+                outs, back = torch.func.vjp(f, self.prim)
+            self.out, self.hid = outs[0], (outs[1] if hidden else None)
+            self.state = self._prepare(self.out)
+            seeds = (self.state.grad, *[torch.zeros_like(o) for o in outs[1:]])
+            (res,) = back(seeds, retain_graph=False)
+            self.grad = _flat([res[n] for n in self.names])
+
+    def jvp(self, v: Tensors, hidden: bool = False) -> Tensors:
+        """``[J_out v]`` (and ``J_hidden v``); sets ``state``, ``out``, ``hid`` of this pass."""
+        with torch.no_grad():
+            outs, tangents = torch.func.jvp(self._f, (self.prim,), (dict(zip(self.names, v)),))
+        self.out, self.hid = outs[0], (outs[1] if len(outs) > 1 else None)
+        self.state = self._prepare(self.out)
+        return list(tangents) if hidden else [tangents[0]]
+
+    def vjp(self, us: Tensors) -> Tensor:
+        """``Jᵀ u`` (flat) through a forward graph recorded for this call alone."""
+        with torch.enable_grad():
+            outs, back = torch.func.vjp(self._f, self.prim)
+        us = list(us) + [torch.zeros_like(o) for o in outs[len(us):]]
+        del outs
+        (res,) = back(tuple(us), retain_graph=False)  # frees the graph as it goes
+        return _flat([res[n] for n in self.names])
+
+
 class _ForwardJ(_FuncVJP):
     """``J`` at one chunk by forward mode: ``torch.func.linearize`` and ``torch.func.vjp``.
 
@@ -471,7 +532,7 @@ class _ForwardJ(_FuncVJP):
 
 
 def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
-               backend: str, hidden: bool) -> Linearization:
+               backend: str, hidden: bool, role: str = "cached") -> Linearization:
     if backend == "sequential":
         layers = sequential_layers(problem, params)
         if layers is None or hidden or not matrix_inputs(chunk):
@@ -488,21 +549,33 @@ def _linearize(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, sca
             if _OLD_STYLE_FUNCTION not in f"{err} {err.__cause__}":
                 raise
         return _AutogradDoubleBackwardJ(problem, params, chunk, scale, hidden)
+    if backend == "jvp" and role != "cached":
+        return _RecomputedJ(problem, params, chunk, scale, hidden,  # type: ignore[return-value]
+                            setup=role == "setup")
     if backend in ("forward", "jvp"):
         return _ForwardJ(problem, params, chunk, scale, hidden, linearize=backend == "forward")
     raise InputError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
 
 
 def ggn_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
-              backend: str = "double-backward", structural: bool = False) -> ChunkProduct:
-    """Generalized Gauss-Newton ``Jᵀ H_L J`` on one chunk (plus the structural term if asked)."""
-    lin = _linearize(problem, params, chunk, scale, backend, structural)
-    d_hid = hidden_curvature(problem, lin.hid, scale) if structural else None
+              backend: str = "double-backward", structural: bool = False,
+              role: str = "cached") -> ChunkProduct:
+    """Generalized Gauss-Newton ``Jᵀ H_L J`` on one chunk (plus the structural term if asked).
+
+    ``role``: ``"cached"`` (kept for every product), ``"setup"`` (an uncached operator's set-up:
+    value and gradient, then dropped) or ``"product"`` (one product of an uncached operator:
+    ``mv``/``mm`` alone, ``value``, ``grad`` and ``state`` None). The ``"jvp"`` backend keeps
+    nothing between products in the last two (:class:`_RecomputedJ`); the others ignore it.
+    """
+    lin = _linearize(problem, params, chunk, scale, backend, structural, role)
+    lean = isinstance(lin, _RecomputedJ)
+    d_hid = hidden_curvature(problem, lin.hid, scale) if structural and not lean else None
 
     def mv(v: Tensors, weight: float = 0.0) -> Tensor:
-        if weight and d_hid is not None:
+        if weight and structural:
             jv_out, jv_hid = lin.jvp(v, hidden=True)
-            return lin.vjp([lin.state.hvp(jv_out), jv_hid * d_hid * weight])
+            d = hidden_curvature(problem, lin.hid, scale) if lean else d_hid
+            return lin.vjp([lin.state.hvp(jv_out), jv_hid * d * weight])
         (jv_out,) = lin.jvp(v)
         return lin.vjp([lin.state.hvp(jv_out)])
 
@@ -516,18 +589,29 @@ def ggn_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scal
         (jv_out,) = lin.jvp_block(v)
         return lin.vjp_block([_hvp_block(problem, lin.state, jv_out)])
 
-    return ChunkProduct(lin.state.value, lin.grad, mv, lin.state, mm)
+    return _chunk_product(lin, role, mv, mm)
+
+
+def _chunk_product(lin: Linearization, role: str, mv: Any, mm: Any) -> ChunkProduct:
+    """The chunk's record; a product's alone (``role="product"``) has no value or grad."""
+    if role == "product" and isinstance(lin, _RecomputedJ):
+        return ChunkProduct(None, None, mv, None, mm)  # type: ignore[arg-type]
+    grad, lin.grad = lin.grad, None  # the record's alone: the operator sums into it in place
+    return ChunkProduct(lin.state.value, grad, mv, lin.state, mm)
 
 
 def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
-                 backend: str = "double-backward") -> ChunkProduct:
-    """Empirical Fisher ``s Σ_i ∇l_i ∇l_iᵀ`` on one chunk, as ``Jᵀ (s e ⊙ ⟨e, J v⟩_case)``."""
-    lin = _linearize(problem, params, chunk, scale, backend, False)
-    g = lin.state.grad  # = s · e
-    n = g.shape[0]
+                 backend: str = "double-backward", role: str = "cached") -> ChunkProduct:
+    """Empirical Fisher ``s Σ_i ∇l_i ∇l_iᵀ`` on one chunk, as ``Jᵀ (s e ⊙ ⟨e, J v⟩_case)``.
+
+    ``role``: as :func:`ggn_chunk`'s.
+    """
+    lin = _linearize(problem, params, chunk, scale, backend, False, role)
 
     def mv(v: Tensors, weight: float = 0.0) -> Tensor:
         (jv,) = lin.jvp(v)
+        g = lin.state.grad  # = s · e (read after the J v pass: a lean one sets the state)
+        n = g.shape[0]
         coef = (g * jv).reshape(n, -1).sum(1) / lin.state.scale  # s ⟨e, Jv⟩ per case
         return lin.vjp([g * coef.view((n,) + (1,) * (g.dim() - 1))])
 
@@ -535,11 +619,12 @@ def fisher_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, s
         if not lin.batched:
             return _loop(mv, v, weight)
         (jv,) = lin.jvp_block(v)  # (k, N, ...)
-        k = jv.shape[0]
+        g = lin.state.grad
+        k, n = jv.shape[0], g.shape[0]
         coef = (g * jv).reshape(k, n, -1).sum(2) / lin.state.scale
         return lin.vjp_block([g * coef.view((k, n) + (1,) * (g.dim() - 1))])
 
-    return ChunkProduct(lin.state.value, lin.grad, mv, lin.state, mm)
+    return _chunk_product(lin, role, mv, mm)
 
 
 def hessian_chunk(problem: Problem, params: Mapping[str, Tensor], chunk: Chunk, scale: float,
