@@ -121,3 +121,24 @@ def test_the_rnn_hf_preset_uses_hf_rnns_batches(capsys, tmp_path):
         assert (it - 1) % 10 == 0 or it == n_cg
     for k in ("loss", "rho", "lambda_after", "cg_iters", "backtrack_iter", "step_size"):
         np.testing.assert_array_equal(a.steps[k], b.steps[k], err_msg=k)
+
+
+@pytest.mark.parametrize("shared_targets", [False, True])
+def test_chunks_are_a_seeded_partition_taken_when_used(shared_targets):
+    """HFDemo's fixed chunks: piece t mod parts of one seeded permutation, cut in n // parts;
+    the pieces are taken when used (an autoencoder's targets share the inputs' copy)."""
+    n, parts = 50, 4
+    x = torch.arange(n, dtype=torch.float64)[:, None].repeat(1, 3)
+    y = x if shared_targets else -x
+    drawer = BatchDrawer(Dataset((x, y), (x[:8], y[:8])), seed=7, chunk=1000)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(7))  # independent reference
+    size = n // parts
+    seen = set()
+    for t in range(2 * parts):
+        cx, cy = drawer.draw(BatchSpec("chunk", parts=parts), t, CURVATURE)
+        piece = perm[(t % parts) * size:(t % parts + 1) * size]
+        torch.testing.assert_close(cx, x[piece], rtol=0, atol=0)
+        torch.testing.assert_close(cy, y[piece], rtol=0, atol=0)
+        assert (cy.data_ptr() == cx.data_ptr()) == shared_targets
+        seen |= set(_ids((cx, cy)))
+    assert len(seen) == parts * size  # disjoint pieces
