@@ -197,4 +197,25 @@ def init_from_env(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> tupl
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        _OWNED.append(dist.group.WORLD)
     return rank, world, device
+
+
+#: the default process group :func:`init_from_env` started (none that the caller started)
+_OWNED: list[Any] = []
+
+
+def shutdown() -> None:
+    """Destroy the default process group if :func:`init_from_env` started it.
+
+    The command line calls it before the process exits: a gloo group left to the interpreter's
+    teardown can end a rank with "terminate called without an active exception" (its threads
+    destroyed while still joinable), a non-zero exit status after a run that finished. A
+    group the caller started is the caller's to destroy.
+    """
+    import torch.distributed as dist
+
+    while _OWNED:
+        group = _OWNED.pop()
+        if dist.is_initialized() and group is dist.group.WORLD:
+            dist.destroy_process_group()

@@ -529,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, InputTypeError, RunError, OSError) as err:
         print(f"hessfree {command}: error: {_message(err)}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        started = sys.modules.get("hessfree.distributed")  # imported by a command that ran
+        if started is not None:
+            started.shutdown()  # a process group the command started (torchrun)
 
 
 if __name__ == "__main__":
