@@ -472,11 +472,23 @@ def hf_vs_nag(ev: Any) -> str:
     order = "below" if gap > 0 else "above"
     verdict = ("more than twice the seeds' combined spread: HF† ends ahead" if gap > 2 * spread
                else "more than twice the seeds' combined spread: NAG ends ahead"
-               if -gap > 2 * spread else "within twice the seeds' combined spread: a tie at "
-               "this budget")
+               if -gap > 2 * spread else "within twice the seeds' combined spread: a tie")
+    h_cost = run_cost(ev, plan["HF†"])
+    b_cost = run_cost(ev, [f"{j.experiment}/{j.name}" for j in jobs(ev)
+                           if j.cell == best and math.isclose(j.lr, b["best_lr"], rel_tol=1e-5)])
     return (f"HF† ends at {g3(h['mean'])} ± {h['std']:.2g}, {order} the best NAG cell ({best}, "
             f"lr {b['best_lr']:g}: {g3(b['mean'])} ± {b['std']:.2g}) by {abs(gap):.2g}, "
-            f"{verdict} (combined spread {spread:.2g}).")
+            f"{verdict} (combined spread {spread:.2g}). Not at equal cost: an HF† run used "
+            f"{h_cost:,.0f} gradient-equivalents, {h_cost / b_cost:.0f}x a NAG run's "
+            f"{b_cost:,.0f} (the paper, too, calls HF† not directly comparable).")
+
+
+def run_cost(ev: Any, keys: list[str]) -> float:
+    """Mean gradient-equivalents of the finished runs among ``keys``."""
+    costs = [ev.runs[k].attrs["grad_equiv"] for k in keys if k in ev.runs and ev.runs[k].finished]
+    if not costs:
+        raise ValueError(f"no finished run among {keys}")
+    return float(np.mean(costs))
 
 
 def hf_runs(ev: Any) -> str:
