@@ -392,11 +392,16 @@ def jobs(ev: Any) -> list[Any]:
     return reproduce_command(ev.command)[1]
 
 
+def run_key(job: Any) -> str:
+    """A job's run key in the artifact: ``<experiment>/<run name>``."""
+    return f"{job.experiment}/{job.name}"
+
+
 def cells(ev: Any) -> list[tuple[str, str, list[str]]]:
     """(cell, optimizer, run keys) of the command's plan, in its order."""
     out: dict[str, tuple[str, list[str]]] = {}
     for j in jobs(ev):
-        out.setdefault(j.cell, (j.optimizer, []))[1].append(f"{j.experiment}/{j.name}")
+        out.setdefault(j.cell, (j.optimizer, []))[1].append(run_key(j))
     return [(c, o, keys) for c, (o, keys) in out.items()]
 
 
@@ -474,7 +479,7 @@ def hf_vs_nag(ev: Any) -> str:
                else "more than twice the seeds' combined spread: NAG ends ahead"
                if -gap > 2 * spread else "within twice the seeds' combined spread: a tie")
     h_cost = run_cost(ev, plan["HF†"])
-    b_cost = run_cost(ev, [f"{j.experiment}/{j.name}" for j in jobs(ev)
+    b_cost = run_cost(ev, [run_key(j) for j in jobs(ev)
                            if j.cell == best and math.isclose(j.lr, b["best_lr"], rel_tol=1e-5)])
     return (f"HF† ends at {g3(h['mean'])} ± {h['std']:.2g}, {order} the best NAG cell ({best}, "
             f"lr {b['best_lr']:g}: {g3(b['mean'])} ± {b['std']:.2g}) by {abs(gap):.2g}, "

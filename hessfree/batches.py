@@ -126,11 +126,15 @@ def as_pair(batch: Any, where: str = "batch") -> Any:
 
 
 def take_cases(batch: Any, idx: Tensor | slice) -> Any:
-    """The cases ``idx`` of one batch (a pair or a dict batch), in the same form."""
+    """The cases ``idx`` of one batch (a pair or a dict batch), in the same form.
+
+    Targets that are the inputs themselves (an autoencoder's) stay one copy.
+    """
     if isinstance(batch, Mapping):
         return take(batch, idx)
     x, y = batch
-    return take(x, idx), take(y, idx)
+    xi = take(x, idx)
+    return xi, xi if y is x else take(y, idx)
 
 
 def split(batch: Any, size: int) -> list[Any]:

@@ -176,12 +176,17 @@ def env_world() -> tuple[int, int, int]:
             from None
 
 
+#: whether :func:`init_from_env` started the default process group (not one the caller started)
+_started = False
+
+
 def init_from_env(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int, str]:
     """Start the default process group from torchrun's environment; ``(rank, size, device)``.
 
     gloo on CPU, NCCL with ``cuda`` (each rank takes GPU ``LOCAL_RANK``). ``timeout``: seconds a
     collective waits for the others before failing (a dead or hung rank).
     """
+    global _started
     import torch.distributed as dist
 
     rank, world, local = env_world()
@@ -197,12 +202,8 @@ def init_from_env(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> tupl
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
-        _OWNED.append(dist.group.WORLD)
+        _started = True
     return rank, world, device
-
-
-#: the default process group :func:`init_from_env` started (none that the caller started)
-_OWNED: list[Any] = []
 
 
 def shutdown() -> None:
@@ -213,9 +214,9 @@ def shutdown() -> None:
     destroyed while still joinable), a non-zero exit status after a run that finished. A
     group the caller started is the caller's to destroy.
     """
+    global _started
     import torch.distributed as dist
 
-    while _OWNED:
-        group = _OWNED.pop()
-        if dist.is_initialized() and group is dist.group.WORLD:
-            dist.destroy_process_group()
+    if _started and dist.is_initialized():
+        dist.destroy_process_group()
+    _started = False

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from hessfree import _checks
-from hessfree.batches import Batch, count, split, take
+from hessfree.batches import Batch, count, split, take, take_cases
 from hessfree.distributed import shard
 from hessfree.errors import InputError
 from hessfree.hf.phases import ROLES, BatchSpec
@@ -159,8 +159,7 @@ class BatchDrawer:
         idx = idx.to(self._device())
         if role == GRADIENT:
             self._gradient_idx = (t, idx)
-        x, y = self.data.train
-        return (take(x, idx), take(y, idx))
+        return take_cases(self.data.train, idx)
 
     def _shard(self, batch: Any) -> Any:
         return shard(batch, self.rank, self.world_size) if self.world_size > 1 else batch
@@ -180,10 +179,7 @@ class BatchDrawer:
             batch = self._cases(t, spec.cases(self.n), role)
         elif spec.kind == "chunk":
             pieces = self._partition(int(spec.parts))
-            x, y = self.data.train
-            idx = pieces[t % len(pieces)]
-            xi = take(x, idx)
-            batch = (xi, xi if y is x else take(y, idx))  # an autoencoder's targets: one copy
+            batch = take_cases(self.data.train, pieces[t % len(pieces)])
         else:
             if role == GRADIENT:
                 self._gradient = (t, self.data.train)
