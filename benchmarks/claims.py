@@ -29,6 +29,7 @@ FIG5 = ART + "fig5"
 T1 = ART + "table1-curves-f0.02-seeds3"
 T5 = ART + "table5-addition-f0.1"
 T5F1 = ART + "table5-addition-hf-f1"
+HF_EQ = ART + "curves-hf-equal-cost"
 PRODUCTS = "benchmarks/results/products.md"
 HF_STEP = "benchmarks/results/hf_step-2026-11-23.txt"
 RNN = "benchmarks/results/rnn-2026-11-23.txt"
@@ -496,6 +497,38 @@ def run_cost(ev: Any, keys: list[str]) -> float:
     return float(np.mean(costs))
 
 
+def hf_equal_cost(t1: Any, eq: Any) -> str:
+    """Martens' HF (HF*) given an HF† run's cost, against Table 1's HF† seeds.
+
+    Finished: its last training error against HF†'s mean ± sd at their ends (a tie within
+    twice the sd). Unfinished: not a result; where it stood, and HF† at the same cost.
+    """
+    (r,) = eq.runs.values()
+    keys = next(ks for c, _, ks in cells(t1) if c == "HF†")
+    dagger = [t1.runs[k] for k in keys if k in t1.runs and t1.runs[k].finished]
+    budget = float(r.attrs["budget"]["budget"])
+    head = (f"Martens' HF (HF*, seed {r.attrs['seed']}) given an HF† run's cost (`--budget "
+            f"{budget:g}`; an HF† run used {run_cost(t1, keys):,.0f} gradient-equivalents)")
+    if not len(r.eval.get("train_error", [])):
+        return f"{head}: {r.status}, no evaluation yet when its artifact was built."
+    err, steps = r.final("train_error"), int(r.attrs["rows"])
+    if r.finished:
+        ends = np.array([d.final("train_error") for d in dagger])
+        m, s = float(ends.mean()), float(ends.std(ddof=1)) if len(ends) > 1 else 0.0
+        verdict = ("more than twice HF†'s spread below it: HF* ends ahead" if err < m - 2 * s
+                   else "more than twice HF†'s spread above it: HF† ends ahead"
+                   if err > m + 2 * s else "within twice HF†'s spread: a tie")
+        return (f"{head} ends at {g3(err)} after {steps} HF steps and "
+                f"{r.attrs['grad_equiv']:,.0f} gradient-equivalents, against HF†'s "
+                f"{g3(m)} ± {s:.2g} ({len(ends)} seeds): {verdict} (one seed of HF*).")
+    cost, step = float(r.eval["grad_equiv"][-1]), int(r.eval["step"][-1])
+    same = np.array([d.at("train_error", cost) for d in dagger])
+    return (f"{head} is not finished ({r.status} when its artifact was built), so it is not "
+            f"a result yet: at its last evaluation, {cost:,.0f} gradient-equivalents and "
+            f"{step} HF steps in, its training error was {g3(err)}; at that cost HF†'s "
+            f"{len(same)} seeds stood at {g3(same.mean())} ± {same.std(ddof=1):.2g}.")
+
+
 def hf_runs(ev: Any) -> str:
     """Table 5's HF runs one by one: where each stood, and whether it solved the task."""
     lines = ["| run | status | HF steps | gradient-equivalents | test zero-one error: last "
@@ -702,12 +735,13 @@ def artifact_list(*arts: Any) -> str:
     return "\n".join(lines)
 
 
-ALL_ARTIFACTS = (DEMO, STUDY, FIG5, T1, T5, T5F1, PRODUCTS, HF_STEP, RNN, CG, SPECTRAL)
+ALL_ARTIFACTS = (DEMO, STUDY, FIG5, T1, HF_EQ, T5, T5F1, PRODUCTS, HF_STEP, RNN, CG, SPECTRAL)
 
 BLOCKS = [
     Block("artifacts", ALL_ARTIFACTS, artifact_list, RESULTS),
     Block("table1-curves", T1, lambda e: table(e, "training error"), BOTH),
     Block("table1-hf-vs-nag", T1, hf_vs_nag, BOTH),
+    Block("table1-hf-equal-cost", (T1, HF_EQ), hf_equal_cost, BOTH),
     Block("table5-hf-f1", T5F1, hf_runs, BOTH),
     Block("table5-f0.1", T5, lambda e: table(e, "test zero-one error"), BOTH),
     Block("table5-verdict", (T5, T5F1), table5_verdict, BOTH),

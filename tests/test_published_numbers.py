@@ -65,3 +65,47 @@ def test_every_figure_draws_from_its_artifacts(figure, tmp_path):
     figure.draw(out, *(evidence.read(ROOT / n) for n in names))
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert (ROOT / figure.path).is_file()
+
+
+def _claims_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claims", ROOT / "benchmarks" / "claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _hf_star(status: str, errors: list[float]) -> evidence.Evidence:
+    """A one-run artifact of Martens' HF at a budget, with the given evaluations."""
+    import numpy as np
+
+    n = len(errors)
+    run = evidence.EvidenceRun(
+        "curves-ae/hf-seed0",
+        {"status": status, "seed": 0, "budget": {"budget": 3500.0}, "rows": 2 * (n - 1),
+         "grad_equiv": 300.0 * (n - 1)},
+        {"step": np.arange(n) * 2, "grad_equiv": np.arange(n) * 300.0,
+         "train_error": np.asarray(errors, dtype=float)}, None)
+    return evidence.Evidence(ROOT / "hf-star", {"command": "hessfree train"}, {run.key: run})
+
+
+@pytest.mark.parametrize(("last", "verdict"), [
+    (0.01, "HF* ends ahead"), (None, "a tie"), (16.8, "HF† ends ahead")])
+def test_the_equal_cost_sentence_follows_hf_daggers_spread(last, verdict):
+    claims = _claims_module()
+    t1 = evidence.read(ROOT / claims.T1)
+    keys = next(ks for c, _, ks in claims.cells(t1) if c == "HF†")
+    ends = [t1.runs[k].final("train_error") for k in keys if t1.runs[k].finished]
+    last = sum(ends) / len(ends) if last is None else last  # HF†'s own mean: a tie
+    sentence = claims.hf_equal_cost(t1, _hf_star("finished", [270.0, 20.0, last]))
+    assert verdict in sentence and f"ends at {claims.g3(last)}" in sentence
+
+
+def test_an_unfinished_equal_cost_run_is_not_a_result():
+    claims = _claims_module()
+    t1 = evidence.read(ROOT / claims.T1)
+    sentence = claims.hf_equal_cost(t1, _hf_star("unfinished (killed)", [270.0, 20.0]))
+    assert "not a result yet" in sentence and "unfinished (killed)" in sentence
+    assert "300 gradient-equivalents and 2 HF steps in" in sentence
+    assert "ends at" not in sentence and "a tie" not in sentence
