@@ -600,8 +600,12 @@ def best_runs(ev: Any) -> dict[str, list[Any]]:
     return out
 
 
-def draw_reproduced(path: Path, metric: str, title: str, *arts: Any) -> None:
-    """Each cell's runs at its best learning rate: the metric against gradient-equivalents."""
+def draw_reproduced(path: Path, metric: str, title: str, *arts: Any,
+                    extra: tuple[tuple[str, Any], ...] = ()) -> None:
+    """Each cell's runs at its best learning rate: the metric against gradient-equivalents.
+
+    ``extra``: (label, run) of other runs drawn beside them, dashed.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -612,14 +616,19 @@ def draw_reproduced(path: Path, metric: str, title: str, *arts: Any) -> None:
     ax = fig.subplots()
     k = 0
     for art in arts:
+        plan = {c: keys for c, _, keys in cells(art)}
         for c, runs in best_runs(art).items():
-            f = f"{100 * reproduce_args(art).fraction:g} %" + (
-                "" if art.finished == len(art.planned) else ", in progress" if running(art)
-                else ", stopped")
+            done = all(k in art.runs and art.runs[k].finished for k in plan[c])
+            f = f"{100 * reproduce_args(art).fraction:g} % budget" + (
+                "" if done else ", in progress" if running(art) else ", stopped")
             for i, r in enumerate(runs):
                 ax.plot(r.eval["grad_equiv"], r.eval[metric], color=f"C{k % 10}",
-                        lw=1.2 if i == 0 else 0.6, label=f"{c} ({f} budget)" if i == 0 else None)
+                        lw=1.2 if i == 0 else 0.6, label=f"{c} ({f})" if i == 0 else None)
             k += 1
+    for label, r in extra:
+        ax.plot(r.eval["grad_equiv"], r.eval[metric], color=f"C{k % 10}", lw=1.2, ls="--",
+                label=label)
+        k += 1
     ax.set(xlabel="gradient-equivalents", ylabel=metric.replace("_", " "), title=title)
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
@@ -766,9 +775,17 @@ def t1_figure_link(ev: Any) -> str:
         "(Its figure appears here once a run has an evaluation.)"
 
 
+def equal_cost_label(r: Any) -> str:
+    """The legend entry of the equal-cost HF* run."""
+    state = "" if r.finished else ", in progress" if r.status == "running" else ", stopped"
+    return f"HF* at HF†'s budget (seed {r.attrs['seed']}{state})"
+
+
 BLOCKS.append(Block("table1-figure", T1, t1_figure_link, README))
 if (ROOT / T1 / "summary.h5").is_file():
-    FIGURES.append(Figure(T1_FIGURE, T1, lambda p, a: draw_reproduced(
-        p, "train_error", "Table 1, CURVES: the best runs of each cell", a)))
+    FIGURES.append(Figure(T1_FIGURE, (T1, HF_EQ), lambda p, a, eq: draw_reproduced(
+        p, "train_error", "Table 1, CURVES: the best runs of each cell", a,
+        extra=tuple((equal_cost_label(r), r) for r in eq.runs.values()))))
+
 
 SCANNED = [("README.md", "## Results")]
