@@ -489,6 +489,29 @@ def hf_vs_nag(ev: Any) -> str:
             f"{b_cost:,.0f} (the paper, too, calls HF† not directly comparable).")
 
 
+def nag_vs_cm(ev: Any) -> str:
+    """NAG against CM at each μ_max (the paper's Table 1 claim), following the spread."""
+    summ, plan = summary_cells(ev), {c: keys for c, _, keys in cells(ev)}
+    pairs = [(c[:-1], c, c[:-1] + "M") for c in plan if c.endswith("N") and c[:-1] + "M" in plan]
+    done = all(k in ev.runs and ev.runs[k].finished for _, n, m in pairs for k in plan[n] + plan[m])
+    if not pairs or not done:
+        keys = [k for _, n, m in pairs for k in plan[n] + plan[m]]
+        return ("The sentence comparing NAG with CM waits for their runs: "
+                f"{progress(ev, keys)} finished.")
+    parts = []
+    for mu, n, m in pairs:
+        a, b = summ[n], summ[m]
+        gap, spread = b["mean"] - a["mean"], math.hypot(a["std"], b["std"])
+        verdict = ("NAG ahead by more than twice" if gap > 2 * spread else
+                   "CM ahead by more than twice" if -gap > 2 * spread else "a tie within twice")
+        parts.append(f"At μ_max {mu}, NAG ends at {g3(a['mean'])} ± {a['std']:.2g} (lr "
+                     f"{a['best_lr']:g}) and CM at {g3(b['mean'])} ± {b['std']:.2g} (lr "
+                     f"{b['best_lr']:g}): {verdict} the seeds' combined spread of {spread:.2g} "
+                     f"(the paper: {a['paper']:g} and {b['paper']:g}).")
+    return " ".join(parts) + (" Both at equal cost: every momentum run makes the same updates, "
+                              "each cell at its best learning rate.")
+
+
 def run_cost(ev: Any, keys: list[str]) -> float:
     """Mean gradient-equivalents of the finished runs among ``keys``."""
     costs = [ev.runs[k].attrs["grad_equiv"] for k in keys if k in ev.runs and ev.runs[k].finished]
@@ -750,6 +773,7 @@ BLOCKS = [
     Block("artifacts", ALL_ARTIFACTS, artifact_list, RESULTS),
     Block("table1-curves", T1, lambda e: table(e, "training error"), BOTH),
     Block("table1-hf-vs-nag", T1, hf_vs_nag, BOTH),
+    Block("table1-nag-vs-cm", T1, nag_vs_cm, BOTH),
     Block("table1-hf-equal-cost", (T1, HF_EQ), hf_equal_cost, BOTH),
     Block("table5-hf-f1", T5F1, hf_runs, BOTH),
     Block("table5-f0.1", T5, lambda e: table(e, "test zero-one error"), BOTH),

@@ -109,3 +109,17 @@ def test_an_unfinished_equal_cost_run_is_not_a_result():
     assert "not a result yet" in sentence and "unfinished (killed)" in sentence
     assert "300 gradient-equivalents and 2 HF steps in" in sentence
     assert "ends at" not in sentence and "a tie" not in sentence
+
+
+@pytest.mark.parametrize(("cm_mean", "verdict"), [
+    (None, "NAG ahead by more than twice"), (0.0, "CM ahead by more than twice"),
+    ("nag", "a tie within twice")])
+def test_the_nag_vs_cm_sentence_follows_the_spread(monkeypatch, cm_mean, verdict):
+    claims = _claims_module()
+    t1 = evidence.read(ROOT / claims.T1)
+    cells = claims.summary_cells(t1)
+    if cm_mean is not None:  # move CM's mean at μ_max 0.99: to zero, or onto NAG's
+        cells["0.99M"]["mean"] = cells["0.99N"]["mean"] if cm_mean == "nag" else cm_mean
+    monkeypatch.setattr(claims, "summary_cells", lambda ev: cells)
+    first = claims.nag_vs_cm(t1).split(" At μ_max")[0]
+    assert first.startswith("At μ_max 0.99,") and verdict in first
