@@ -129,6 +129,7 @@ def main() -> None:
         args.params_out.mkdir(parents=True, exist_ok=True)
         torch.save({n: p.detach().clone() for n, p in full.named_parameters()},
                    args.params_out / f"rank{accelerator.process_index}.pt")
+    accelerator.end_training()  # destroys the process group: no gloo thread outlives the script
 
 
 if __name__ == "__main__":
