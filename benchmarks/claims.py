@@ -422,6 +422,11 @@ def state(ev: Any) -> tuple[int, int]:
     return ev.finished, len(ev.planned)
 
 
+def all_finished(ev: Any, keys: list[str]) -> bool:
+    """Whether every run of ``keys`` is in the artifact and had finished."""
+    return all(k in ev.runs and ev.runs[k].finished for k in keys)
+
+
 def progress(ev: Any, keys: list[str]) -> str:
     done = sum(1 for k in keys if k in ev.runs and ev.runs[k].finished)
     running = sum(1 for k in keys if k in ev.runs and not ev.runs[k].finished)
@@ -456,7 +461,7 @@ def table(ev: Any, metric: str) -> str:
             f"{s['best_lr']:g}{' (grid edge)' if s['best_lr_on_edge'] else ''}"
         mu = "-" if not math.isfinite(s["mu_reached"]) else f"{s['mu_reached']:.4g}"
         paper = "-" if not math.isfinite(s["paper"]) else f"{s['paper']:g}"
-        if not all(k in ev.runs and ev.runs[k].finished for k in keys):
+        if not all_finished(ev, keys):
             value += " — partial: not a result yet"
         lines.append(f"| {c} | {opt} | {progress(ev, keys)} | {value} | {lr} | {mu} | {paper} |")
     return "\n".join(lines)
@@ -466,8 +471,8 @@ def hf_vs_nag(ev: Any) -> str:
     """The HF† against NAG sentence, following the spread over seeds."""
     summ, plan = summary_cells(ev), {c: keys for c, _, keys in cells(ev)}
     nag = {c: s for c, s in summ.items() if c.endswith("N")}
-    ready = "HF†" in summ and nag and all(ev.runs[k].finished for k in plan["HF†"]) and all(
-        k in ev.runs and ev.runs[k].finished for c in plan if c.endswith("N") for k in plan[c])
+    ready = "HF†" in summ and nag and all_finished(ev, plan["HF†"]) and all_finished(
+        ev, [k for c in plan if c.endswith("N") for k in plan[c]])
     if not ready:
         nag_keys = [k for c in plan if c.endswith("N") for k in plan[c]]
         return ("The sentence comparing HF† with NAG waits for their runs: HF† "
@@ -493,9 +498,8 @@ def nag_vs_cm(ev: Any) -> str:
     """NAG against CM at each μ_max (the paper's Table 1 claim), following the spread."""
     summ, plan = summary_cells(ev), {c: keys for c, _, keys in cells(ev)}
     pairs = [(c[:-1], c, c[:-1] + "M") for c in plan if c.endswith("N") and c[:-1] + "M" in plan]
-    done = all(k in ev.runs and ev.runs[k].finished for _, n, m in pairs for k in plan[n] + plan[m])
-    if not pairs or not done:
-        keys = [k for _, n, m in pairs for k in plan[n] + plan[m]]
+    keys = [k for _, n, m in pairs for k in plan[n] + plan[m]]
+    if not pairs or not all_finished(ev, keys):
         return ("The sentence comparing NAG with CM waits for their runs: "
                 f"{progress(ev, keys)} finished.")
     parts = []
@@ -641,9 +645,9 @@ def draw_reproduced(path: Path, metric: str, title: str, *arts: Any,
     for art in arts:
         plan = {c: keys for c, _, keys in cells(art)}
         for c, runs in best_runs(art).items():
-            done = all(k in art.runs and art.runs[k].finished for k in plan[c])
             f = f"{100 * reproduce_args(art).fraction:g} % budget" + (
-                "" if done else ", in progress" if running(art) else ", stopped")
+                "" if all_finished(art, plan[c]) else ", in progress" if running(art)
+                else ", stopped")
             for i, r in enumerate(runs):
                 ax.plot(r.eval["grad_equiv"], r.eval[metric], color=f"C{k % 10}",
                         lw=1.2 if i == 0 else 0.6, label=f"{c} ({f})" if i == 0 else None)
